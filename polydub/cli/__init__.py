@@ -1,0 +1,11 @@
+"""The ``polydub`` command: one sub-command group per area (stack, db, models, ...)."""
+
+from __future__ import annotations
+
+import typer
+
+from polydub.cli import db, stack
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="polydub: dub videos at volume.")
+app.add_typer(stack.app, name="stack")
+app.add_typer(db.app, name="db")

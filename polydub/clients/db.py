@@ -1,0 +1,101 @@
+"""PostgreSQL: one asyncpg pool per process, and versioned SQL migrations.
+
+Migrations are the files ``migrations/NNNN_name.sql`` applied in order, each in its own transaction,
+under an advisory lock so that many API replicas starting at once apply each exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeAlias
+
+import asyncpg
+
+from polydub.settings import Settings
+
+# Any constant works; it only has to be the same in every process that migrates.
+_MIGRATION_LOCK = 0x706F6C7964756200  # "polydub\0"
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+Pool: TypeAlias = asyncpg.Pool
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb in and out as Python objects, so no call site handles JSON text.
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int = 10) -> Pool:
+    pool = await asyncpg.create_pool(
+        settings.postgres_dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=30,
+    )
+    assert pool is not None
+    return pool  # type: ignore[no-any-return]  # asyncpg's stubs type create_pool loosely
+
+
+def load_migrations() -> list[Migration]:
+    found = []
+    for entry in resources.files("polydub.clients").joinpath("migrations").iterdir():
+        match = _NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text()))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"duplicate migration versions: {versions}")
+    return found
+
+
+async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[int]:
+    """Apply the migrations not applied yet; returns the versions applied by this call."""
+    migrations = load_migrations() if migrations is None else migrations
+    applied_now = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for migration in migrations:
+            if migration.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+            applied_now.append(migration.version)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied_now
+
+
+async def migrate_database(settings: Settings) -> list[int]:
+    conn = await asyncpg.connect(settings.postgres_dsn)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+def record_to_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:
+    return None if record is None else dict(record)

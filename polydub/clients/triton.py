@@ -1,0 +1,121 @@
+"""Triton over gRPC (tritonclient.grpc.aio): numpy in, numpy out, errors mapped, retries bounded.
+
+One InferenceClient per process; concurrent calls share its channel, and Triton's dynamic batcher
+merges them (and those of other workers) into batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import tritonclient.grpc.aio as grpcclient
+from numpy.typing import NDArray
+from tritonclient.utils import np_to_triton_dtype
+
+from polydub.errors import RetryableError, classify
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4
+    base_delay: float = 0.2
+    max_delay: float = 3.0
+
+    def delay(self, attempt: int) -> float:
+        # Full jitter keeps many workers from retrying in lockstep after a Triton restart.
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+
+class InferenceClient:
+    def __init__(
+        self, url: str, *, retry: RetryPolicy = RetryPolicy(), timeout: float = 120.0
+    ) -> None:
+        self.url = url
+        self.retry = retry
+        self.timeout = timeout
+        self._client = grpcclient.InferenceServerClient(url)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> InferenceClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, NDArray[Any]],
+        outputs: Sequence[str],
+        *,
+        version: str = "",
+        parameters: Mapping[str, Any] | None = None,
+        priority: int = 0,
+    ) -> dict[str, NDArray[Any]]:
+        """One request; retried on retryable errors (server restarting, queue full) only."""
+        request_inputs = []
+        for name, array in inputs.items():
+            tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            request_inputs.append(tensor)
+        request_outputs = [grpcclient.InferRequestedOutput(name) for name in outputs]
+
+        for attempt in range(self.retry.attempts):
+            try:
+                result = await self._client.infer(
+                    model,
+                    request_inputs,
+                    model_version=version,
+                    outputs=request_outputs,
+                    client_timeout=self.timeout,
+                    parameters=dict(parameters or {}) or None,
+                    priority=priority,
+                )
+                return {name: result.as_numpy(name) for name in outputs}
+            except Exception as exc:
+                error = classify(exc)
+                if not isinstance(error, RetryableError) or attempt == self.retry.attempts - 1:
+                    raise error from exc
+                await asyncio.sleep(self.retry.delay(attempt))
+        raise AssertionError("unreachable")
+
+    async def is_ready(self) -> bool:
+        try:
+            return bool(await self._client.is_server_ready())
+        except Exception:
+            return False
+
+    async def is_model_ready(self, model: str) -> bool:
+        try:
+            return bool(await self._client.is_model_ready(model))
+        except Exception:
+            return False
+
+    async def load_model(self, model: str) -> None:
+        try:
+            await self._client.load_model(model)
+        except Exception as exc:
+            raise classify(exc) from exc
+
+    async def unload_model(self, model: str) -> None:
+        try:
+            await self._client.unload_model(model)
+        except Exception as exc:
+            raise classify(exc) from exc
+
+    async def repository_index(self) -> list[dict[str, Any]]:
+        index = await self._client.get_model_repository_index(as_json=True)
+        models: list[dict[str, Any]] = index.get("models", [])
+        return models
+
+    async def statistics(self, model: str) -> dict[str, Any]:
+        """Inference statistics: inference_count vs execution_count shows how well it batches."""
+        stats = await self._client.get_inference_statistics(model, as_json=True)
+        entries: list[dict[str, Any]] = stats.get("model_stats", [])
+        return entries[0] if entries else {}

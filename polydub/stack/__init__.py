@@ -1,0 +1,8 @@
+"""The local stack of real servers: PostgreSQL, NATS JetStream, S3 and Triton.
+
+``polydub stack up|down|status`` drives it; the test suite starts one of its own on free ports.
+"""
+
+from polydub.stack.stack import Stack, StackError
+
+__all__ = ["Stack", "StackError"]

@@ -1,0 +1,97 @@
+"""Bring the local servers up in order, wait for each to be healthy, and take them all down."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from polydub.settings import Settings
+from polydub.stack.process import SupervisedProcess
+from polydub.stack.servers import Server, all_servers
+
+
+class StackError(RuntimeError):
+    """A server did not come up; the message names it and carries the tail of its log."""
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    name: str
+    running: bool
+    healthy: bool
+    pid: int | None
+    endpoints: dict[str, str]
+    seconds_to_healthy: float | None = None
+
+
+class Stack:
+    def __init__(self, settings: Settings, only: list[str] | None = None) -> None:
+        self.settings = settings
+        self.run_dir = settings.stack_dir.resolve() / "run"
+        servers = all_servers(settings)
+        if only:
+            unknown = set(only) - {s.name for s in servers}
+            if unknown:
+                raise StackError(f"unknown server(s): {', '.join(sorted(unknown))}")
+            servers = [s for s in servers if s.name in only]
+        self.servers = servers
+
+    def process(self, server: Server) -> SupervisedProcess:
+        return SupervisedProcess(server.process, self.run_dir)
+
+    def up(self) -> list[ServerStatus]:
+        """Start every server that is not already running and wait until it is healthy."""
+        statuses = []
+        for server in self.servers:
+            statuses.append(self._up_one(server))
+        return statuses
+
+    def _up_one(self, server: Server) -> ServerStatus:
+        proc = self.process(server)
+        started = time.monotonic()
+        if proc.pid() is None:
+            if server.healthy():
+                raise StackError(
+                    f"{server.name}: something else already answers on its port "
+                    f"({server.endpoints}); stop it or choose another port (POLYDUB_*_PORT)."
+                )
+            server.prepare()
+            proc.start()
+        deadline = started + server.startup_timeout
+        while not server.healthy():
+            if proc.pid() is None:
+                raise StackError(
+                    f"{server.name} exited before it became healthy. "
+                    f"Last lines of {proc.log_file}:\n{proc.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                proc.stop()
+                raise StackError(
+                    f"{server.name} was not healthy after {server.startup_timeout:.0f}s. "
+                    f"Last lines of {proc.log_file}:\n{proc.log_tail()}"
+                )
+            time.sleep(0.1)
+        server.after_healthy()
+        return ServerStatus(
+            server.name, True, True, proc.pid(), server.endpoints, time.monotonic() - started
+        )
+
+    def down(self) -> None:
+        # Reverse order: clients (Triton) before the stores they might write to.
+        for server in reversed(self.servers):
+            self.process(server).stop()
+
+    def status(self) -> list[ServerStatus]:
+        result = []
+        for server in self.servers:
+            pid = self.process(server).pid()
+            result.append(
+                ServerStatus(
+                    server.name,
+                    pid is not None,
+                    pid is not None and server.healthy(),
+                    pid,
+                    server.endpoints,
+                )
+            )
+        return result

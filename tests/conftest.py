@@ -1,0 +1,73 @@
+"""Test-session fixtures: a real local stack on free ports, started once and always torn down.
+
+Every integration test talks to real servers. The session starts its own PostgreSQL, NATS and S3
+in a temporary folder on free ports (so it never collides with a developer's running stack or
+another test run), and stops them at the end. Set POLYDUB_TEST_STACK_DIR to keep the data.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from polydub.settings import Settings
+from polydub.stack import Stack
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _stack_dir() -> Path:
+    given = os.environ.get("POLYDUB_TEST_STACK_DIR")
+    if given:
+        return Path(given)
+    return Path(tempfile.mkdtemp(prefix="polydub-test-stack-"))
+
+
+@pytest.fixture(scope="session")
+def stack_settings() -> Iterator[Settings]:
+    """Settings whose every address points at this session's own servers."""
+    root = _stack_dir()
+    root.chmod(0o755)  # PostgreSQL runs as an unprivileged user under root and must traverse it
+    settings = Settings(
+        stack_dir=root,
+        postgres_port=free_port(),
+        nats_port=free_port(),
+        nats_monitor_port=free_port(),
+        s3_port=free_port(),
+        triton_http_port=free_port(),
+        triton_grpc_port=free_port(),
+        triton_metrics_port=free_port(),
+        model_repository=root / "model_repository",
+    )
+    yield settings
+
+
+@pytest.fixture(scope="session")
+def services(stack_settings: Settings) -> Iterator[Stack]:
+    """PostgreSQL, NATS and S3 up for the whole session (Triton has its own fixture)."""
+    stack = Stack(stack_settings, only=["postgres", "nats", "s3"])
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+async def db_pool(services: Stack, stack_settings: Settings) -> AsyncIterator[object]:
+    from polydub.clients.db import create_pool, migrate_database
+
+    await migrate_database(stack_settings)
+    pool = await create_pool(stack_settings)
+    yield pool
+    await pool.close()
