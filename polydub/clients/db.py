@@ -45,7 +45,7 @@ async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int = 
         command_timeout=30,
     )
     assert pool is not None
-    return pool  # type: ignore[no-any-return]  # asyncpg's stubs type create_pool loosely
+    return pool
 
 
 def load_migrations() -> list[Migration]:

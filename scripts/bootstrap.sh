@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install what polydub needs on a fresh Debian 12 / Python 3.11 machine, idempotently:
+# Debian packages (ffmpeg, espeak-ng, sox), a virtual environment in .venv with the CPU build of
+# torch and polydub with all extras. Re-runs are quick: each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*"; }
+
+apt_packages=(ffmpeg espeak-ng sox python3-venv)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  sudo_cmd=(); [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip -q --disable-pip-version-check)
+
+# torch first and CPU-only: a plain "pip install torch" elsewhere would pull several GB of CUDA.
+# A wheel on the machine's configured find-links is used if present, else PyTorch's CPU index.
+if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
+  log "installing torch 2.13.0 (CPU build)"
+  "${pip[@]}" install --no-index torch==2.13.0 2>/dev/null \
+    || "${pip[@]}" install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+fi
+
+stamp=.venv/.polydub-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "installing polydub with all extras (editable)"
+  "${pip[@]}" install -e ".[api,stack,export,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c 'import torch, polydub; assert "+cpu" in torch.__version__ or not torch.cuda.is_available()'
+  echo "$want" >"$stamp"
+fi
+log "ready: $(.venv/bin/python --version), torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
