@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from polydub.clients.triton import InferenceClient
 from polydub.settings import Settings
 from polydub.stack import Stack
 
@@ -61,6 +62,27 @@ def services(stack_settings: Settings) -> Iterator[Stack]:
         yield stack
     finally:
         stack.down()
+
+
+@pytest.fixture(scope="session")
+def triton_server(stack_settings: Settings) -> Iterator[Stack]:
+    """A real Triton (explicit model control) on the session's model repository, empty at start:
+    tests export models into ``stack_settings.model_repository`` and load them by name."""
+    stack_settings.model_repository.mkdir(parents=True, exist_ok=True)
+    stack = Stack(stack_settings, only=["triton"])
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+async def triton(triton_server: Stack, stack_settings: Settings) -> AsyncIterator[InferenceClient]:
+    """A gRPC client of the session's Triton."""
+    client = InferenceClient(stack_settings.triton_url)
+    yield client
+    await client.close()
 
 
 @pytest.fixture(scope="session")

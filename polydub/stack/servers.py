@@ -94,6 +94,18 @@ def postgres(settings: Settings, root: Path) -> Server:
         if user is not None:
             shutil.chown(data, user, user)
             data.chmod(0o700)
+            blocked = [
+                p
+                for p in data.parents
+                if not os.access(p, os.X_OK, effective_ids=False) or p.stat().st_mode & 0o001 == 0
+            ]
+            if blocked:
+                raise subprocess.CalledProcessError(
+                    1,
+                    "initdb",
+                    stderr=f"PostgreSQL runs as user {user!r}, who cannot enter {blocked[0]}: "
+                    f"choose a stack_dir under a world-traversable folder (or chmod o+x it)".encode(),
+                )
         subprocess.run(
             [
                 str(_pg_bin("initdb")),
@@ -304,6 +316,15 @@ def triton(settings: Settings, root: Path) -> Server:
     )
 
 
-def all_servers(settings: Settings) -> list[Server]:
+FACTORIES: dict[str, Callable[[Settings, Path], Server]] = {
+    "postgres": postgres,
+    "nats": nats,
+    "s3": s3,
+    "triton": triton,
+}
+
+
+def build_servers(settings: Settings, names: list[str] | None = None) -> list[Server]:
+    """The named servers (all by default), in start order."""
     root = settings.stack_dir.resolve()
-    return [factory(settings, root) for factory in (postgres, nats, s3, triton)]
+    return [FACTORIES[name](settings, root) for name in FACTORIES if names is None or name in names]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from dataclasses import dataclass
 
 from polydub.settings import Settings
 from polydub.stack.process import SupervisedProcess
-from polydub.stack.servers import Server, all_servers
+from polydub.stack.servers import FACTORIES, Server, build_servers
 
 
 class StackError(RuntimeError):
@@ -28,13 +29,12 @@ class Stack:
     def __init__(self, settings: Settings, only: list[str] | None = None) -> None:
         self.settings = settings
         self.run_dir = settings.stack_dir.resolve() / "run"
-        servers = all_servers(settings)
-        if only:
-            unknown = set(only) - {s.name for s in servers}
-            if unknown:
-                raise StackError(f"unknown server(s): {', '.join(sorted(unknown))}")
-            servers = [s for s in servers if s.name in only]
-        self.servers = servers
+        unknown = set(only or ()) - set(FACTORIES)
+        if unknown:
+            raise StackError(
+                f"unknown server(s): {', '.join(sorted(unknown))}; known: {', '.join(FACTORIES)}"
+            )
+        self.servers = build_servers(settings, only or None)
 
     def process(self, server: Server) -> SupervisedProcess:
         return SupervisedProcess(server.process, self.run_dir)
@@ -55,7 +55,13 @@ class Stack:
                     f"{server.name}: something else already answers on its port "
                     f"({server.endpoints}); stop it or choose another port (POLYDUB_*_PORT)."
                 )
-            server.prepare()
+            try:
+                server.prepare()
+            except subprocess.CalledProcessError as exc:
+                output = (exc.stderr or exc.stdout or b"").decode(errors="replace").strip()
+                raise StackError(
+                    f"{server.name}: preparing its data failed: {output[-2000:]}"
+                ) from exc
             proc.start()
         deadline = started + server.startup_timeout
         while not server.healthy():

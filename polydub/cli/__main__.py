@@ -1,0 +1,3 @@
+from polydub.cli import app
+
+app()
