@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -14,10 +15,14 @@ console = Console()
 
 @app.command()
 def export(
-    preset: str = typer.Option("auto", help="tiny | small | large | auto"),
-    target: str = typer.Option("cpu", help="cpu (fp32 + int8) | gpu (fp16, TensorRT configs)"),
-    repository: Path = typer.Option(Path("model_repository"), help="Triton model repository"),
-    family: list[str] | None = typer.Option(None, help="Only these families (repeatable)."),
+    preset: Annotated[str, typer.Option(help="tiny | small | large | auto")] = "auto",
+    target: Annotated[str, typer.Option(help="cpu (fp32 + int8) | gpu (fp16 + TensorRT)")] = "cpu",
+    repository: Annotated[Path, typer.Option(help="Triton model repository")] = Path(
+        "model_repository"
+    ),
+    family: Annotated[
+        list[str] | None, typer.Option(help="Only these families (repeatable).")
+    ] = None,
 ) -> None:
     """Export checkpoints to ONNX, check them against PyTorch, and place them for Triton."""
     from polydub.export.run import export_all
@@ -27,8 +32,11 @@ def export(
     table = Table("family", "checkpoint", "models", "fp32 max |Δ|", "int8 max |Δ|", "greedy tokens")
     for r in reports:
         table.add_row(
-            r.family, r.checkpoint, ", ".join(r.models),
-            _fmt(r.max_abs_diff), _fmt(r.int8_max_abs_diff),
+            r.family,
+            r.checkpoint,
+            ", ".join(r.models),
+            _fmt(r.max_abs_diff),
+            _fmt(r.int8_max_abs_diff),
             ", ".join(f"{k}={'same' if v else 'DIFFER'}" for k, v in r.token_match.items()),
         )
     console.print(table)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -13,7 +15,9 @@ from polydub.stack.stack import ServerStatus
 app = typer.Typer(no_args_is_help=True, help="Start, stop and inspect the local stack of servers.")
 console = Console()
 
-OnlyOption = typer.Option(None, "--only", help="Limit to these servers (repeatable).")
+Only = Annotated[
+    list[str] | None, typer.Option("--only", help="Limit to these servers (repeatable).")
+]
 
 
 def _table(statuses: list[ServerStatus]) -> Table:
@@ -30,7 +34,7 @@ def _table(statuses: list[ServerStatus]) -> Table:
 
 
 @app.command()
-def up(only: list[str] | None = OnlyOption) -> None:
+def up(only: Only = None) -> None:
     """Start the servers that are not running and wait until each is healthy."""
     settings = get_settings()
     try:
@@ -43,14 +47,14 @@ def up(only: list[str] | None = OnlyOption) -> None:
 
 
 @app.command()
-def down(only: list[str] | None = OnlyOption) -> None:
+def down(only: Only = None) -> None:
     """Stop the servers; nothing is left running."""
     Stack(get_settings(), only).down()
     console.print("stack stopped")
 
 
 @app.command()
-def status(only: list[str] | None = OnlyOption) -> None:
+def status(only: Only = None) -> None:
     """Show each server's state; exits 1 if any is not healthy."""
     statuses = Stack(get_settings(), only).status()
     console.print(_table(statuses))

@@ -104,7 +104,7 @@ def postgres(settings: Settings, root: Path) -> Server:
                     1,
                     "initdb",
                     stderr=f"PostgreSQL runs as user {user!r}, who cannot enter {blocked[0]}: "
-                    f"choose a stack_dir under a world-traversable folder (or chmod o+x it)".encode(),
+                    "put stack_dir under a world-traversable folder (or chmod o+x it)".encode(),
                 )
         subprocess.run(
             [
