@@ -12,12 +12,12 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
-# The default is never mutated: log_context() always sets a new dict.
-_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(  # noqa: B039
-    "polydub_log_context", default={}
+_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "polydub_log_context", default=MappingProxyType({})
 )
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}

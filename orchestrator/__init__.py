@@ -1,0 +1,1 @@
+"""The dubbing pipeline: stateless workers that consume JetStream job messages and run stages."""

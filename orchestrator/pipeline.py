@@ -1,0 +1,238 @@
+"""Run a job's stages in order, resuming after the last finished one.
+
+A stage is a small async function ``(StageContext) -> StageResult`` with a scope: ``job`` stages
+run once per job (validate, extract, diarize, transcribe, ...), ``target`` stages once per target
+language (translate, synthesize, mix, mux, subtitles, ...). Target languages run concurrently so
+their model calls share Triton batches, and each ends with its own status: a permanent error
+fails that language alone. A retryable error propagates, so the job is redelivered and resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from polydub.errors import PermanentError, classify
+from polydub.orchestrator.state import Cancelled, Fenced, FinishedStages, JobRecord, JobStore
+
+Scope = Literal["job", "target"]
+Publish = Callable[[JobRecord, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class StageResult:
+    outputs: dict[str, Any] = field(default_factory=dict)  # JSON: object keys and small values
+    metrics: dict[str, Any] = field(default_factory=dict)  # for the quality report
+
+
+@dataclass
+class StageContext:
+    job: JobRecord
+    stage: str
+    language: str  # "" for job-scope stages
+    finished: FinishedStages
+    services: Any  # the worker's Services (store, inference clients, settings)
+    workdir: Path
+    report: Callable[[int, int], Awaitable[None]]  # the progress hook: (completed, total)
+
+    def key(self, filename: str) -> str:
+        """The deterministic object key of one of this stage's outputs."""
+        scope = self.language or "_"
+        return f"jobs/{self.job.id}/{self.stage}/{scope}/{filename}"
+
+    def outputs_of(self, stage: str, language: str | None = None) -> dict[str, Any]:
+        """Outputs of an earlier stage: job-scope ones, or this context's language by default."""
+        lang = self.language if language is None else language
+        if self.finished.done(stage, lang):
+            return self.finished.get(stage, lang)
+        return self.finished.get(stage, "")
+
+
+StageFn = Callable[[StageContext], Awaitable[StageResult]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    scope: Scope
+    run: StageFn
+    weight: float = 1.0  # relative cost, for percent and ETA
+
+
+class PipelineRunner:
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        store: JobStore,
+        services: Any,
+        publish: Publish,
+        workdir: Path,
+    ) -> None:
+        self.job_stages = [s for s in stages if s.scope == "job"]
+        self.target_stages = [s for s in stages if s.scope == "target"]
+        self.store = store
+        self.services = services
+        self.publish = publish
+        self.workdir = workdir
+
+    async def run(self, job: JobRecord) -> dict[str, Any] | None:
+        """Run what is left of the job; returns the terminal state event (None if fenced out)."""
+        finished = await self.store.finished_stages(job.id)
+        tracker = _Progress(self, job, finished)
+        workdir = self.workdir / str(job.id)
+        workdir.mkdir(parents=True, exist_ok=True)
+
+        for stage in self.job_stages:
+            await self._run_stage(job, stage, "", finished, tracker, workdir)
+
+        statuses = await self.store.target_statuses(job.id)
+        pending = [t for t in job.targets if statuses.get(t) not in ("succeeded", "failed")]
+        try:
+            async with asyncio.TaskGroup() as group:
+                for language in pending:
+                    group.create_task(self._run_target(job, language, finished, tracker, workdir))
+        except BaseExceptionGroup as group_error:
+            # One target's retryable error cancelled the others; surface the most decisive one.
+            raise _decisive(group_error) from None
+
+        statuses = await self.store.target_statuses(job.id)
+        failed = [lang for lang, s in statuses.items() if s == "failed"]
+        if failed and len(failed) == len(statuses):
+            error = PermanentError(
+                f"every target language failed: {', '.join(sorted(failed))}",
+                code="all_targets_failed",
+            )
+            event = await self.store.finish_job(job, "failed", error)
+        else:
+            event = await self.store.finish_job(job, "succeeded")
+        if event:
+            await self.publish(job, event)
+        return event
+
+    async def _run_target(
+        self,
+        job: JobRecord,
+        language: str,
+        finished: FinishedStages,
+        tracker: _Progress,
+        workdir: Path,
+    ) -> None:
+        try:
+            for stage in self.target_stages:
+                await self._run_stage(job, stage, language, finished, tracker, workdir)
+        except (Fenced, Cancelled):
+            raise
+        except Exception as exc:
+            error = classify(exc)
+            if error.retryable:
+                raise error from exc
+            event = await self.store.finish_target(job, language, "failed", error)
+            await self.publish(job, event)
+            return
+        event = await self.store.finish_target(job, language, "succeeded")
+        await self.publish(job, event)
+
+    async def _run_stage(
+        self,
+        job: JobRecord,
+        stage: Stage,
+        language: str,
+        finished: FinishedStages,
+        tracker: _Progress,
+        workdir: Path,
+    ) -> None:
+        if finished.done(stage.name, language):
+            return
+        if await self.store.cancel_requested(job.id):
+            raise Cancelled(f"job {job.id} cancelled before {stage.name}")
+        await self.store.start_stage(job, stage.name, language)
+        await tracker.update(stage, language, 0.0)
+
+        async def report(completed: int, total: int) -> None:
+            await tracker.update(stage, language, completed / total if total else 0.0)
+
+        stage_dir = workdir / stage.name / (language or "_")
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        context = StageContext(
+            job, stage.name, language, finished, self.services, stage_dir, report
+        )
+        started = time.monotonic()
+        result = await stage.run(context)
+        result.metrics.setdefault("seconds", round(time.monotonic() - started, 3))
+        await self.store.finish_stage(job, stage.name, language, result.outputs, result.metrics)
+        finished.outputs[(stage.name, language)] = result.outputs
+        await tracker.update(stage, language, 1.0, done=True)
+
+
+class _Progress:
+    """Percent and ETA from stage weights; ETA from this attempt's pace."""
+
+    def __init__(self, runner: PipelineRunner, job: JobRecord, finished: FinishedStages) -> None:
+        self.runner = runner
+        self.job = job
+        per_target = sum(s.weight for s in runner.target_stages)
+        self.total = sum(s.weight for s in runner.job_stages) + per_target * max(
+            len(job.targets), 1
+        )
+        self.per_target_total = per_target or 1.0
+        self.done = sum(s.weight for s in runner.job_stages if finished.done(s.name))
+        self.target_done = {
+            t: sum(s.weight for s in runner.target_stages if finished.done(s.name, t))
+            for t in job.targets
+        }
+        self.done += sum(self.target_done.values())
+        self.start_done = self.done
+        self.started = time.monotonic()
+        self.last_publish = 0.0
+
+    async def update(
+        self, stage: Stage, language: str, fraction: float, *, done: bool = False
+    ) -> None:
+        partial = stage.weight * fraction
+        if done:
+            self.done += stage.weight
+            if language:
+                self.target_done[language] += stage.weight
+            partial = 0.0
+        now = time.monotonic()
+        # Throttle intermediate updates; stage boundaries always go out.
+        if not done and fraction not in (0.0, 1.0) and now - self.last_publish < 0.5:
+            return
+        self.last_publish = now
+        overall = min((self.done + partial) / self.total, 1.0) if self.total else 1.0
+        gained = (self.done + partial) - self.start_done
+        elapsed = now - self.started
+        eta = (
+            round(elapsed * (self.total - self.done - partial) / gained, 1) if gained > 0 else None
+        )
+        target_fraction = None
+        if language:
+            target_fraction = (self.target_done[language] + partial) / self.per_target_total
+        event = await self.runner.store.progress(
+            self.job, stage.name, overall, eta, language, target_fraction
+        )
+        await self.runner.publish(self.job, event)
+
+
+def _decisive(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Fenced beats Cancelled beats any other error: each changes what the worker must do."""
+    leaves: list[BaseException] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        else:
+            leaves.append(error)
+
+    walk(group)
+    for kind in (Fenced, Cancelled):
+        for error in leaves:
+            if isinstance(error, kind):
+                return error
+    real = [e for e in leaves if not isinstance(e, asyncio.CancelledError)]
+    return (real or leaves)[0]

@@ -1,0 +1,207 @@
+"""A stateless worker: a pull consumer on the JOBS work queue, running jobs through the pipeline.
+
+Delivery rules (see polydub.errors for the classification):
+- success, a terminal job, or a cancel: ack;
+- a retryable error: nak with a growing delay, until MaxDeliver; the last try fails the job;
+- a permanent error: the job fails with its reason, and the message is term()'d;
+- fenced out by a newer attempt: neither ack nor nak (the newer delivery owns the message).
+While a job runs, a heartbeat task calls in_progress() so the ack wait never lapses; it stops if
+the job makes no progress for ``stall_seconds`` so that a wedged worker loses the job.
+SIGTERM: stop fetching, let running jobs finish for ``drain_seconds``, nak the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from polydub.clients.queue import WORKER_CONSUMER, ConsumerPolicy, progress_subject
+from polydub.errors import classify
+from polydub.logging import log_context
+from polydub.orchestrator.pipeline import PipelineRunner
+from polydub.orchestrator.state import Cancelled, Fenced, JobRecord, JobStore
+from polydub.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    concurrency: int = 2  # jobs at once per worker process: their model calls share batches
+    drain_seconds: float = 30.0
+    stall_seconds: float = 600.0
+    retry_base_delay: float = 2.0
+    retry_max_delay: float = 60.0
+    policy: ConsumerPolicy = field(default_factory=ConsumerPolicy)
+
+    def retry_delay(self, delivered: int) -> float:
+        return float(min(self.retry_max_delay, self.retry_base_delay * 2 ** max(delivered - 1, 0)))
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        nc: NATS,
+        js: JetStreamContext,
+        store: JobStore,
+        runner_factory: Callable[[], PipelineRunner],
+        options: WorkerOptions = WorkerOptions(),
+    ) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.js = js
+        self.store = store
+        self.runner_factory = runner_factory
+        self.options = options
+        self.stopping = asyncio.Event()
+        self.in_flight: set[asyncio.Task[None]] = set()
+
+    async def publish(self, job: JobRecord, event: dict[str, Any]) -> None:
+        # Progress on NATS is best effort: PostgreSQL already holds the event for SSE replay.
+        with contextlib.suppress(Exception):
+            await self.nc.publish(
+                progress_subject(self.settings, str(job.id)),
+                json.dumps({"job_id": str(job.id), **event}, default=str).encode(),
+            )
+
+    async def run(self) -> None:
+        sub = await self.js.pull_subscribe_bind(WORKER_CONSUMER, stream=self.settings.jobs_stream)
+        slots = asyncio.Semaphore(self.options.concurrency)
+        while not self.stopping.is_set():
+            await slots.acquire()
+            if self.stopping.is_set():
+                slots.release()
+                break
+            try:
+                msgs = await sub.fetch(1, timeout=1.0)
+            except Exception:  # timeout with no message, or NATS reconnecting
+                slots.release()
+                continue
+            for msg in msgs:
+                task = asyncio.create_task(self.handle(msg))
+                self.in_flight.add(task)
+
+                def done(finished: asyncio.Task[None]) -> None:
+                    self.in_flight.discard(finished)
+                    slots.release()
+
+                task.add_done_callback(done)
+        await self.drain()
+
+    async def drain(self) -> None:
+        if not self.in_flight:
+            return
+        log.info("draining", extra={"jobs": len(self.in_flight)})
+        _, pending = await asyncio.wait(self.in_flight, timeout=self.options.drain_seconds)
+        for task in pending:
+            task.cancel()  # handle() naks on cancellation so another worker resumes it now
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def handle(self, msg: Msg) -> None:
+        try:
+            job_id = uuid.UUID(json.loads(msg.data)["job_id"])
+        except (ValueError, KeyError, TypeError):
+            log.error(
+                "malformed job message; terminating it",
+                extra={"data": msg.data[:200].decode(errors="replace")},
+            )
+            await msg.term()
+            return
+        with log_context(job_id=str(job_id), delivery=msg.metadata.num_delivered):
+            await self._handle_job(msg, job_id)
+
+    async def _handle_job(self, msg: Msg, job_id: uuid.UUID) -> None:
+        progress_clock = [time.monotonic()]
+        heartbeat = asyncio.create_task(self._heartbeat(msg, progress_clock))
+        job: JobRecord | None = None
+        try:
+            job = await self.store.claim(job_id)
+            if job is None:
+                await msg.ack()  # already terminal: a duplicate or late delivery
+                return
+            with log_context(attempt=job.attempt):
+                if await self.store.cancel_requested(job.id):
+                    raise Cancelled("cancelled before start")
+                runner = self.runner_factory()
+                original_publish = runner.publish
+
+                async def publish(j: JobRecord, event: dict[str, Any]) -> None:
+                    progress_clock[0] = time.monotonic()
+                    await original_publish(j, event)
+
+                runner.publish = publish
+                log.info("job started")
+                await runner.run(job)
+                log.info("job finished")
+            await msg.ack()
+        except Fenced as exc:
+            log.warning("fenced out; dropping the job without ack", extra={"reason": str(exc)})
+        except Cancelled:
+            assert job is not None
+            event = await self.store.finish_job(job, "cancelled")
+            if event:
+                await self.publish(job, event)
+            await msg.ack()
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await msg.nak()  # draining on SIGTERM: hand the job back at once
+            raise
+        except Exception as exc:
+            await self._on_error(msg, job_id, job, exc)
+        finally:
+            heartbeat.cancel()
+
+    async def _on_error(
+        self, msg: Msg, job_id: uuid.UUID, job: JobRecord | None, exc: Exception
+    ) -> None:
+        error = classify(exc)
+        delivered = msg.metadata.num_delivered
+        last_try = delivered >= self.options.policy.max_deliver
+        if error.retryable and not last_try:
+            delay = self.options.retry_delay(delivered)
+            log.warning(
+                "retryable error; nak",
+                extra={"code": error.code, "error": error.message, "delay": delay},
+            )
+            await msg.nak(delay=delay)
+            return
+        if error.retryable:
+            error = type(error)(
+                f"gave up after {delivered} attempts: {error.message}", code=error.code
+            )
+        log.error("job failed", extra={"code": error.code, "error": error.message})
+        try:
+            event = await self.store.finish_job(
+                job or job_id, "failed", error, fenced=job is not None
+            )
+        except Fenced:
+            return
+        if event and job is not None:
+            await self.publish(job, event)
+        await msg.term()
+
+    async def _heartbeat(self, msg: Msg, progress_clock: list[float]) -> None:
+        interval = max(self.options.policy.ack_wait_seconds / 3, 0.2)
+        while True:
+            await asyncio.sleep(interval)
+            if time.monotonic() - progress_clock[0] > self.options.stall_seconds:
+                log.error("no progress; stopping heartbeats so the job is redelivered")
+                return
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
