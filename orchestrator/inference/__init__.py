@@ -1,0 +1,1 @@
+"""Typed clients for the models served by Triton, one per capability."""
