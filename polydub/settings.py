@@ -56,6 +56,36 @@ class Settings(BaseSettings):
 
     presign_ttl_seconds: int = Field(default=900, gt=0, le=7 * 24 * 3600)
 
+    # API tier (api/): limits on what a client may send, and its background workers.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    api_public_url: str = ""  # base of the links in responses when behind a proxy; "" = relative
+    api_max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    api_max_media_seconds: float = Field(default=3600.0, gt=0)
+    api_max_video_width: int = 7680
+    api_max_video_height: int = 4320
+    api_max_streams: int = 16
+    api_max_target_languages: int = 10
+    api_probe_timeout_seconds: float = 60.0
+    api_tmp_dir: Path | None = None  # where uploads are spooled for probing; None = system temp
+    api_upload_ttl_seconds: int = 3600  # presigned upload reservations
+    api_preview_max_seconds: float = 60.0
+    api_default_rate_limit_per_minute: int = 600
+    api_default_max_concurrent_jobs: int = 100
+    api_run_workers: bool = True  # outbox relay, webhook sender and retention purge in-process
+    api_outbox_poll_seconds: float = 0.5
+    api_outbox_publish_timeout_seconds: float = 2.0
+    api_events_poll_seconds: float = 1.0
+    api_sse_keepalive_seconds: float = 15.0
+    api_webhook_poll_seconds: float = 1.0
+    api_webhook_timeout_seconds: float = 10.0
+    api_webhook_max_attempts: int = 8
+    api_webhook_backoff_base_seconds: float = 5.0
+    api_webhook_backoff_max_seconds: float = 3600.0
+    api_webhook_allow_private: bool = False  # callbacks to loopback/private addresses (SSRF)
+    retention_seconds: int = Field(default=7 * 24 * 3600, gt=0)  # inputs and artifacts expire
+    retention_interval_seconds: float = 300.0
+
     @model_validator(mode="after")
     def _fill_local_addresses(self) -> Settings:
         # frozen model: fill the derived defaults through object.__setattr__ once, at validation.

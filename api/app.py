@@ -1,0 +1,91 @@
+"""The FastAPI application: ``create_app()`` builds it; the lifespan opens the clients once.
+
+``uvicorn --factory polydub.api.app:create_app`` or ``polydub api serve``. The lifespan applies
+the migrations (safe with many replicas), opens the PostgreSQL pool, the S3 store, the Triton
+client and a NATS connection (in the background: the API accepts jobs while NATS is down; the
+outbox holds them), and starts the replica's background workers: the outbox relay, the
+webhook sender and the retention purge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from polydub import __version__
+from polydub.api.deps import AppState, NatsHolder
+from polydub.api.errors import install_error_handlers
+from polydub.api.outbox import OutboxRelay
+from polydub.api.retention import run_retention
+from polydub.api.routes import events, health, jobs, languages, outputs
+from polydub.api.webhooks import WebhookSender
+from polydub.clients.db import create_pool, migrate_database
+from polydub.clients.storage import ObjectStore
+from polydub.clients.triton import InferenceClient
+from polydub.settings import Settings, get_settings
+
+API_PREFIX = "/api/v1"
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    await migrate_database(settings)
+    pool = await create_pool(settings, min_size=2, max_size=20)
+    nats = NatsHolder(settings)
+    nats.start()
+    triton = InferenceClient(settings.triton_url)
+    relay = OutboxRelay(pool, nats.get, settings)
+    state = AppState(
+        settings=settings,
+        pool=pool,
+        store=ObjectStore(settings),
+        nats=nats,
+        triton=triton,
+        relay=relay,
+    )
+    sender = WebhookSender(pool, settings)
+    if settings.api_run_workers:
+        state.tasks = [
+            asyncio.create_task(relay.run(), name="outbox-relay"),
+            asyncio.create_task(sender.run(), name="webhooks"),
+            asyncio.create_task(run_retention(pool, state.store, settings), name="retention"),
+        ]
+    app.state.polydub = state
+    try:
+        yield
+    finally:
+        for task in state.tasks:
+            task.cancel()
+        for task in state.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await sender.close()
+        await nats.close()
+        with contextlib.suppress(Exception):
+            await triton.close()
+        await pool.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(
+        title="polydub",
+        version=__version__,
+        summary="Dub videos into other languages at volume.",
+        lifespan=lifespan,
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings or get_settings()
+    install_error_handlers(app)
+    for module in (jobs, outputs, events, languages):
+        app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(health.router)
+    return app
+
+
+__all__ = ["AppState", "create_app"]

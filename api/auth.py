@@ -1,0 +1,149 @@
+"""API keys: ``pd_<prefix>_<secret>``, stored as the sha256 of the whole key, never in clear.
+
+The prefix (12 hex characters) is public and finds the row; the secret is 256 random bits, so a
+plain sha256 is enough (no slow hash needed: there is nothing to brute-force). Keys are created
+and revoked with ``polydub keys create|revoke``; the full key is shown once, at creation.
+Each key also gets a webhook signing secret, shown at creation, that signs its job callbacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from polydub.api.errors import Unauthenticated
+from polydub.errors import NotFound
+
+KEY_RE = re.compile(r"^pd_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: uuid.UUID
+    name: str
+    prefix: str
+    rate_limit_per_minute: int
+    max_concurrent_jobs: int
+    webhook_secret: str | None
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """What ``keys create`` prints once: the key and the webhook secret exist nowhere else."""
+
+    id: uuid.UUID
+    name: str
+    key: str
+    prefix: str
+    webhook_secret: str
+    rate_limit_per_minute: int
+    max_concurrent_jobs: int
+
+
+def hash_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def generate_key() -> tuple[str, str]:
+    prefix = secrets.token_hex(6)
+    return f"pd_{prefix}_{secrets.token_urlsafe(32)}", prefix
+
+
+def key_from_headers(authorization: str | None, x_api_key: str | None) -> str | None:
+    if x_api_key:
+        return x_api_key.strip()
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return None
+
+
+async def authenticate(conn: asyncpg.Connection | asyncpg.Pool, key: str | None) -> ApiKey:
+    if not key:
+        raise Unauthenticated(
+            "an API key is required: Authorization: Bearer pd_... or X-API-Key",
+            code="unauthenticated",
+        )
+    match = KEY_RE.match(key)
+    if match is None:
+        raise Unauthenticated("the API key is malformed", code="invalid_api_key")
+    row = await conn.fetchrow(
+        "SELECT id, name, prefix, key_hash, rate_limit_per_minute, max_concurrent_jobs,"
+        " webhook_secret, revoked_at FROM api_keys WHERE prefix = $1",
+        match[1],
+    )
+    # compare_digest even when the row is missing, so timing tells nothing about prefixes.
+    stored = bytes(row["key_hash"]) if row is not None else b"\0" * 32
+    if not hmac.compare_digest(stored, hash_key(key)) or row is None:
+        raise Unauthenticated("the API key is not valid", code="invalid_api_key")
+    if row["revoked_at"] is not None:
+        raise Unauthenticated("the API key has been revoked", code="api_key_revoked")
+    return ApiKey(
+        id=row["id"],
+        name=row["name"],
+        prefix=row["prefix"],
+        rate_limit_per_minute=row["rate_limit_per_minute"],
+        max_concurrent_jobs=row["max_concurrent_jobs"],
+        webhook_secret=row["webhook_secret"],
+    )
+
+
+async def create_key(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    name: str,
+    *,
+    rate_limit_per_minute: int = 600,
+    max_concurrent_jobs: int = 100,
+) -> NewKey:
+    key, prefix = generate_key()
+    key_id = uuid.uuid4()
+    webhook_secret = "whsec_" + secrets.token_urlsafe(32)
+    await conn.execute(
+        "INSERT INTO api_keys (id, name, prefix, key_hash, rate_limit_per_minute,"
+        " max_concurrent_jobs, webhook_secret) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        key_id,
+        name,
+        prefix,
+        hash_key(key),
+        rate_limit_per_minute,
+        max_concurrent_jobs,
+        webhook_secret,
+    )
+    return NewKey(
+        key_id, name, key, prefix, webhook_secret, rate_limit_per_minute, max_concurrent_jobs
+    )
+
+
+async def revoke_key(conn: asyncpg.Connection | asyncpg.Pool, ident: str) -> datetime:
+    """Revoke by prefix, id or whole key; returns when. Revoking twice keeps the first time."""
+    match = KEY_RE.match(ident)
+    prefix = match[1] if match else ident
+    key_id: uuid.UUID | None = None
+    with contextlib.suppress(ValueError):
+        key_id = uuid.UUID(ident)
+    revoked: datetime | None = await conn.fetchval(
+        "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())"
+        " WHERE prefix = $1 OR id = $2 RETURNING revoked_at",
+        prefix,
+        key_id,
+    )
+    if revoked is None:
+        raise NotFound(f"no API key {ident!r}", code="api_key_not_found")
+    return revoked
+
+
+async def list_keys(conn: asyncpg.Connection | asyncpg.Pool) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT id, name, prefix, rate_limit_per_minute, max_concurrent_jobs, created_at,"
+        " revoked_at, last_used_at FROM api_keys ORDER BY created_at"
+    )
+    return rows

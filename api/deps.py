@@ -1,0 +1,98 @@
+"""Dependencies: the app's clients (created in the lifespan, kept on ``app.state``) and the
+caller, authenticated and rate-limited, as ``Annotated`` types the routes declare."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from nats.aio.client import Client as NATS
+
+from polydub.api.auth import ApiKey, authenticate
+from polydub.api.outbox import OutboxRelay
+from polydub.api.ratelimit import take_token
+from polydub.clients.queue import connect
+from polydub.clients.storage import ObjectStore
+from polydub.clients.triton import InferenceClient
+from polydub.settings import Settings
+
+log = logging.getLogger("polydub.api")
+
+
+class NatsHolder:
+    """One NATS connection, opened in the background: the API starts and accepts jobs while
+    NATS is down (the outbox keeps them), and the client reconnects by itself afterwards."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.nc: NATS | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._connect_loop(), name="nats-connect")
+
+    async def _connect_loop(self) -> None:
+        delay = 0.2
+        while self.nc is None:
+            try:
+                self.nc = await connect(self.settings, name="polydub-api")
+            except Exception as exc:
+                log.warning("NATS not reachable yet", extra={"error": str(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def get(self) -> NATS | None:
+        return self.nc
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    pool: asyncpg.Pool
+    store: ObjectStore
+    nats: NatsHolder
+    triton: InferenceClient
+    relay: OutboxRelay
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    languages_cache: tuple[float, Any] | None = None
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.polydub
+    return state
+
+
+State = Annotated[AppState, Depends(get_state)]
+
+# Declared for the OpenAPI schema ("Authorize" in the docs); checked in ``caller``.
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer pd_<prefix>_<secret>")
+_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+async def caller(
+    state: State,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    api_key: Annotated[str | None, Security(_header)],
+) -> ApiKey:
+    key = api_key or (bearer.credentials if bearer else None)
+    found = await authenticate(state.pool, key)
+    await take_token(state.pool, found)
+    return found
+
+
+Caller = Annotated[ApiKey, Depends(caller)]

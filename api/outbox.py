@@ -1,0 +1,115 @@
+"""The outbox relay: publishes committed queue messages to JetStream, at least once.
+
+A job row and its outbox row commit together; this relay (one per API replica) takes pending
+rows with ``FOR UPDATE SKIP LOCKED`` (replicas never publish the same row at once), publishes
+each with ``Nats-Msg-Id`` = outbox.msg_id and marks it published. When NATS is down the rows
+simply stay pending, with the error and attempt count recorded, and go out once it is back; a
+row published but not yet marked (a crash in between) is published again and JetStream's
+duplicate window drops the copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
+
+from polydub.clients.queue import jobs_stream_config
+from polydub.settings import Settings
+
+log = logging.getLogger("polydub.api.outbox")
+
+NatsGetter = Callable[[], Awaitable[NATS | None]]
+
+
+class OutboxRelay:
+    def __init__(self, pool: asyncpg.Pool, nats: NatsGetter, settings: Settings) -> None:
+        self.pool = pool
+        self.nats = nats
+        self.settings = settings
+        self._wake = asyncio.Event()
+        self._stream_ready = False
+
+    def wake(self) -> None:
+        """A new row was committed: publish now rather than at the next poll."""
+        self._wake.set()
+
+    async def _ensure_stream(self, nc: NATS) -> None:
+        # The stream only: the consumer belongs to the workers and their policy.
+        js = nc.jetstream()
+        try:
+            await js.stream_info(self.settings.jobs_stream)
+        except NotFoundError:
+            await js.add_stream(jobs_stream_config(self.settings))
+        self._stream_ready = True
+
+    async def publish_pending(self, batch: int = 100) -> int:
+        """One pass; returns how many rows were published. Stops at the first failure."""
+        nc = await self.nats()
+        if nc is None or not nc.is_connected:
+            return 0
+        if not self._stream_ready:
+            await self._ensure_stream(nc)
+        js = nc.jetstream()
+        published = 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT id, subject, msg_id, payload, headers FROM outbox"
+                " WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                batch,
+            )
+            done: list[int] = []
+            for row in rows:
+                headers = {**(row["headers"] or {}), "Nats-Msg-Id": row["msg_id"]}
+                try:
+                    await js.publish(
+                        row["subject"],
+                        json.dumps(row["payload"]).encode(),
+                        headers=headers,
+                        timeout=self.settings.api_outbox_publish_timeout_seconds,
+                    )
+                except Exception as exc:
+                    await conn.execute(
+                        "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1",
+                        row["id"],
+                        f"{type(exc).__name__}: {exc}"[:500],
+                    )
+                    self._stream_ready = False  # maybe it was deleted: check again next time
+                    log.warning(
+                        "outbox publish failed; will retry",
+                        extra={"msg_id": row["msg_id"], "error": str(exc)},
+                    )
+                    break
+                done.append(row["id"])
+            if done:
+                await conn.execute(
+                    "UPDATE outbox SET published_at = now(), attempts = attempts + 1,"
+                    " last_error = NULL WHERE id = ANY($1::bigint[])",
+                    done,
+                )
+                published = len(done)
+        return published
+
+    async def run(self) -> None:
+        """Until cancelled: publish whenever woken, at least every poll interval."""
+        backoff = self.settings.api_outbox_poll_seconds
+        while True:
+            try:
+                count = await self.publish_pending()
+                backoff = self.settings.api_outbox_poll_seconds
+                if count:
+                    continue  # there may be more
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox relay pass failed", extra={"error": str(exc)})
+                backoff = min(backoff * 2, 5.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), backoff)
+            self._wake.clear()

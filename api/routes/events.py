@@ -1,0 +1,186 @@
+"""Progress: Server-Sent Events (resumable with Last-Event-ID) and a WebSocket, both fed from
+``job_events`` (the record) and woken by NATS ``progress.<job>`` (the signal).
+
+The rows are the truth: a follower reads the job's events after the last id it sent, sends
+them, and waits for a NATS message or the poll interval before reading again. NATS only makes
+the wait short; if it is down, polling still delivers every event, in order, exactly once.
+The stream ends once the job is in a terminal state and its events are all sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, WebSocket, WebSocketDisconnect
+from fastapi.responses import StreamingResponse
+from starlette.websockets import WebSocketState
+
+from polydub.api.auth import authenticate, key_from_headers
+from polydub.api.deps import AppState, Caller, State
+from polydub.api.errors import TooManyRequests
+from polydub.api.jobs_db import assert_owned
+from polydub.api.ratelimit import take_token
+from polydub.api.schemas import TERMINAL, ErrorEnvelope
+from polydub.clients.queue import progress_subject
+from polydub.errors import InvalidInput, PolydubError
+
+router = APIRouter(tags=["progress"])
+BATCH = 500
+
+
+async def follow(
+    state: AppState, job_id: uuid.UUID, after: int
+) -> AsyncIterator[dict[str, Any] | None]:
+    """Yield the job's events after ``after`` as messages, then new ones as they come;
+    ``None`` whenever a wait passed with nothing new (callers send keep-alives on it)."""
+    wake = asyncio.Event()
+    sub = None
+    nc = await state.nats.get()
+    if nc is not None and nc.is_connected:
+
+        async def on_message(_: Any) -> None:
+            wake.set()
+
+        with contextlib.suppress(Exception):
+            sub = await nc.subscribe(progress_subject(state.settings, str(job_id)), cb=on_message)
+    try:
+        while True:
+            # Status first: a terminal state commits with its event, so the events read next
+            # include it, and nothing is left behind when the stream ends.
+            status = await state.pool.fetchval("SELECT status FROM jobs WHERE id = $1", job_id)
+            if status is None:
+                return  # purged meanwhile
+            rows = await state.pool.fetch(
+                "SELECT id, type, data FROM job_events WHERE job_id = $1 AND id > $2"
+                " ORDER BY id LIMIT $3",
+                job_id,
+                after,
+                BATCH,
+            )
+            for row in rows:
+                after = row["id"]
+                yield {"id": row["id"], "type": row["type"], **(row["data"] or {})}
+            if len(rows) == BATCH:
+                continue
+            if status in TERMINAL:
+                return
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), state.settings.api_events_poll_seconds)
+            if not wake.is_set():
+                yield None
+    finally:
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+def _sse(message: dict[str, Any]) -> bytes:
+    data = json.dumps(message, default=str, separators=(",", ":"))
+    return f"id: {message['id']}\nevent: {message['type']}\ndata: {data}\n\n".encode()
+
+
+def _last_id(header: str | None, query: int | None) -> int:
+    if header is None:
+        return query or 0
+    try:
+        value = int(header.strip())
+    except ValueError:
+        raise InvalidInput(
+            "Last-Event-ID must be an event id", code="invalid_last_event_id"
+        ) from None
+    if value < 0:
+        raise InvalidInput("Last-Event-ID must be an event id", code="invalid_last_event_id")
+    return value
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "job events as SSE"},
+        **{c: {"model": ErrorEnvelope} for c in (401, 404, 422, 429)},
+    },
+    summary="Progress as Server-Sent Events; resumable with Last-Event-ID",
+)
+async def events(
+    job_id: uuid.UUID,
+    state: State,
+    key: Caller,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    after: Annotated[int | None, Query(ge=0, description="resume after this event id")] = None,
+) -> StreamingResponse:
+    await assert_owned(state.pool, key.id, job_id)
+    start = _last_id(last_event_id, after)
+    keepalive = state.settings.api_sse_keepalive_seconds
+
+    async def stream() -> AsyncIterator[bytes]:
+        idle = 0.0
+        async for message in follow(state, job_id, start):
+            if message is None:
+                idle += state.settings.api_events_poll_seconds
+                if idle >= keepalive:
+                    idle = 0.0
+                    yield b": keep-alive\n\n"
+                continue
+            idle = 0.0
+            yield _sse(message)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+# Application close codes: the HTTP status they stand for, plus 4000.
+WS_UNAUTHENTICATED = 4401
+WS_NOT_FOUND = 4404
+WS_RATE_LIMITED = 4429
+
+
+@router.websocket("/jobs/{job_id}/progress")
+async def progress(websocket: WebSocket, job_id: uuid.UUID, after: int = 0) -> None:
+    """The same messages as the SSE stream, one JSON text frame each; closes with 1000 after
+    the terminal state, 4401/4404/4429 for an unknown key, a job not yours, a rate limit."""
+    state: AppState = websocket.app.state.polydub
+    await websocket.accept()
+    try:
+        key = await authenticate(
+            state.pool,
+            key_from_headers(
+                websocket.headers.get("authorization"), websocket.headers.get("x-api-key")
+            ),
+        )
+        await take_token(state.pool, key)
+        await assert_owned(state.pool, key.id, job_id)
+    except TooManyRequests as exc:
+        await websocket.close(WS_RATE_LIMITED, exc.code)
+        return
+    except PolydubError as exc:
+        code = WS_NOT_FOUND if exc.code == "job_not_found" else WS_UNAUTHENTICATED
+        await websocket.close(code, exc.code)
+        return
+
+    async def send_all() -> None:
+        async for message in follow(state, job_id, max(after, 0)):
+            if message is not None:
+                await websocket.send_text(json.dumps(message, default=str))
+
+    sender = asyncio.create_task(send_all())
+    receiver = asyncio.create_task(websocket.receive())  # only to notice a client leaving
+    done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (sender, receiver):
+        if task not in done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, Exception):
+                await task
+    if sender in done and websocket.client_state == WebSocketState.CONNECTED:
+        with contextlib.suppress(Exception):
+            sender.result()
+            await websocket.close(1000)

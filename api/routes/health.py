@@ -1,0 +1,74 @@
+"""Liveness (the process answers) and readiness (PostgreSQL, NATS, S3 and Triton all answer)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from polydub.api.deps import AppState, State
+from polydub.api.errors import envelope
+from polydub.api.schemas import CheckOut, ErrorEnvelope, HealthOut
+
+router = APIRouter(tags=["health"])
+CHECK_TIMEOUT = 2.0
+
+
+async def _timed(check: Callable[[], Awaitable[bool]]) -> CheckOut:
+    started = time.perf_counter()
+    try:
+        ok = await asyncio.wait_for(check(), CHECK_TIMEOUT)
+        error = None if ok else "not ready"
+    except Exception as exc:
+        ok, error = False, f"{type(exc).__name__}: {exc}"[:200]
+    return CheckOut(ok=ok, ms=round((time.perf_counter() - started) * 1000, 1), error=error)
+
+
+async def readiness(state: AppState) -> dict[str, CheckOut]:
+    async def postgres() -> bool:
+        return bool(await state.pool.fetchval("SELECT 1", timeout=CHECK_TIMEOUT) == 1)
+
+    async def nats() -> bool:
+        nc = await state.nats.get()
+        if nc is None or not nc.is_connected:
+            return False
+        await nc.flush(timeout=int(CHECK_TIMEOUT))
+        return True
+
+    async def s3() -> bool:
+        await state.store.exists("health/probe")  # a stat: answers False or raises
+        return True
+
+    async def triton() -> bool:
+        return await state.triton.is_ready()
+
+    names = ("postgres", "nats", "s3", "triton")
+    results = await asyncio.gather(*(_timed(c) for c in (postgres, nats, s3, triton)))
+    return dict(zip(names, results, strict=True))
+
+
+@router.get("/health/live", response_model=HealthOut, summary="The process is up")
+async def live() -> HealthOut:
+    return HealthOut(status="ok")
+
+
+@router.get(
+    "/health/ready",
+    response_model=HealthOut,
+    responses={503: {"model": ErrorEnvelope}},
+    summary="Every dependency answers: PostgreSQL, NATS, S3, Triton",
+)
+async def ready(state: State) -> HealthOut | JSONResponse:
+    checks = await readiness(state)
+    if all(c.ok for c in checks.values()):
+        return HealthOut(status="ready", checks=checks)
+    failing = sorted(name for name, c in checks.items() if not c.ok)
+    body = envelope(
+        "not_ready",
+        f"not ready: {', '.join(failing)}",
+        {"checks": {name: c.model_dump() for name, c in checks.items()}},
+    )
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})

@@ -1,0 +1,142 @@
+"""Outputs: short-lived presigned links to a target language's files, and a preview clip."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from polydub.api.deps import Caller, State
+from polydub.api.errors import job_not_found
+from polydub.api.preview import make_preview
+from polydub.api.schemas import ErrorEnvelope, OutputFile, OutputsOut, PreviewOut
+from polydub.errors import Conflict, InvalidInput, NotFound
+
+router = APIRouter(tags=["outputs"])
+
+# kind -> (file name suffix, extension) for the Content-Disposition of each link
+_NAMES = {
+    "dubbed_video": ("", "mp4"),
+    "dubbed_audio": ("", "m4a"),
+    "subtitles_srt": ("", "srt"),
+    "subtitles_vtt": ("", "vtt"),
+    "source_subtitles_srt": (".source", "srt"),
+    "source_subtitles_vtt": (".source", "vtt"),
+    "transcript": (".transcript", "json"),
+    "quality_report": (".quality", "json"),
+}
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _download_name(input_filename: str | None, language: str, kind: str) -> str:
+    # ASCII only: the name ends up in a header; the user's name is cleaned, never trusted.
+    stem = (input_filename or "output").rsplit(".", 1)[0]
+    stem = _UNSAFE.sub("_", stem).strip("._")[:80] or "output"
+    suffix, ext = _NAMES.get(kind, (f".{kind}", "bin"))
+    return f"{stem}.{language}{suffix}.{ext}"
+
+
+@router.get(
+    "/jobs/{job_id}/outputs/{language}",
+    response_model=OutputsOut,
+    responses={c: {"model": ErrorEnvelope} for c in (401, 404, 409, 422, 429)},
+    summary="Presigned links to a language's outputs, and optionally a preview clip",
+)
+async def outputs(
+    job_id: uuid.UUID,
+    language: str,
+    state: State,
+    key: Caller,
+    preview_start: Annotated[float | None, Query(ge=0, description="seconds")] = None,
+    preview_end: Annotated[float | None, Query(gt=0, description="seconds")] = None,
+) -> OutputsOut:
+    job = await state.pool.fetchrow(
+        "SELECT j.input_filename, t.status FROM jobs j"
+        " LEFT JOIN job_targets t ON t.job_id = j.id AND t.language = $3"
+        " WHERE j.id = $1 AND j.owner_id = $2",
+        job_id,
+        key.id,
+        language,
+    )
+    if job is None:
+        raise job_not_found(job_id)
+    if job["status"] is None:
+        raise NotFound(f"the job has no target language {language!r}", code="language_not_in_job")
+    rows = await state.pool.fetch(
+        "SELECT language, kind, object_key, content_type, size_bytes FROM artifacts"
+        " WHERE job_id = $1 AND language IN ($2, '') ORDER BY kind, language DESC",
+        job_id,
+        language,
+    )
+    # A language's own file wins over a job-wide one of the same kind (e.g. source subtitles).
+    chosen: dict[str, Any] = {}
+    for row in rows:
+        chosen.setdefault(row["kind"], row)
+    if not chosen:
+        raise Conflict(
+            f"no outputs for {language!r} yet; the language is {job['status']}",
+            code="outputs_not_ready",
+            detail={"status": job["status"]},
+        )
+    files = [
+        OutputFile(
+            kind=kind,
+            url=state.store.presigned_get(
+                row["object_key"], filename=_download_name(job["input_filename"], language, kind)
+            ),
+            content_type=row["content_type"],
+            size_bytes=row["size_bytes"],
+            filename=_download_name(job["input_filename"], language, kind),
+        )
+        for kind, row in sorted(chosen.items())
+    ]
+    preview = None
+    if preview_start is not None or preview_end is not None:
+        preview = await _preview(state, job_id, language, chosen, preview_start or 0.0, preview_end)
+    return OutputsOut(
+        job_id=job_id,
+        language=language,
+        status=job["status"],
+        expires_in_seconds=state.settings.presign_ttl_seconds,
+        files=files,
+        preview=preview,
+    )
+
+
+async def _preview(
+    state: Any,
+    job_id: uuid.UUID,
+    language: str,
+    chosen: dict[str, Any],
+    start: float,
+    end: float | None,
+) -> PreviewOut:
+    limit = state.settings.api_preview_max_seconds
+    end = start + min(limit, 30.0) if end is None else end
+    if end <= start or end - start > limit:
+        raise InvalidInput(
+            f"the preview range must be 0 < end - start <= {limit:.0f} s",
+            code="invalid_preview_range",
+        )
+    source = chosen.get("dubbed_video") or chosen.get("dubbed_audio")
+    if source is None:
+        raise Conflict("no dubbed media to preview yet", code="outputs_not_ready")
+    clip = await make_preview(
+        state.store,
+        state.settings,
+        job_id=job_id,
+        language=language,
+        source_key=source["object_key"],
+        is_video=source["kind"] == "dubbed_video",
+        start=start,
+        end=end,
+    )
+    return PreviewOut(
+        start=start,
+        end=end,
+        url=state.store.presigned_get(clip.key),
+        content_type=clip.content_type,
+        size_bytes=clip.size_bytes,
+    )

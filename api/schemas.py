@@ -1,0 +1,238 @@
+"""Request and response models. Every request model forbids unknown fields (a typo is a 422,
+never a silently ignored option); responses are documented in the OpenAPI schema from these."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from polydub.languages import LANGUAGES
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+ArtifactKind = Literal[
+    "dubbed_video",
+    "dubbed_audio",
+    "subtitles_srt",
+    "subtitles_vtt",
+    "source_subtitles_srt",
+    "source_subtitles_vtt",
+    "transcript",
+    "quality_report",
+]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _language(code: str) -> str:
+    code = code.strip().lower()
+    if code not in LANGUAGES:
+        # A named error type: the envelope's code becomes "unsupported_language".
+        raise PydanticCustomError(
+            "unsupported_language",
+            "unsupported language {code!r}; supported: {supported}",
+            {"code": code, "supported": ", ".join(sorted(LANGUAGES))},
+        )
+    return code
+
+
+class JobOptions(Strict):
+    """What a job is asked to do. Languages are ISO 639-3 codes (``GET /api/v1/languages``)."""
+
+    source_language: str = Field(
+        default="auto", description="ISO 639-3 code of the spoken language, or 'auto' to detect"
+    )
+    target_languages: Annotated[list[str], Field(min_length=1)]
+    num_speakers: Annotated[int, Field(ge=1, le=20)] | None = None
+    keep_background: bool = True
+    subtitles_only: bool = False
+    start_time: Annotated[float, Field(ge=0)] | None = None
+    end_time: Annotated[float, Field(gt=0)] | None = None
+    callback_url: AnyHttpUrl | None = Field(default=None, max_length=2048)
+
+    @field_validator("source_language")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        return "auto" if value.strip().lower() == "auto" else _language(value)
+
+    @field_validator("target_languages")
+    @classmethod
+    def _targets(cls, value: list[str]) -> list[str]:
+        codes: list[str] = []
+        for item in value:
+            for code in item.split(","):
+                if code.strip():
+                    checked = _language(code)
+                    if checked not in codes:
+                        codes.append(checked)
+        if not codes:
+            raise PydanticCustomError("missing_target_language", "a target language is required")
+        return codes
+
+    @model_validator(mode="after")
+    def _coherent(self) -> JobOptions:
+        if self.source_language in self.target_languages:
+            raise PydanticCustomError(
+                "same_language", "a target language equals the source language"
+            )
+        if (
+            self.start_time is not None
+            and self.end_time is not None
+            and self.end_time <= self.start_time
+        ):
+            raise PydanticCustomError("invalid_time_range", "end_time must be after start_time")
+        return self
+
+    def options_json(self) -> dict[str, Any]:
+        """The options column the orchestrator reads."""
+        return {
+            "num_speakers": self.num_speakers,
+            "keep_background": self.keep_background,
+            "subtitles_only": self.subtitles_only,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+        }
+
+
+class JobFromUpload(JobOptions):
+    """JSON body of ``POST /jobs`` after a presigned upload (``POST /uploads``)."""
+
+    upload_id: uuid.UUID
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    detail: Any = None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorInfo
+
+
+class TargetOut(BaseModel):
+    language: str
+    status: JobStatus
+    stage: str | None
+    progress: float
+    error: ErrorInfo | None = None
+
+
+class InputOut(BaseModel):
+    filename: str | None
+    bytes: int | None
+    duration_seconds: float | None
+    has_video: bool | None
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+    progress: str
+    outputs: dict[str, str]
+
+
+class JobOut(BaseModel):
+    id: uuid.UUID
+    status: JobStatus
+    stage: str | None
+    progress: float = Field(description="0..1 over the whole job")
+    percent: int
+    eta_seconds: float | None
+    source_language: str
+    detected_language: str | None
+    target_languages: list[str]
+    targets: list[TargetOut]
+    options: dict[str, Any]
+    input: InputOut
+    callback_url: str | None
+    cancel_requested: bool
+    retries: int
+    error: ErrorInfo | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    expires_at: datetime | None
+    links: JobLinks
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at end")
+
+
+class JobListQuery(Strict):
+    status: JobStatus | None = None
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+    cursor: Annotated[str, Field(max_length=200)] | None = None
+
+
+class UploadOut(BaseModel):
+    upload_id: uuid.UUID
+    url: str
+    method: Literal["PUT"]
+    expires_at: datetime
+    max_bytes: int
+
+
+class OutputFile(BaseModel):
+    kind: str
+    url: str
+    content_type: str
+    size_bytes: int
+    filename: str
+
+
+class PreviewOut(BaseModel):
+    start: float
+    end: float
+    url: str
+    content_type: str
+    size_bytes: int
+
+
+class OutputsOut(BaseModel):
+    job_id: uuid.UUID
+    language: str
+    status: JobStatus
+    expires_in_seconds: int
+    files: list[OutputFile]
+    preview: PreviewOut | None = None
+
+
+class PurgeOut(BaseModel):
+    job_id: uuid.UUID
+    deleted_objects: int
+
+
+class LanguageOut(BaseModel):
+    code: str
+    name: str
+    transcribe: bool = Field(description="speech recognition can take it as the source")
+    translate: bool = Field(description="the translation model covers it")
+    synthesize: bool = Field(description="a speech-synthesis voice is in the model repository")
+    dub_target: bool = Field(description="translate and synthesize: a full dub into it")
+
+
+class LanguagesOut(BaseModel):
+    auto_detect: bool
+    models: list[str]
+    languages: list[LanguageOut]
+
+
+class CheckOut(BaseModel):
+    ok: bool
+    ms: float
+    error: str | None = None
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "ready"]
+    checks: dict[str, CheckOut] = Field(default_factory=dict)

@@ -1,0 +1,228 @@
+"""Webhook delivery: a POST to the job's callback_url on each terminal state, signed, retried.
+
+Deliveries are rows of ``webhook_deliveries`` (unique per job and state, written in the same
+transaction as the state change by whoever makes it: the orchestrator or the API's cancel), so a
+state is delivered once however many replicas run this worker. A worker leases due rows with
+``FOR UPDATE SKIP LOCKED`` (pushing next_attempt_at past the request timeout), POSTs, and marks
+the row delivered, or schedules the next attempt with exponential backoff and full jitter, or
+gives up after ``api_webhook_max_attempts``.
+
+Signature (verify with the secret shown by ``polydub keys create``)::
+
+    Polydub-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + raw body)>
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import random
+import socket
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import httpx
+
+from polydub.api.jobs_db import _JOB_COLUMNS, job_json
+from polydub.errors import InvalidInput
+from polydub.settings import Settings
+
+log = logging.getLogger("polydub.api.webhooks")
+
+SIGNATURE_HEADER = "Polydub-Signature"
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def verify(secret: str, header: str, body: bytes, *, tolerance: float = 300.0) -> bool:
+    """What a receiver does: recompute, compare in constant time, reject stale timestamps."""
+    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
+    try:
+        timestamp = int(parts["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs(time.time() - timestamp) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, timestamp, body), f"t={timestamp},v1={parts['v1']}")
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return ip.is_global and not ip.is_multicast
+
+
+def check_callback_url(url: str, settings: Settings) -> None:
+    """At submit: literal private addresses and localhost are refused unless allowed."""
+    if settings.api_webhook_allow_private:
+        return
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        raise InvalidInput("callback_url may not point at this host", code="callback_not_allowed")
+    with contextlib.suppress(ValueError):
+        if not _is_public(host):
+            raise InvalidInput(
+                "callback_url may not point at a private address", code="callback_not_allowed"
+            )
+
+
+async def _resolves_public(url: str) -> bool:
+    """At delivery: every address the name resolves to must be public (DNS rebinding)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return bool(infos) and all(_is_public(str(info[4][0])) for info in infos)
+
+
+def backoff_seconds(attempt: int, settings: Settings) -> float:
+    ceiling = min(
+        settings.api_webhook_backoff_max_seconds,
+        settings.api_webhook_backoff_base_seconds * 2 ** max(attempt - 1, 0),
+    )
+    return random.uniform(ceiling / 2, ceiling)
+
+
+class WebhookSender:
+    def __init__(
+        self, pool: asyncpg.Pool, settings: Settings, client: httpx.AsyncClient | None = None
+    ) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.client = client or httpx.AsyncClient(
+            timeout=settings.api_webhook_timeout_seconds, follow_redirects=False
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def _claim(self, batch: int) -> list[asyncpg.Record]:
+        lease = timedelta(seconds=self.settings.api_webhook_timeout_seconds * 3 + 5)
+        rows: list[asyncpg.Record] = await self.pool.fetch(
+            """
+            UPDATE webhook_deliveries d
+               SET attempts = d.attempts + 1, next_attempt_at = now() + $2::interval
+             WHERE d.id IN (SELECT id FROM webhook_deliveries
+                             WHERE status = 'pending' AND next_attempt_at <= now()
+                             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING d.id, d.job_id, d.state, d.url, d.attempts
+            """,
+            batch,
+            lease,
+        )
+        return rows
+
+    async def _payload(self, delivery: asyncpg.Record) -> tuple[bytes, str | None] | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_JOB_COLUMNS}, k.webhook_secret FROM jobs j"
+            " JOIN api_keys k ON k.id = j.owner_id WHERE j.id = $1",
+            delivery["job_id"],
+        )
+        if row is None:
+            return None
+        body = {
+            "id": str(delivery["id"]),
+            "type": f"job.{delivery['state']}",
+            "state": delivery["state"],
+            "created_at": datetime.now(UTC).isoformat(),
+            "job": job_json(row, self.settings),
+        }
+        return json.dumps(body, default=str).encode(), row["webhook_secret"]
+
+    async def _finish(
+        self, delivery: asyncpg.Record, ok: bool, error: str | None, *, final: bool = False
+    ) -> None:
+        if ok:
+            await self.pool.execute(
+                "UPDATE webhook_deliveries SET status = 'delivered', delivered_at = now(),"
+                " last_error = NULL WHERE id = $1",
+                delivery["id"],
+            )
+            return
+        give_up = final or delivery["attempts"] >= self.settings.api_webhook_max_attempts
+        delay = timedelta(seconds=backoff_seconds(delivery["attempts"], self.settings))
+        await self.pool.execute(
+            "UPDATE webhook_deliveries SET status = $2, last_error = $3,"
+            " next_attempt_at = now() + $4::interval WHERE id = $1",
+            delivery["id"],
+            "failed" if give_up else "pending",
+            (error or "")[:500],
+            delay,
+        )
+
+    async def deliver(self, delivery: asyncpg.Record) -> bool:
+        built = await self._payload(delivery)
+        if built is None:
+            return False  # the job was purged; the row went with it
+        body, secret = built
+        url = delivery["url"]
+        try:
+            if not self.settings.api_webhook_allow_private and not await _resolves_public(url):
+                await self._finish(
+                    delivery, False, "callback resolves to a private address", final=True
+                )
+                return False
+        except OSError as exc:
+            await self._finish(delivery, False, f"resolve failed: {exc}")
+            return False
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "polydub-webhooks/1",
+            "Polydub-Event": f"job.{delivery['state']}",
+            "Polydub-Delivery": str(delivery["id"]),
+            "Polydub-Attempt": str(delivery["attempts"]),
+        }
+        if secret:
+            headers[SIGNATURE_HEADER] = sign(secret, int(time.time()), body)
+        try:
+            response = await self.client.post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            await self._finish(delivery, False, f"{type(exc).__name__}: {exc}")
+            return False
+        ok = 200 <= response.status_code < 300
+        await self._finish(delivery, ok, None if ok else f"HTTP {response.status_code}")
+        return ok
+
+    async def deliver_due(self, batch: int = 20) -> int:
+        rows = await self._claim(batch)
+        if not rows:
+            return 0
+        results = await asyncio.gather(*(self.deliver(r) for r in rows), return_exceptions=True)
+        for row, result in zip(rows, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning(
+                    "webhook delivery crashed",
+                    extra={"delivery": row["id"], "error": repr(result)},
+                )
+        return len(rows)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                if await self.deliver_due():
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("webhook pass failed", extra={"error": str(exc)})
+            await asyncio.sleep(self.settings.api_webhook_poll_seconds)
+
+
+async def deliveries_for(pool: asyncpg.Pool, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "SELECT id, state, url, status, attempts, last_error, delivered_at"
+        " FROM webhook_deliveries WHERE job_id = $1 ORDER BY id",
+        job_id,
+    )
+    return [dict(r) for r in rows]

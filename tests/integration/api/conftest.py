@@ -1,0 +1,143 @@
+"""The API under test: a real uvicorn in the test loop, on the session's real stack, with its
+own Triton (an empty-weights model repository: enough for the index and for readiness)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from nats.aio.client import Client as NATS
+
+from polydub.api.app import create_app
+from polydub.api.auth import NewKey, create_key
+from polydub.clients.queue import connect
+from polydub.clients.storage import ObjectStore
+from polydub.settings import Settings
+from polydub.stack import Stack
+from tests.integration.api.helpers import FakeWorker, Media, Served, free_port, make_media
+
+# Models whose folders make up the repository index; none is ever loaded.
+INDEX_MODELS = ("whisper", "nllb", "mms_tts_spa", "mms_tts_fra")
+MAX_UPLOAD = 512 * 1024
+
+
+@pytest.fixture(scope="session")
+def api_triton(stack_settings: Settings) -> Iterator[Settings]:
+    root = Path(tempfile.mkdtemp(prefix="polydub-api-triton-"))
+    root.chmod(0o755)
+    repo = root / "model_repository"
+    for name in INDEX_MODELS:
+        (repo / name).mkdir(parents=True)
+        (repo / name / "config.pbtxt").write_text('backend: "python"\n')
+    settings = stack_settings.model_copy(
+        update={
+            "stack_dir": root,
+            "model_repository": repo,
+            "triton_http_port": free_port(),
+            "triton_grpc_port": free_port(),
+            "triton_metrics_port": free_port(),
+        }
+    )
+    port = settings.triton_grpc_port
+    settings = settings.model_copy(update={"triton_url": f"127.0.0.1:{port}"})
+    stack = Stack(settings, only=["triton"])
+    try:
+        stack.up()
+        yield settings
+    finally:
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def api_settings(stack_settings: Settings, api_triton: Settings) -> Settings:
+    return stack_settings.model_copy(
+        update={
+            # Own stream and subject: the orchestrator's tests own JOBS.
+            "jobs_stream": "APITEST",
+            "jobs_subject": "apitest.jobs",
+            "triton_url": api_triton.triton_url,
+            "triton_http_port": api_triton.triton_http_port,
+            "api_max_upload_bytes": MAX_UPLOAD,
+            "api_max_media_seconds": 30.0,
+            "api_webhook_allow_private": True,
+            "api_webhook_backoff_base_seconds": 0.2,
+            "api_webhook_backoff_max_seconds": 0.4,
+            "api_webhook_poll_seconds": 0.1,
+            "api_webhook_timeout_seconds": 2.0,
+            "api_events_poll_seconds": 0.25,
+            "api_outbox_poll_seconds": 0.1,
+            "api_outbox_publish_timeout_seconds": 0.5,
+            "retention_interval_seconds": 3600.0,
+            "api_tmp_dir": Path(tempfile.mkdtemp(prefix="polydub-api-spool-")),
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+async def api(api_settings: Settings, db_pool: asyncpg.Pool) -> AsyncIterator[Served]:
+    served = Served(create_app(api_settings))
+    await served.start()
+    yield served
+    await served.stop()
+
+
+@dataclass(frozen=True)
+class Clients:
+    a: httpx.AsyncClient
+    b: httpx.AsyncClient
+    key_a: NewKey
+    key_b: NewKey
+
+
+def _client(base: str, key: str | None) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.AsyncClient(base_url=base, headers=headers, timeout=20.0)
+
+
+@pytest.fixture(scope="session")
+async def clients(api: Served, db_pool: asyncpg.Pool) -> AsyncIterator[Clients]:
+    key_a = await create_key(db_pool, "tenant-a")
+    key_b = await create_key(db_pool, "tenant-b")
+    a, b = _client(api.url, key_a.key), _client(api.url, key_b.key)
+    yield Clients(a, b, key_a, key_b)
+    await a.aclose()
+    await b.aclose()
+
+
+@pytest.fixture
+async def fresh_key(db_pool: asyncpg.Pool) -> NewKey:
+    return await create_key(db_pool, "fresh")
+
+
+@pytest.fixture
+async def anon(api: Served) -> AsyncIterator[httpx.AsyncClient]:
+    client = _client(api.url, None)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Media:
+    return make_media(tmp_path_factory.mktemp("media"))
+
+
+@pytest.fixture(scope="session")
+async def nc(api_settings: Settings, services: Stack) -> AsyncIterator[NATS]:
+    conn = await connect(api_settings, name="api-tests")
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture(scope="session")
+def store(api_settings: Settings, services: Stack) -> ObjectStore:
+    return ObjectStore(api_settings)
+
+
+@pytest.fixture(scope="session")
+def worker(db_pool: asyncpg.Pool, nc: NATS, api_settings: Settings) -> FakeWorker:
+    return FakeWorker(db_pool, nc, api_settings)
