@@ -1,0 +1,1 @@
+"""Media stages of the pipeline: probe, extract, stretch, mix and mux with ffmpeg, run safely."""

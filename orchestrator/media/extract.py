@@ -1,0 +1,102 @@
+"""Extract audio from validated user media: 16 kHz mono float32 for the models, and the original
+mix as a float WAV (48 kHz stereo by default) for the background of the dub.
+
+Both decode only the chosen audio stream (``audio_index``: the n-th audio stream, as in
+``MediaInfo.audio``) and, when given, only ``[start, end)`` seconds of it, seeking accurately.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .ffmpeg import file_input, file_url, pcm_output, run_ffmpeg
+from .pcm import wav_info
+
+MODEL_SAMPLE_RATE = 16000
+MIX_SAMPLE_RATE = 48000
+
+
+@dataclass(frozen=True)
+class ExtractedWav:
+    path: Path
+    sample_rate: int
+    channels: int
+    frames: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def decode_timeout(seconds: float) -> float:
+    """A generous bound for decoding ``seconds`` of media (decoding runs far faster than realtime)."""
+    return 60.0 + 0.5 * seconds
+
+
+def _range_options(start: float | None, end: float | None) -> list[str]:
+    if start is not None and start < 0:
+        raise ValueError("start must be >= 0")
+    if end is not None and end <= (start or 0.0):
+        raise ValueError("end must be after start")
+    options: list[str] = []
+    if start:
+        options += ["-ss", f"{start:.6f}"]
+    if end is not None:
+        options += ["-t", f"{end - (start or 0.0):.6f}"]
+    return options
+
+
+def extract_model_audio(
+    path: str | os.PathLike[str],
+    *,
+    start: float | None = None,
+    end: float | None = None,
+    audio_index: int = 0,
+    sample_rate: int = MODEL_SAMPLE_RATE,
+    media_duration: float = 3600.0,
+) -> NDArray[np.float32]:
+    """Mono float32 samples at ``sample_rate`` (16 kHz for Whisper, VAD and diarization)."""
+    out = run_ffmpeg(
+        [
+            *file_input(path, options=_range_options(start, end)),
+            "-map", f"0:a:{audio_index}", "-vn", "-sn", "-dn",
+            *pcm_output(sample_rate, 1),
+        ],
+        timeout=decode_timeout(media_duration),
+        blame="input",
+        what="extract audio",
+    ).stdout  # fmt: skip
+    return np.frombuffer(out, dtype="<f4").astype(np.float32)
+
+
+def extract_mix_wav(
+    path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    start: float | None = None,
+    end: float | None = None,
+    audio_index: int = 0,
+    sample_rate: int = MIX_SAMPLE_RATE,
+    channels: int = 2,
+    media_duration: float = 3600.0,
+) -> ExtractedWav:
+    """The original audio as a 32-bit float WAV (the background the dub is mixed over)."""
+    target = Path(out_path)
+    run_ffmpeg(
+        [
+            *file_input(path, options=_range_options(start, end)),
+            "-map", f"0:a:{audio_index}", "-vn", "-sn", "-dn", "-map_metadata", "-1",
+            "-ac", str(channels), "-ar", str(sample_rate), "-c:a", "pcm_f32le",
+            "-f", "wav", "-rf64", "never", file_url(target),
+        ],
+        timeout=decode_timeout(media_duration),
+        blame="input",
+        what="extract mix",
+    )  # fmt: skip
+    info = wav_info(target)
+    return ExtractedWav(target, info.sample_rate, info.channels, info.frames)
