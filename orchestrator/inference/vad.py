@@ -124,12 +124,12 @@ def regions_from_probs(
     pad = options.speech_pad_s * SAMPLE_RATE
     spans = [(float(s * WINDOW), float(min(e * WINDOW, num_samples))) for s, e in split]
     bounds = []
-    for i, (lo, hi) in enumerate(spans):
-        before = lo - spans[i - 1][1] if i else lo
-        after = spans[i + 1][0] - hi if i + 1 < len(spans) else num_samples - hi
+    for i, (left, right) in enumerate(spans):
+        before = left - spans[i - 1][1] if i else left
+        after = spans[i + 1][0] - right if i + 1 < len(spans) else num_samples - right
         grow_before = min(pad, before / 2 if i else before)
         grow_after = min(pad, after / 2 if i + 1 < len(spans) else after)
-        bounds.append((lo - grow_before, hi + max(0.0, grow_after)))
+        bounds.append((left - grow_before, right + max(0.0, grow_after)))
     return [SpeechRegion(round(s / SAMPLE_RATE, 3), round(e / SAMPLE_RATE, 3)) for s, e in bounds]
 
 

@@ -1,0 +1,268 @@
+"""Diarization models: pyannote segmentation-3.0 and the WeSpeaker ResNet34 speaker embedding.
+
+Two Triton models (clustering runs in the orchestrator, ``orchestrator/diarize.py``):
+
+``pyannote_segmentation``  waveform [B, 1, S] float32 (S = 160000: 10 s windows at 16 kHz)
+                           -> log_probs [B, F, 7] float32 (F = 589 for 10 s), log-softmax over
+                           the powerset classes {}, {0}, {1}, {2}, {0,1}, {0,2}, {1,2}
+``speaker_embedding``      waveform [B, 1, S] float32 + weights [B, W] float32 (frame weights,
+                           e.g. a speaker's activity on the segmentation's 589 frames; any W,
+                           resampled in-graph; ones = the whole chunk) -> embedding [B, 256]
+
+Presets: real (``small``/``large``) load pyannote's checkpoints from the Hub
+(``pyannote/segmentation-3.0`` is gated: accept its terms and set HF_TOKEN); ``tiny`` builds the
+same architectures randomly initialised with few units (see ``pyannote_segmentation.TINY`` and
+``wespeaker_resnet.TINY``). Both are checked against torch on fixed inputs; int8 (dynamic,
+MatMul/Gemm) is served on CPU when it stays within tolerance; the GPU target adds fp16 graphs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from polydub.export import pyannote_segmentation as seg
+from polydub.export import wespeaker_resnet as wes
+from polydub.export.hub import require_access
+from polydub.export.onnx_tools import (
+    check_parity,
+    convert_fp16,
+    export_module,
+    max_abs_diff,
+    quantize_int8,
+    run_onnx,
+)
+from polydub.export.repository import copy_committed, version_dir
+from polydub.export.spec import Checkpoint, ExportReport, GraphSpec, Preset, Target, TensorSpec
+
+SEGMENTATION = "pyannote_segmentation"
+EMBEDDING = "speaker_embedding"
+SAMPLE_RATE = 16000
+WINDOW_SAMPLES = 160000  # pyannote segmentation-3.0 was trained on 10 s chunks
+EMBED_DIM = 256
+
+SEGMENTATION_CHECKPOINT = Checkpoint("pyannote/segmentation-3.0", license="MIT", gated=True)
+EMBEDDING_CHECKPOINT = Checkpoint("pyannote/wespeaker-voxceleb-resnet34-LM", license="CC-BY-4.0")
+
+SEGMENTATION_SPEC = GraphSpec(
+    name=SEGMENTATION,
+    inputs=(TensorSpec("waveform", "float32", ("batch", 1, "samples")),),
+    outputs=(TensorSpec("log_probs", "float32", ("batch", "frames", len(seg.POWERSET))),),
+    fp32_atol=1e-3,  # log-probabilities; unlikely classes reach -20, where float error grows
+    int8_atol=5e-2,
+)
+EMBEDDING_SPEC = GraphSpec(
+    name=EMBEDDING,
+    inputs=(
+        TensorSpec("waveform", "float32", ("batch", 1, "samples")),
+        TensorSpec("weights", "float32", ("batch", "weight_frames")),
+    ),
+    outputs=(TensorSpec("embedding", "float32", ("batch", EMBED_DIM)),),
+    fp32_atol=1e-3,
+    int8_atol=5e-2,
+)
+
+
+def build_segmentation(preset: Preset) -> Any:
+    import torch
+
+    if preset is Preset.TINY:
+        torch.manual_seed(0)
+        return seg.build(seg.TINY).freeze()
+    model = seg.build(seg.REAL)
+    model.load_state_dict(_hub_state_dict(SEGMENTATION_CHECKPOINT))
+    return model.eval().freeze()
+
+
+def build_embedding(preset: Preset) -> Any:
+    import torch
+
+    if preset is Preset.TINY:
+        torch.manual_seed(1)
+        model = wes.build(wes.TINY)
+        _randomise_batchnorm(model)
+        return model
+    model = wes.build(wes.REAL)
+    model.load_state_dict(_hub_state_dict(EMBEDDING_CHECKPOINT))
+    return model.eval()
+
+
+def _hub_state_dict(checkpoint: Checkpoint) -> dict[str, Any]:
+    from huggingface_hub import hf_hub_download
+
+    token = require_access(checkpoint)
+    path = hf_hub_download(checkpoint.hub_id, "pytorch_model.bin", token=token)
+    return seg.load_lightning_state_dict(Path(path))
+
+
+def _randomise_batchnorm(model: Any) -> None:
+    """Fresh BatchNorms are identities in eval mode; give them statistics like a trained net's."""
+    import torch
+
+    generator = torch.Generator().manual_seed(2)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            stats: Any = module
+            stats.running_mean.copy_(0.1 * torch.randn(n, generator=generator))
+            stats.running_var.copy_(0.5 + torch.rand(n, generator=generator))
+
+
+def parity_waveforms(batch: int, samples: int, seed: int = 0) -> NDArray[np.float32]:
+    """Harmonic tones with a changing pitch plus noise: fixed, speech-like inputs."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / SAMPLE_RATE
+    rows = []
+    for b in range(batch):
+        f0 = 110 + 90 * b + 20 * np.sin(2 * np.pi * 0.5 * t)
+        phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+        tone = sum(np.sin(k * phase) / k for k in range(1, 8))
+        envelope = (np.sin(2 * np.pi * (0.3 + 0.1 * b) * t) > -0.2).astype(np.float64)
+        rows.append(0.2 * envelope * tone + 0.01 * rng.standard_normal(samples))
+    return np.asarray(rows, np.float32)[:, None, :]
+
+
+def export_graph(
+    module: Any,
+    spec: GraphSpec,
+    args: tuple[Any, ...],
+    checks: list[dict[str, NDArray[Any]]],
+    out: Path,
+    target: Target,
+    report: ExportReport,
+) -> None:
+    """Export, check fp32 (and int8 / fp16) against torch on every feed in ``checks``."""
+    import torch
+
+    fp32 = out / ("model.onnx" if target is Target.GPU else "model_fp32.onnx")
+    export_module(module, args, spec, fp32)
+    expected = []
+    with torch.no_grad():
+        for feeds in checks:
+            result = module(*(torch.from_numpy(v) for v in feeds.values()))
+            expected.append([result.numpy()])
+
+    def worst(path: Path) -> float:
+        return max(
+            max_abs_diff(e, run_onnx(path, feeds))
+            for e, feeds in zip(expected, checks, strict=True)
+        )
+
+    report.max_abs_diff[spec.name] = check_parity(spec.name, worst(fp32), spec.fp32_atol)
+    if target is Target.GPU:
+        fp16 = convert_fp16(fp32, out / "model_fp16.onnx")
+        diff16 = fp16_diff(fp16, checks, expected)
+        report.notes.append(
+            f"{spec.name}: fp16 max abs diff {diff16:.3g} (onnxruntime CPU)"
+            if diff16 is not None
+            else f"{spec.name}: fp16 graph cannot run on onnxruntime's CPU provider; "
+            "check it on the GPU server"
+        )
+        return
+    served = out / "model.onnx"
+    if spec.quantize:
+        int8 = quantize_int8(fp32, out / "model_int8.onnx")
+        diff = worst(int8)
+        report.int8_max_abs_diff[spec.name] = diff
+        if diff <= spec.int8_atol:
+            int8.replace(served)
+            report.notes.append(f"{spec.name}: serving int8 (max abs diff {diff:.3g})")
+            return
+        report.notes.append(f"{spec.name}: int8 off by {diff:.3g} > {spec.int8_atol}: fp32")
+    served.write_bytes(fp32.read_bytes())
+
+
+_FP16_CHECK = """
+import sys, numpy as np, onnxruntime as ort
+data = np.load(sys.argv[2])
+n = int(data["n"])
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+worst = 0.0
+for i in range(n):
+    names = [k.split("/", 1)[1] for k in data.files if k.startswith(f"{i}/")]
+    out = session.run(None, {k: data[f"{i}/{k}"] for k in names})[0]
+    worst = max(worst, float(np.abs(out.astype(np.float64) - data[f"expected{i}"]).max()))
+print(worst)
+"""
+
+
+def fp16_diff(
+    path: Path, checks: list[dict[str, NDArray[Any]]], expected: list[list[NDArray[Any]]]
+) -> float | None:
+    """fp16 vs torch, in a child process: onnxruntime's CPU provider lacks (and can crash on)
+    some fp16 kernels (LSTM, InstanceNorm), which the GPU providers have."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        arrays = {f"{i}/{k}": v for i, feeds in enumerate(checks) for k, v in feeds.items()}
+        arrays |= {f"expected{i}": e[0] for i, e in enumerate(expected)}
+        np.savez(Path(tmp) / "data.npz", n=np.array(len(checks)), **arrays)
+        result = subprocess.run(
+            [sys.executable, "-c", _FP16_CHECK, str(path), str(Path(tmp) / "data.npz")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    return float(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else None
+
+
+class DiarizationExporter:
+    name = "diarization"
+
+    def checkpoints(self, preset: Preset) -> list[Checkpoint]:
+        if preset is Preset.TINY:
+            return []
+        return [SEGMENTATION_CHECKPOINT, EMBEDDING_CHECKPOINT]
+
+    def export(self, preset: Preset, target: Target, repository: Path) -> ExportReport:
+        import torch
+
+        if preset is Preset.AUTO:
+            from polydub.export.hub import resolve_preset
+
+            preset = resolve_preset(preset)
+        label = "tiny (random weights)" if preset is Preset.TINY else "pyannote checkpoints"
+        report = ExportReport(family=self.name, checkpoint=label, models=[SEGMENTATION, EMBEDDING])
+
+        started = time.perf_counter()
+        window = parity_waveforms(2, WINDOW_SAMPLES)
+        segmentation = build_segmentation(preset)
+        export_graph(
+            segmentation,
+            SEGMENTATION_SPEC,
+            (torch.from_numpy(window),),
+            [{"waveform": window}],
+            version_dir(repository, SEGMENTATION),
+            target,
+            report,
+        )
+        frames = seg.num_frames(WINDOW_SAMPLES)
+        mask = (np.random.default_rng(3).random((2, frames)) > 0.4).astype(np.float32)
+        short = parity_waveforms(1, 3 * SAMPLE_RATE + 123, seed=4)
+        embedding = build_embedding(preset)
+        export_graph(
+            embedding,
+            EMBEDDING_SPEC,
+            (torch.from_numpy(window), torch.from_numpy(mask)),
+            [
+                {"waveform": window, "weights": mask},
+                # another length and a single weight: the dynamic axes really are dynamic
+                {"waveform": short, "weights": np.ones((1, 1), np.float32)},
+            ],
+            version_dir(repository, EMBEDDING),
+            target,
+            report,
+        )
+        copy_committed(repository, [SEGMENTATION, EMBEDDING])
+        report.notes.append(f"diarization export {time.perf_counter() - started:.1f}s")
+        if preset is Preset.TINY:
+            report.notes.append(
+                "tiny: random weights; segmentation and embeddings are meaningless (shapes only)"
+            )
+        return report
