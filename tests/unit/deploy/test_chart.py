@@ -143,6 +143,18 @@ def test_unsafe_value_combinations_fail_to_render() -> None:
         chart.render({"triton": {"gpu": {"enabled": True}}})
 
 
+def test_values_schema_refuses_misspelt_or_invalid_settings() -> None:
+    # values.schema.json: a typo would otherwise be ignored silently (here: KEDA left off)
+    with pytest.raises(ChartError, match="additional properties 'enable' not allowed"):
+        chart.render({"orchestrator": {"keda": {"enable": True}}})
+    with pytest.raises(ChartError, match="value must be one of '', 'gpu'"):
+        chart.render({"triton": {"modelConfigName": "GPU"}})
+    with pytest.raises(ChartError, match=r"'LOG_LEVEL' does not match pattern '\^POLYDUB_"):
+        chart.render({"config": {"extraEnv": {"LOG_LEVEL": "DEBUG"}}})  # not a POLYDUB_* name
+    # and helm lint reports it as a problem
+    assert any("'enable' not allowed" in p for p in chart.lint({"api": {"enable": True}}))
+
+
 def test_check_raises_with_every_problem(tmp_path: Any) -> None:
     bad = tmp_path / "polydub"
     _copy_chart(bad)
