@@ -60,7 +60,11 @@ def extract_model_audio(
     sample_rate: int = MODEL_SAMPLE_RATE,
     media_duration: float = 3600.0,
 ) -> NDArray[np.float32]:
-    """Mono float32 samples at ``sample_rate`` (16 kHz for Whisper, VAD and diarization)."""
+    """Mono float32 samples at ``sample_rate`` (16 kHz for Whisper, VAD and diarization).
+
+    The down-mix is ffmpeg's standard one (each stereo channel at -3 dB, 5.1 folded properly),
+    exactly what Whisper's own ``ffmpeg -ac 1`` loader feeds the model.
+    """
     out = run_ffmpeg(
         [
             *file_input(path, options=_range_options(start, end)),
@@ -85,7 +89,11 @@ def extract_mix_wav(
     channels: int = 2,
     media_duration: float = 3600.0,
 ) -> ExtractedWav:
-    """The original audio as a 32-bit float WAV (the background the dub is mixed over)."""
+    """The original audio as a 32-bit float WAV (the background the dub is mixed over).
+
+    Pass ``end=MediaInfo.audio_duration``: the decoder also returns the encoder's padding of the
+    last frame (up to ~21 ms of AAC), which the mux would otherwise carry into the output.
+    """
     target = Path(out_path)
     run_ffmpeg(
         [

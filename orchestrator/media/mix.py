@@ -139,7 +139,9 @@ def render_segments(
     for samples, timing in zip(audio, timings, strict=True):
         mono = np.asarray(samples, np.float32).reshape(-1)
         if timing.stretch != 1.0:
-            mono = stretch(mono, sample_rate, tempo=timing.stretch, max_tempo=timing.stretch).samples
+            mono = stretch(
+                mono, sample_rate, tempo=timing.stretch, max_tempo=timing.stretch
+            ).samples
         tempo_fixed.append(mono)
     groups: dict[float, list[int]] = {}
     for i, shift in enumerate(semitones):

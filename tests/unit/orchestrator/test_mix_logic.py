@@ -1,5 +1,7 @@
 """The numpy parts of mixing and stretching (no ffmpeg)."""
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -50,7 +52,7 @@ def test_duck_envelope_ramps_in_db() -> None:
 
 
 def test_speech_intervals_cover_original_and_dub() -> None:
-    base = dict(natural_duration=1.0, rate=1.0, resynthesize=False, synthesized_duration=1.0,
+    base: dict[str, Any] = dict(natural_duration=1.0, rate=1.0, resynthesize=False, synthesized_duration=1.0,
                 stretch=1.0, available_after=1.0, overflow=0.0)  # fmt: skip
     a = SegmentTiming(index=0, start=1.0, end=2.0, borrowed=0.5, dubbed_duration=1.5, **base)
     b = SegmentTiming(index=1, start=3.0, end=5.0, borrowed=0.0, dubbed_duration=1.0, **base)

@@ -1,13 +1,17 @@
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
 
-from orchestrator.timing import TimingPolicy, choose_rate, fit_segment, plan_timing
+from orchestrator.timing import SegmentTiming, TimingPolicy, choose_rate, fit_segment, plan_timing
 
 pytestmark = pytest.mark.unit
 
-EXACT = {"abs": 1e-12, "rel": 0}
+
+def exact(value: float) -> Any:
+    """Equal up to float rounding (1e-12 s)."""
+    return pytest.approx(value, abs=1e-12, rel=0)
 
 
 @dataclass(frozen=True)
@@ -16,7 +20,9 @@ class Span:
     end: float
 
 
-def one(natural: float, *, slot: float = 2.0, timeline_end: float = 10.0, **policy: float):
+def one(
+    natural: float, *, slot: float = 2.0, timeline_end: float = 10.0, **policy: float
+) -> SegmentTiming:
     plan = plan_timing([Span(0.0, slot)], [natural], timeline_end=timeline_end,
                        policy=TimingPolicy(**policy))  # fmt: skip
     return plan.segments[0]
@@ -30,35 +36,35 @@ def test_speech_that_fits_exactly_is_left_alone() -> None:
 
 def test_rate_absorbs_a_long_translation() -> None:
     s = one(2.4)
-    assert s.rate == 1.2 and s.resynthesize and s.length_scale == pytest.approx(1 / 1.2, **EXACT)
-    assert s.synthesized_duration == pytest.approx(2.0, **EXACT)
-    assert s.stretch == 1.0 and s.dubbed_duration == pytest.approx(2.0, **EXACT)
+    assert s.rate == 1.2 and s.resynthesize and s.length_scale == exact(1 / 1.2)
+    assert s.synthesized_duration == exact(2.0)
+    assert s.stretch == 1.0 and s.dubbed_duration == exact(2.0)
 
 
 def test_small_change_is_stretched_not_resynthesized() -> None:
     s = one(2.04)  # 2 % too long: inside resynth_tolerance
     assert s.rate == 1.0 and not s.resynthesize
-    assert s.stretch == pytest.approx(1.02, **EXACT) and s.dubbed_duration == 2.0
+    assert s.stretch == exact(1.02) and s.dubbed_duration == 2.0
 
 
 def test_short_speech_is_slowed_to_min_rate_only() -> None:
     s = one(1.0)  # would need rate 0.5
     assert s.rate == 0.9 and s.resynthesize
-    assert s.synthesized_duration == pytest.approx(1.0 / 0.9, **EXACT)
+    assert s.synthesized_duration == exact(1.0 / 0.9)
     assert s.stretch == 1.0  # never stretched slower: it just ends early
-    assert s.dubbed_duration == pytest.approx(1.0 / 0.9, **EXACT) and s.borrowed == 0
+    assert s.dubbed_duration == exact(1.0 / 0.9) and s.borrowed == 0
 
 
 def test_slightly_short_speech_fills_the_slot() -> None:
     s = one(1.9)
-    assert s.rate == 0.95 and s.synthesized_duration == pytest.approx(2.0, **EXACT)
+    assert s.rate == 0.95 and s.synthesized_duration == exact(2.0)
 
 
 def test_rate_capped_then_residual_stretch() -> None:
     s = one(3.0)  # needs 1.5x: 1.35 from the rate, 1.111.. from the stretch
     assert s.rate == 1.35
-    assert s.synthesized_duration == pytest.approx(3.0 / 1.35, **EXACT)
-    assert s.stretch == pytest.approx(3.0 / 1.35 / 2.0, **EXACT)
+    assert s.synthesized_duration == exact(3.0 / 1.35)
+    assert s.stretch == exact(3.0 / 1.35 / 2.0)
     assert s.dubbed_duration == 2.0 and s.borrowed == 0 and s.fits
 
 
@@ -66,19 +72,19 @@ def test_then_borrows_from_the_following_silence() -> None:
     plan = plan_timing([Span(0.0, 2.0), Span(3.0, 4.0)], [4.0, 1.0], timeline_end=10.0)
     s = plan.segments[0]
     assert (s.rate, s.stretch) == (1.35, 1.3)
-    assert s.available_after == pytest.approx(0.9, **EXACT)  # next start 3.0 minus the 0.1 gap
-    assert s.borrowed == pytest.approx(4.0 / 1.35 / 1.3 - 2.0, **EXACT)
-    assert s.overflow == 0 and s.dubbed_end == pytest.approx(4.0 / 1.35 / 1.3, **EXACT)
+    assert s.available_after == exact(0.9)  # next start 3.0 minus the 0.1 gap
+    assert s.borrowed == exact(4.0 / 1.35 / 1.3 - 2.0)
+    assert s.overflow == 0 and s.dubbed_end == exact(4.0 / 1.35 / 1.3)
 
 
 def test_then_truncates_the_overflow() -> None:
     plan = plan_timing([Span(0.0, 2.0), Span(2.5, 4.0)], [5.0, 1.5], timeline_end=10.0)
     s = plan.segments[0]
-    assert s.borrowed == pytest.approx(0.4, **EXACT)
-    assert s.overflow == pytest.approx(5.0 / 1.35 / 1.3 - 2.4, **EXACT)
-    assert s.dubbed_duration == pytest.approx(2.4, **EXACT) and not s.fits
+    assert s.borrowed == exact(0.4)
+    assert s.overflow == exact(5.0 / 1.35 / 1.3 - 2.4)
+    assert s.dubbed_duration == exact(2.4) and not s.fits
     assert s.dubbed_end <= 2.5 - 0.1 + 1e-12  # never runs into the next segment
-    assert plan.total_overflow == pytest.approx(s.overflow, **EXACT)
+    assert plan.total_overflow == exact(s.overflow)
 
 
 def test_last_segment_borrows_up_to_the_end_of_the_media_without_gap() -> None:
@@ -94,7 +100,7 @@ def test_measured_durations_replace_the_estimate() -> None:
     final = plan_timing(spans, [2.4], synthesized=[2.1], timeline_end=5.0)
     s = final.segments[0]
     assert s.rate == 1.2 and s.synthesized_duration == 2.1
-    assert s.stretch == pytest.approx(1.05, **EXACT) and s.dubbed_duration == 2.0
+    assert s.stretch == exact(1.05) and s.dubbed_duration == 2.0
     assert s.start == 1.0 and s.dubbed_end == 3.0
 
 
@@ -103,7 +109,7 @@ def test_unsorted_input_keeps_its_order_and_finds_the_next_segment_by_time() -> 
     plan = plan_timing(spans, [1.0, 2.0], timeline_end=8.0)
     assert [s.index for s in plan.segments] == [0, 1]
     assert [s.start for s in plan.segments] == [5.0, 0.0]
-    assert plan.segments[1].available_after == pytest.approx(2.9, **EXACT)
+    assert plan.segments[1].available_after == exact(2.9)
     assert plan.segments[0].available_after == 2.0
 
 
@@ -131,13 +137,13 @@ def test_fit_segment_directly() -> None:
     assert fit_segment(2.0, 2.6, 0.0) == (1.3, 0.0, 0.0, 2.0)
     stretch, borrowed, overflow, dubbed = fit_segment(2.0, 3.9, 0.5)
     assert stretch == 1.3 and borrowed == 0.5 and dubbed == 2.5
-    assert overflow == pytest.approx(3.9 / 1.3 - 2.5, **EXACT)
+    assert overflow == exact(3.9 / 1.3 - 2.5)
 
 
 def test_custom_policy_bounds() -> None:
     s = one(3.0, max_rate=1.0, max_stretch=1.0, min_gap=0.0, timeline_end=2.5)
     assert (s.rate, s.stretch, s.borrowed) == (1.0, 1.0, 0.5)
-    assert s.overflow == pytest.approx(0.5, **EXACT)
+    assert s.overflow == exact(0.5)
 
 
 @pytest.mark.parametrize(

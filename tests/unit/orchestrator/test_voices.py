@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from orchestrator.voices import (
     SpeakerProfile,
@@ -98,9 +99,9 @@ def test_custom_policy_and_errors() -> None:
     assert semitones_between(100.0, 200.0) == 12.0
 
 
-def _harmonic(f0: float, seconds: float = 1.0, rate: int = 16000) -> np.ndarray:
+def _harmonic(f0: float, seconds: float = 1.0, rate: int = 16000) -> NDArray[np.float32]:
     t = np.arange(round(seconds * rate)) / rate
-    return sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 8)).astype(np.float32)
+    return np.asarray(sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 8)), np.float32)
 
 
 @pytest.mark.parametrize("f0", [85.0, 120.0, 150.0, 210.0, 320.0])
