@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     # Queue layout.
     jobs_stream: str = "JOBS"
     jobs_subject: str = "jobs.submitted"
+    # 3 on a clustered JetStream (production), so losing a node loses no queued job.
+    jobs_stream_replicas: int = Field(default=1, ge=1, le=5)
     progress_subject_prefix: str = "progress"
 
     # Model repository served by Triton.

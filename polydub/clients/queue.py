@@ -44,13 +44,13 @@ async def connect(settings: Settings, *, name: str = "polydub") -> NATS:
     )
 
 
-def jobs_stream_config(settings: Settings, *, replicas: int = 1) -> StreamConfig:
+def jobs_stream_config(settings: Settings) -> StreamConfig:
     return StreamConfig(
         name=settings.jobs_stream,
         subjects=[settings.jobs_subject],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
-        num_replicas=replicas,
+        num_replicas=settings.jobs_stream_replicas,
         duplicate_window=600.0,
     )
 

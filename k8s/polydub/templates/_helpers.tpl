@@ -112,6 +112,8 @@ after their pods, so the endpoint is the headless service's fully qualified name
     secretKeyRef: {name: {{ $secret }}, key: POLYDUB_POSTGRES_DSN}
 - name: POLYDUB_NATS_URL
   value: {{ include "polydub.natsUrl" . | quote }}
+- name: POLYDUB_JOBS_STREAM_REPLICAS
+  value: {{ ternary .Values.nats.replicas 1 (and .Values.nats.bundled true) | quote }}
 - name: POLYDUB_S3_ENDPOINT
   value: {{ include "polydub.s3Endpoint" . | quote }}
 - name: POLYDUB_S3_SECURE
