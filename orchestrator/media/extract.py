@@ -38,17 +38,18 @@ def decode_timeout(seconds: float) -> float:
     return 60.0 + 0.5 * seconds
 
 
-def _range_options(start: float | None, end: float | None) -> list[str]:
-    if start is not None and start < 0:
+def _range_options(start: float | None, end: float | None, media_duration: float) -> list[str]:
+    # Output never runs past the probed duration: a file whose streams decode to more than its
+    # header claims cannot produce more audio than the limits allowed (and the AAC padding of
+    # the last frame is dropped).
+    begin = start or 0.0
+    stop = media_duration if end is None else min(end, media_duration)
+    if begin < 0:
         raise ValueError("start must be >= 0")
-    if end is not None and end <= (start or 0.0):
-        raise ValueError("end must be after start")
-    options: list[str] = []
-    if start:
-        options += ["-ss", f"{start:.6f}"]
-    if end is not None:
-        options += ["-t", f"{end - (start or 0.0):.6f}"]
-    return options
+    if stop <= begin:
+        raise ValueError("end must be after start, inside the media")
+    options = ["-ss", f"{begin:.6f}"] if begin else []
+    return [*options, "-t", f"{stop - begin:.6f}"]
 
 
 def extract_model_audio(
@@ -58,16 +59,17 @@ def extract_model_audio(
     end: float | None = None,
     audio_index: int = 0,
     sample_rate: int = MODEL_SAMPLE_RATE,
-    media_duration: float = 3600.0,
+    media_duration: float,
 ) -> NDArray[np.float32]:
     """Mono float32 samples at ``sample_rate`` (16 kHz for Whisper, VAD and diarization).
 
-    The down-mix is ffmpeg's standard one (each stereo channel at -3 dB, 5.1 folded properly),
-    exactly what Whisper's own ``ffmpeg -ac 1`` loader feeds the model.
+    ``media_duration`` is the probed ``MediaInfo.audio_duration``: output stops there. The down-mix
+    is ffmpeg's standard one (each stereo channel at -3 dB, 5.1 folded properly), exactly what
+    Whisper's own ``ffmpeg -ac 1`` loader feeds the model.
     """
     out = run_ffmpeg(
         [
-            *file_input(path, options=_range_options(start, end)),
+            *file_input(path, options=_range_options(start, end, media_duration)),
             "-map", f"0:a:{audio_index}", "-vn", "-sn", "-dn",
             *pcm_output(sample_rate, 1),
         ],
@@ -87,17 +89,18 @@ def extract_mix_wav(
     audio_index: int = 0,
     sample_rate: int = MIX_SAMPLE_RATE,
     channels: int = 2,
-    media_duration: float = 3600.0,
+    media_duration: float,
 ) -> ExtractedWav:
     """The original audio as a 32-bit float WAV (the background the dub is mixed over).
 
-    Pass ``end=MediaInfo.audio_duration``: the decoder also returns the encoder's padding of the
-    last frame (up to ~21 ms of AAC), which the mux would otherwise carry into the output.
+    ``media_duration`` is the probed ``MediaInfo.audio_duration``: output stops there, which also
+    drops the encoder's padding of the last frame (up to ~21 ms of AAC) that the decoder returns
+    and the mux would otherwise carry into the dubbed file.
     """
     target = Path(out_path)
     run_ffmpeg(
         [
-            *file_input(path, options=_range_options(start, end)),
+            *file_input(path, options=_range_options(start, end, media_duration)),
             "-map", f"0:a:{audio_index}", "-vn", "-sn", "-dn", "-map_metadata", "-1",
             "-ac", str(channels), "-ar", str(sample_rate), "-c:a", "pcm_f32le",
             "-f", "wav", "-rf64", "never", file_url(target),

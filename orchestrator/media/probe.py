@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -159,7 +160,10 @@ def _looks_like_concat(text: bytes) -> bool:
 
 def probe(path: str | os.PathLike[str], limits: Limits = Limits()) -> MediaInfo:
     """Sniff, ffprobe and check ``limits``; the result is what later stages rely on."""
-    size = os.path.getsize(path)
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+        raise _reject("unsupported_format", "not a regular file")
+    size = info.st_size
     if size > limits.max_bytes:
         raise _reject("media_too_large", f"the file is {size} bytes; the limit is "
                       f"{limits.max_bytes}", size_bytes=size, max_bytes=limits.max_bytes)  # fmt: skip

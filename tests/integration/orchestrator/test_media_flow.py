@@ -50,7 +50,7 @@ def test_two_speakers_dubbed_into_one_voice(tmp_path: Path) -> None:
     assert info.duration == 15.0 and info.has_video
 
     # Pitch per speaker, measured on the extracted model audio.
-    audio = extract_model_audio(clip.path, end=info.audio_duration)
+    audio = extract_model_audio(clip.path, media_duration=info.audio_duration)
     assert audio.shape == (15 * 16000,)
     f0 = {}
     for speaker in ("A", "B"):
@@ -84,7 +84,9 @@ def test_two_speakers_dubbed_into_one_voice(tmp_path: Path) -> None:
 
     rendered = render_segments(speech, 16000, plan.segments, [shift[s.speaker] for s in segments])
     placements = [Placement(t.start, x) for t, x in zip(plan.segments, rendered, strict=True)]
-    original = extract_mix_wav(clip.path, tmp_path / "original.wav", end=info.audio_duration)
+    original = extract_mix_wav(
+        clip.path, tmp_path / "original.wav", media_duration=info.audio_duration
+    )
     assert original.frames == 15 * 48000
 
     # Every dub starts exactly where its original turn starts: no drift.

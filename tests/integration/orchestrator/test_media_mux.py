@@ -1,3 +1,4 @@
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.integration
 def remux(tmp_path: Path, name: str, video_codec: str | None = None) -> tuple[Path, Path, str]:
     source = make_video(tmp_path / name, 2.0, video_codec=video_codec)
     info = probe(source)
-    wav = extract_mix_wav(source, tmp_path / "mix.wav", end=info.audio_duration)
+    wav = extract_mix_wav(source, tmp_path / "mix.wav", media_duration=info.audio_duration)
     result = mux(source, wav.path, tmp_path / "out", video_codecs=[v.codec for v in info.video],
                  language="spa", duration=info.duration)  # fmt: skip
     assert stream_md5(result.path) == stream_md5(source)  # the video is copied bit for bit
@@ -47,8 +48,23 @@ def test_container_choice() -> None:
 
 def test_encode_audio_track(tmp_path: Path) -> None:
     source = make_video(tmp_path / "in.mp4", 2.0)
-    wav = extract_mix_wav(source, tmp_path / "mix.wav", end=2.0)
+    wav = extract_mix_wav(source, tmp_path / "mix.wav", media_duration=2.0)
     m4a = encode_audio(wav.path, tmp_path / "dub.m4a", language="fra")
     info = probe(m4a)
     assert info.family == "m4a" and not info.has_video
     assert info.audio[0].language == "fra" and abs(info.duration - 2.0) <= 0.05
+
+
+def test_audio_that_starts_late_stays_late(tmp_path: Path) -> None:
+    base = make_video(tmp_path / "base.mp4", 2.0)
+    shifted = tmp_path / "shifted.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(base), "-itsoffset", "0.5", "-i", str(base),
+                    "-map", "0:v", "-map", "1:a", "-c", "copy", str(shifted)], check=True)  # fmt: skip
+    info = probe(shifted)
+    assert info.audio_offset == pytest.approx(0.5, abs=0.03)
+    wav = extract_mix_wav(shifted, tmp_path / "mix.wav", media_duration=info.audio_duration)
+    out = mux(shifted, wav.path, tmp_path / "out.mp4", video_codecs=["h264"],
+              audio_offset=info.audio_offset)  # fmt: skip
+    # within one AAC frame (21 ms): the encoder's priming is placed differently on re-encode
+    assert probe(out.path).audio_offset == pytest.approx(info.audio_offset, abs=0.025)
+    assert stream_md5(out.path) == stream_md5(shifted)

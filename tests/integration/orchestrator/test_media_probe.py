@@ -1,6 +1,7 @@
 """probe() on real media made with ffmpeg: accepted containers with exact stream facts, and every
 refusal code."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -114,3 +115,10 @@ def test_file_names_are_never_protocols_or_options(media: Path, mp4: Path) -> No
         odd.parent.mkdir(exist_ok=True)
         shutil.copy(mp4, odd)
         assert probe(odd).duration == 2.0
+
+
+def test_only_regular_files(media: Path) -> None:
+    fifo = media / "fifo.mp4"
+    os.mkfifo(fifo)
+    assert _code(fifo) == "unsupported_format"
+    assert _code(media) == "unsupported_format"  # a directory
