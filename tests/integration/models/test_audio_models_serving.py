@@ -140,7 +140,11 @@ async def test_diarize_two_espeak_speakers(triton: InferenceClient, served: Path
     ]
     audio, spans = with_gaps([speak(text, voice) for text, voice in lines], gap_s=0.8)
     speech = await VadClient(triton).speech_regions(audio)
-    assert len(speech) == len(lines)
+    assert len(speech) == len(spans)
+    assert all(
+        abs(r.start - a) < 0.2 and abs(r.end - b) < 0.2
+        for r, (a, b) in zip(speech, spans, strict=True)
+    )
     client = DiarizationClient(triton)
     for num_speakers in (None, 2):
         turns = await diarize(audio, num_speakers, client=client, speech=speech)
