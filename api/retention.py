@@ -27,6 +27,15 @@ def job_prefixes(job_id: uuid.UUID) -> list[str]:
     return [f"inputs/{job_id}/", f"jobs/{job_id}/"]
 
 
+async def _delete_all(store: ObjectStore, prefix: str) -> int:
+    """Delete under prefix; returns the number of objects. Keys ending in "/" are the empty
+    folders a filesystem-backed gateway (JuiceFS, MinIO in FS mode) lists: not data."""
+    keys = await store.list_keys(prefix)
+    if keys:
+        await store.delete_prefix(prefix)
+    return sum(1 for k in keys if not k.endswith("/"))
+
+
 async def purge_job(pool: asyncpg.Pool, store: ObjectStore, job_id: uuid.UUID) -> int:
     """Delete every object of the job and its rows; returns how many objects were deleted."""
     keys = [
@@ -36,10 +45,10 @@ async def purge_job(pool: asyncpg.Pool, store: ObjectStore, job_id: uuid.UUID) -
     deleted = 0
     prefixes = job_prefixes(job_id)
     for prefix in prefixes:
-        deleted += await store.delete_prefix(prefix)
+        deleted += await _delete_all(store, prefix)
     for key in keys:
         if not any(key.startswith(p) for p in prefixes):
-            deleted += await store.delete_prefix(key)
+            deleted += await _delete_all(store, key)
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("DELETE FROM jobs WHERE id = $1", job_id)  # cascades to its rows
         await conn.execute(
@@ -80,7 +89,7 @@ async def purge_expired(
                 "SELECT id, object_key FROM uploads WHERE expires_at < now() LIMIT $1", batch
             )
             for row in uploads:
-                report.objects += await store.delete_prefix(row["object_key"])
+                report.objects += await _delete_all(store, row["object_key"])
                 await pool.execute("DELETE FROM uploads WHERE id = $1", row["id"])
                 report.uploads += 1
             status = await pool.execute(
