@@ -289,6 +289,7 @@ _SUMMARY = re.compile(
 def measure_loudness(path: str | os.PathLike[str], *, duration: float = 3600.0) -> Loudness:
     """EBU R128 / ITU-R BS.1770 integrated loudness, loudness range and true peak (ffmpeg
     ``ebur128``, 4x oversampled true peak) of an audio file."""
+    # The summary is logged at info; framelog=verbose keeps the per-frame lines below that.
     run = run_ffmpeg(
         [*file_input(path, user_media=False), "-map", "0:a:0",
          "-af", "ebur128=peak=true:framelog=verbose", "-f", "null", "-"],

@@ -3,9 +3,14 @@
 Order matters: the file size is checked before anything reads it; the first bytes are sniffed
 before ffprobe runs (a playlist, a concat list or an unknown format never reaches a demuxer); then
 ffprobe runs with the file protocol only and a demuxer allow-list, and its answer must agree with
-the sniffed family. Every refusal is an ``InvalidInput`` with a machine-readable code:
+the sniffed family.
 
-``media_too_large``, ``media_too_long``, ``no_audio_stream``, ``unsupported_format``,
+External references are never followed: QuickTime data references stay off (the mov demuxer's
+``enable_drefs`` default), and every nested open inherits the file-only protocol whitelist; HLS,
+DASH, concat and image-sequence demuxers are not on the demuxer allow-list at all.
+
+Every refusal is an ``InvalidInput`` with a machine-readable code: ``media_too_large``,
+``media_too_long``, ``no_audio_stream``, ``unsupported_format``,
 ``playlist_rejected``, ``corrupt_media``, ``too_many_streams``, ``resolution_too_large``
 (and ``media_too_complex`` from the runner when ffprobe runs past its timeout).
 """
