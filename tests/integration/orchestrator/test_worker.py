@@ -112,9 +112,7 @@ async def submit(env: dict[str, object], pool: asyncpg.Pool, targets: list[str])
     return job_id
 
 
-async def wait_terminal(
-    pool: asyncpg.Pool, job_id: uuid.UUID, limit: float = 15
-) -> asyncpg.Record:
+async def wait_terminal(pool: asyncpg.Pool, job_id: uuid.UUID, limit: float = 15) -> asyncpg.Record:
     async def poll() -> asyncpg.Record:
         while True:
             row = await pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
