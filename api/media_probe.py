@@ -3,8 +3,8 @@
 ``sniff`` looks at the first bytes (as soon as they arrive, before the rest is read) and accepts
 only the containers on an allow-list; text playlists and concat lists get their own code.
 ``probe`` runs ffprobe on the spooled file with the ``file`` protocol only, a demuxer
-allow-list (so HLS, DASH, concat and friends cannot be selected even by content), a timeout
-and a CPU limit. It demuxes every packet (``-count_packets``) so truncated media shows up as an
+allow-list (so HLS, DASH, concat and friends cannot be selected even by content) and a
+wall-clock timeout after which it is killed (a crafted file cannot keep it spinning). It demuxes every packet (``-count_packets``) so truncated media shows up as an
 error, then checks for an audio stream and the limits on duration, resolution and streams.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import resource
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,11 +105,6 @@ class MediaInfo:
         }
 
 
-def _limit_cpu(seconds: int) -> None:
-    # Runs in the child before exec: a crafted file cannot spin ffprobe forever.
-    resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds))
-
-
 async def run_ffprobe(path: Path, limit_seconds: float) -> tuple[int, bytes, bytes]:
     argv = [
         "ffprobe",
@@ -134,7 +128,6 @@ async def run_ffprobe(path: Path, limit_seconds: float) -> tuple[int, bytes, byt
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        preexec_fn=lambda: _limit_cpu(max(1, int(limit_seconds))),
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), limit_seconds)

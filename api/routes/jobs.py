@@ -108,6 +108,14 @@ def _accepted(response: Response, job: JobOut, *, replayed: bool) -> JobOut:
     return job
 
 
+def _check_range(options: JobOptions, duration: float) -> None:
+    if options.start_time is not None and options.start_time >= duration:
+        raise InvalidInput(
+            f"start_time {options.start_time:g} s is past the end of the media ({duration:g} s)",
+            code="invalid_time_range",
+        )
+
+
 def _options_from_form(fields: dict[str, list[str]]) -> JobOptions:
     data: dict[str, Any] = {}
     errors: list[dict[str, Any]] = []
@@ -237,6 +245,7 @@ async def create_job(
             check_callback_url(str(options.callback_url), settings)
         assert upload.path is not None and upload.container is not None
         media = await probe(upload.path, upload.container, settings)
+        _check_range(options, media.duration_seconds)
         job_id = uuid.uuid4()
         input_key = f"inputs/{job_id}/source"
         await state.store.put_file(
@@ -309,6 +318,7 @@ async def _create_from_upload(
             with local.open("rb") as f:
                 container = sniff(f.read(SNIFF_BYTES))
             media = await probe(local, container, settings)
+            _check_range(request_model, media.duration_seconds)
         except InvalidInput:
             await reject()
             raise

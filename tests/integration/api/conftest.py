@@ -63,7 +63,7 @@ def api_settings(stack_settings: Settings, api_triton: Settings) -> Settings:
             "triton_url": api_triton.triton_url,
             "triton_http_port": api_triton.triton_http_port,
             "api_max_upload_bytes": MAX_UPLOAD,
-            "api_max_media_seconds": 30.0,
+            "api_max_media_seconds": 5.0,
             "api_webhook_allow_private": True,
             "api_webhook_backoff_base_seconds": 0.2,
             "api_webhook_backoff_max_seconds": 0.4,

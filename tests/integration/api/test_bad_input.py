@@ -77,6 +77,22 @@ CASES = [
         "same_language",
     ),
     ("unknown field", "clip", [*GOOD_FIELDS, ("colour", "red")], b"clip.mp4", 422, "unknown_field"),
+    (
+        "start past the end",
+        "clip",
+        [*GOOD_FIELDS, ("start_time", "5")],
+        b"clip.mp4",
+        422,
+        "invalid_time_range",
+    ),
+    (
+        "too long",
+        "long",
+        GOOD_FIELDS,
+        b"clip.mp4",
+        422,
+        "media_too_long",
+    ),
     ("no target language", "clip", [], b"clip.mp4", 422, "validation_error"),
     (
         "bad option type",
@@ -98,6 +114,8 @@ CASES = [
 def _payload(kind: str, media: Media) -> bytes:
     if kind == "clip":
         return _read(media.clip)
+    if kind == "long":
+        return _read(media.long_clip)
     if kind == "no_audio":
         return _read(media.no_audio)
     if kind == "truncated":
