@@ -145,7 +145,7 @@ async def insert_job(
     Idempotency-Key was already used (a concurrent twin won): the caller drops its upload."""
     options = job.options
     async with pool.acquire() as conn, conn.transaction():
-        await check_job_quota(conn, job.owner_id, job.quota)
+        await check_job_quota(conn, job.owner_id, job.quota, idempotency_key=job.idempotency_key)
         created_id = await conn.fetchval(
             """
             INSERT INTO jobs (id, owner_id, source_language, options, input_key, input_filename,

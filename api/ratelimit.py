@@ -55,9 +55,16 @@ async def take_token(pool: asyncpg.Pool, key: ApiKey) -> None:
         )
 
 
-async def check_job_quota(conn: asyncpg.Connection, owner: uuid.UUID, limit: int) -> None:
-    """Inside the transaction that adds or re-queues a job: serialise per owner, then count."""
+async def check_job_quota(
+    conn: asyncpg.Connection, owner: uuid.UUID, limit: int, *, idempotency_key: str | None = None
+) -> None:
+    """Inside the transaction that adds or re-queues a job: serialise per owner, then count.
+    A request whose Idempotency-Key already names a job is a replay, never over quota."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text, 0))", owner)
+    if idempotency_key is not None and await conn.fetchval(
+        "SELECT 1 FROM jobs WHERE owner_id = $1 AND idempotency_key = $2", owner, idempotency_key
+    ):
+        return
     active: int = await conn.fetchval(
         "SELECT count(*) FROM jobs WHERE owner_id = $1 AND status IN ('queued', 'running')", owner
     )

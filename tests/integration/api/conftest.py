@@ -70,6 +70,7 @@ def api_settings(stack_settings: Settings, api_triton: Settings) -> Settings:
             "api_webhook_poll_seconds": 0.1,
             "api_webhook_timeout_seconds": 2.0,
             "api_events_poll_seconds": 0.25,
+            "api_sse_keepalive_seconds": 0.5,
             "api_outbox_poll_seconds": 0.1,
             "api_outbox_publish_timeout_seconds": 0.5,
             "retention_interval_seconds": 3600.0,

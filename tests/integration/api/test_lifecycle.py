@@ -342,3 +342,27 @@ async def test_list_is_paginated_and_filtered(
         assert bad_cursor.json()["error"]["code"] == "invalid_cursor"
     finally:
         await client.aclose()
+
+
+async def test_sse_keeps_idle_streams_alive_and_checks_last_event_id(
+    clients: Clients, media: Media
+) -> None:
+    job_id = (await submit(clients.a, media.wav, targets="deu")).json()["id"]
+    lines: list[str] = []
+    async with clients.a.stream("GET", f"/api/v1/jobs/{job_id}/events") as response:
+        assert response.headers["cache-control"] == "no-cache"
+        async for line in response.aiter_lines():
+            lines.append(line)
+            if line.startswith(": keep-alive"):
+                break
+    assert lines[0].startswith("id: ") and lines[1] == "event: state"
+    assert json.loads(lines[2].removeprefix("data: ")) == {
+        "id": int(lines[0][4:]),
+        "type": "state",
+        "status": "queued",
+    }
+    bad = await clients.a.get(
+        f"/api/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "yesterday"}
+    )
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_last_event_id"
+    await clients.a.delete(f"/api/v1/jobs/{job_id}")
