@@ -1,0 +1,124 @@
+"""MMS-TTS served by the real local Triton: on-demand loading, parity with in-process onnxruntime,
+slot fitting, batching of concurrent requests, idle unloading and the errors a caller can hit."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from polydub.clients.triton import InferenceClient
+from polydub.errors import ConfigurationError, InvalidInput
+from polydub.export.mms_tts import OUTPUT_NAMES, TOKENIZER_MODEL, MmsTtsExporter, model_name
+from polydub.export.onnx_tools import run_onnx
+from polydub.export.spec import Preset, Target
+from polydub.orchestrator.inference.tts import ModelPool, TtsClient, request_inputs
+from polydub.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+LANGUAGES = ("eng", "spa")
+ENG, SPA = model_name("eng"), model_name("spa")
+
+
+@pytest.fixture(scope="module")
+def repository(triton: InferenceClient, stack_settings: Settings) -> Path:
+    repo = stack_settings.model_repository
+    report = MmsTtsExporter(languages=LANGUAGES).export(Preset.TINY, Target.CPU, repo)
+    assert report.models == [ENG, SPA]
+    return repo
+
+
+@pytest.fixture(scope="module")
+def tts(triton: InferenceClient, repository: Path) -> TtsClient:
+    return TtsClient(triton, pool=ModelPool(triton, idle_seconds=600))
+
+
+async def _counts(triton: InferenceClient, model: str, at_least: int = 0) -> tuple[int, int]:
+    """(inference_count, execution_count); Triton updates them just after the responses go out,
+    so wait (bounded) until ``at_least`` inferences are counted."""
+    for _ in range(50):
+        stats = await triton.statistics(model)
+        counts = int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+        if counts[0] >= at_least:
+            break
+        await asyncio.sleep(0.1)
+    return counts
+
+
+async def test_loads_on_demand_and_matches_onnxruntime(
+    triton: InferenceClient, repository: Path, tts: TtsClient
+) -> None:
+    assert not await triton.is_model_ready(ENG)  # explicit model control: nothing loaded yet
+    assert await tts.languages() == ["eng", "spa"]
+    speech = await tts.synthesize("Hello from Triton.", "eng", speaking_rate=1.1, seed=5)
+    assert await triton.is_model_ready(ENG)
+    assert await triton.is_model_ready(TOKENIZER_MODEL)
+    assert not await triton.is_model_ready(SPA)  # only what was needed
+
+    spec = await tts.tokenizer("eng")
+    feeds = request_inputs(spec.encode("Hello from Triton."), 1 / 1.1, 0.667, 0.8, 5)
+    local = run_onnx(repository / ENG / "1" / "model.onnx", feeds, OUTPUT_NAMES)
+    valid = int(local[1][0, 0])
+    assert speech.samples.shape == (valid,) and speech.sample_rate == 16_000
+    assert float(np.max(np.abs(speech.samples - local[0][0, :valid]))) <= 1e-5
+    assert speech.duration == pytest.approx(valid / 16_000)
+
+
+async def test_synthesize_to_fit_lands_within_ten_percent(tts: TtsClient) -> None:
+    text = "Dubbing fits the new speech into the slot of the original line."
+    natural = await tts.synthesize(text, "eng", seed=21)
+    for factor in (0.8, 0.9, 1.1):  # achievable with rates in [0.85, 1.5]
+        target = natural.duration * factor
+        fitted = await tts.synthesize_to_fit(text, "eng", target, seed=21)
+        assert abs(fitted.duration - target) <= 0.1 * target, (factor, fitted.duration, target)
+
+
+async def test_concurrent_requests_batch(triton: InferenceClient, tts: TtsClient) -> None:
+    texts = [f"Sentence number {i} of sixteen." for i in range(16)]
+    await tts.synthesize(texts[0], "spa", seed=0)  # load outside the measurement
+    before = await _counts(triton, SPA, at_least=1)
+    results = await asyncio.gather(*(tts.synthesize(t, "spa", seed=i) for i, t in enumerate(texts)))
+    after = await _counts(triton, SPA, at_least=before[0] + 16)
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert inferences == 16
+    assert executions < inferences, (inferences, executions)
+    # Batched rows are the same speech as a request on its own.
+    alone = await tts.synthesize(texts[3], "spa", seed=3)
+    assert np.allclose(results[3].samples, alone.samples, atol=1e-5)
+
+
+async def test_idle_models_unload_and_reload(
+    triton: InferenceClient, repository: Path, tts: TtsClient
+) -> None:
+    pool = ModelPool(triton, idle_seconds=0.5)
+    client = TtsClient(triton, pool=pool)
+    await client.synthesize("idle soon", "eng", seed=1)
+    async with pool.using(ENG):
+        await asyncio.sleep(0.7)
+        assert await pool.unload_idle() == []  # in use
+    await asyncio.sleep(0.7)
+    assert await pool.unload_idle() == [ENG]
+    assert not await triton.is_model_ready(ENG)
+    assert await triton.is_model_ready(TOKENIZER_MODEL)  # pinned
+    # Another pool (another worker) still believes it loaded: its request reloads it once.
+    assert ENG in tts.pool.loaded
+    again = await tts.synthesize("idle soon", "eng", seed=1)
+    assert again.duration > 0 and await triton.is_model_ready(ENG)
+    assert (await client.synthesize("idle soon", "eng", seed=1)).duration == again.duration
+
+
+async def test_errors_for_unknown_language_missing_voice_and_empty_text(
+    triton: InferenceClient, tts: TtsClient
+) -> None:
+    with pytest.raises(InvalidInput, match="supported: "):
+        await tts.synthesize("hello", "xx")
+    with pytest.raises(ConfigurationError, match="no MMS-TTS voice for 'ita'") as missing:
+        await tts.synthesize("ciao", "ita")
+    assert missing.value.code == "tts_voice_missing"
+    assert not await triton.is_model_ready(model_name("ita"))
+    before = await _counts(triton, ENG)
+    empty = await tts.synthesize("", "eng")
+    assert empty.samples.size == 0 and await _counts(triton, ENG) == before
