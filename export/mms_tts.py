@@ -269,9 +269,9 @@ def build_tiny(language: str) -> tuple[Any, Any]:
 
 
 def _calibrate_durations(model: Any, tokenizer: TtsTokenizer) -> None:
-    """Give the random duration predictor a realistic output: ~2 frames (32 ms) per token (blanks included: ~15 characters a
-    second) with
-    a log-spread of 0.4, as trained MMS voices have, instead of the 100x spread of random flows.
+    """Give the random duration predictor a realistic output: ~2 frames (32 ms) per token, blanks
+    included (about 15 characters a second), with a log-spread of 0.4, instead of the 100x spread
+    of random flows.
 
     Shifts and scales the first (in reverse: last) flow of the stochastic duration predictor, an
     elementwise affine whose channel 0 becomes the log-duration; so tiny speech has sentence-like
@@ -421,6 +421,10 @@ class MmsTtsExporter:
             else "facebook/mms-tts-*",
         )
         report.notes.append(f"MMS-TTS weights are {LICENSE} (non-commercial use only)")
+        if target is Target.GPU:
+            report.notes.append(
+                "mms_tts: GPU serves the fp32 graph with TensorRT FP16 (configs/gpu.pbtxt)"
+            )
         tokenizers = version_dir(repository, TOKENIZER_MODEL) / "tokenizers"
         tokenizers.mkdir(parents=True, exist_ok=True)
         copy_committed(repository, [TOKENIZER_MODEL])
