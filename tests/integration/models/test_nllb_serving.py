@@ -1,0 +1,228 @@
+"""NLLB-200 served by the real local Triton: the BLS model ``nllb`` over nllb_encoder/nllb_decoder.
+
+The tiny preset (random weights, offline tokenizer) is exported into the session's repository;
+served results are compared with the same search run in-process on the same ONNX files.
+
+Int8 dynamic quantization scales activations per tensor over the whole batch, so results can
+depend on which segments share a batch: exact comparisons use batches whose composition the test
+controls (one request; one request with several rows), concurrency tests check structure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from polydub.clients.triton import InferenceClient
+from polydub.errors import InvalidInput, PermanentError
+from polydub.export.nllb import BLS, DECODER, ENCODER, TOKENIZER_DIR, NllbExporter, load_search
+from polydub.export.spec import Preset, Target
+from polydub.languages import LANGUAGES
+from polydub.orchestrator.inference.translation import TranslationClient
+from polydub.settings import Settings
+
+pytestmark = pytest.mark.integration
+MODELS = (ENCODER, DECODER, BLS)
+DEFAULT_BEAMS = 4  # model_repository/nllb/config.pbtxt
+TEXTS = [
+    "Hello, how are you today?",
+    "The weather is nice and the film starts at eight.",
+    "Where is the station?",
+    "We will meet again tomorrow morning.",
+]
+
+
+@pytest.fixture(scope="module")
+async def served(triton: InferenceClient, stack_settings: Settings) -> Path:
+    repository = stack_settings.model_repository
+    NllbExporter().export(Preset.TINY, Target.CPU, repository)
+    for model in MODELS:
+        await triton.load_model(model)
+        assert await triton.is_model_ready(model)
+    return repository
+
+
+@pytest.fixture(scope="module")
+def local(served: Path) -> Any:
+    """The BLS model's Translator, run in-process on the served (int8) files."""
+    search = load_search()
+    tokenizer = served / BLS / "1" / TOKENIZER_DIR
+    model = search.OnnxRuntimeModel(
+        served / ENCODER / "1" / "model.onnx", served / DECODER / "1" / "model.onnx"
+    )
+    limits = search.Limits(max_source_tokens=256, max_length_cap=256, max_len_a=2.0, max_len_b=16)
+    return search.Translator(
+        search.NllbCodec(tokenizer), model, search.GenerationConfig.load(tokenizer), limits
+    )
+
+
+def _request(
+    texts: list[str], sources: list[str], targets: list[str], n_best: int, max_length: int
+) -> dict[str, NDArray[Any]]:
+    rows = len(texts)
+    return {
+        "text": np.array([[t.encode()] for t in texts], dtype=np.object_),
+        "src_lang": np.array([[s.encode()] for s in sources], dtype=np.object_),
+        "tgt_lang": np.array([[t.encode()] for t in targets], dtype=np.object_),
+        "n_best": np.full((rows, 1), n_best, dtype=np.int32),
+        "max_length": np.full((rows, 1), max_length, dtype=np.int32),
+    }
+
+
+def _sequences(token_ids: NDArray[Any], pad: int = 1) -> list[list[int]]:
+    """[n, T] padded sequences -> lists without the trailing <pad>."""
+    out = []
+    for row in token_ids:
+        tokens = row.tolist()
+        while len(tokens) > 2 and tokens[-1] == pad:
+            tokens.pop()
+        out.append(tokens)
+    return out
+
+
+async def _counts(triton: InferenceClient, model: str) -> tuple[int, int]:
+    stats = await triton.statistics(model)
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+async def test_served_tokens_equal_in_process_search(
+    triton: InferenceClient, served: Path, local: Any
+) -> None:
+    search = load_search()
+    text, n_best, max_length = TEXTS[1], 3, 40
+    result = await triton.infer(
+        BLS,
+        _request([text], ["eng_Latn"], ["fra_Latn"], n_best, max_length),
+        ["translations", "scores", "token_ids"],
+    )
+    expected = local.translate(
+        [search.TranslationItem(text, "eng_Latn", "fra_Latn", DEFAULT_BEAMS, n_best, max_length)]
+    )[0]
+    assert result["translations"].shape == (1, n_best)
+    assert _sequences(result["token_ids"][0]) == [list(c.tokens) for c in expected]
+    assert [t.decode() for t in result["translations"][0]] == [c.text for c in expected]
+    np.testing.assert_allclose(result["scores"][0], [c.score for c in expected], atol=1e-5)
+
+
+async def test_one_batch_with_mixed_target_languages(
+    triton: InferenceClient, served: Path, local: Any
+) -> None:
+    """Rows of one request are one BLS execution: its composition is known, results exact."""
+    search = load_search()
+    targets = ["fra_Latn", "rus_Cyrl", "kor_Hang", "spa_Latn"]
+    sources = ["eng_Latn", "eng_Latn", "deu_Latn", "eng_Latn"]
+    before = await _counts(triton, BLS)
+    result = await triton.infer(
+        BLS, _request(TEXTS, sources, targets, 2, 30), ["translations", "scores", "token_ids"]
+    )
+    after = await _counts(triton, BLS)
+    assert (after[0] - before[0], after[1] - before[1]) == (4, 1)  # 4 rows, one execution
+
+    items = [
+        search.TranslationItem(t, s, g, DEFAULT_BEAMS, 2, 30)
+        for t, s, g in zip(TEXTS, sources, targets, strict=True)
+    ]
+    expected = local.translate(items)
+    codec = local.codec
+    for row, (target, candidates) in enumerate(zip(targets, expected, strict=True)):
+        served_tokens = _sequences(result["token_ids"][row])
+        assert served_tokens == [list(c.tokens) for c in candidates]
+        # Every candidate starts with the decoder start and its own forced language code.
+        assert {tuple(s[:2]) for s in served_tokens} == {(2, codec.language_id(target))}
+        np.testing.assert_allclose(result["scores"][row], [c.score for c in candidates], atol=1e-5)
+
+
+async def test_n_best_returns_distinct_candidates_sorted_by_score(
+    triton: InferenceClient, served: Path
+) -> None:
+    client = TranslationClient(triton)
+    result = await client.translate(TEXTS[3], "eng", "deu", n_best=3, max_length=30)
+    assert (result.source, result.target) == ("eng", "deu")
+    assert len(result.candidates) == 3
+    scores = [c.score for c in result.candidates]
+    assert scores == sorted(scores, reverse=True) and all(s < 0 for s in scores)
+    assert result.best == result.candidates[0] and result.text == result.best.text
+
+    raw = await triton.infer(
+        BLS, _request([TEXTS[3]], ["eng_Latn"], ["deu_Latn"], 3, 30), ["token_ids", "scores"]
+    )
+    sequences = _sequences(raw["token_ids"][0])
+    assert len({tuple(s) for s in sequences}) == 3
+    np.testing.assert_allclose(raw["scores"][0], scores, atol=1e-6)
+
+
+async def test_concurrent_translations_share_batches(triton: InferenceClient, served: Path) -> None:
+    client = TranslationClient(triton)
+    texts = [f"{TEXTS[i % len(TEXTS)]} Segment {i}." for i in range(20)]
+    targets = ["fra", "spa", "rus", "kor"]
+    bls_before = await _counts(triton, BLS)
+    decoder_before = await _counts(triton, DECODER)
+    encoder_before = await _counts(triton, ENCODER)
+    results = await asyncio.gather(
+        *(
+            client.translate(text, "eng", targets[i % 4], n_best=2, max_length=24)
+            for i, text in enumerate(texts)
+        )
+    )
+    bls = [a - b for a, b in zip(await _counts(triton, BLS), bls_before, strict=True)]
+    decoder = [a - b for a, b in zip(await _counts(triton, DECODER), decoder_before, strict=True)]
+    encoder = [a - b for a, b in zip(await _counts(triton, ENCODER), encoder_before, strict=True)]
+
+    assert [r.target for r in results] == [targets[i % 4] for i in range(20)]
+    assert all(len(r.candidates) == 2 for r in results)
+    # 20 requests in fewer BLS executions: segments of different jobs and languages batched.
+    assert bls[0] == 20 and bls[1] < 20, f"BLS: {bls[1]} executions for {bls[0]} requests"
+    # One encoder row per segment, in fewer encoder calls.
+    assert encoder[0] == 20 and encoder[1] < 20, f"encoder: {encoder}"
+    # Each decoder step carries every live beam of the batch: inferences >> executions.
+    assert decoder[1] < decoder[0], f"decoder: {decoder[1]} executions, {decoder[0]} rows"
+    assert decoder[0] >= 20 * DEFAULT_BEAMS
+    print(
+        f"nllb: 20 requests in {bls[1]} executions; nllb_decoder: {decoder[0]} rows "
+        f"in {decoder[1]} steps; nllb_encoder: 20 rows in {encoder[1]} calls"
+    )
+
+
+async def test_translate_many_matches_translate(triton: InferenceClient, served: Path) -> None:
+    client = TranslationClient(triton)
+    many = await client.translate_many(TEXTS[:2], "eng", "ita", n_best=1, max_length=20)
+    assert [len(t.candidates) for t in many] == [1, 1]
+    assert all(t.target == "ita" and t.best.score < 0 for t in many)
+
+
+async def test_bad_input_is_a_clear_error(triton: InferenceClient, served: Path) -> None:
+    client = TranslationClient(triton)
+    with pytest.raises(InvalidInput) as unknown:
+        await client.translate("Hello", "eng", "xxx")
+    assert "'xxx'" in unknown.value.message and "fra" in unknown.value.message
+    assert unknown.value.detail == {"supported": sorted(LANGUAGES)}
+    with pytest.raises(InvalidInput):
+        await client.translate("Hello", "klingon", "fra")
+    with pytest.raises(InvalidInput):
+        await client.translate("Hello", "eng", "fra", n_best=9)
+
+    # The server checks too: a bad FLORES code fails its own request with a clear message.
+    with pytest.raises(PermanentError) as served_error:
+        await triton.infer(
+            BLS, _request(["Hello"], ["eng_Latn"], ["xx_Latn"], 1, 10), ["translations"]
+        )
+    assert "unknown language code 'xx_Latn'" in served_error.value.message
+    # ... and the model keeps serving.
+    assert (await client.translate("Hello", "eng", "fra", max_length=10)).best.score < 0
+
+
+async def test_empty_and_same_language_need_no_triton_call(
+    triton: InferenceClient, served: Path
+) -> None:
+    client = TranslationClient(triton)
+    before = await _counts(triton, BLS)
+    empty = await client.translate("   ", "eng", "fra", n_best=3)
+    same = await client.translate("Bonjour.", "fra", "fra")
+    assert empty.candidates[0].text == "" and len(empty.candidates) == 1
+    assert same.text == "Bonjour." and same.best.score == 0.0
+    assert await _counts(triton, BLS) == before
