@@ -108,6 +108,13 @@ def _accepted(response: Response, job: JobOut, *, replayed: bool) -> JobOut:
     return job
 
 
+def _check_targets(options: JobOptions, limit: int) -> None:
+    if len(options.target_languages) > limit:
+        raise InvalidInput(
+            f"at most {limit} target languages per job", code="too_many_target_languages"
+        )
+
+
 def _check_range(options: JobOptions, duration: float) -> None:
     if options.start_time is not None and options.start_time >= duration:
         raise InvalidInput(
@@ -241,6 +248,7 @@ async def create_job(
             request.stream(), boundary, spool, settings.api_max_upload_bytes
         )
         options = _options_from_form(upload.fields)
+        _check_targets(options, settings.api_max_target_languages)
         if options.callback_url:
             check_callback_url(str(options.callback_url), settings)
         assert upload.path is not None and upload.container is not None
@@ -286,6 +294,7 @@ async def _create_from_upload(
     multipart.check_content_length(request.headers.get("content-length"), MAX_JSON_BODY)
     body = await _read_json_body(request)
     request_model: JobFromUpload = _validate(JobFromUpload, body)
+    _check_targets(request_model, settings.api_max_target_languages)
     if request_model.callback_url:
         check_callback_url(str(request_model.callback_url), settings)
     upload = await state.pool.fetchrow(

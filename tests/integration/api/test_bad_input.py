@@ -93,6 +93,14 @@ CASES = [
         422,
         "media_too_long",
     ),
+    (
+        "too many targets",
+        "clip",
+        [("target_languages", "spa,fra,deu,ita,por,nld,pol,ron,swe,fin,hun")],
+        b"clip.mp4",
+        422,
+        "too_many_target_languages",
+    ),
     ("no target language", "clip", [], b"clip.mp4", 422, "validation_error"),
     (
         "bad option type",
