@@ -10,6 +10,7 @@ fails that language alone. A retryable error propagates, so the job is redeliver
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ class StageContext:
     language: str  # "" for job-scope stages
     finished: FinishedStages
     services: Any  # the worker's Services (store, inference clients, settings)
-    workdir: Path
+    workdir: Path  # this stage's scratch folder
+    cache_dir: Path  # objects fetched from S3 during this attempt, shared by its stages
     report: Callable[[int, int], Awaitable[None]]  # the progress hook: (completed, total)
 
     def key(self, filename: str) -> str:
@@ -80,11 +82,18 @@ class PipelineRunner:
         self.workdir = workdir
 
     async def run(self, job: JobRecord) -> dict[str, Any] | None:
-        """Run what is left of the job; returns the terminal state event (None if fenced out)."""
-        finished = await self.store.finished_stages(job.id)
-        tracker = _Progress(self, job, finished)
+        """Run what is left of the job; returns the terminal state event (None if already set)."""
         workdir = self.workdir / str(job.id)
         workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            return await self._run(job, workdir)
+        finally:
+            # Scratch space holds media: never let it pile up on a worker (resume reads S3).
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _run(self, job: JobRecord, workdir: Path) -> dict[str, Any] | None:
+        finished = await self.store.finished_stages(job.id)
+        tracker = _Progress(self, job, finished)
 
         for stage in self.job_stages:
             await self._run_stage(job, stage, "", finished, tracker, workdir)
@@ -158,7 +167,7 @@ class PipelineRunner:
         stage_dir = workdir / stage.name / (language or "_")
         stage_dir.mkdir(parents=True, exist_ok=True)
         context = StageContext(
-            job, stage.name, language, finished, self.services, stage_dir, report
+            job, stage.name, language, finished, self.services, stage_dir, workdir / "cache", report
         )
         started = time.monotonic()
         result = await stage.run(context)

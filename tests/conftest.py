@@ -86,6 +86,26 @@ async def triton(triton_server: Stack, stack_settings: Settings) -> AsyncIterato
 
 
 @pytest.fixture(scope="session")
+async def tiny_models(triton: InferenceClient, stack_settings: Settings) -> list[str]:
+    """Every model family exported with the tiny preset into the session's repository, loaded."""
+    import asyncio
+
+    from polydub.export.run import export_all
+    from polydub.export.spec import Preset, Target
+
+    repository = stack_settings.model_repository
+    await asyncio.to_thread(export_all, Preset.TINY, Target.CPU, repository)
+    names = sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").exists())
+    for name in names:  # sub-models before the python (BLS) models that call them
+        if not (repository / name / "1" / "model.py").exists():
+            await triton.load_model(name)
+    for name in names:
+        if (repository / name / "1" / "model.py").exists():
+            await triton.load_model(name)
+    return names
+
+
+@pytest.fixture(scope="session")
 async def db_pool(services: Stack, stack_settings: Settings) -> AsyncIterator[object]:
     from polydub.clients.db import create_pool, migrate_database
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from polydub.cli import api, db, keys, models, stack
+from polydub.cli import api, db, keys, models, stack, worker
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="polydub: dub videos at volume.")
 app.add_typer(stack.app, name="stack")
@@ -12,3 +12,4 @@ app.add_typer(db.app, name="db")
 app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")
 app.add_typer(api.app, name="api")
+app.add_typer(worker.app, name="worker")

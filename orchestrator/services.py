@@ -1,0 +1,57 @@
+"""What the stages use, created once per worker process and shared by its concurrent jobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from polydub.clients.storage import ObjectStore
+from polydub.clients.triton import InferenceClient
+from polydub.orchestrator.inference.asr import AsrClient
+from polydub.orchestrator.inference.diarization import DiarizationClient
+from polydub.orchestrator.inference.gender import GenderClient
+from polydub.orchestrator.inference.translation import TranslationClient
+from polydub.orchestrator.inference.tts import TtsClient
+from polydub.orchestrator.inference.vad import VadClient
+from polydub.orchestrator.media.mix import BackgroundSeparator, MixPolicy
+from polydub.orchestrator.media.probe import Limits
+from polydub.orchestrator.state import JobStore
+from polydub.orchestrator.timing import TimingPolicy
+from polydub.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    jobs: JobStore
+    store: ObjectStore
+    triton: InferenceClient
+    vad: VadClient
+    diarization: DiarizationClient
+    asr: AsrClient
+    gender: GenderClient
+    translation: TranslationClient
+    tts: TtsClient
+    limits: Limits = field(default_factory=Limits)
+    timing: TimingPolicy = field(default_factory=TimingPolicy)
+    mix: MixPolicy = field(default_factory=MixPolicy)
+    separator: BackgroundSeparator | None = None  # a source-separation model, when deployed
+    # Per-language facts measured once per process (e.g. a voice's own pitch).
+    voice_cache: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls, settings: Settings, jobs: JobStore, store: ObjectStore, triton: InferenceClient
+    ) -> Services:
+        return cls(
+            settings=settings,
+            jobs=jobs,
+            store=store,
+            triton=triton,
+            vad=VadClient(triton),
+            diarization=DiarizationClient(triton),
+            asr=AsrClient(triton),
+            gender=GenderClient(triton),
+            translation=TranslationClient(triton),
+            tts=TtsClient(triton),
+        )

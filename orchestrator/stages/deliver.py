@@ -1,0 +1,173 @@
+"""mix, mux and subtitles: the deliverables of one target language, registered as artifacts.
+
+Artifact kinds: dubbed_video, dubbed_audio, subtitles_srt, subtitles_vtt, source_subtitles_srt,
+source_subtitles_vtt, transcript, quality_report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from polydub.orchestrator.artifacts import Artifacts
+from polydub.orchestrator.media.mix import Placement, background_track, mix_to_wav, speech_intervals
+from polydub.orchestrator.media.mux import encode_audio
+from polydub.orchestrator.media.mux import mux as mux_media
+from polydub.orchestrator.pipeline import StageContext, StageResult
+from polydub.orchestrator.quality import loudness_stats
+from polydub.orchestrator.stages.dub import timing_from_dict
+from polydub.orchestrator.subtitles import make_cues, to_srt, to_vtt
+
+
+async def mix(ctx: StageContext) -> StageResult:
+    """The dub over the original background: ducked under speech, EBU R128 normalised."""
+    services = ctx.services
+    artifacts = Artifacts(services.store, ctx.cache_dir)
+    original = await artifacts.fetch(ctx.outputs_of("extract_audio")["original48k"])
+    synth = ctx.outputs_of("synthesize")
+    timings = [timing_from_dict(t) for t in (await artifacts.get_json(synth["timing"]))["segments"]]
+    with np.load(await artifacts.fetch(synth["speech"])) as arrays:
+        rendered = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+    placements = [Placement(t.start, r) for t, r in zip(timings, rendered, strict=True)]
+    background, separated = await background_track(
+        original, ctx.workdir / "background.wav", services.separator
+    )
+    out = ctx.workdir / "dubbed.wav"
+    result = await asyncio.to_thread(
+        mix_to_wav,
+        background,
+        placements,
+        out,
+        intervals=speech_intervals(timings),
+        separated=separated,
+        policy=services.mix,
+    )
+    stored = await artifacts.put_file(ctx.key("dubbed.wav"), out, "audio/wav")
+    stats = loudness_stats(
+        result.loudness.integrated_lufs,
+        result.loudness.true_peak_dbtp,
+        result.loudness.lra,
+        target_lufs=services.mix.target_lufs,
+        gain_db=result.gain_db,
+        clipped_samples=result.clipped_samples,
+        total_samples=result.frames * result.channels,
+    )
+    return StageResult(
+        {"dubbed_wav": stored["key"]},
+        {
+            **stats.to_dict(),
+            "ducked_seconds": round(result.ducked_seconds, 3),
+            "background_separated": separated,
+        },
+    )
+
+
+async def mux(ctx: StageContext) -> StageResult:
+    """The dubbed video (video stream copied, never re-encoded) and the dubbed audio track."""
+    services = ctx.services
+    artifacts = Artifacts(services.store, ctx.cache_dir)
+    facts = ctx.outputs_of("validate")
+    dubbed = await artifacts.fetch(ctx.outputs_of("mix")["dubbed_wav"])
+    outputs: dict[str, Any] = {}
+    audio_path = ctx.workdir / "dubbed.m4a"
+    await asyncio.to_thread(
+        encode_audio, dubbed, audio_path, language=ctx.language, duration=facts["audio_duration"]
+    )
+    outputs["dubbed_audio"] = await _artifact(
+        ctx, artifacts, "dubbed_audio", "dubbed.m4a", audio_path, "audio/mp4"
+    )
+    if facts["has_video"]:
+        source = await artifacts.fetch(ctx.job.input_key)
+        video_path = ctx.workdir / "dubbed.video"
+        result = await asyncio.to_thread(
+            mux_media,
+            source,
+            dubbed,
+            video_path,
+            video_codecs=facts["video_codecs"],
+            language=ctx.language,
+            audio_offset=facts["audio_offset"],
+            duration=facts["audio_duration"],
+        )
+        name, content_type = (
+            ("dubbed.mp4", "video/mp4")
+            if result.container == "mp4"
+            else ("dubbed.mkv", "video/x-matroska")
+        )
+        outputs["dubbed_video"] = await _artifact(
+            ctx, artifacts, "dubbed_video", name, video_path, content_type
+        )
+    return StageResult(outputs, {"has_video": facts["has_video"]})
+
+
+async def subtitles(ctx: StageContext) -> StageResult:
+    """SRT and WebVTT (source and target), the transcript, and the quality report."""
+    artifacts = Artifacts(ctx.services.store, ctx.cache_dir)
+    translation = await artifacts.get_json(ctx.outputs_of("translate")["translation"])
+    segments = translation["segments"]
+    outputs: dict[str, Any] = {}
+    for prefix, field in (("source_", "source_text"), ("", "text")):
+        cues = make_cues(
+            [
+                SimpleNamespace(start=s["start"], end=s["end"], text=s[field], speaker=s["speaker"])
+                for s in segments
+            ]
+        )
+        for fmt, render, content_type in (
+            ("srt", to_srt, "application/x-subrip"),
+            ("vtt", to_vtt, "text/vtt"),
+        ):
+            lang = translation["source"] if prefix else translation["target"]
+            path = ctx.workdir / f"{prefix}{lang}.{fmt}"
+            path.write_text(render(cues), encoding="utf-8")
+            kind = f"{prefix}subtitles_{fmt}"
+            outputs[kind] = await _artifact(ctx, artifacts, kind, path.name, path, content_type)
+
+    transcript = {
+        "job_id": str(ctx.job.id),
+        "source_language": translation["source"],
+        "target_language": translation["target"],
+        "speakers": (await artifacts.get_json(ctx.outputs_of("gender")["speakers"]))["speakers"],
+        "segments": [
+            {k: s[k] for k in ("id", "start", "end", "speaker", "source_text", "text")}
+            for s in segments
+        ],
+    }
+    for kind, data in (("transcript", transcript), ("quality_report", await quality_report(ctx))):
+        path = ctx.workdir / f"{kind}.json"
+        path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+        outputs[kind] = await _artifact(ctx, artifacts, kind, path.name, path, "application/json")
+    return StageResult(outputs, {"cues": len(segments)})
+
+
+async def quality_report(ctx: StageContext) -> dict[str, Any]:
+    """Per-stage metrics of this job and language, as the stages recorded them."""
+    rows = await ctx.services.jobs.pool.fetch(
+        "SELECT stage, language, metrics FROM job_stages WHERE job_id = $1 AND status = 'succeeded'"
+        " AND language IN ('', $2) ORDER BY started_at",
+        ctx.job.id,
+        ctx.language,
+    )
+    artifacts = Artifacts(ctx.services.store, ctx.cache_dir)
+    timing = await artifacts.get_json(ctx.outputs_of("synthesize")["timing"])
+    return {
+        "job_id": str(ctx.job.id),
+        "language": ctx.language,
+        "stages": {r["stage"]: r["metrics"] for r in rows},
+        "segments": timing["segments"],
+    }
+
+
+async def _artifact(
+    ctx: StageContext, artifacts: Artifacts, kind: str, name: str, path: Any, content_type: str
+) -> str:
+    key = ctx.key(name)
+    stored = await artifacts.put_file(key, path, content_type)
+    await ctx.services.jobs.add_artifact(
+        ctx.job, ctx.language, kind, key, content_type, stored["size"], stored["sha256"]
+    )
+    return key

@@ -1,0 +1,170 @@
+"""translate, assign_voices and synthesize: the new speech of one target language."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from polydub.languages import get_language
+from polydub.orchestrator.artifacts import Artifacts
+from polydub.orchestrator.candidates import pick_candidate
+from polydub.orchestrator.inference.tts import model_name
+from polydub.orchestrator.media.mix import render_segments
+from polydub.orchestrator.pipeline import StageContext, StageResult
+from polydub.orchestrator.quality import fit_stats, translation_stats
+from polydub.orchestrator.timing import SegmentTiming, plan_timing
+from polydub.orchestrator.voices import Gender, SpeakerProfile, Voice, estimate_f0
+from polydub.orchestrator.voices import assign_voices as assign
+
+N_BEST = 3
+VOICE_PROBE_TEXT = "hello and welcome, this is a short test of my voice"
+TTS_RATE = 16000
+
+
+async def translate(ctx: StageContext) -> StageResult:
+    services = ctx.services
+    artifacts = Artifacts(services.store, ctx.cache_dir)
+    target = get_language(ctx.language).code  # unknown: this language fails, the others go on
+    transcript = await artifacts.get_json(ctx.outputs_of("transcribe")["transcript"])
+    source = transcript["language"]
+    segments = transcript["segments"]
+    results = await services.translation.translate_many(
+        [s["text"] for s in segments], source, target, N_BEST
+    )
+    out = []
+    for segment, result in zip(segments, results, strict=True):
+        chosen = pick_candidate(result.candidates, segment["end"] - segment["start"])
+        out.append(
+            {
+                **segment,
+                "source_text": segment["text"],
+                "text": result.candidates[chosen].text,
+                "chosen": chosen,
+                "candidates": [{"text": c.text, "score": c.score} for c in result.candidates],
+            }
+        )
+    key = await artifacts.put_json(
+        ctx.key("translation.json"),
+        {
+            "source": source,
+            "target": target,
+            "segments": out,
+        },
+    )
+    stats = translation_stats([s["source_text"] for s in out], [s["text"] for s in out])
+    return StageResult({"translation": key}, stats.to_dict())
+
+
+async def assign_voices(ctx: StageContext) -> StageResult:
+    """Each speaker keeps one recognisable voice; with one voice per language (MMS-TTS), a
+    per-speaker pitch shift toward the speaker's own pitch keeps speakers apart."""
+    services = ctx.services
+    artifacts = Artifacts(services.store, ctx.cache_dir)
+    speakers = (await artifacts.get_json(ctx.outputs_of("gender")["speakers"]))["speakers"]
+    voice = await _voice(ctx.services, ctx.language)
+    profiles = [SpeakerProfile(s["speaker"], s["gender"], s["median_f0"]) for s in speakers]
+    assignments = assign(profiles, [voice])
+    data = [dataclasses.asdict(a) for a in assignments]
+    key = await artifacts.put_json(
+        ctx.key("voices.json"),
+        {
+            "voices": [dataclasses.asdict(voice)],
+            "assignments": data,
+        },
+    )
+    return StageResult(
+        {"voices": key}, {"assignments": {a.speaker: round(a.semitones, 2) for a in assignments}}
+    )
+
+
+async def _voice(services: Any, language: str) -> Voice:
+    """The language's voice and its own pitch, measured once per worker process."""
+    cache_key = f"voice:{language}"
+    if cache_key not in services.voice_cache:
+        speech = await services.tts.synthesize(VOICE_PROBE_TEXT, language, seed=0)
+        f0 = await asyncio.to_thread(estimate_f0, speech.samples, speech.sample_rate)
+        f0 = f0 or 150.0  # no voiced frames (e.g. a script the probe text cannot cover)
+        gender: Gender = "female" if f0 >= 165.0 else "male"
+        services.voice_cache[cache_key] = Voice(model_name(language), gender, round(f0, 1))
+    voice: Voice = services.voice_cache[cache_key]
+    return voice
+
+
+async def synthesize(ctx: StageContext) -> StageResult:
+    """MMS-TTS per segment at the speaking rate that fits its slot, then bounded stretch,
+    borrowing and pitch shift (timing.py), rendered at 48 kHz for the mix."""
+    services = ctx.services
+    artifacts = Artifacts(services.store, ctx.cache_dir)
+    segments = (await artifacts.get_json(ctx.outputs_of("translate")["translation"]))["segments"]
+    voices = await artifacts.get_json(ctx.outputs_of("assign_voices")["voices"])
+    shift = {a["speaker"]: a["semitones"] for a in voices["assignments"]}
+    timeline_end = ctx.outputs_of("extract_audio")["duration"]
+    seeds = [_seed(ctx.job.id.hex, s["id"]) for s in segments]
+
+    async def speak(i: int, rate: float) -> np.ndarray:  # type: ignore[type-arg]
+        speech = await services.tts.synthesize(
+            segments[i]["text"], ctx.language, speaking_rate=rate, seed=seeds[i]
+        )
+        return np.asarray(speech.samples, np.float32)
+
+    first = await asyncio.gather(*(speak(i, 1.0) for i in range(len(segments))))
+    await ctx.report(1, 3)
+    natural = [a.size / TTS_RATE for a in first]
+    plan = plan_timing(
+        segments_as_spans(segments), natural, timeline_end=timeline_end, policy=services.timing
+    )
+    audio = list(first)
+    again = plan.to_resynthesize
+    for i, samples in zip(
+        again, await asyncio.gather(*(speak(i, plan.segments[i].rate) for i in again)), strict=True
+    ):
+        audio[i] = samples
+    await ctx.report(2, 3)
+    final = plan_timing(
+        segments_as_spans(segments),
+        natural,
+        timeline_end=timeline_end,
+        synthesized=[a.size / TTS_RATE for a in audio],
+        policy=services.timing,
+    )
+    semitones = [float(shift.get(s["speaker"], 0.0)) for s in segments]
+    rendered = await asyncio.to_thread(render_segments, audio, TTS_RATE, final.segments, semitones)
+    speech_path = ctx.workdir / "speech48k.npz"
+    np.savez(speech_path, *rendered)
+    speech = await artifacts.put_file(
+        ctx.key("speech48k.npz"), speech_path, "application/octet-stream"
+    )
+    timing_key = await artifacts.put_json(
+        ctx.key("timing.json"),
+        {
+            "segments": [t.to_dict() for t in final.segments],
+            "semitones": semitones,
+        },
+    )
+    return StageResult(
+        {"speech": speech["key"], "timing": timing_key}, fit_stats(final.segments).to_dict()
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Span:
+    start: float
+    end: float
+
+
+def segments_as_spans(segments: list[dict[str, Any]]) -> list[_Span]:
+    return [_Span(s["start"], s["end"]) for s in segments]
+
+
+def timing_from_dict(data: dict[str, Any]) -> SegmentTiming:
+    names = {f.name for f in dataclasses.fields(SegmentTiming)}
+    return SegmentTiming(**{k: v for k, v in data.items() if k in names})
+
+
+def _seed(job: str, segment: int) -> int:
+    # Deterministic per segment: a redelivered job synthesizes the same speech again.
+    return int.from_bytes(hashlib.sha256(f"{job}:{segment}".encode()).digest()[:4], "big") % (2**31)

@@ -1,0 +1,68 @@
+"""validate and extract_audio: make sure the input is media we accept, then decode it once."""
+
+from __future__ import annotations
+
+import asyncio
+
+from polydub.errors import InvalidInput
+from polydub.orchestrator.artifacts import Artifacts
+from polydub.orchestrator.media.extract import extract_mix_wav, extract_model_audio
+from polydub.orchestrator.media.probe import probe
+from polydub.orchestrator.pipeline import StageContext, StageResult
+
+
+async def validate(ctx: StageContext) -> StageResult:
+    services = ctx.services
+    artifacts = Artifacts(services.store, ctx.cache_dir)
+    source = await artifacts.fetch(ctx.job.input_key)
+    info = await asyncio.to_thread(probe, source, services.limits)
+    start, end = _time_range(ctx.job.options, info.audio_duration)
+    media = info.to_dict()
+    await services.jobs.record_media(ctx.job, media)
+    return StageResult(
+        {
+            "media": media,
+            "has_video": info.has_video,
+            "video_codecs": [v.codec for v in info.video],
+            "audio_duration": info.audio_duration,
+            "audio_offset": info.audio_offset,
+            "start": start,
+            "end": end,
+        },
+        {"duration": info.duration, "format": info.format_name, "size_bytes": info.size_bytes},
+    )
+
+
+def _time_range(options: dict[str, object], duration: float) -> tuple[float, float]:
+    start = float(options.get("start_time") or 0.0)  # type: ignore[arg-type]
+    end_value = options.get("end_time")
+    end = float(end_value) if end_value is not None else duration  # type: ignore[arg-type]
+    end = min(end, duration)
+    if not 0.0 <= start < end:
+        raise InvalidInput(
+            f"time range {start:.2f}..{end:.2f} s is empty for media of {duration:.2f} s",
+            code="invalid_time_range",
+        )
+    return start, end
+
+
+async def extract_audio(ctx: StageContext) -> StageResult:
+    """The whole audio, twice: 16 kHz mono for the models, 48 kHz stereo to mix the dub over.
+
+    A requested time range does not cut the media: only speech inside it is dubbed, and the
+    output keeps the full length with the original audio outside the range (the video is never
+    re-encoded, and cutting it by stream copy would snap to keyframes).
+    """
+    facts = ctx.outputs_of("validate")
+    artifacts = Artifacts(ctx.services.store, ctx.cache_dir)
+    source = await artifacts.fetch(ctx.job.input_key)
+    duration = facts["audio_duration"]
+    speech = await asyncio.to_thread(extract_model_audio, source, media_duration=duration)
+    speech_key = await artifacts.put_wav(ctx.key("speech16k.wav"), speech, 16000)
+    mix_path = ctx.workdir / "original48k.wav"
+    mixed = await asyncio.to_thread(extract_mix_wav, source, mix_path, media_duration=duration)
+    original = await artifacts.put_file(ctx.key("original48k.wav"), mix_path, "audio/wav")
+    return StageResult(
+        {"speech16k": speech_key, "original48k": original["key"], "duration": mixed.duration},
+        {"audio_seconds": round(mixed.duration, 3)},
+    )

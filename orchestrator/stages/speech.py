@@ -1,0 +1,139 @@
+"""diarize, transcribe and gender: who speaks when, what they say, and how their voice sounds.
+
+These run once per job; every target language reuses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+
+from polydub.orchestrator.artifacts import Artifacts
+from polydub.orchestrator.diarize import diarize
+from polydub.orchestrator.inference.asr import AudioRegion
+from polydub.orchestrator.pipeline import StageContext, StageResult
+from polydub.orchestrator.quality import asr_stats
+from polydub.orchestrator.segments import make_segments
+from polydub.orchestrator.voices import estimate_f0
+
+SAMPLE_RATE = 16000
+GENDER_SAMPLE_SECONDS = 30.0  # enough voiced speech for a stable median pitch
+
+
+async def diarize_speakers(ctx: StageContext) -> StageResult:
+    services = ctx.services
+    artifacts = Artifacts(services.store, ctx.cache_dir)
+    window = ctx.outputs_of("validate")
+    audio, _ = await artifacts.get_wav(ctx.outputs_of("extract_audio")["speech16k"])
+    await ctx.report(0, 3)
+    regions = await services.vad.speech_regions(audio)
+    await ctx.report(1, 3)
+    num_speakers = ctx.job.options.get("num_speakers")
+    turns = await diarize(audio, num_speakers, client=services.diarization, speech=regions)
+    await ctx.report(2, 3)
+    segments = make_segments(turns, regions, window=(window["start"], window["end"]))
+    speakers = sorted({s.speaker for s in segments})
+    key = await artifacts.put_json(
+        ctx.key("segments.json"),
+        {
+            "speech": [{"start": r.start, "end": r.end} for r in regions],
+            "turns": [{"start": t.start, "end": t.end, "speaker": t.speaker} for t in turns],
+            "segments": [s.to_dict() for s in segments],
+        },
+    )
+    speech_seconds = sum(s.duration for s in segments)
+    return StageResult(
+        {"segments": key, "speakers": speakers},
+        {
+            "speakers_found": len(speakers),
+            "segments": len(segments),
+            "speech_seconds": round(speech_seconds, 3),
+            "vad_regions": len(regions),
+        },
+    )
+
+
+async def transcribe(ctx: StageContext) -> StageResult:
+    """Whisper on the segments, packed into shared 30 s windows (one batch for the encoder)."""
+    services = ctx.services
+    artifacts = Artifacts(services.store, ctx.cache_dir)
+    audio, _ = await artifacts.get_wav(ctx.outputs_of("extract_audio")["speech16k"])
+    segments = (await artifacts.get_json(ctx.outputs_of("diarize")["segments"]))["segments"]
+    regions = [AudioRegion(s["start"], _cut(audio, s["start"], s["end"])) for s in segments]
+    results = await services.asr.transcribe_packed(regions, ctx.job.source_language)
+    language = results[0].language if results else (ctx.job.source_language or "eng")
+    probability = results[0].language_probability if results else 0.0
+    transcript = []
+    for segment, result in zip(segments, results, strict=True):
+        logprobs = [s.avg_logprob for s in result.segments]
+        no_speech = [s.no_speech_prob for s in result.segments]
+        transcript.append(
+            {
+                **segment,
+                "text": result.text,
+                "avg_logprob": float(np.mean(logprobs)) if logprobs else None,
+                "no_speech_prob": float(np.max(no_speech)) if no_speech else None,
+            }
+        )
+    if ctx.job.source_language is None:
+        await services.jobs.record_media(ctx.job, None, detected=language)
+    key = await artifacts.put_json(
+        ctx.key("transcript.json"),
+        {
+            "language": language,
+            "language_probability": probability,
+            "segments": transcript,
+        },
+    )
+    stats = asr_stats(
+        [s["end"] - s["start"] for s in transcript],
+        [s["avg_logprob"] if s["avg_logprob"] is not None else 0.0 for s in transcript],
+        [s["no_speech_prob"] if s["no_speech_prob"] is not None else 1.0 for s in transcript],
+    )
+    return StageResult(
+        {"transcript": key, "language": language},
+        {"language": language, "language_probability": round(probability, 4), **stats.to_dict()},
+    )
+
+
+async def detect_gender(ctx: StageContext) -> StageResult:
+    """Per speaker: gender from pitch (served by Triton) and median F0 for voice matching."""
+    services = ctx.services
+    artifacts = Artifacts(services.store, ctx.cache_dir)
+    audio, _ = await artifacts.get_wav(ctx.outputs_of("extract_audio")["speech16k"])
+    segments = (await artifacts.get_json(ctx.outputs_of("diarize")["segments"]))["segments"]
+    by_speaker: dict[str, list[dict[str, Any]]] = {}
+    for segment in segments:
+        by_speaker.setdefault(segment["speaker"], []).append(segment)
+
+    async def profile(speaker: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+        clips, total = [], 0.0
+        for s in sorted(items, key=lambda s: s["end"] - s["start"], reverse=True):
+            if total >= GENDER_SAMPLE_SECONDS:
+                break
+            clips.append(_cut(audio, s["start"], s["end"]))
+            total += s["end"] - s["start"]
+        speech = np.concatenate(clips) if clips else np.zeros(0, np.float32)
+        estimate = await services.gender.classify(speech)
+        f0 = estimate.median_f0_hz or await asyncio.to_thread(estimate_f0, speech, SAMPLE_RATE)
+        return {
+            "speaker": speaker,
+            "gender": estimate.label,
+            "confidence": round(estimate.confidence, 3),
+            "median_f0": round(f0, 1) if f0 else None,
+            "speaking_seconds": round(sum(s["end"] - s["start"] for s in items), 3),
+        }
+
+    profiles = await asyncio.gather(*(profile(s, items) for s, items in by_speaker.items()))
+    profiles.sort(key=lambda p: p["speaking_seconds"], reverse=True)  # main speakers first
+    key = await artifacts.put_json(ctx.key("speakers.json"), {"speakers": profiles})
+    return StageResult(
+        {"speakers": key},
+        {"speakers": {p["speaker"]: p["gender"] for p in profiles}},
+    )
+
+
+def _cut(audio: np.ndarray, start: float, end: float) -> np.ndarray:  # type: ignore[type-arg]
+    return np.ascontiguousarray(audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)])
