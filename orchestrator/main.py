@@ -25,11 +25,12 @@ log = logging.getLogger(__name__)
 
 async def run_worker(
     settings: Settings,
-    options: WorkerOptions = WorkerOptions(),
+    options: WorkerOptions | None = None,
     *,
     workdir: Path | None = None,
     handle_signals: bool = True,
 ) -> None:
+    options = options or WorkerOptions()
     pool = await create_pool(settings, max_size=max(4, options.concurrency * 3))
     nc = await connect(settings, name="polydub-worker")
     triton = InferenceClient(settings.triton_url)
