@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,17 +18,25 @@ from polydub.orchestrator.artifacts import Artifacts
 from polydub.orchestrator.media.mix import Placement, background_track, mix_to_wav, speech_intervals
 from polydub.orchestrator.media.mux import encode_audio
 from polydub.orchestrator.media.mux import mux as mux_media
+from polydub.orchestrator.media.pcm import create_wav, wav_info
 from polydub.orchestrator.pipeline import StageContext, StageResult
 from polydub.orchestrator.quality import loudness_stats
-from polydub.orchestrator.stages.dub import timing_from_dict
+from polydub.orchestrator.stages.dub import SKIPPED, subtitles_only, timing_from_dict
 from polydub.orchestrator.subtitles import make_cues, to_srt, to_vtt
 
 
 async def mix(ctx: StageContext) -> StageResult:
-    """The dub over the original background: ducked under speech, EBU R128 normalised."""
+    """The dub over the original background: ducked under speech, EBU R128 normalised.
+
+    With ``keep_background`` false the dub is mixed over silence of the same length.
+    """
+    if subtitles_only(ctx):
+        return SKIPPED
     services = ctx.services
     artifacts = Artifacts(services.store, ctx.cache_dir)
     original = await artifacts.fetch(ctx.outputs_of("extract_audio")["original48k"])
+    if ctx.job.options.get("keep_background") is False:
+        original = await asyncio.to_thread(_silence_like, original, ctx.workdir / "silence.wav")
     synth = ctx.outputs_of("synthesize")
     timings = [timing_from_dict(t) for t in (await artifacts.get_json(synth["timing"]))["segments"]]
     with np.load(await artifacts.fetch(synth["speech"])) as arrays:
@@ -68,6 +77,8 @@ async def mix(ctx: StageContext) -> StageResult:
 
 async def mux(ctx: StageContext) -> StageResult:
     """The dubbed video (video stream copied, never re-encoded) and the dubbed audio track."""
+    if subtitles_only(ctx):
+        return SKIPPED
     services = ctx.services
     artifacts = Artifacts(services.store, ctx.cache_dir)
     facts = ctx.outputs_of("validate")
@@ -153,13 +164,21 @@ async def quality_report(ctx: StageContext) -> dict[str, Any]:
         ctx.language,
     )
     artifacts = Artifacts(ctx.services.store, ctx.cache_dir)
-    timing = await artifacts.get_json(ctx.outputs_of("synthesize")["timing"])
+    synth = ctx.outputs_of("synthesize")
+    timing = await artifacts.get_json(synth["timing"]) if "timing" in synth else {"segments": []}
     return {
         "job_id": str(ctx.job.id),
         "language": ctx.language,
         "stages": {r["stage"]: r["metrics"] for r in rows},
         "segments": timing["segments"],
     }
+
+
+def _silence_like(wav: Path, out: Path) -> Path:
+    """A silent WAV of the same length, rate and channels (create_wav zero-fills)."""
+    info = wav_info(wav)
+    create_wav(out, info.frames, info.channels, info.sample_rate).flush()
+    return out
 
 
 async def _artifact(

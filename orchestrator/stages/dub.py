@@ -59,9 +59,19 @@ async def translate(ctx: StageContext) -> StageResult:
     return StageResult({"translation": key}, stats.to_dict())
 
 
+def subtitles_only(ctx: StageContext) -> bool:
+    """The job asked for subtitles alone: the speech stages have nothing to do."""
+    return bool(ctx.job.options.get("subtitles_only"))
+
+
+SKIPPED = StageResult({"skipped": True}, {"skipped": True})
+
+
 async def assign_voices(ctx: StageContext) -> StageResult:
     """Each speaker keeps one recognisable voice; with one voice per language (MMS-TTS), a
     per-speaker pitch shift toward the speaker's own pitch keeps speakers apart."""
+    if subtitles_only(ctx):
+        return SKIPPED
     services = ctx.services
     artifacts = Artifacts(services.store, ctx.cache_dir)
     speakers = (await artifacts.get_json(ctx.outputs_of("gender")["speakers"]))["speakers"]
@@ -97,6 +107,8 @@ async def _voice(services: Any, language: str) -> Voice:
 async def synthesize(ctx: StageContext) -> StageResult:
     """MMS-TTS per segment at the speaking rate that fits its slot, then bounded stretch,
     borrowing and pitch shift (timing.py), rendered at 48 kHz for the mix."""
+    if subtitles_only(ctx):
+        return SKIPPED
     services = ctx.services
     artifacts = Artifacts(services.store, ctx.cache_dir)
     segments = (await artifacts.get_json(ctx.outputs_of("translate")["translation"]))["segments"]

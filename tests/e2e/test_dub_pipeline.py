@@ -12,11 +12,15 @@ import asyncio
 import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 
+from polydub.clients.queue import connect
 from polydub.clients.storage import ObjectStore
 from polydub.orchestrator.main import run_worker
 from polydub.orchestrator.media.mux import stream_md5
@@ -50,55 +54,68 @@ async def wait_terminal(pool: asyncpg.Pool, job_id: uuid.UUID, limit: float) -> 
             await asyncio.sleep(0.2)
 
 
-async def test_two_speakers_dubbed_into_two_languages(
+@dataclass
+class Pipeline:
+    settings: Settings
+    store: ObjectStore
+    pool: asyncpg.Pool
+    nc: Any
+
+    async def submit(self, path: Path, targets: list[str], **options: Any) -> uuid.UUID:
+        owner = await create_owner(self.pool)
+        job_id = uuid.uuid4()
+        input_key = f"inputs/{job_id}/source"
+        await self.store.put_file(input_key, path, "application/octet-stream")
+        job_id = await create_job(
+            self.pool, owner, targets, source="eng", input_key=input_key, options=options
+        )
+        await self.nc.jetstream().publish(
+            self.settings.jobs_subject,
+            json.dumps({"job_id": str(job_id)}).encode(),
+            headers={"Nats-Msg-Id": str(job_id)},
+        )
+        return job_id
+
+    async def artifacts(self, job_id: uuid.UUID, language: str) -> dict[str, str]:
+        rows = await self.pool.fetch(
+            "SELECT kind, object_key FROM artifacts WHERE job_id=$1 AND language=$2",
+            job_id,
+            language,
+        )
+        return {r["kind"]: r["object_key"] for r in rows}
+
+
+@pytest.fixture(scope="module")
+async def pipeline(
     services: object,
     tiny_models: list[str],
     db_pool: asyncpg.Pool,
     stack_settings: Settings,
-    tmp_path: Path,
-) -> None:
-    clip = make_two_speaker_clip(tmp_path / "two_speakers.mp4", seconds=12.0)
-    store = ObjectStore(stack_settings)
-    job_id = uuid.uuid4()
-    input_key = f"inputs/{job_id}/source"
-    await store.put_file(input_key, clip.path, "video/mp4")
-    owner = await create_owner(db_pool)
-    job_id = await create_job(
-        db_pool,
-        owner,
-        ["spa", "fra"],
-        source="eng",
-        input_key=input_key,
-        options={"num_speakers": 2},
-    )
-
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Pipeline]:
+    """A real worker (in this process) on a private stream, for the tests of this module."""
     settings = stack_settings.model_copy(
         update={"jobs_stream": f"E2E_{uuid.uuid4().hex[:6]}", "jobs_subject": "e2e.jobs"}
     )
+    workdir = tmp_path_factory.mktemp("work")
     worker = asyncio.create_task(
-        run_worker(
-            settings, WorkerOptions(concurrency=1), workdir=tmp_path / "work", handle_signals=False
-        )
+        run_worker(settings, WorkerOptions(concurrency=2), workdir=workdir, handle_signals=False)
     )
-    from polydub.clients.queue import connect
-
     nc = await connect(settings)
-    try:
-        await asyncio.sleep(0.5)  # the worker creates the stream
-        js = nc.jetstream()
-        await js.publish(
-            settings.jobs_subject,
-            json.dumps({"job_id": str(job_id)}).encode(),
-            headers={"Nats-Msg-Id": str(job_id)},
-        )
-        job = await wait_terminal(db_pool, job_id, limit=400)
-    finally:
-        worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await worker
-        await nc.jetstream().delete_stream(settings.jobs_stream)
-        await nc.close()
+    await asyncio.sleep(0.5)  # the worker creates the stream and its consumer
+    yield Pipeline(settings, ObjectStore(stack_settings), db_pool, nc)
+    worker.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await worker
+    await nc.jetstream().delete_stream(settings.jobs_stream)
+    await nc.close()
 
+
+async def test_two_speakers_dubbed_into_two_languages(pipeline: Pipeline, tmp_path: Path) -> None:
+    clip = make_two_speaker_clip(tmp_path / "two_speakers.mp4", seconds=12.0)
+    job_id = await pipeline.submit(clip.path, ["spa", "fra"], num_speakers=2)
+    job = await wait_terminal(pipeline.pool, job_id, limit=400)
+    db_pool, store = pipeline.pool, pipeline.store
     targets = await db_pool.fetch(
         "SELECT language, status, error_message FROM job_targets WHERE job_id=$1", job_id
     )
@@ -136,3 +153,38 @@ async def test_two_speakers_dubbed_into_two_languages(
         report = json.loads(await store.get_bytes(keys["quality_report"]))
         assert report["stages"]["diarize"]["speakers_found"] == 2
         assert "integrated_lufs" in report["stages"]["mix"]
+
+
+async def test_audio_only_input_without_background(pipeline: Pipeline, tmp_path: Path) -> None:
+    clip = make_two_speaker_clip(tmp_path / "speech.wav", seconds=8.0, with_video=False)
+    job_id = await pipeline.submit(clip.path, ["deu"], keep_background=False)
+    job = await wait_terminal(pipeline.pool, job_id, limit=300)
+    assert job["status"] == "succeeded", job["error_message"]
+    keys = await pipeline.artifacts(job_id, "deu")
+    assert set(keys) == KINDS - {"dubbed_video"}  # audio in, audio out
+    audio = tmp_path / "deu.m4a"
+    await pipeline.store.download(keys["dubbed_audio"], audio)
+    assert abs(probe(audio).audio_duration - probe(clip.path).audio_duration) <= 0.05
+    report = json.loads(await pipeline.store.get_bytes(keys["quality_report"]))
+    assert report["stages"]["mix"]["ducked_seconds"] > 0
+
+
+async def test_subtitles_only_skips_the_speech_stages(pipeline: Pipeline, tmp_path: Path) -> None:
+    clip = make_two_speaker_clip(tmp_path / "subs.mp4", seconds=8.0)
+    job_id = await pipeline.submit(clip.path, ["ita"], subtitles_only=True)
+    job = await wait_terminal(pipeline.pool, job_id, limit=300)
+    assert job["status"] == "succeeded", job["error_message"]
+    keys = await pipeline.artifacts(job_id, "ita")
+    assert set(keys) == {
+        "subtitles_srt",
+        "subtitles_vtt",
+        "source_subtitles_srt",
+        "source_subtitles_vtt",
+        "transcript",
+        "quality_report",
+    }
+    skipped = await pipeline.pool.fetch(
+        "SELECT stage FROM job_stages WHERE job_id=$1 AND metrics ? 'skipped' ORDER BY stage",
+        job_id,
+    )
+    assert [r["stage"] for r in skipped] == ["assign_voices", "mix", "mux", "synthesize"]
