@@ -1,0 +1,490 @@
+"""Whisper: encoder + decoder-with-KV-cache ONNX graphs, tokenizer and decoding facts for the BLS.
+
+Writes three Triton models:
+
+* ``whisper_encoder`` (onnxruntime): ``input_features`` [B, n_mels, 3000] -> ``last_hidden_state``
+  and the cross-attention ``cross_key.i`` / ``cross_value.i`` of every decoder layer;
+* ``whisper_decoder`` (onnxruntime): one step with a KV cache (see ``whisper_graphs``);
+* ``whisper`` (python BLS, committed): features, language detection, batched greedy decoding
+  with timestamps; it reads ``1/tokenizer/`` (HF tokenizer files + ``whisper.json`` facts).
+
+Checks on every export: encoder and decoder fp32 against PyTorch (the decoder also against the
+transformers model itself, so the flat re-layout is proven equal), int8 against PyTorch with a
+looser tolerance, and the ONNX greedy loop (the same code the BLS runs) against
+``WhisperForConditionalGeneration.generate(return_timestamps=True)``: identical tokens.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from polydub.export.hub import require_access
+from polydub.export.onnx_tools import (
+    check_parity,
+    convert_fp16,
+    export_module,
+    max_abs_diff,
+    quantize_int8,
+)
+from polydub.export.repository import SOURCE_REPOSITORY, copy_committed, version_dir
+from polydub.export.spec import Checkpoint, ExportReport, GraphSpec, Preset, Target
+from polydub.export.whisper_graphs import (
+    DECODER_MODEL,
+    ENCODER_MODEL,
+    DecoderGraph,
+    EncoderGraph,
+    decoder_spec,
+    encoder_spec,
+)
+from polydub.languages import LANGUAGES
+
+log = logging.getLogger(__name__)
+
+BLS_MODEL = "whisper"
+MODELS = [ENCODER_MODEL, DECODER_MODEL, BLS_MODEL]
+RUNTIME_FILE = SOURCE_REPOSITORY / BLS_MODEL / "1" / "whisper_runtime.py"
+TOKENIZER_DIR = "tokenizer"  # under whisper/1/, git-ignored
+CHECKPOINTS = {
+    Preset.SMALL: Checkpoint("openai/whisper-base", license="mit"),
+    Preset.LARGE: Checkpoint("openai/whisper-large-v3", license="mit"),
+}
+TINY_NAME = "tiny-random-whisper"
+CHECK_NEW_TOKENS = 48  # greedy parity: enough steps to exercise every timestamp rule
+
+Array = NDArray[Any]
+
+
+@cache
+def runtime() -> ModuleType:
+    """``whisper_runtime`` from the committed BLS model folder (numpy-only, no package import)."""
+    name = "polydub_whisper_runtime"
+    spec = importlib.util.spec_from_file_location(name, RUNTIME_FILE)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {RUNTIME_FILE}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve their module through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------------ checkpoints
+
+
+def load_checkpoint(preset: Preset, tokenizer_dir: Path) -> tuple[Any, Any, Any, str]:
+    """(model, tokenizer, generation config, checkpoint name); the tokenizer is saved too."""
+    if preset is Preset.TINY:
+        from polydub.export import whisper_tiny
+
+        tokenizer = whisper_tiny.build_tokenizer(tokenizer_dir)
+        model, generation = whisper_tiny.build_model(tokenizer)
+        return model, tokenizer, generation, TINY_NAME
+    checkpoint = CHECKPOINTS[preset]
+    token = require_access(checkpoint)
+    from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperTokenizer
+
+    model = WhisperForConditionalGeneration.from_pretrained(checkpoint.hub_id, token=token).eval()
+    tokenizer = WhisperTokenizer.from_pretrained(checkpoint.hub_id, token=token)
+    generation = GenerationConfig.from_pretrained(checkpoint.hub_id, token=token)
+    model.generation_config = generation
+    tokenizer.save_pretrained(str(tokenizer_dir))
+    return model, tokenizer, generation, checkpoint.hub_id
+
+
+def make_facts(model: Any, tokenizer: Any, generation: Any, checkpoint: str) -> Any:
+    """What the BLS needs: dims and special token ids. Detection considers only the languages
+    polydub serves end to end (polydub.languages), so it always names a supported language."""
+    rt = runtime()
+    ids = tokenizer.convert_tokens_to_ids
+    unk = tokenizer.unk_token_id
+    no_speech = ids("<|nospeech|>")
+    if no_speech in (None, unk):
+        no_speech = ids("<|nocaptions|>")
+    languages = {}
+    for lang in LANGUAGES.values():
+        token = ids(f"<|{lang.whisper}|>")
+        if token is not None and token != unk:
+            languages[lang.whisper] = int(token)
+    cfg = model.config
+    no_timestamps = int(ids("<|notimestamps|>"))
+    return rt.WhisperFacts(
+        checkpoint=checkpoint,
+        n_mels=int(cfg.num_mel_bins),
+        decoder_layers=int(cfg.decoder_layers),
+        decoder_heads=int(cfg.decoder_attention_heads),
+        head_dim=int(cfg.d_model // cfg.decoder_attention_heads),
+        vocab_size=int(cfg.vocab_size),
+        max_target_positions=int(cfg.max_target_positions),
+        eot=int(ids("<|endoftext|>")),
+        sot=int(ids("<|startoftranscript|>")),
+        translate=int(ids("<|translate|>")),
+        transcribe=int(ids("<|transcribe|>")),
+        no_speech=int(no_speech),
+        no_timestamps=no_timestamps,
+        timestamp_begin=no_timestamps + 1,
+        languages=languages,
+        suppress_tokens=tuple(int(t) for t in generation.suppress_tokens or ()),
+        begin_suppress_tokens=tuple(int(t) for t in generation.begin_suppress_tokens or ()),
+        max_initial_timestamp_index=getattr(generation, "max_initial_timestamp_index", 50),
+    )
+
+
+def check_audio() -> list[Array]:
+    """Fixed clips for the checks: voiced-like tones (7.3 s), noise (2.1 s), silence (1 s)."""
+    rng = np.random.default_rng(1234)
+    t = np.arange(int(7.3 * 16000)) / 16000
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * t)
+    voiced = sum(np.sin(2 * np.pi * f0 * k * t) / k for f0 in (140.0, 220.0) for k in (1, 2, 3))
+    tones = (0.1 * envelope * voiced).astype(np.float32)
+    noise = (0.05 * rng.standard_normal(int(2.1 * 16000))).astype(np.float32)
+    return [tones, noise, np.zeros(16000, dtype=np.float32)]
+
+
+# ------------------------------------------------------------------ in-process backend
+
+
+class OrtWhisper:
+    """The two exported graphs run with onnxruntime in this process, as a ``DecoderBackend``.
+
+    The reference for the served model: the BLS runs the same loop over Triton calls.
+    """
+
+    def __init__(
+        self,
+        encoder: Path,
+        decoder: Path,
+        facts: Any,
+        threads: int = 1,
+        tokenizer_dir: Path | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        self.encoder = ort.InferenceSession(
+            str(encoder), options, providers=["CPUExecutionProvider"]
+        )
+        self.decoder = ort.InferenceSession(
+            str(decoder), options, providers=["CPUExecutionProvider"]
+        )
+        self.facts = facts
+        self.tokenizer_dir = tokenizer_dir
+        n = facts.decoder_layers
+        self.cross_names = [f"cross_{k}.{i}" for i in range(n) for k in ("key", "value")]
+        self.past_names = [f"past_{k}.{i}" for i in range(n) for k in ("key", "value")]
+        self.present_names = [f"present_{k}.{i}" for i in range(n) for k in ("key", "value")]
+
+    @classmethod
+    def from_repository(cls, repository: Path, filename: str = "model.onnx") -> OrtWhisper:
+        tokenizer_dir = repository / BLS_MODEL / "1" / TOKENIZER_DIR
+        return cls(
+            repository / ENCODER_MODEL / "1" / filename,
+            repository / DECODER_MODEL / "1" / filename,
+            runtime().WhisperFacts.load(tokenizer_dir / runtime().FACTS_FILE),
+            tokenizer_dir=tokenizer_dir,
+        )
+
+    def encode(self, features: Array) -> dict[str, Array]:
+        outputs = self.encoder.run(self.cross_names, {"input_features": features})
+        return dict(zip(self.cross_names, outputs, strict=True))
+
+    def step(
+        self, input_ids: Array, past: dict[str, Array] | None, cross: dict[str, Array]
+    ) -> tuple[Array, dict[str, Array]]:
+        f = self.facts
+        if past is None:
+            empty = np.zeros((input_ids.shape[0], f.decoder_heads, 0, f.head_dim), np.float32)
+            past = {name: empty for name in self.past_names}
+        feeds = {"input_ids": input_ids, **past, **cross}
+        logits, *presents = self.decoder.run(["logits", *self.present_names], feeds)
+        return logits, dict(zip(self.past_names, presents, strict=True))
+
+    def select(self, state: dict[str, Array], rows: Array) -> dict[str, Array]:
+        return {name: value[rows] for name, value in state.items()}
+
+    def decode(
+        self, audios: Sequence[Array], options: Sequence[Any], max_new_tokens: int
+    ) -> list[Any]:
+        rt = runtime()
+        features = rt.log_mel_spectrogram(audios, self.facts.n_mels)
+        return list(rt.greedy_decode(self, features, options, self.facts, max_new_tokens))
+
+
+# ------------------------------------------------------------------------ checks
+
+
+@dataclass
+class References:
+    """PyTorch outputs on fixed inputs, computed once and compared with any exported graphs."""
+
+    features: Array
+    encoder: list[Array]  # EncoderGraph outputs
+    decoder_feeds: list[dict[str, Array]]  # three steps: [sot] (empty past), [lang, task], [ts]
+    decoder: list[list[Array]]  # DecoderGraph outputs per step
+    hf_logits: list[Array]  # transformers' own forward: last-position logits per step
+
+
+def torch_references(model: Any, facts: Any, features: Array) -> References:
+    import torch
+    from transformers import modeling_outputs
+
+    outputs_module: Any = modeling_outputs  # untyped
+    n = facts.decoder_layers
+    names = [f"{{}}_{k}.{i}" for i in range(n) for k in ("key", "value")]
+    decoder = DecoderGraph(model).eval()
+    with torch.inference_mode():
+        encoder = [o.numpy() for o in EncoderGraph(model).eval()(torch.from_numpy(features))]
+        hidden = outputs_module.BaseModelOutput(last_hidden_state=torch.from_numpy(encoder[0]))
+        batch = features.shape[0]
+        past = [np.zeros((batch, facts.decoder_heads, 0, facts.head_dim), np.float32)] * (2 * n)
+        steps = [
+            np.full((batch, 1), facts.sot, np.int64),
+            np.array([[next(iter(facts.languages.values())), facts.transcribe]] * batch, np.int64),
+            np.full((batch, 1), facts.timestamp_begin, np.int64),
+        ]
+        refs = References(features, encoder, [], [], [])
+        prefix = np.zeros((batch, 0), np.int64)
+        for ids in steps:
+            feed: dict[str, Array] = {"input_ids": ids}
+            feed.update({name.format("past"): p for name, p in zip(names, past, strict=True)})
+            feed.update(
+                {name.format("cross"): c for name, c in zip(names, encoder[1:], strict=True)}
+            )
+            outputs = [o.numpy() for o in decoder(*(torch.from_numpy(v) for v in feed.values()))]
+            prefix = np.concatenate([prefix, ids], axis=1)
+            hf = model(encoder_outputs=hidden, decoder_input_ids=torch.from_numpy(prefix))
+            refs.decoder_feeds.append(feed)
+            refs.decoder.append(outputs)
+            refs.hf_logits.append(hf.logits[:, -1].numpy())
+            past = outputs[1:]
+    return refs
+
+
+def check_graphs(refs: References, encoder_path: Path, decoder_path: Path) -> tuple[float, float]:
+    """Max |onnx - torch| of the encoder and of the decoder outputs on the fixed inputs.
+
+    The decoder's reference is our flat DecoderGraph, which must itself match transformers'
+    WhisperForConditionalGeneration forward: the larger of both differences is returned.
+    """
+    from polydub.export.onnx_tools import run_onnx
+
+    encoder_diff = max_abs_diff(
+        refs.encoder, run_onnx(encoder_path, {"input_features": refs.features})
+    )
+    decoder_diff = 0.0
+    for feed, expected, hf in zip(refs.decoder_feeds, refs.decoder, refs.hf_logits, strict=True):
+        decoder_diff = max(decoder_diff, max_abs_diff(expected, run_onnx(decoder_path, feed)))
+        decoder_diff = max(decoder_diff, max_abs_diff([hf], expected[:1]))
+    return encoder_diff, decoder_diff
+
+
+def hf_greedy_tokens(
+    model: Any, features: Array, language: str | None, task: str, max_new_tokens: int
+) -> list[list[int]]:
+    """One window's greedy decode by transformers: ``detect_language``, then the plain
+    ``GenerationMixin.generate`` with Whisper's own logits processors (begin-suppress, suppress,
+    ``WhisperTimeStampLogitsProcessor``) in the order Whisper's generate installs them.
+
+    Whisper's ``generate`` itself is not the reference: even for a short clip it runs its
+    long-form seek loop (re-decoding from the last timestamp), which a single window doesn't do.
+    """
+    import copy
+
+    import torch
+    from transformers import GenerationMixin, LogitsProcessorList
+    from transformers.generation.logits_process import (
+        SuppressTokensAtBeginLogitsProcessor,
+        SuppressTokensLogitsProcessor,
+        WhisperTimeStampLogitsProcessor,
+    )
+
+    generation = copy.deepcopy(model.generation_config)
+    eot = generation.eos_token_id
+    task_id = generation.task_to_id[task]
+    processors = LogitsProcessorList(
+        [
+            SuppressTokensAtBeginLogitsProcessor(generation.begin_suppress_tokens, begin_index=3),
+            SuppressTokensLogitsProcessor(generation.suppress_tokens),
+            WhisperTimeStampLogitsProcessor(generation, begin_index=3),
+        ]
+    )
+    generation.suppress_tokens = None
+    generation.begin_suppress_tokens = None
+    out: list[list[int]] = []
+    with torch.inference_mode():
+        for row in range(features.shape[0]):
+            feats = torch.from_numpy(features[row : row + 1])
+            encoded = model.get_encoder()(feats)
+            if language is None:
+                lang_id = int(model.detect_language(encoder_outputs=encoded)[0])
+            else:
+                lang_id = generation.lang_to_id[f"<|{language}|>"]
+            prompt = torch.tensor([[generation.decoder_start_token_id, lang_id, task_id]])
+            sequences = GenerationMixin.generate(
+                model,
+                encoder_outputs=encoded,
+                decoder_input_ids=prompt,
+                logits_processor=processors,
+                generation_config=generation,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+            )
+            tokens = sequences[0, 3:].tolist()
+            out.append(tokens[: tokens.index(eot)] if eot in tokens else tokens)
+    return out
+
+
+# ------------------------------------------------------------------------ the exporter
+
+
+def _export_graph(graph: Any, args: tuple[Any, ...], spec: GraphSpec, path: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape-derived Python values
+        export_module(graph, args, spec, path)
+
+
+def _dummy_inputs(model: Any, facts: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    import torch
+
+    features = torch.zeros((1, facts.n_mels, 3000))
+    n, h, dh = facts.decoder_layers, facts.decoder_heads, facts.head_dim
+    ids = torch.full((1, 2), facts.sot, dtype=torch.long)
+    past = [torch.zeros((1, h, 3, dh)) for _ in range(2 * n)]
+    cross = [torch.zeros((1, h, 1500, dh)) for _ in range(2 * n)]
+    return (features,), (ids, *past, *cross)
+
+
+class WhisperExporter:
+    name = "whisper"
+
+    def checkpoints(self, preset: Preset) -> list[Checkpoint]:
+        if preset is Preset.TINY:
+            return []
+        return [CHECKPOINTS[preset]]
+
+    def export(self, preset: Preset, target: Target, repository: Path) -> ExportReport:
+        started = time.perf_counter()
+        rt = runtime()
+        copy_committed(repository, MODELS)
+        bls_dir = version_dir(repository, BLS_MODEL)
+        tokenizer_dir = bls_dir / TOKENIZER_DIR
+        if tokenizer_dir.exists():
+            shutil.rmtree(tokenizer_dir)
+        model, tokenizer, generation, checkpoint = load_checkpoint(preset, tokenizer_dir)
+        facts = make_facts(model, tokenizer, generation, checkpoint)
+        (tokenizer_dir / rt.FACTS_FILE).write_text(facts.to_json(), encoding="utf-8")
+        report = ExportReport(family=self.name, checkpoint=checkpoint, models=list(MODELS))
+
+        cfg = model.config
+        specs = {
+            ENCODER_MODEL: encoder_spec(
+                facts.n_mels, cfg.d_model, facts.decoder_layers, facts.decoder_heads
+            ),
+            DECODER_MODEL: decoder_spec(
+                cfg.d_model, facts.decoder_layers, facts.decoder_heads, facts.vocab_size
+            ),
+        }
+        enc_args, dec_args = _dummy_inputs(model, facts)
+        paths = {}
+        for name, graph, args in (
+            (ENCODER_MODEL, EncoderGraph(model), enc_args),
+            (DECODER_MODEL, DecoderGraph(model), dec_args),
+        ):
+            path = version_dir(repository, name) / "model_fp32.onnx"
+            _export_graph(graph, args, specs[name], path)
+            paths[name] = path
+
+        features = rt.log_mel_spectrogram(check_audio(), facts.n_mels)
+        refs = torch_references(model, facts, features)
+        enc_diff, dec_diff = check_graphs(refs, paths[ENCODER_MODEL], paths[DECODER_MODEL])
+        report.max_abs_diff[ENCODER_MODEL] = check_parity(
+            ENCODER_MODEL, enc_diff, specs[ENCODER_MODEL].fp32_atol
+        )
+        report.max_abs_diff[DECODER_MODEL] = check_parity(
+            DECODER_MODEL, dec_diff, specs[DECODER_MODEL].fp32_atol
+        )
+
+        # Greedy tokens: our loop over the fp32 graphs vs transformers' generate.
+        fp32 = OrtWhisper(paths[ENCODER_MODEL], paths[DECODER_MODEL], facts)
+        cases = [("en", "transcribe"), (None, "transcribe"), (None, "transcribe")]
+        ours = fp32.decode(
+            check_audio(), [rt.DecodeOptions(lang, task) for lang, task in cases], CHECK_NEW_TOKENS
+        )
+        same = True
+        for row, ((lang, task), result) in enumerate(zip(cases, ours, strict=True)):
+            [theirs] = hf_greedy_tokens(
+                model, features[row : row + 1], lang, task, CHECK_NEW_TOKENS
+            )
+            same = same and theirs == result.tokens
+        report.token_match[BLS_MODEL] = same
+        if not same:
+            raise AssertionError("whisper: the ONNX greedy loop and transformers' generate differ")
+
+        if target is Target.CPU:
+            self._place_int8(paths, specs, refs, facts, report)
+        else:
+            self._place_fp16(paths, report)
+        report.notes.append(f"export took {time.perf_counter() - started:.1f}s")
+        return report
+
+    def _place_int8(
+        self,
+        paths: dict[str, Path],
+        specs: dict[str, GraphSpec],
+        refs: References,
+        facts: Any,
+        report: ExportReport,
+    ) -> None:
+        """model.onnx = the int8 graph when both stay within their int8 tolerance, else fp32."""
+        int8 = {name: path.with_name("model_int8.onnx") for name, path in paths.items()}
+        for name, path in paths.items():
+            quantize_int8(path, int8[name])
+        enc_diff, dec_diff = check_graphs(refs, int8[ENCODER_MODEL], int8[DECODER_MODEL])
+        report.int8_max_abs_diff = {ENCODER_MODEL: enc_diff, DECODER_MODEL: dec_diff}
+        ok = (
+            enc_diff <= specs[ENCODER_MODEL].int8_atol
+            and dec_diff <= specs[DECODER_MODEL].int8_atol
+        )
+        for name, path in paths.items():
+            shutil.copyfile(int8[name] if ok else path, path.with_name("model.onnx"))
+            int8[name].unlink()
+        if ok:
+            q = OrtWhisper(
+                paths[ENCODER_MODEL].with_name("model.onnx"),
+                paths[DECODER_MODEL].with_name("model.onnx"),
+                facts,
+            )
+            f = OrtWhisper(paths[ENCODER_MODEL], paths[DECODER_MODEL], facts)
+            opts = [runtime().DecodeOptions("en", "transcribe")]
+            audio = check_audio()[:1]
+            agree = (
+                q.decode(audio, opts, CHECK_NEW_TOKENS)[0].tokens
+                == f.decode(audio, opts, CHECK_NEW_TOKENS)[0].tokens
+            )
+            verdict = "equal" if agree else "differ from"
+            report.notes.append(f"whisper int8 served on CPU; its greedy tokens {verdict} fp32's")
+        else:
+            report.notes.append("whisper int8 beyond tolerance: fp32 served on CPU")
+
+    def _place_fp16(self, paths: dict[str, Path], report: ExportReport) -> None:
+        """GPU: model.onnx stays fp32 (any profile loads), model_fp16.onnx is what gpu.pbtxt names."""
+        for path in paths.values():
+            shutil.copyfile(path, path.with_name("model.onnx"))
+            convert_fp16(path, path.with_name("model_fp16.onnx"))
+        report.notes.append("whisper fp16 graphs written (model_fp16.onnx); checked on GPU only")

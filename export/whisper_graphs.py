@@ -1,0 +1,166 @@
+"""The two Whisper graphs as small torch modules over a transformers Whisper model's weights.
+
+Why our own wrappers rather than optimum's ``encoder_model`` + ``decoder_model_merged``:
+
+* the cross-attention keys/values of every decoder layer are projected once, inside the
+  encoder call, for the whole batch of windows; the decoder never sees the encoder output;
+* the decoder graph has a single branch (no ``If`` on ``use_cache_branch``): step 1 simply
+  feeds an empty past (length 0), which onnxruntime and TensorRT both handle plainly;
+* the decoder returns the logits of the last position only ([B, vocab]): the prompt step
+  feeds two tokens, and shipping [B, S, vocab] back to the BLS loop would be waste.
+
+Tensor names (``i`` = decoder layer):
+  encoder  in  input_features [B, n_mels, 3000]
+           out last_hidden_state [B, 1500, d_model], cross_key.i / cross_value.i [B, H, 1500, Dh]
+  decoder  in  input_ids [B, S] int64, past_key.i / past_value.i [B, H, P, Dh],
+               cross_key.i / cross_value.i [B, H, 1500, Dh]
+           out logits [B, vocab], present_key.i / present_value.i [B, H, P + S, Dh]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from polydub.export.spec import GraphSpec, TensorSpec
+
+ENCODER_MODEL = "whisper_encoder"
+DECODER_MODEL = "whisper_decoder"
+
+
+def _heads(x: Tensor, heads: int) -> Tensor:
+    """[B, T, H * Dh] -> [B, H, T, Dh]."""
+    b, t, _ = x.shape
+    return x.reshape(b, t, heads, -1).transpose(1, 2)
+
+
+def _merge(x: Tensor) -> Tensor:
+    """[B, H, T, Dh] -> [B, T, H * Dh]."""
+    b, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * d)
+
+
+class EncoderGraph(nn.Module):
+    """Mel features -> encoder output and every decoder layer's cross-attention K/V."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.encoder = model.model.encoder
+        self.layers = model.model.decoder.layers
+        self.heads = model.config.decoder_attention_heads
+
+    def forward(self, input_features: Tensor) -> tuple[Tensor, ...]:
+        hidden = self.encoder(input_features).last_hidden_state
+        outputs = [hidden]
+        for layer in self.layers:
+            attn = layer.encoder_attn
+            outputs.append(_heads(attn.k_proj(hidden), self.heads))
+            outputs.append(_heads(attn.v_proj(hidden), self.heads))
+        return tuple(outputs)
+
+
+class DecoderGraph(nn.Module):
+    """One decoding step with a KV cache; the same maths as WhisperDecoder, laid out flat."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        decoder = model.model.decoder
+        self.embed_tokens = decoder.embed_tokens
+        self.embed_positions = decoder.embed_positions
+        self.layers = decoder.layers
+        self.layer_norm = decoder.layer_norm
+        self.heads = model.config.decoder_attention_heads
+        self.n_layers = len(decoder.layers)
+
+    def forward(self, input_ids: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
+        n = self.n_layers
+        past_k, past_v = states[0 : 2 * n : 2], states[1 : 2 * n : 2]
+        cross_k, cross_v = states[2 * n :: 2], states[2 * n + 1 :: 2]
+
+        # Positions past_len .. past_len + S - 1, from shapes so they stay dynamic in the graph.
+        ones = torch.ones_like(input_ids[0])
+        steps = torch.cumsum(ones, dim=0) - 1  # 0 .. S-1
+        past_len = torch.ones_like(past_k[0][0, 0, :, 0]).sum().to(steps.dtype)
+        positions = past_len + steps
+        x = self.embed_tokens(input_ids) + self.embed_positions.weight[positions].unsqueeze(0)
+
+        # Causal mask over [past + new] keys for the S new queries (all zeros when S == 1).
+        key_pos = (
+            torch.cumsum(torch.ones_like(torch.cat([past_k[0][0, 0, :, 0], steps.to(x.dtype)])), 0)
+            - 1
+        )
+        mask = torch.where(
+            key_pos[None, :] > positions[:, None].float(),
+            torch.tensor(-1e9, dtype=x.dtype),
+            torch.tensor(0.0, dtype=x.dtype),
+        )
+
+        presents: list[Tensor] = []
+        for i, layer in enumerate(self.layers):
+            residual = x
+            h = layer.self_attn_layer_norm(x)
+            attn = layer.self_attn
+            q = _heads(attn.q_proj(h) * attn.scaling, self.heads)
+            k = torch.cat([past_k[i], _heads(attn.k_proj(h), self.heads)], dim=2)
+            v = torch.cat([past_v[i], _heads(attn.v_proj(h), self.heads)], dim=2)
+            presents += [k, v]
+            weights = torch.softmax(q @ k.transpose(-1, -2) + mask, dim=-1)
+            x = residual + attn.out_proj(_merge(weights @ v))
+
+            residual = x
+            h = layer.encoder_attn_layer_norm(x)
+            attn = layer.encoder_attn
+            q = _heads(attn.q_proj(h) * attn.scaling, self.heads)
+            weights = torch.softmax(q @ cross_k[i].transpose(-1, -2), dim=-1)
+            x = residual + attn.out_proj(_merge(weights @ cross_v[i]))
+
+            residual = x
+            h = layer.final_layer_norm(x)
+            x = residual + layer.fc2(layer.activation_fn(layer.fc1(h)))
+
+        last = self.layer_norm(x[:, -1, :])
+        logits = last @ self.embed_tokens.weight.t()  # proj_out is tied to the embeddings
+        return (logits, *presents)
+
+
+def encoder_spec(n_mels: int, d_model: int, layers: int, heads: int) -> GraphSpec:
+    cross = tuple(
+        TensorSpec(f"cross_{kind}.{i}", "float32", ("batch", heads, 1500, d_model // heads))
+        for i in range(layers)
+        for kind in ("key", "value")
+    )
+    return GraphSpec(
+        name=ENCODER_MODEL,
+        inputs=(TensorSpec("input_features", "float32", ("batch", n_mels, 3000)),),
+        outputs=(TensorSpec("last_hidden_state", "float32", ("batch", 1500, d_model)), *cross),
+        fp32_atol=1e-4,
+        int8_atol=0.25,
+    )
+
+
+def decoder_spec(d_model: int, layers: int, heads: int, vocab: int) -> GraphSpec:
+    dh = d_model // heads
+    past = tuple(
+        TensorSpec(f"past_{kind}.{i}", "float32", ("batch", heads, "past", dh))
+        for i in range(layers)
+        for kind in ("key", "value")
+    )
+    cross = tuple(
+        TensorSpec(f"cross_{kind}.{i}", "float32", ("batch", heads, 1500, dh))
+        for i in range(layers)
+        for kind in ("key", "value")
+    )
+    present = tuple(
+        TensorSpec(f"present_{kind}.{i}", "float32", ("batch", heads, "total", dh))
+        for i in range(layers)
+        for kind in ("key", "value")
+    )
+    return GraphSpec(
+        name=DECODER_MODEL,
+        inputs=(TensorSpec("input_ids", "int64", ("batch", "tokens")), *past, *cross),
+        outputs=(TensorSpec("logits", "float32", ("batch", vocab)), *present),
+        fp32_atol=1e-4,
+        int8_atol=0.25,
+    )

@@ -1,0 +1,472 @@
+"""Speech recognition with Whisper served by Triton (BLS model ``whisper``).
+
+One Triton request is one window of at most 30 s: the ``whisper`` model decodes every window of
+a dynamic batch together (one encoder call, one batched greedy loop with a KV cache), so the
+windows of one call and those of concurrent jobs share batches. This client only cuts audio
+into windows and puts the timestamps back:
+
+* ``transcribe``: audio longer than 30 s is cut into 30 s windows overlapping by
+  ``overlap_s``; each window owns the time up to the middle of its overlaps, and a segment is kept
+  from the window that owns its midpoint.
+* ``transcribe_packed``: short speech regions (VAD output, typically 5-10 s) are packed
+  back-to-back, with a short silence between them, into ~30 s windows. Whisper's encoder
+  always processes 30 s, so a 6 s region sent alone wastes 80 % of it; packed, five regions
+  cost one window. Segment times are mapped back to each region's own clock.
+
+Language codes are polydub's canonical ISO 639-3 codes in and out; Whisper's codes stay inside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from polydub.errors import InvalidInput
+from polydub.languages import from_whisper, get_language
+
+MODEL = "whisper"
+SAMPLE_RATE = 16000
+WINDOW_S = 30.0
+WINDOW_SAMPLES = int(WINDOW_S * SAMPLE_RATE)
+OVERLAP_S = 5.0
+PACK_GAP_S = 0.4
+TASKS = ("transcribe", "translate")
+OUTPUTS = [
+    "text",
+    "tokens",
+    "segments",
+    "detected_language",
+    "language_probability",
+    "avg_logprob",
+    "no_speech_prob",
+]
+
+
+class Infer(Protocol):
+    """What the client needs from Triton: ``polydub.clients.triton.InferenceClient`` fits."""
+
+    async def infer(
+        self, model: str, inputs: Mapping[str, NDArray[Any]], outputs: Sequence[str]
+    ) -> dict[str, NDArray[Any]]: ...
+
+
+class Span(Protocol):
+    """Anything with a start and an end in seconds, e.g. a VAD ``SpeechRegion``."""
+
+    @property
+    def start(self) -> float: ...
+
+    @property
+    def end(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class TranscriptSegment:
+    start: float  # seconds
+    end: float
+    text: str
+    avg_logprob: float  # mean log-probability of the segment's tokens
+    no_speech_prob: float  # of the window the segment comes from
+    tokens: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Transcription:
+    language: str  # ISO 639-3
+    language_probability: float  # the model's probability of that language
+    duration: float  # seconds of audio
+    segments: list[TranscriptSegment] = field(default_factory=list)
+    tokens: tuple[int, ...] = ()  # sampled token ids (whole windows; packed: its segments')
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text.strip() for s in self.segments if s.text.strip())
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """One window as the ``whisper`` model returns it; times relative to the window start."""
+
+    text: str
+    tokens: tuple[int, ...]
+    segments: list[TranscriptSegment]
+    language: str  # Whisper code
+    language_probability: float
+    avg_logprob: float
+    no_speech_prob: float
+
+
+@dataclass(frozen=True)
+class AudioRegion:
+    """A piece of a longer recording: 16 kHz samples starting at ``start`` seconds."""
+
+    start: float
+    audio: NDArray[np.float32]
+
+    @property
+    def duration(self) -> float:
+        return self.audio.size / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a region sits in a packed window."""
+
+    region: int  # index into the regions given
+    window: int
+    offset: float  # seconds from the window start
+    duration: float
+
+
+# ------------------------------------------------------------------------------ audio
+
+
+def as_audio16k(audio: NDArray[Any], sample_rate: int = SAMPLE_RATE) -> NDArray[np.float32]:
+    """Mono float32 at 16 kHz; other rates are resampled (band-limited, FFT)."""
+    array = np.asarray(audio)
+    if array.ndim == 2 and 1 in array.shape:
+        array = array.reshape(-1)
+    if array.ndim != 1:
+        raise InvalidInput(f"audio must be mono (1-D), got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InvalidInput(f"audio must be float PCM, got {array.dtype}")
+    if sample_rate <= 0:
+        raise InvalidInput(f"invalid sample rate {sample_rate}")
+    array = array.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(array)):
+        raise InvalidInput("audio contains NaN or infinite samples")
+    if sample_rate == SAMPLE_RATE or array.size == 0:
+        return np.ascontiguousarray(array)
+    n_out = max(1, round(array.size * SAMPLE_RATE / sample_rate))
+    spectrum = np.fft.rfft(array.astype(np.float64))
+    bins = n_out // 2 + 1
+    if bins <= spectrum.size:
+        spectrum = spectrum[:bins]
+    else:
+        spectrum = np.concatenate([spectrum, np.zeros(bins - spectrum.size, spectrum.dtype)])
+    out = np.fft.irfft(spectrum, n=n_out) * (n_out / array.size)
+    return out.astype(np.float32)
+
+
+def whisper_code(language: str | None) -> str | None:
+    """Canonical code -> Whisper's; unknown codes raise InvalidInput listing the supported."""
+    return None if language is None else get_language(language).whisper
+
+
+def canonical_code(whisper: str) -> str:
+    lang = from_whisper(whisper)
+    if lang is None:
+        raise InvalidInput(
+            f"the audio's language {whisper!r} (Whisper code) is not supported",
+            code="unsupported_language",
+        )
+    return lang.code
+
+
+# --------------------------------------------------------------------- long audio: windows
+
+
+def plan_windows(
+    n_samples: int, window: int = WINDOW_SAMPLES, overlap: int = int(OVERLAP_S * SAMPLE_RATE)
+) -> list[tuple[int, int]]:
+    """[start, end) sample ranges of <= ``window`` samples, consecutive ones overlapping."""
+    if not 0 <= overlap < window:
+        raise ValueError("overlap must be in [0, window)")
+    spans: list[tuple[int, int]] = []
+    start = 0
+    while True:
+        end = min(start + window, n_samples)
+        spans.append((start, end))
+        if end >= n_samples:
+            return spans
+        start += window - overlap
+
+
+def merge_windows(
+    spans_s: Sequence[tuple[float, float]], segments: Sequence[Sequence[TranscriptSegment]]
+) -> list[TranscriptSegment]:
+    """Segments of overlapping windows (absolute times) -> one timeline without duplicates.
+
+    Window k owns [middle of its overlap with k-1, middle of its overlap with k+1); each segment
+    is kept from the window that owns its midpoint.
+    """
+    merged: list[TranscriptSegment] = []
+    for k, window_segments in enumerate(segments):
+        low = -math.inf if k == 0 else (spans_s[k][0] + spans_s[k - 1][1]) / 2
+        high = math.inf if k == len(spans_s) - 1 else (spans_s[k + 1][0] + spans_s[k][1]) / 2
+        for seg in window_segments:
+            middle = (seg.start + seg.end) / 2
+            if low <= middle < high:
+                merged.append(seg)
+    merged.sort(key=lambda s: (s.start, s.end))
+    return merged
+
+
+# ----------------------------------------------------------------- short regions: packing
+
+
+def pack_regions(
+    durations: Sequence[float], window_s: float = WINDOW_S, gap_s: float = PACK_GAP_S
+) -> list[list[Placement]]:
+    """Greedy, in order: regions go back-to-back (``gap_s`` of silence between) into windows
+    of at most ``window_s``. Every duration must be <= ``window_s``."""
+    windows: list[list[Placement]] = []
+    used = math.inf
+    for index, duration in enumerate(durations):
+        if duration > window_s:
+            raise ValueError(f"region {index} is longer than a window: {duration:.2f}s")
+        offset = used + gap_s
+        if not windows or offset + duration > window_s:
+            windows.append([])
+            offset = 0.0
+        windows[-1].append(Placement(index, len(windows) - 1, offset, duration))
+        used = offset + duration
+    return windows
+
+
+def unpack_segments(
+    segments: Sequence[TranscriptSegment], placements: Sequence[Placement]
+) -> dict[int, list[TranscriptSegment]]:
+    """Window-relative segments -> region-relative ones, keyed by region index.
+
+    A segment belongs to the region whose packed span (plus the gap after it) holds its
+    midpoint; its times are clamped into that region.
+    """
+    out: dict[int, list[TranscriptSegment]] = {p.region: [] for p in placements}
+    if not placements:
+        return out
+    ordered = sorted(placements, key=lambda p: p.offset)
+    for seg in segments:
+        middle = (seg.start + seg.end) / 2
+        owner = ordered[0]
+        for placement in ordered:
+            if middle >= placement.offset:
+                owner = placement
+        start = min(max(seg.start - owner.offset, 0.0), owner.duration)
+        end = min(max(seg.end - owner.offset, start), owner.duration)
+        out[owner.region].append(
+            TranscriptSegment(start, end, seg.text, seg.avg_logprob, seg.no_speech_prob, seg.tokens)
+        )
+    return out
+
+
+def cut_regions(audio16k: NDArray[Any], spans: Sequence[Span]) -> list[AudioRegion]:
+    """The pieces of a recording that ``spans`` (e.g. VAD regions, in seconds) cover."""
+    audio = as_audio16k(audio16k)
+    regions = []
+    for span in spans:
+        start = max(0, round(span.start * SAMPLE_RATE))
+        end = min(audio.size, round(span.end * SAMPLE_RATE))
+        regions.append(AudioRegion(start / SAMPLE_RATE, audio[start : max(start, end)]))
+    return regions
+
+
+def _shift(segments: Sequence[TranscriptSegment], offset: float) -> list[TranscriptSegment]:
+    return [
+        TranscriptSegment(
+            s.start + offset, s.end + offset, s.text, s.avg_logprob, s.no_speech_prob, s.tokens
+        )
+        for s in segments
+    ]
+
+
+# ------------------------------------------------------------------------------ client
+
+
+class AsrClient:
+    def __init__(
+        self,
+        client: Infer,
+        *,
+        model: str = MODEL,
+        overlap_s: float = OVERLAP_S,
+        pack_gap_s: float = PACK_GAP_S,
+        max_new_tokens: int = 0,
+    ) -> None:
+        """``max_new_tokens``: decoding steps per window, at most the model's configured bound
+        (0: that bound)."""
+        if max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
+        self.client = client
+        self.model = model
+        self.max_new_tokens = max_new_tokens
+        self.overlap = int(overlap_s * SAMPLE_RATE)
+        self.pack_gap_s = pack_gap_s
+
+    async def transcribe_window(
+        self, audio16k: NDArray[np.float32], language: str | None, task: str = "transcribe"
+    ) -> WindowResult:
+        """One request: at most 30 s of 16 kHz audio; ``language`` is a Whisper code or None."""
+        if audio16k.size > WINDOW_SAMPLES:
+            raise InvalidInput(f"a window holds at most {WINDOW_S:.0f}s of audio")
+        inputs = {
+            "audio": np.ascontiguousarray(audio16k, dtype=np.float32).reshape(1, -1),
+            "language": np.array([[(language or "").encode()]], dtype=np.object_),
+            "task": np.array([[task.encode()]], dtype=np.object_),
+            "max_new_tokens": np.array([[self.max_new_tokens]], dtype=np.int32),
+        }
+        out = await self.client.infer(self.model, inputs, OUTPUTS)
+        no_speech = float(out["no_speech_prob"].reshape(-1)[0])
+        segments = [
+            TranscriptSegment(
+                float(s["start"]),
+                float(s["end"]),
+                str(s["text"]),
+                float(s["avg_logprob"]),
+                no_speech,
+                tuple(int(t) for t in s.get("tokens", ())),
+            )
+            for s in json.loads(_string(out["segments"]))
+        ]
+        tokens = tuple(int(t) for t in out["tokens"].reshape(-1) if t >= 0)
+        return WindowResult(
+            text=_string(out["text"]),
+            tokens=tokens,
+            segments=segments,
+            language=_string(out["detected_language"]),
+            language_probability=float(out["language_probability"].reshape(-1)[0]),
+            avg_logprob=float(out["avg_logprob"].reshape(-1)[0]),
+            no_speech_prob=no_speech,
+        )
+
+    async def detect_language(
+        self, audio: NDArray[Any], sample_rate: int = SAMPLE_RATE
+    ) -> tuple[str, float]:
+        """(ISO 639-3 code, probability) from the first 30 s."""
+        audio16k = as_audio16k(audio, sample_rate)
+        result = await self.transcribe_window(audio16k[:WINDOW_SAMPLES], None, "detect")
+        return canonical_code(result.language), result.language_probability
+
+    async def transcribe(
+        self,
+        audio: NDArray[Any],
+        sample_rate: int = SAMPLE_RATE,
+        language: str | None = None,
+        *,
+        task: str = "transcribe",
+    ) -> Transcription:
+        """Transcribe (or translate to English) audio of any length.
+
+        ``language``: ISO 639-3 code, or None to detect it (from the first 30 s when the audio
+        is longer; windows are then all decoded in that language).
+        """
+        _check_task(task)
+        code = whisper_code(language)
+        audio16k = as_audio16k(audio, sample_rate)
+        duration = audio16k.size / SAMPLE_RATE
+        if audio16k.size <= WINDOW_SAMPLES:
+            result = await self.transcribe_window(audio16k, code, task)
+            return Transcription(
+                canonical_code(result.language),
+                result.language_probability,
+                duration,
+                result.segments,
+                result.tokens,
+            )
+
+        probability = 1.0
+        if code is None:
+            first = await self.transcribe_window(audio16k[:WINDOW_SAMPLES], None, "detect")
+            code, probability = first.language, first.language_probability
+        spans = plan_windows(audio16k.size, WINDOW_SAMPLES, self.overlap)
+        results = await asyncio.gather(
+            *(self.transcribe_window(audio16k[s:e], code, task) for s, e in spans)
+        )
+        if language is not None:
+            probability = float(np.mean([r.language_probability for r in results]))
+        spans_s = [(s / SAMPLE_RATE, e / SAMPLE_RATE) for s, e in spans]
+        segments = merge_windows(
+            spans_s,
+            [_shift(r.segments, s) for r, (s, _) in zip(results, spans_s, strict=True)],
+        )
+        tokens = tuple(t for r in results for t in r.tokens)
+        return Transcription(canonical_code(code), probability, duration, segments, tokens)
+
+    async def transcribe_packed(
+        self,
+        regions: Sequence[AudioRegion],
+        language: str | None = None,
+        *,
+        task: str = "transcribe",
+    ) -> list[Transcription]:
+        """Transcribe speech regions packed into shared 30 s windows; one result per region,
+        with times on the recording's clock (``region.start`` + time inside the region).
+
+        Regions longer than a window go through ``transcribe`` on their own. With no
+        ``language``, it is detected once, on the first packed window, for all regions.
+        """
+        _check_task(task)
+        code = whisper_code(language)
+        if not regions:
+            return []
+        short = [i for i, r in enumerate(regions) if r.audio.size <= WINDOW_SAMPLES]
+        long = [i for i, r in enumerate(regions) if r.audio.size > WINDOW_SAMPLES]
+        placements = pack_regions([regions[i].duration for i in short], WINDOW_S, self.pack_gap_s)
+        windows = [self._packed_audio(regions, short, window) for window in placements]
+
+        probability = 1.0
+        if code is None:
+            probe = windows[0] if windows else as_audio16k(regions[long[0]].audio)
+            first = await self.transcribe_window(probe[:WINDOW_SAMPLES], None, "detect")
+            code, probability = first.language, first.language_probability
+        canonical = canonical_code(code)
+
+        window_results, long_results = await asyncio.gather(
+            asyncio.gather(*(self.transcribe_window(w, code, task) for w in windows)),
+            asyncio.gather(
+                *(
+                    self.transcribe(regions[i].audio, SAMPLE_RATE, canonical, task=task)
+                    for i in long
+                )
+            ),
+        )
+        out: list[Transcription | None] = [None] * len(regions)
+        for window, result in zip(placements, window_results, strict=True):
+            prob = result.language_probability if language is not None else probability
+            for local, segments in unpack_segments(result.segments, window).items():
+                region = regions[short[local]]
+                out[short[local]] = Transcription(
+                    canonical,
+                    prob,
+                    region.duration,
+                    _shift(segments, region.start),
+                    tuple(t for s in segments for t in s.tokens),
+                )
+        for i, whole in zip(long, long_results, strict=True):
+            out[i] = Transcription(
+                whole.language,
+                whole.language_probability if language is not None else probability,
+                whole.duration,
+                _shift(whole.segments, regions[i].start),
+                whole.tokens,
+            )
+        return [t for t in out if t is not None]
+
+    def _packed_audio(
+        self, regions: Sequence[AudioRegion], short: Sequence[int], window: Sequence[Placement]
+    ) -> NDArray[np.float32]:
+        last = window[-1]
+        size = round((last.offset + last.duration) * SAMPLE_RATE)
+        audio = np.zeros(size, dtype=np.float32)
+        for placement in window:
+            clip = as_audio16k(regions[short[placement.region]].audio)
+            start = round(placement.offset * SAMPLE_RATE)
+            audio[start : start + clip.size] = clip[: max(0, size - start)]
+        return audio
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise InvalidInput(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+
+
+def _string(array: NDArray[Any]) -> str:
+    value = array.reshape(-1)[0]
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

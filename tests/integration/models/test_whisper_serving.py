@@ -1,0 +1,182 @@
+"""Whisper served by the real local Triton: the ``whisper`` BLS model over ``whisper_encoder`` and
+``whisper_decoder``, driven through ``AsrClient``.
+
+The tiny preset is exported into the session's model repository. Its weights are random, so
+the text is noise; what is checked is that the served loop produces exactly the tokens of the
+in-process ONNX loop on the same graphs, that bad input is handled, and that concurrent calls
+share batches on both the BLS model and the decoder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from polydub.clients.triton import InferenceClient
+from polydub.errors import InvalidInput, PermanentError
+from polydub.export.spec import Preset, Target
+from polydub.export.whisper import (
+    BLS_MODEL,
+    DECODER_MODEL,
+    ENCODER_MODEL,
+    OrtWhisper,
+    WhisperExporter,
+    runtime,
+)
+from polydub.languages import LANGUAGES
+from polydub.orchestrator.inference.asr import AsrClient, AudioRegion, Transcription
+from polydub.settings import Settings
+from tests.unit.export.speech_audio import FEMALE, MALE, speak
+
+pytestmark = pytest.mark.integration
+SR = 16000
+MAX_NEW_TOKENS = 64  # per request (the random model never ends on its own)
+
+
+@pytest.fixture(scope="module")
+async def served(triton: InferenceClient, stack_settings: Settings) -> Path:
+    repository = stack_settings.model_repository
+    report = WhisperExporter().export(Preset.TINY, Target.CPU, repository)
+    assert report.token_match == {BLS_MODEL: True}
+    for model in (ENCODER_MODEL, DECODER_MODEL, BLS_MODEL):
+        await triton.load_model(model)
+        assert await triton.is_model_ready(model)
+    return repository
+
+
+@pytest.fixture(scope="module")
+def local(served: Path) -> OrtWhisper:
+    """The same (int8) graphs in this process: the reference for the served loop."""
+    return OrtWhisper.from_repository(served)
+
+
+async def _counts(triton: InferenceClient, model: str) -> tuple[int, int]:
+    stats = await triton.statistics(model)
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+async def test_transcribe_equals_in_process_loop(
+    triton: InferenceClient, local: OrtWhisper
+) -> None:
+    rt = runtime()
+    client = AsrClient(triton, max_new_tokens=MAX_NEW_TOKENS)
+    speech = speak("The served loop and the local loop agree token for token.", MALE)
+    for language, whisper in (("eng", "en"), (None, None)):
+        result = await client.transcribe(speech, language=language)
+        [expected] = local.decode([speech], [rt.DecodeOptions(whisper)], MAX_NEW_TOKENS)
+        assert isinstance(result, Transcription)
+        assert list(result.tokens) == expected.tokens and len(expected.tokens) > 0
+        assert result.language == (language or LANGUAGES_BY_WHISPER[expected.language])
+        assert result.language_probability == pytest.approx(expected.language_probability, 1e-4)
+        assert result.duration == pytest.approx(speech.size / SR)
+        # Segments are the BLS's cut of exactly those tokens, inside the audio.
+        assert local.tokenizer_dir is not None
+        detok = rt.Detokenizer.load(local.tokenizer_dir, local.facts.eot)
+        segments = rt.build_segments(
+            expected.tokens, expected.logprobs, local.facts, detok, speech.size / SR
+        )
+        assert [(s.start, s.end, s.text) for s in result.segments] == [
+            (pytest.approx(s.start, abs=1e-3), pytest.approx(s.end, abs=1e-3), s.text)
+            for s in segments
+        ]
+        for segment in result.segments:
+            assert 0.0 <= segment.start <= segment.end <= result.duration
+            assert math.isfinite(segment.avg_logprob) and segment.avg_logprob <= 0
+            assert segment.no_speech_prob == pytest.approx(expected.no_speech_prob, abs=1e-5)
+
+    code, probability = await client.detect_language(speech)
+    [detected] = local.decode([speech], [rt.DecodeOptions(None, "detect")], MAX_NEW_TOKENS)
+    assert code == LANGUAGES_BY_WHISPER[detected.language] and code in LANGUAGES
+    assert probability == pytest.approx(detected.language_probability, 1e-4)
+
+
+LANGUAGES_BY_WHISPER = {lang.whisper: lang.code for lang in LANGUAGES.values()}
+
+
+async def test_zero_length_and_silence_do_not_crash(
+    triton: InferenceClient, local: OrtWhisper
+) -> None:
+    client = AsrClient(triton, max_new_tokens=MAX_NEW_TOKENS)
+    empty = await client.transcribe(np.zeros(0, np.float32), language="eng")
+    assert empty.segments == [] and empty.tokens == () and empty.duration == 0.0
+    assert empty.language == "eng"
+
+    silence = await client.transcribe(np.zeros(3 * SR, np.float32))
+    assert silence.language in LANGUAGES and 0.0 < silence.language_probability <= 1.0
+    assert all(0.0 <= s.start <= s.end <= 3.0 for s in silence.segments)
+    [expected] = local.decode(
+        [np.zeros(3 * SR, np.float32)], [runtime().DecodeOptions()], MAX_NEW_TOKENS
+    )
+    assert list(silence.tokens) == expected.tokens
+    assert silence.segments  # random weights hallucinate on silence too
+    assert silence.segments[0].no_speech_prob == pytest.approx(expected.no_speech_prob, abs=1e-5)
+
+
+async def test_long_audio_and_packed_regions(triton: InferenceClient, served: Path) -> None:
+    client = AsrClient(triton, max_new_tokens=MAX_NEW_TOKENS)
+    speech = speak("A long recording is cut into overlapping windows.", FEMALE)
+    long = np.tile(np.concatenate([speech, np.zeros(SR, np.float32)]), 14)[: 47 * SR]
+    result = await client.transcribe(long, language="eng")
+    assert result.duration == pytest.approx(47.0)
+    starts = [s.start for s in result.segments]
+    assert starts == sorted(starts) and result.segments
+    assert all(0.0 <= s.start <= s.end <= 47.0 for s in result.segments)
+    assert any(s.start >= 27.5 for s in result.segments)  # the second window contributed
+
+    regions = [AudioRegion(10.0 * k + 1.0, speech[: (3 + k) * SR]) for k in range(4)]
+    packed = await client.transcribe_packed(regions, language="eng")
+    assert len(packed) == 4
+    for region, transcript in zip(regions, packed, strict=True):
+        assert transcript.language == "eng"
+        for segment in transcript.segments:
+            assert region.start <= segment.start <= segment.end <= region.start + region.duration
+
+
+async def test_concurrent_calls_share_batches_on_bls_and_decoder(
+    triton: InferenceClient, served: Path
+) -> None:
+    client = AsrClient(triton, max_new_tokens=MAX_NEW_TOKENS)
+    rng = np.random.default_rng(11)
+    clips = [
+        np.concatenate([speak(f"Request number {k}.", MALE if k % 2 else FEMALE)] * (1 + k % 3))
+        + 0.001 * rng.standard_normal(1).astype(np.float32)
+        for k in range(16)
+    ]
+    before = {m: await _counts(triton, m) for m in (BLS_MODEL, DECODER_MODEL, ENCODER_MODEL)}
+    results = await asyncio.gather(
+        *(client.transcribe(c, language="eng" if k % 2 else None) for k, c in enumerate(clips))
+    )
+    after = {m: await _counts(triton, m) for m in (BLS_MODEL, DECODER_MODEL, ENCODER_MODEL)}
+    assert len(results) == 16 and all(r.tokens for r in results)
+    for model in (BLS_MODEL, DECODER_MODEL, ENCODER_MODEL):
+        inferences = after[model][0] - before[model][0]
+        executions = after[model][1] - before[model][1]
+        print(f"{model}: {inferences} inferences in {executions} executions")
+        assert executions < inferences, f"{model}: {executions} runs for {inferences} rows"
+    assert after[BLS_MODEL][0] - before[BLS_MODEL][0] == 16
+    assert after[ENCODER_MODEL][0] - before[ENCODER_MODEL][0] == 16
+
+
+async def test_bad_language_is_a_clear_permanent_error(triton: InferenceClient) -> None:
+    client = AsrClient(triton, max_new_tokens=MAX_NEW_TOKENS)
+    with pytest.raises(InvalidInput) as error:
+        await client.transcribe(np.zeros(SR, np.float32), language="xxx")
+    assert "supported: " in error.value.message and "eng" in error.value.message
+    # Straight to the model with a Whisper code it does not know: an error, not a retry loop.
+    inputs = {
+        "audio": np.zeros((1, SR), np.float32),
+        "language": np.array([[b"xx"]], dtype=np.object_),
+        "task": np.array([[b"transcribe"]], dtype=np.object_),
+    }
+    with pytest.raises(PermanentError) as direct:
+        await triton.infer(BLS_MODEL, inputs, ["text"])
+    assert "unsupported language 'xx'" in direct.value.message
+    assert not direct.value.retryable
+    # Without the optional max_new_tokens the configured bound (224) applies.
+    inputs["language"] = np.array([[b"en"]], dtype=np.object_)
+    result = await triton.infer(BLS_MODEL, inputs, ["tokens", "detected_language"])
+    assert result["tokens"].shape == (1, 224) and result["detected_language"][0, 0] == b"en"
