@@ -564,8 +564,11 @@ class NllbExporter:
     def export(self, preset: Preset, target: Target, repository: Path) -> ExportReport:
         if preset is Preset.TINY:
             model, tokenizer = build_tiny()
-            checkpoint = "tiny (random M2M100, d_model 64, 2+2 layers; offline tokenizer)"
-            notes = ["tiny preset: random weights, the translations are noise"]
+            checkpoint = "tiny (random M2M100)"
+            notes = [
+                "tiny preset: random M2M100 (d_model 64, 2+2 layers, 4 heads) and an offline "
+                "tokenizer: the translations are noise"
+            ]
         else:
             (ckpt,) = self.checkpoints(preset)
             model, tokenizer = load_checkpoint(ckpt)

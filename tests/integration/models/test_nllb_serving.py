@@ -90,6 +90,31 @@ async def _counts(triton: InferenceClient, model: str) -> tuple[int, int]:
     return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
 
+async def _settled(triton: InferenceClient, model: str) -> tuple[int, int]:
+    """The counts once two reads 0.2 s apart agree (no statistics update still on its way)."""
+    last = await _counts(triton, model)
+    for _ in range(25):
+        await asyncio.sleep(0.2)
+        now = await _counts(triton, model)
+        if now == last:
+            break
+        last = now
+    return last
+
+
+async def _counts_after(
+    triton: InferenceClient, model: str, before: tuple[int, int], inferences: int
+) -> tuple[int, int]:
+    """(inferences, executions) since ``before``; Triton updates its statistics just after it
+    answers, so wait (briefly) until the expected inferences are counted."""
+    for _ in range(50):
+        now = await _counts(triton, model)
+        if now[0] - before[0] >= inferences:
+            break
+        await asyncio.sleep(0.1)
+    return now[0] - before[0], now[1] - before[1]
+
+
 async def test_served_tokens_equal_in_process_search(
     triton: InferenceClient, served: Path, local: Any
 ) -> None:
@@ -120,8 +145,7 @@ async def test_one_batch_with_mixed_target_languages(
     result = await triton.infer(
         BLS, _request(TEXTS, sources, targets, 2, 30), ["translations", "scores", "token_ids"]
     )
-    after = await _counts(triton, BLS)
-    assert (after[0] - before[0], after[1] - before[1]) == (4, 1)  # 4 rows, one execution
+    assert await _counts_after(triton, BLS, before, 4) == (4, 1)  # 4 rows, one execution
 
     items = [
         search.TranslationItem(t, s, g, DEFAULT_BEAMS, 2, 30)
@@ -169,9 +193,9 @@ async def test_concurrent_translations_share_batches(triton: InferenceClient, se
             for i, text in enumerate(texts)
         )
     )
-    bls = [a - b for a, b in zip(await _counts(triton, BLS), bls_before, strict=True)]
-    decoder = [a - b for a, b in zip(await _counts(triton, DECODER), decoder_before, strict=True)]
-    encoder = [a - b for a, b in zip(await _counts(triton, ENCODER), encoder_before, strict=True)]
+    bls = await _counts_after(triton, BLS, bls_before, 20)
+    encoder = await _counts_after(triton, ENCODER, encoder_before, 20)
+    decoder = await _counts_after(triton, DECODER, decoder_before, 20 * DEFAULT_BEAMS)
 
     assert [r.target for r in results] == [targets[i % 4] for i in range(20)]
     assert all(len(r.candidates) == 2 for r in results)
@@ -220,9 +244,9 @@ async def test_empty_and_same_language_need_no_triton_call(
     triton: InferenceClient, served: Path
 ) -> None:
     client = TranslationClient(triton)
-    before = await _counts(triton, BLS)
+    before = await _settled(triton, BLS)
     empty = await client.translate("   ", "eng", "fra", n_best=3)
     same = await client.translate("Bonjour.", "fra", "fra")
     assert empty.candidates[0].text == "" and len(empty.candidates) == 1
     assert same.text == "Bonjour." and same.best.score == 0.0
-    assert await _counts(triton, BLS) == before
+    assert await _settled(triton, BLS) == before
