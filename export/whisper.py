@@ -17,7 +17,6 @@ looser tolerance, and the ONNX greedy loop (the same code the BLS runs) against
 from __future__ import annotations
 
 import importlib.util
-import logging
 import shutil
 import sys
 import time
@@ -34,7 +33,6 @@ from numpy.typing import NDArray
 from polydub.export.hub import require_access
 from polydub.export.onnx_tools import (
     check_parity,
-    convert_fp16,
     export_module,
     max_abs_diff,
     quantize_int8,
@@ -51,7 +49,24 @@ from polydub.export.whisper_graphs import (
 )
 from polydub.languages import LANGUAGES
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "BLS_MODEL",
+    "DECODER_MODEL",
+    "ENCODER_MODEL",
+    "FP16_ATOL",
+    "MODELS",
+    "TOKENIZER_DIR",
+    "OrtWhisper",
+    "WhisperExporter",
+    "check_audio",
+    "check_graphs",
+    "consolidate_external_data",
+    "hf_greedy_tokens",
+    "load_checkpoint",
+    "make_facts",
+    "runtime",
+    "torch_references",
+]
 
 BLS_MODEL = "whisper"
 MODELS = [ENCODER_MODEL, DECODER_MODEL, BLS_MODEL]
@@ -62,6 +77,7 @@ CHECKPOINTS = {
     Preset.LARGE: Checkpoint("openai/whisper-large-v3", license="mit"),
 }
 TINY_NAME = "tiny-random-whisper"
+FP16_ATOL = 0.1  # fp16 weights and activations vs fp32 PyTorch
 CHECK_NEW_TOKENS = 48  # greedy parity: enough steps to exercise every timestamp rule
 
 Array = NDArray[Any]
@@ -303,16 +319,15 @@ def hf_greedy_tokens(
     """
     import copy
 
-    import torch
-    from transformers import GenerationMixin, LogitsProcessorList
+    from transformers import LogitsProcessorList
     from transformers.generation.logits_process import (
         SuppressTokensAtBeginLogitsProcessor,
         SuppressTokensLogitsProcessor,
         WhisperTimeStampLogitsProcessor,
     )
+    from transformers.utils import logging as transformers_logging
 
     generation = copy.deepcopy(model.generation_config)
-    eot = generation.eos_token_id
     task_id = generation.task_to_id[task]
     processors = LogitsProcessorList(
         [
@@ -323,6 +338,32 @@ def hf_greedy_tokens(
     )
     generation.suppress_tokens = None
     generation.begin_suppress_tokens = None
+    # generate() merges the model's own suppress lists back in and warns that ours take
+    # precedence (they are the same lists): quiet for the duration.
+    hf_logging: Any = transformers_logging
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return _generate_rows(
+            model, features, language, task_id, generation, processors, max_new_tokens
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _generate_rows(
+    model: Any,
+    features: Array,
+    language: str | None,
+    task_id: int,
+    generation: Any,
+    processors: Any,
+    max_new_tokens: int,
+) -> list[list[int]]:
+    import torch
+    from transformers import GenerationMixin
+
+    eot = generation.eos_token_id
     out: list[list[int]] = []
     with torch.inference_mode():
         for row in range(features.shape[0]):
@@ -354,9 +395,31 @@ def hf_greedy_tokens(
 def _export_graph(graph: Any, args: tuple[Any, ...], spec: GraphSpec, path: Path) -> None:
     import warnings
 
+    before = set(path.parent.iterdir()) if path.parent.is_dir() else set()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape-derived Python values
         export_module(graph, args, spec, path)
+    extra = set(path.parent.iterdir()) - before - {path}
+    if extra:
+        consolidate_external_data(path, extra)
+
+
+def consolidate_external_data(path: Path, pieces: set[Path]) -> None:
+    """Graphs over 2 GB (whisper-large: encoder and decoder alike) are written by torch with
+    one external file per weight; keep one ``<model>.onnx.data`` beside the model instead."""
+    import onnx
+
+    model = onnx.load(str(path))  # reads the external pieces
+    for piece in pieces:
+        piece.unlink()
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=path.name + ".data",
+        size_threshold=1024,
+    )
 
 
 def _dummy_inputs(model: Any, facts: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
@@ -439,7 +502,7 @@ class WhisperExporter:
         if target is Target.CPU:
             self._place_int8(paths, specs, refs, facts, report)
         else:
-            self._place_fp16(paths, report)
+            self._place_fp16(paths, refs, facts, report)
         report.notes.append(f"export took {time.perf_counter() - started:.1f}s")
         return report
 
@@ -482,9 +545,28 @@ class WhisperExporter:
         else:
             report.notes.append("whisper int8 beyond tolerance: fp32 served on CPU")
 
-    def _place_fp16(self, paths: dict[str, Path], report: ExportReport) -> None:
-        """GPU: model.onnx stays fp32 (any profile loads), model_fp16.onnx is what gpu.pbtxt names."""
-        for path in paths.values():
+    def _place_fp16(
+        self, paths: dict[str, Path], refs: References, facts: Any, report: ExportReport
+    ) -> None:
+        """GPU: model_fp16.onnx (named by gpu.pbtxt) with fp32 inputs/outputs; model.onnx stays
+        fp32 so the CPU profile loads too. The fp16 graphs are checked here on the CPU provider.
+
+        onnxruntime's own float16 converter is used: onnxconverter-common's (onnx_tools) breaks the
+        encoder, whose last_hidden_state is both a graph output and the input of the K/V
+        projections (a MatMul left with mixed fp32/fp16 inputs).
+        """
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        fp16 = {name: path.with_name("model_fp16.onnx") for name, path in paths.items()}
+        for name, path in paths.items():
             shutil.copyfile(path, path.with_name("model.onnx"))
-            convert_fp16(path, path.with_name("model_fp16.onnx"))
-        report.notes.append("whisper fp16 graphs written (model_fp16.onnx); checked on GPU only")
+            converted = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+            onnx.save(converted, str(fp16[name]))
+        enc_diff, dec_diff = check_graphs(refs, fp16[ENCODER_MODEL], fp16[DECODER_MODEL])
+        check_parity(f"{ENCODER_MODEL} fp16", enc_diff, FP16_ATOL)
+        check_parity(f"{DECODER_MODEL} fp16", dec_diff, FP16_ATOL)
+        report.notes.append(
+            f"whisper fp16 (model_fp16.onnx) max |Δ| vs torch: encoder {enc_diff:.2g}, "
+            f"decoder {dec_diff:.2g} (tolerance {FP16_ATOL})"
+        )

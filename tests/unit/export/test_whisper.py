@@ -14,17 +14,22 @@ import pytest
 from numpy.typing import NDArray
 
 from polydub.errors import InvalidInput
+from polydub.export.onnx_tools import max_abs_diff, run_onnx
 from polydub.export.spec import ExportReport, Preset, Target
 from polydub.export.whisper import (
     BLS_MODEL,
     DECODER_MODEL,
     ENCODER_MODEL,
+    FP16_ATOL,
     TOKENIZER_DIR,
     OrtWhisper,
     WhisperExporter,
     check_audio,
+    check_graphs,
+    consolidate_external_data,
     hf_greedy_tokens,
     runtime,
+    torch_references,
 )
 from polydub.export.whisper_graphs import decoder_spec, encoder_spec
 from polydub.languages import LANGUAGES
@@ -72,9 +77,10 @@ def tiny(exported: tuple[Path, ExportReport]) -> tuple[Any, Any, Any]:
 
 @pytest.mark.parametrize("n_mels", [80, 128])
 def test_log_mel_matches_transformers(n_mels: int) -> None:
-    from transformers import WhisperFeatureExtractor
+    import transformers
 
-    extractor = WhisperFeatureExtractor(feature_size=n_mels)
+    hf: Any = transformers  # untyped
+    extractor = hf.WhisperFeatureExtractor(feature_size=n_mels)
     np.testing.assert_allclose(rt.mel_filters(n_mels), extractor.mel_filters.T, atol=1e-12)
     rng = np.random.default_rng(3)
     clips = [*check_audio()[:2], (0.3 * rng.standard_normal(31 * 16000)).astype(np.float32)]
@@ -287,6 +293,68 @@ def test_export_parity_within_tolerances(exported: tuple[Path, ExportReport]) ->
     assert any("int8 served on CPU" in note for note in report.notes)
 
 
+def test_gpu_fp16_graphs_stay_close_to_torch(
+    exported: tuple[Path, ExportReport], tiny: tuple[Any, Any, Any], tmp_path: Path
+) -> None:
+    """The GPU target's fp16 graphs (run here on the CPU provider) within FP16_ATOL."""
+    import shutil
+
+    repository, _ = exported
+    model, _, facts = tiny
+    paths = {}
+    for name in (ENCODER_MODEL, DECODER_MODEL):
+        paths[name] = tmp_path / name / "1" / "model_fp32.onnx"
+        paths[name].parent.mkdir(parents=True)
+        shutil.copyfile(repository / name / "1" / "model_fp32.onnx", paths[name])
+    refs = torch_references(model, facts, rt.log_mel_spectrogram(check_audio(), facts.n_mels))
+    report = ExportReport(family="whisper", checkpoint="tiny")
+    WhisperExporter()._place_fp16(paths, refs, facts, report)
+    for name in (ENCODER_MODEL, DECODER_MODEL):
+        graph = onnx.load(str(tmp_path / name / "1" / "model_fp16.onnx")).graph
+        assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
+        assert graph.input[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT16  # fp32 I/O
+        assert (tmp_path / name / "1" / "model.onnx").read_bytes() == paths[name].read_bytes()
+    fp16 = OrtWhisper(
+        tmp_path / ENCODER_MODEL / "1" / "model_fp16.onnx",
+        tmp_path / DECODER_MODEL / "1" / "model_fp16.onnx",
+        facts,
+    )
+    enc_diff, dec_diff = check_graphs(
+        refs,
+        tmp_path / ENCODER_MODEL / "1" / "model_fp16.onnx",
+        tmp_path / DECODER_MODEL / "1" / "model_fp16.onnx",
+    )
+    assert 0 < enc_diff <= FP16_ATOL and 0 < dec_diff <= FP16_ATOL
+    [result] = fp16.decode(check_audio()[:1], [rt.DecodeOptions("en")], 8)
+    assert len(result.tokens) == 8
+
+
+def test_external_data_pieces_become_one_file(
+    exported: tuple[Path, ExportReport], tmp_path: Path
+) -> None:
+    """What a > 2 GB export looks like (one file per weight), consolidated and still equal."""
+    repository, _ = exported
+    source = repository / DECODER_MODEL / "1" / "model_fp32.onnx"
+    path = tmp_path / "model_fp32.onnx"
+    onnx.save_model(
+        onnx.load(str(source)),
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=False,
+        size_threshold=1024,
+    )
+    pieces = set(tmp_path.iterdir()) - {path}
+    assert len(pieces) > 5
+    consolidate_external_data(path, pieces)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_fp32.onnx", "model_fp32.onnx.data"]
+    feeds: dict[str, NDArray[Any]] = {"input_ids": np.array([[7]], np.int64)}
+    for i in range(2):
+        for kind in ("key", "value"):
+            feeds[f"past_{kind}.{i}"] = np.zeros((1, 4, 0, 16), np.float32)
+            feeds[f"cross_{kind}.{i}"] = np.ones((1, 4, 1500, 16), np.float32)
+    assert max_abs_diff(run_onnx(source, feeds), run_onnx(path, feeds)) == 0.0
+
+
 def test_onnx_greedy_loop_equals_transformers(
     exported: tuple[Path, ExportReport], tiny: tuple[Any, Any, Any]
 ) -> None:
@@ -329,7 +397,8 @@ def test_batched_loop_with_compaction_equals_one_by_one(
         """Wraps the backend: row 0's logits say eot from the 4th step on."""
 
         def __init__(self, inner: OrtWhisper) -> None:
-            self.inner, self.steps, self.rows_seen = inner, 0, []
+            self.inner, self.steps = inner, 0
+            self.rows_seen: list[int] = []
 
         def encode(self, features: NDArray[Any]) -> Any:
             return self.inner.encode(features)
