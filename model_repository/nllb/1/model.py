@@ -110,6 +110,11 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in (config.get("parameters") or {}).items()}
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         tokenizer_dir = os.path.join(version_dir, params.get("tokenizer_dir", "tokenizer"))
+        if not os.path.isfile(os.path.join(tokenizer_dir, "generation.json")):
+            raise pb_utils.TritonModelException(
+                f"nllb: no tokenizer/generation.json under {version_dir}: "
+                "run `polydub models export` for this repository first"
+            )
         generation = GenerationConfig.load(tokenizer_dir)
         self.default_beams = min(int(params.get("num_beams", "4")), generation.max_beams)
         limits = Limits(
