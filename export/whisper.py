@@ -308,7 +308,12 @@ def check_graphs(refs: References, encoder_path: Path, decoder_path: Path) -> tu
 
 
 def hf_greedy_tokens(
-    model: Any, features: Array, language: str | None, task: str, max_new_tokens: int
+    model: Any,
+    features: Array,
+    language: str | None,
+    task: str,
+    max_new_tokens: int,
+    languages: Sequence[str] | None = None,
 ) -> list[list[int]]:
     """One window's greedy decode by transformers: ``detect_language``, then the plain
     ``GenerationMixin.generate`` with Whisper's own logits processors (begin-suppress, suppress,
@@ -316,6 +321,7 @@ def hf_greedy_tokens(
 
     Whisper's ``generate`` itself is not the reference: even for a short clip it runs its
     long-form seek loop (re-decoding from the last timestamp), which a single window doesn't do.
+    ``languages``: the Whisper codes detection may pick (as the BLS: polydub's); None: all.
     """
     import copy
 
@@ -328,6 +334,8 @@ def hf_greedy_tokens(
     from transformers.utils import logging as transformers_logging
 
     generation = copy.deepcopy(model.generation_config)
+    if languages is not None:
+        generation.lang_to_id = {f"<|{c}|>": generation.lang_to_id[f"<|{c}|>"] for c in languages}
     task_id = generation.task_to_id[task]
     processors = LogitsProcessorList(
         [
@@ -370,7 +378,9 @@ def _generate_rows(
             feats = torch.from_numpy(features[row : row + 1])
             encoded = model.get_encoder()(feats)
             if language is None:
-                lang_id = int(model.detect_language(encoder_outputs=encoded)[0])
+                lang_id = int(
+                    model.detect_language(encoder_outputs=encoded, generation_config=generation)[0]
+                )
             else:
                 lang_id = generation.lang_to_id[f"<|{language}|>"]
             prompt = torch.tensor([[generation.decoder_start_token_id, lang_id, task_id]])
@@ -492,7 +502,7 @@ class WhisperExporter:
         same = True
         for row, ((lang, task), result) in enumerate(zip(cases, ours, strict=True)):
             [theirs] = hf_greedy_tokens(
-                model, features[row : row + 1], lang, task, CHECK_NEW_TOKENS
+                model, features[row : row + 1], lang, task, CHECK_NEW_TOKENS, list(facts.languages)
             )
             same = same and theirs == result.tokens
         report.token_match[BLS_MODEL] = same

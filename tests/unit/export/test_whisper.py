@@ -3,6 +3,7 @@ parity (fp32, int8) and greedy tokens; the ASR client's windowing and packing ma
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -365,10 +366,16 @@ def test_onnx_greedy_loop_equals_transformers(
     features = rt.log_mel_spectrogram(audio, facts.n_mels)
     for language, task in (("de", "translate"), (None, "transcribe")):
         ours = fp32.decode(audio, [rt.DecodeOptions(language, task)] * len(audio), 24)
-        theirs = hf_greedy_tokens(model, features, language, task, 24)
+        theirs = hf_greedy_tokens(model, features, language, task, 24, list(facts.languages))
         assert [r.tokens for r in ours] == theirs
         assert all(len(t) == 24 for t in theirs)  # the random model never says eot
         assert all(t[0] >= facts.timestamp_begin for t in theirs)  # rule: timestamp first
+    # Detection restricted to fewer languages (a real checkpoint knows 99; polydub serves 27).
+    pair = {"de": facts.languages["de"], "ko": facts.languages["ko"]}
+    narrow = dataclasses.replace(facts, languages=pair)
+    ours = rt.greedy_decode(fp32, features, [rt.DecodeOptions(None)] * 3, narrow, 12)
+    theirs = hf_greedy_tokens(model, features, None, "transcribe", 12, list(pair))
+    assert [r.tokens for r in ours] == theirs and {r.language for r in ours} <= set(pair)
 
 
 def test_batched_loop_with_compaction_equals_one_by_one(
