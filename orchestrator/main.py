@@ -1,4 +1,8 @@
-"""Run a worker process: connect to everything, consume jobs until SIGTERM, then drain."""
+"""Run a worker process: connect to everything, consume jobs until SIGTERM, then drain.
+
+Telemetry: spans go to ``otel_endpoint`` as service polydub-worker; Prometheus metrics are
+served on ``worker_metrics_port`` (/metrics), with queue depth and Triton statistics polled.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,11 @@ import contextlib
 import logging
 import signal
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from polydub.clients.db import create_pool
-from polydub.clients.queue import connect, ensure_jobs_stream
+from polydub.clients.queue import WORKER_CONSUMER, connect, ensure_jobs_stream
 from polydub.clients.storage import ObjectStore
 from polydub.clients.triton import InferenceClient
 from polydub.orchestrator.pipeline import PipelineRunner
@@ -19,6 +24,8 @@ from polydub.orchestrator.stages import STAGES
 from polydub.orchestrator.state import JobStore
 from polydub.orchestrator.worker import Worker, WorkerOptions
 from polydub.settings import Settings
+from polydub.telemetry.tracing import WORKER_SERVICE, configure_tracing, shutdown_tracing
+from polydub.telemetry.worker import run_pollers, start_metrics_server
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +36,27 @@ async def run_worker(
     *,
     workdir: Path | None = None,
     handle_signals: bool = True,
+    on_services: Callable[[Services], None] | None = None,
 ) -> None:
+    """``on_services`` sees the worker's clients before the first job (benchmarks meter them)."""
     options = options or WorkerOptions()
+    tracing = configure_tracing(settings, WORKER_SERVICE)
+    # Up first: the chart's probes read /metrics, and a port in use should stop the worker early.
+    stop_metrics = start_metrics_server(settings.worker_metrics_port, settings.worker_metrics_host)
+    try:
+        await _run(settings, options, workdir, handle_signals, on_services)
+    finally:
+        stop_metrics()
+        shutdown_tracing(tracing)  # flushes the spans still buffered
+
+
+async def _run(
+    settings: Settings,
+    options: WorkerOptions,
+    workdir: Path | None,
+    handle_signals: bool,
+    on_services: Callable[[Services], None] | None = None,
+) -> None:
     pool = await create_pool(settings, max_size=max(4, options.concurrency * 3))
     nc = await connect(settings, name="polydub-worker")
     triton = InferenceClient(settings.triton_url)
@@ -40,6 +66,8 @@ async def run_worker(
         await ensure_jobs_stream(js, settings, options.policy)
         store = JobStore(pool)
         services = Services.create(settings, store, ObjectStore(settings), triton)
+        if on_services is not None:
+            on_services(services)
         worker: Worker
 
         def runner() -> PipelineRunner:
@@ -51,13 +79,23 @@ async def run_worker(
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, worker.stop)
         unloader = asyncio.create_task(services.tts.pool.run_idle_unloader())
+        pollers = asyncio.create_task(
+            run_pollers(
+                js,
+                settings.jobs_stream,
+                WORKER_CONSUMER,
+                triton,
+                settings.worker_metrics_poll_seconds,
+            )
+        )
         log.info("worker started", extra={"concurrency": options.concurrency})
         try:
             await worker.run()
         finally:
-            unloader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await unloader
+            for task in (unloader, pollers):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         log.info("worker stopped")
     finally:
         await triton.close()
