@@ -35,10 +35,13 @@ def _table(statuses: list[ServerStatus]) -> Table:
 
 @app.command()
 def up(only: Only = None) -> None:
-    """Start the servers that are not running and wait until each is healthy."""
+    """Start the servers that are not running and wait until each is healthy.
+
+    Before the API and the worker, the models: exported if the repository has no weights (the
+    tiny preset when the Hugging Face Hub cannot be reached), then loaded into Triton."""
     settings = get_settings()
     try:
-        statuses = Stack(settings, only).up()
+        statuses = Stack(settings, only, notify=lambda line: console.print(f"[cyan]{line}")).up()
     except StackError as exc:
         console.print(f"[red]stack up failed:[/red] {exc}")
         raise typer.Exit(1) from exc

@@ -1,4 +1,4 @@
-"""The local stack of real servers: PostgreSQL, NATS JetStream, S3 and Triton.
+"""The local stack: PostgreSQL, NATS JetStream, S3 and Triton, then the API and a worker.
 
 ``polydub stack up|down|status`` drives it; the test suite starts one of its own on free ports.
 """

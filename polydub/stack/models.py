@@ -1,0 +1,143 @@
+"""Models for the local stack's API and worker: exported if the repository has none, loaded.
+
+A fresh clone has configs in ``model_repository/`` but no weights. Before the app servers start,
+the stack exports the ``auto`` preset (the real checkpoints when the Hugging Face Hub answers,
+else the ``tiny`` one with a loud warning) and loads every model that has weights into Triton
+(explicit model control): the sub-models first, then the python (BLS) models that call them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from polydub.settings import Settings
+
+Notify = Callable[[str], None]
+
+# One model's load: real checkpoints take a while to read and build sessions for.
+LOAD_TIMEOUT_SECONDS = 600.0
+
+
+class ModelsError(RuntimeError):
+    """Exporting or loading the models failed; the message says which and why."""
+
+
+@dataclass
+class Provisioned:
+    exported: str | None = None  # the preset exported now, None if weights were there
+    loaded: list[str] = field(default_factory=list)  # loaded now
+    ready: list[str] = field(default_factory=list)  # already loaded before
+    skipped: list[str] = field(default_factory=list)  # a config without weights
+    failed: dict[str, str] = field(default_factory=dict)  # model -> Triton's reason
+
+
+def has_weights(repository: Path) -> bool:
+    """Whether any model in the repository has exported weights (``<model>/<version>/*.onnx``)."""
+    return any(repository.glob("*/*/*.onnx"))
+
+
+def loadable_models(repository: Path) -> tuple[list[str], list[str]]:
+    """(models in load order, configs without weights): graphs before python (BLS) models."""
+    graphs: list[str] = []
+    python: list[str] = []
+    skipped: list[str] = []
+    for folder in sorted(p for p in repository.iterdir() if (p / "config.pbtxt").is_file()):
+        versions = [v for v in folder.iterdir() if v.is_dir() and v.name.isdigit()]
+        if any((v / "model.py").is_file() for v in versions):
+            python.append(folder.name)
+        elif any(f.is_file() for v in versions for f in v.iterdir()):
+            graphs.append(folder.name)
+        else:
+            skipped.append(folder.name)
+    return graphs + python, skipped
+
+
+def export_models(settings: Settings, log_file: Path, notify: Notify) -> str:
+    """Export the ``auto`` preset into the repository in a child process; returns the preset."""
+    from polydub.export.hub import resolve_preset
+    from polydub.export.spec import Preset
+
+    preset = resolve_preset(Preset.AUTO)  # logs the loud warning when it falls back to tiny
+    repository = settings.model_repository.resolve()
+    notify(
+        f"{repository} has no exported weights: exporting the {preset.value!r} preset "
+        f"(log: {log_file})"
+    )
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as log:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "polydub.cli",
+                "models",
+                "export",
+                "--preset",
+                preset.value,
+                "--target",
+                "cpu",
+                "--repository",
+                str(repository),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    if done.returncode != 0:
+        tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-30:])
+        raise ModelsError(f"exporting the {preset.value!r} models failed. Last lines:\n{tail}")
+    return preset.value
+
+
+def load_models(settings: Settings, models: list[str], result: Provisioned) -> None:
+    """Load each model Triton has not loaded yet, in order. A model that fails to load is
+    recorded, not fatal: the others still serve, and a job that needs it fails with the reason."""
+    base = settings.triton_http_url
+    with httpx.Client(base_url=base, timeout=LOAD_TIMEOUT_SECONDS) as http:
+        try:
+            http.get("/v2/health/live", timeout=5.0).raise_for_status()
+        except httpx.HTTPError as exc:
+            raise ModelsError(
+                f"Triton does not answer on {base}: start it first (polydub stack up)"
+            ) from exc
+        for name in models:
+            if http.get(f"/v2/models/{name}/ready").status_code == 200:
+                result.ready.append(name)
+                continue
+            answer = http.post(f"/v2/repository/models/{name}/load")
+            if answer.status_code == 200:
+                result.loaded.append(name)
+            else:
+                result.failed[name] = _reason(answer)
+
+
+def _reason(answer: httpx.Response) -> str:
+    try:
+        return str(answer.json().get("error", answer.text))
+    except ValueError:
+        return answer.text or f"HTTP {answer.status_code}"
+
+
+def provision(settings: Settings, run_dir: Path, notify: Notify = lambda _: None) -> Provisioned:
+    """Export the models if the repository has no weights, then load them all into Triton."""
+    repository = settings.model_repository.resolve()
+    repository.mkdir(parents=True, exist_ok=True)
+    result = Provisioned()
+    if not has_weights(repository):
+        result.exported = export_models(settings, run_dir / "models-export.log", notify)
+    models, result.skipped = loadable_models(repository)
+    if result.skipped:
+        notify(f"no weights for {', '.join(result.skipped)}: not loaded")
+    load_models(settings, models, result)
+    if result.loaded:
+        notify(f"loaded into Triton: {', '.join(result.loaded)}")
+    for name, reason in result.failed.items():
+        notify(f"Triton could not load {name}: {reason}")
+    return result
