@@ -1,0 +1,39 @@
+"""The polydub API from Python: ``Client`` (blocking) and ``AsyncClient`` (asyncio), on httpx.
+
+The response models are the API's own (``polydub.api.schemas``), so a field the server adds is
+a field the client sees. See docs/client.md::
+
+    from polydub.client import Client
+
+    with Client("http://127.0.0.1:8080", api_key="pd_...") as client:
+        job = client.create_job("talk.mp4", ["spa", "fra"])
+        job = client.wait(job.id, on_event=print)
+        paths = client.download_outputs(job.id, "out/")
+"""
+
+from polydub.api.schemas import (
+    JobOut,
+    JobPage,
+    LanguagesOut,
+    OutputFile,
+    OutputsOut,
+    PurgeOut,
+    TargetOut,
+)
+from polydub.client._async import AsyncClient
+from polydub.client._common import ApiError, JobEvent
+from polydub.client._sync import Client
+
+__all__ = [
+    "ApiError",
+    "AsyncClient",
+    "Client",
+    "JobEvent",
+    "JobOut",
+    "JobPage",
+    "LanguagesOut",
+    "OutputFile",
+    "OutputsOut",
+    "PurgeOut",
+    "TargetOut",
+]
