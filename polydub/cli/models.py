@@ -44,3 +44,55 @@ def export(
 
 def _fmt(values: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.2g}" for k, v in values.items())
+
+
+@app.command("list")
+def list_(
+    repository: Annotated[
+        Path | None, typer.Option(help="Triton model repository (default POLYDUB_MODEL_REPOSITORY)")
+    ] = None,
+) -> None:
+    """Each model in the repository: family, checkpoint, license, weights, state in Triton."""
+    from polydub.export.registry import model_source
+    from polydub.settings import get_settings
+    from polydub.stack.models import loadable_models
+
+    settings = get_settings()
+    repo = (repository or settings.model_repository).resolve()
+    if not repo.is_dir():
+        console.print(f"[red]{repo} does not exist")
+        raise typer.Exit(1)
+    loadable, _ = loadable_models(repo)
+    states = _triton_states(settings.triton_http_url)
+    table = Table("model", "family", "checkpoint", "license", "weights", "Triton")
+    names = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file())
+    for name in names:
+        source = model_source(name)
+        table.add_row(
+            name,
+            source.family if source else "?",
+            source.checkpoint if source else "",
+            _license(source.license) if source else "unknown",
+            "yes" if name in loadable else "[yellow]no",
+            states.get(name, "not loaded") if states is not None else "[dim]not running",
+        )
+    console.print(table)
+    if any((s := model_source(n)) is not None and "NC" in s.license for n in names):
+        console.print(
+            "[yellow]CC-BY-NC-4.0 weights (NLLB-200, MMS-TTS) are for non-commercial use only."
+        )
+
+
+def _license(name: str) -> str:
+    return f"[yellow]{name}" if "NC" in name else name
+
+
+def _triton_states(url: str) -> dict[str, str] | None:
+    import httpx
+
+    try:
+        answer = httpx.post(f"{url}/v2/repository/index", json={}, timeout=3.0)
+        answer.raise_for_status()
+    except httpx.HTTPError:
+        return None
+    return {str(m["name"]): str(m.get("state") or "not loaded") for m in answer.json()}
