@@ -20,7 +20,7 @@ from polydub.api.deps import AppState, NatsHolder
 from polydub.api.errors import install_error_handlers
 from polydub.api.outbox import OutboxRelay
 from polydub.api.retention import run_retention
-from polydub.api.routes import events, health, jobs, languages, outputs
+from polydub.api.routes import events, health, jobs, languages, outputs, web
 from polydub.api.webhooks import WebhookSender
 from polydub.clients.db import create_pool, migrate_database
 from polydub.clients.storage import ObjectStore
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (jobs, outputs, events, languages):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)
+    web.install(app)  # the web page at / (static files, no API routes)
     return app
 
 
