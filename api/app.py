@@ -26,6 +26,8 @@ from polydub.clients.db import create_pool, migrate_database
 from polydub.clients.storage import ObjectStore
 from polydub.clients.triton import InferenceClient
 from polydub.settings import Settings, get_settings
+from polydub.telemetry.http import TelemetryMiddleware, metrics_endpoint
+from polydub.telemetry.tracing import API_SERVICE, configure_tracing, shutdown_tracing
 
 API_PREFIX = "/api/v1"
 
@@ -33,6 +35,7 @@ API_PREFIX = "/api/v1"
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    tracing = configure_tracing(settings, API_SERVICE)
     await migrate_database(settings)
     pool = await create_pool(settings, min_size=2, max_size=20)
     nats = NatsHolder(settings)
@@ -68,6 +71,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with contextlib.suppress(Exception):
             await triton.close()
         await pool.close()
+        shutdown_tracing(tracing)  # flushes the spans still buffered
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -82,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings or get_settings()
     install_error_handlers(app)
+    app.add_middleware(TelemetryMiddleware)
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     for module in (jobs, outputs, events, languages):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)

@@ -22,6 +22,7 @@ from polydub.api.ratelimit import check_job_quota
 from polydub.api.schemas import TERMINAL, JobOptions
 from polydub.errors import Conflict, InvalidInput
 from polydub.settings import Settings
+from polydub.telemetry.propagation import inject_headers
 
 _JOB_COLUMNS = """
     j.id, j.owner_id, j.status, j.source_language, j.detected_language, j.options, j.input_key,
@@ -182,10 +183,11 @@ async def insert_job(
         event_id = await _event(conn, job.id, {"status": "queued"})
         msg_id, payload = job_message(job.id, 0)
         await conn.execute(
-            "INSERT INTO outbox (subject, msg_id, payload) VALUES ($1, $2, $3)",
+            "INSERT INTO outbox (subject, msg_id, payload, headers) VALUES ($1, $2, $3, $4)",
             settings.jobs_subject,
             msg_id,
             payload,
+            inject_headers(),  # the submitting span's trace context, for the worker to continue
         )
         row = await conn.fetchrow(f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.id = $1", job.id)
     return row, True, event_id
@@ -352,10 +354,11 @@ async def retry_job(
         event_id = await _event(conn, job_id, {"status": "queued", "retry": retry})
         msg_id, payload = job_message(job_id, retry)
         await conn.execute(
-            "INSERT INTO outbox (subject, msg_id, payload) VALUES ($1, $2, $3)",
+            "INSERT INTO outbox (subject, msg_id, payload, headers) VALUES ($1, $2, $3, $4)",
             settings.jobs_subject,
             msg_id,
             payload,
+            inject_headers(),  # the submitting span's trace context, for the worker to continue
         )
         job = await conn.fetchrow(f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.id = $1", job_id)
     return job, event_id

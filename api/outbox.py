@@ -18,10 +18,14 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from opentelemetry.trace import SpanKind
 
 from polydub.clients.queue import jobs_stream_config
 from polydub.settings import Settings
+from polydub.telemetry.propagation import extract_context, inject_headers
+from polydub.telemetry.tracing import span
 
 log = logging.getLogger("polydub.api.outbox")
 
@@ -66,14 +70,8 @@ class OutboxRelay:
             )
             done: list[int] = []
             for row in rows:
-                headers = {**(row["headers"] or {}), "Nats-Msg-Id": row["msg_id"]}
                 try:
-                    await js.publish(
-                        row["subject"],
-                        json.dumps(row["payload"]).encode(),
-                        headers=headers,
-                        timeout=self.settings.api_outbox_publish_timeout_seconds,
-                    )
+                    await self._publish(js, row)
                 except Exception as exc:
                     await conn.execute(
                         "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1",
@@ -95,6 +93,31 @@ class OutboxRelay:
                 )
                 published = len(done)
         return published
+
+    async def _publish(self, js: JetStreamContext, row: asyncpg.Record) -> None:
+        # A producer span under the submitting request's span (its context is in the row), and
+        # the message carries this span's context on to the worker.
+        stored = row["headers"] or {}
+        attributes = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "publish",
+            "messaging.destination.name": row["subject"],
+            "messaging.message.id": row["msg_id"],
+            "polydub.job_id": (row["payload"] or {}).get("job_id"),
+        }
+        with span(
+            f"publish {row['subject']}",
+            kind=SpanKind.PRODUCER,
+            attributes=attributes,
+            context=extract_context(stored),
+        ):
+            headers = inject_headers({**stored, "Nats-Msg-Id": row["msg_id"]})
+            await js.publish(
+                row["subject"],
+                json.dumps(row["payload"]).encode(),
+                headers=headers,
+                timeout=self.settings.api_outbox_publish_timeout_seconds,
+            )
 
     async def run(self) -> None:
         """Until cancelled: publish whenever woken, at least every poll interval."""

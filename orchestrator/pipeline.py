@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from polydub.errors import PermanentError, classify
 from polydub.orchestrator.state import Cancelled, Fenced, FinishedStages, JobRecord, JobStore
+from polydub.telemetry.metrics import time_stage
+from polydub.telemetry.tracing import span
 
 Scope = Literal["job", "target"]
 Publish = Callable[[JobRecord, dict[str, Any]], Awaitable[None]]
@@ -158,6 +160,25 @@ class PipelineRunner:
             return
         if await self.store.cancel_requested(job.id):
             raise Cancelled(f"job {job.id} cancelled before {stage.name}")
+        attributes = {
+            "polydub.job_id": str(job.id),
+            "polydub.attempt": job.attempt,
+            "polydub.stage": stage.name,
+            "polydub.language": language or None,
+        }
+        # A child of the job's span (target-language tasks inherit it); model calls nest below.
+        with span(f"stage.{stage.name}", attributes=attributes), time_stage(stage.name):
+            await self._execute_stage(job, stage, language, finished, tracker, workdir)
+
+    async def _execute_stage(
+        self,
+        job: JobRecord,
+        stage: Stage,
+        language: str,
+        finished: FinishedStages,
+        tracker: _Progress,
+        workdir: Path,
+    ) -> None:
         await self.store.start_stage(job, stage.name, language)
         await tracker.update(stage, language, 0.0)
 

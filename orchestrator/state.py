@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from polydub.errors import PolydubError
+from polydub.telemetry.metrics import job_transition
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -81,6 +82,7 @@ class JobStore:
             await self._event(
                 conn, job_id, "state", {"status": "running", "attempt": row["attempt"]}
             )
+        job_transition("running")
         return JobRecord(
             id=row["id"],
             attempt=row["attempt"],
@@ -321,6 +323,7 @@ class JobStore:
                     updated["callback_url"],
                 )
             event_id = await self._event(conn, job_id, "state", data)
+        job_transition(status)  # committed: counted once per job and state
         return {"id": event_id, "type": "state", **data}
 
     @staticmethod

@@ -25,6 +25,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from opentelemetry.trace import SpanKind
 
 from polydub.clients.queue import WORKER_CONSUMER, ConsumerPolicy, progress_subject
 from polydub.errors import classify
@@ -32,6 +33,9 @@ from polydub.logging import log_context
 from polydub.orchestrator.pipeline import PipelineRunner
 from polydub.orchestrator.state import Cancelled, Fenced, JobRecord, JobStore
 from polydub.settings import Settings
+from polydub.telemetry.metrics import JOBS_IN_FLIGHT, job_transition
+from polydub.telemetry.propagation import extract_context
+from polydub.telemetry.tracing import mark_error, span
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +127,30 @@ class Worker:
             )
             await msg.term()
             return
-        with log_context(job_id=str(job_id), delivery=msg.metadata.num_delivered):
-            await self._handle_job(msg, job_id)
+        # One span per delivery, continuing the trace the API started (context in the headers).
+        attributes = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": msg.subject,
+            "messaging.consumer.group.name": WORKER_CONSUMER,
+            "messaging.message.id": (msg.headers or {}).get("Nats-Msg-Id"),
+            "polydub.job_id": str(job_id),
+            "polydub.delivery": msg.metadata.num_delivered,
+        }
+        JOBS_IN_FLIGHT.inc()
+        try:
+            with (
+                span(
+                    "job.run",
+                    kind=SpanKind.CONSUMER,
+                    attributes=attributes,
+                    context=extract_context(msg.headers),
+                ),
+                log_context(job_id=str(job_id), delivery=msg.metadata.num_delivered),
+            ):
+                await self._handle_job(msg, job_id)
+        finally:
+            JOBS_IN_FLIGHT.dec()
 
     async def _handle_job(self, msg: Msg, job_id: uuid.UUID) -> None:
         progress_clock = [time.monotonic()]
@@ -171,6 +197,7 @@ class Worker:
         self, msg: Msg, job_id: uuid.UUID, job: JobRecord | None, exc: Exception
     ) -> None:
         error = classify(exc)
+        mark_error(exc)
         delivered = msg.metadata.num_delivered
         last_try = delivered >= self.options.policy.max_deliver
         if error.retryable and not last_try:
@@ -180,6 +207,7 @@ class Worker:
                 extra={"code": error.code, "error": error.message, "delay": delay},
             )
             await msg.nak(delay=delay)
+            job_transition("retried")
             return
         if error.retryable:
             error = type(error)(

@@ -88,6 +88,16 @@ class Settings(BaseSettings):
     retention_seconds: int = Field(default=7 * 24 * 3600, gt=0)  # inputs and artifacts expire
     retention_interval_seconds: float = 300.0
 
+    # Observability (polydub/telemetry). Traces go over OTLP/gRPC to otel_endpoint (e.g.
+    # http://otel-collector:4317; https:// for TLS); empty turns tracing off.
+    otel_endpoint: str = ""
+    otel_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)  # of new traces (api roots)
+    otel_environment: str = ""  # deployment.environment.name on every span, when set
+    # The worker's Prometheus endpoint (/metrics); port 0 turns it off.
+    worker_metrics_host: str = "0.0.0.0"
+    worker_metrics_port: int = Field(default=9100, ge=0, le=65535)
+    worker_metrics_poll_seconds: float = Field(default=5.0, gt=0)  # queue depth, Triton stats
+
     @model_validator(mode="after")
     def _fill_local_addresses(self) -> Settings:
         # frozen model: fill the derived defaults through object.__setattr__ once, at validation.

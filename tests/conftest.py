@@ -48,6 +48,7 @@ def stack_settings() -> Iterator[Settings]:
         triton_http_port=free_port(),
         triton_grpc_port=free_port(),
         triton_metrics_port=free_port(),
+        worker_metrics_port=free_port(),  # in-process workers never take 9100 from a neighbour
         model_repository=root / "model_repository",
     )
     yield settings

@@ -47,6 +47,8 @@ from polydub.api.schemas import (
 from polydub.api.webhooks import check_callback_url
 from polydub.clients.queue import progress_subject
 from polydub.errors import Conflict, InvalidInput, NotFound
+from polydub.telemetry.metrics import job_transition
+from polydub.telemetry.tracing import span
 
 log = logging.getLogger("polydub.api.jobs")
 router = APIRouter(tags=["jobs"])
@@ -184,28 +186,39 @@ async def _accept(
     media: dict[str, Any],
     idempotency_key: str | None,
 ) -> JobOut:
+    # The job's trace starts here: insert_job writes this span's context into the outbox row,
+    # and the worker's spans continue it from the NATS message headers.
+    attributes = {
+        "polydub.job_id": str(job_id),
+        "polydub.target_languages": list(options.target_languages),
+        "polydub.source_language": options.source_language,
+        "polydub.input_bytes": size,
+    }
     try:
-        row, created, event_id = await insert_job(
-            state.pool,
-            NewJob(
-                id=job_id,
-                owner_id=key.id,
-                options=options,
-                input_key=input_key,
-                input_filename=filename,
-                input_bytes=size,
-                media=media,
-                idempotency_key=idempotency_key,
-                quota=key.max_concurrent_jobs,
-            ),
-            state.settings,
-        )
+        with span("job.submit", attributes=attributes) as current:
+            row, created, event_id = await insert_job(
+                state.pool,
+                NewJob(
+                    id=job_id,
+                    owner_id=key.id,
+                    options=options,
+                    input_key=input_key,
+                    input_filename=filename,
+                    input_bytes=size,
+                    media=media,
+                    idempotency_key=idempotency_key,
+                    quota=key.max_concurrent_jobs,
+                ),
+                state.settings,
+            )
+            current.set_attribute("polydub.replayed", not created)
     except BaseException:
         await _drop_input(state, job_id)  # nothing stored for a job that was not created
         raise
     if not created:
         await _drop_input(state, job_id)
         return _accepted(response, _job_out(row, state), replayed=True)
+    job_transition("queued")
     state.relay.wake()
     await _notify(state, job_id, event_id, {"status": "queued"})
     log.info("job accepted", extra={"job_id": str(job_id), "bytes": size})
@@ -408,6 +421,8 @@ async def read_job(job_id: uuid.UUID, state: State, key: Caller) -> JobOut:
 )
 async def cancel(job_id: uuid.UUID, state: State, key: Caller) -> JobOut:
     row, event_id = await cancel_job(state.pool, key.id, job_id)
+    if event_id is not None:  # it was queued: cancelled here, no worker will see it
+        job_transition("cancelled")
     await _notify(state, job_id, event_id, {"status": "cancelled"})
     return _job_out(row, state)
 
@@ -420,9 +435,11 @@ async def cancel(job_id: uuid.UUID, state: State, key: Caller) -> JobOut:
     summary="Re-queue a failed or cancelled job; finished languages are kept",
 )
 async def retry(job_id: uuid.UUID, state: State, key: Caller) -> JobOut:
-    row, event_id = await retry_job(
-        state.pool, key.id, job_id, state.settings, key.max_concurrent_jobs
-    )
+    with span("job.retry", attributes={"polydub.job_id": str(job_id)}):
+        row, event_id = await retry_job(
+            state.pool, key.id, job_id, state.settings, key.max_concurrent_jobs
+        )
+    job_transition("queued")
     state.relay.wake()
     await _notify(state, job_id, event_id, {"status": "queued", "retry": row["retries"]})
     return _job_out(row, state)

@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import tritonclient.grpc.aio as grpcclient
 from numpy.typing import NDArray
+from opentelemetry.trace import SpanKind
 from tritonclient.utils import np_to_triton_dtype
 
 from polydub.errors import RetryableError, classify
+from polydub.telemetry.metrics import (
+    TRITON_REQUEST_BATCH,
+    TRITON_REQUEST_DURATION,
+    TRITON_RETRIES,
+)
+from polydub.telemetry.propagation import inject_headers
+from polydub.telemetry.tracing import span
 
 
 @dataclass(frozen=True)
@@ -65,24 +74,49 @@ class InferenceClient:
             tensor.set_data_from_numpy(array)
             request_inputs.append(tensor)
         request_outputs = [grpcclient.InferRequestedOutput(name) for name in outputs]
+        first = next(iter(inputs.values()), None)
+        rows = int(first.shape[0]) if first is not None and first.ndim else 1
 
-        for attempt in range(self.retry.attempts):
+        attributes = {
+            "rpc.system": "grpc",
+            "rpc.service": "inference.GRPCInferenceService",
+            "rpc.method": "ModelInfer",
+            "server.address": self.url,
+            "polydub.triton.model": model,
+            "polydub.triton.model_version": version or None,
+            "polydub.triton.batch_size": rows,
+        }
+        started = time.monotonic()
+        outcome = "error"
+        with span(f"triton.infer {model}", kind=SpanKind.CLIENT, attributes=attributes) as current:
+            # Trace context as gRPC metadata: a Triton with OpenTelemetry tracing on continues it.
+            headers = inject_headers() or None
             try:
-                result = await self._client.infer(
-                    model,
-                    request_inputs,
-                    model_version=version,
-                    outputs=request_outputs,
-                    client_timeout=self.timeout,
-                    parameters=dict(parameters or {}) or None,
-                    priority=priority,
-                )
-                return {name: result.as_numpy(name) for name in outputs}
-            except Exception as exc:
-                error = classify(exc)
-                if not isinstance(error, RetryableError) or attempt == self.retry.attempts - 1:
-                    raise error from exc
-                await asyncio.sleep(self.retry.delay(attempt))
+                for attempt in range(self.retry.attempts):
+                    try:
+                        result = await self._client.infer(
+                            model,
+                            request_inputs,
+                            model_version=version,
+                            outputs=request_outputs,
+                            client_timeout=self.timeout,
+                            headers=headers,
+                            parameters=dict(parameters or {}) or None,
+                            priority=priority,
+                        )
+                        outcome = "ok"
+                        return {name: result.as_numpy(name) for name in outputs}
+                    except Exception as exc:
+                        error = classify(exc)
+                        last = attempt == self.retry.attempts - 1
+                        if not isinstance(error, RetryableError) or last:
+                            raise error from exc
+                        TRITON_RETRIES.labels(model).inc()
+                        current.add_event("retry", {"attempt": attempt + 1, "error": error.code})
+                        await asyncio.sleep(self.retry.delay(attempt))
+            finally:
+                TRITON_REQUEST_DURATION.labels(model, outcome).observe(time.monotonic() - started)
+                TRITON_REQUEST_BATCH.labels(model).observe(rows)
         raise AssertionError("unreachable")
 
     async def is_ready(self) -> bool:
@@ -119,3 +153,9 @@ class InferenceClient:
         stats = await self._client.get_inference_statistics(model, as_json=True)
         entries: list[dict[str, Any]] = stats.get("model_stats", [])
         return entries[0] if entries else {}
+
+    async def all_statistics(self) -> list[dict[str, Any]]:
+        """Inference statistics of every loaded model (and version), one Triton call."""
+        stats = await self._client.get_inference_statistics("", as_json=True)
+        entries: list[dict[str, Any]] = stats.get("model_stats", [])
+        return entries
