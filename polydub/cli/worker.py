@@ -19,13 +19,36 @@ def run(
     drain_seconds: Annotated[
         float, typer.Option(help="On SIGTERM, wait this long for jobs.")
     ] = 30.0,
+    # The queue policy is the shared durable consumer's: every worker of a stream should agree.
+    # Short values make fault drills (a stalled or killed worker) fast; production keeps the
+    # defaults of polydub.clients.queue.ConsumerPolicy.
+    ack_wait: Annotated[
+        float | None,
+        typer.Option(min=0.5, help="Seconds without a heartbeat before a job is redelivered."),
+    ] = None,
+    max_deliver: Annotated[
+        int | None, typer.Option(min=1, help="Deliveries of a job before it fails.")
+    ] = None,
+    retry_delay: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="First nak delay after a retryable error (doubles each time)."),
+    ] = None,
 ) -> None:
     """Consume jobs from the JOBS work queue until SIGTERM, then drain."""
+    import dataclasses
+
+    from polydub.clients.queue import ConsumerPolicy
     from polydub.orchestrator.main import run_worker
     from polydub.orchestrator.worker import WorkerOptions
 
     settings = get_settings()
     setup_logging(settings.log_level, json_lines=settings.log_json)
-    asyncio.run(
-        run_worker(settings, WorkerOptions(concurrency=concurrency, drain_seconds=drain_seconds))
-    )
+    policy = ConsumerPolicy()
+    if ack_wait is not None:
+        policy = dataclasses.replace(policy, ack_wait_seconds=ack_wait)
+    if max_deliver is not None:
+        policy = dataclasses.replace(policy, max_deliver=max_deliver)
+    options = WorkerOptions(concurrency=concurrency, drain_seconds=drain_seconds, policy=policy)
+    if retry_delay is not None:
+        options = dataclasses.replace(options, retry_base_delay=retry_delay)
+    asyncio.run(run_worker(settings, options))
