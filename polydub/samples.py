@@ -198,14 +198,23 @@ def make_two_speaker_clip(
     return Clip(target, seconds, sample_rate, tuple(placed))
 
 
-# The sample: long enough for four turns and two voices, small enough to ship in a bug report.
-SAMPLE_SECONDS = 10.0
+# The sample: four turns of two voices, small enough to ship in a bug report. The pauses between
+# turns are long enough for voice activity detection to keep the turns apart, and 12 s gives
+# diarization two of its 10 s windows (every 5 s).
+SAMPLE_SECONDS = 12.0
 SAMPLE_SIZE = "320x180"
+SAMPLE_GAP = 0.8
+SAMPLE_TURNS = (
+    ("A", MALE_VOICE, "Hello, I am Peter and I like old trains."),
+    ("B", FEMALE_VOICE, "Nice to meet you. I prefer boats."),
+    ("A", MALE_VOICE, "Boats are slow, but the sea is nice."),
+    ("B", FEMALE_VOICE, "And nobody is in a hurry."),
+)
 
 
 def make_sample(path: str | Path, *, seconds: float = SAMPLE_SECONDS) -> Clip:
     """The demo clip: two espeak-ng voices (en+m3, en+f3) taking turns over a quiet background,
-    on a test-pattern video; about 10 s and a few hundred KB."""
+    on a test-pattern video; 12 s and a few hundred KB."""
     missing = [tool for tool in ("ffmpeg", "espeak-ng") if shutil.which(tool) is None]
     if missing:
         raise FileNotFoundError(
@@ -215,5 +224,5 @@ def make_sample(path: str | Path, *, seconds: float = SAMPLE_SECONDS) -> Clip:
     if target.suffix not in _VIDEO_CODECS:
         raise ValueError(f"a sample is a video: use one of {', '.join(sorted(_VIDEO_CODECS))}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    return make_two_speaker_clip(target, seconds=seconds, first_start=0.4, gap=0.5,
-                                 size=SAMPLE_SIZE, crf=30)  # fmt: skip
+    return make_two_speaker_clip(target, seconds=seconds, turns=SAMPLE_TURNS, first_start=0.4,
+                                 gap=SAMPLE_GAP, size=SAMPLE_SIZE, crf=30)  # fmt: skip

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Install what polydub needs on a fresh Debian 12 / Python 3.11 machine, idempotently:
-# Debian packages (ffmpeg, espeak-ng, sox), a virtual environment in .venv with the CPU build of
-# torch and polydub with all extras. Re-runs are quick: each step is skipped when already done.
+# Debian packages (ffmpeg, espeak-ng, sox; chromium for the web page's browser test), a virtual
+# environment in .venv with the CPU build of torch and polydub with all extras. Re-runs are
+# quick: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*"; }
 
-apt_packages=(ffmpeg espeak-ng sox python3-venv)
+apt_packages=(ffmpeg espeak-ng sox python3-venv chromium)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -38,7 +39,8 @@ stamp=.venv/.polydub-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing polydub with all extras (editable)"
-  "${pip[@]}" install -e ".[api,stack,export,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+  # web-test: Playwright's Python package only; it drives Debian's /usr/bin/chromium.
+  "${pip[@]}" install -e ".[api,stack,export,dev,web-test]" 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c 'import torch, polydub; assert "+cpu" in torch.__version__ or not torch.cuda.is_available()'
   echo "$want" >"$stamp"
 fi

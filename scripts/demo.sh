@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
-# The main job end to end. Until the dubbing pipeline lands, this brings the local stack up and
-# reports each server healthy.
+# The main job end to end: install what is needed, make a two-speaker sample video and dub it
+# into Spanish and French. `polydub dub` brings the local stack up (PostgreSQL, NATS, S3,
+# Triton, the API and a worker); on a fresh clone the stack first exports the models (the tiny
+# preset, with a warning, when the Hugging Face Hub cannot be reached). The stack keeps running
+# afterwards: `.venv/bin/polydub stack down` stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
-.venv/bin/polydub stack up
-.venv/bin/polydub db migrate
-.venv/bin/polydub stack status
+out=${POLYDUB_DEMO_OUT:-demo-out}
+mkdir -p "$out"
+.venv/bin/polydub sample make "$out/sample.mp4"
+.venv/bin/polydub dub "$out/sample.mp4" --to spa,fra --out "$out"
+echo
+echo "Dubbed videos, audio, subtitles, transcripts and quality reports:"
+for lang in spa fra; do
+  echo "  $out/$lang/  (play $out/$lang/sample.$lang.mp4)"
+done
+api_port=${POLYDUB_API_PORT:-8080}
+echo "Web page: http://127.0.0.1:$api_port/ (API key: cat ${POLYDUB_STACK_DIR:-.stack}/cli/api-key)"

@@ -69,6 +69,12 @@ function formatTime(seconds) {
   return `${m}:${s}`;
 }
 
+function formatSize(bytes) {
+  if (bytes < 1024) return `${bytes} bytes`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(0)} KiB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+}
+
 function languageName(code) {
   return state.languages.get(code) || code;
 }
@@ -368,7 +374,7 @@ async function showResult(jobId, language) {
   list.replaceChildren();
   for (const file of outputs.files) {
     const link = el("a", { href: file.url, download: file.filename, class: "button", "data-kind": file.kind, text: file.filename });
-    list.append(el("li", {}, link, el("span", { class: "muted", text: ` ${file.kind.replaceAll("_", " ")}, ${(file.size_bytes / 1024).toFixed(0)} KiB` })));
+    list.append(el("li", {}, link, el("span", { class: "muted", text: ` ${file.kind.replaceAll("_", " ")}, ${formatSize(file.size_bytes)}` })));
   }
   await showTranscript(files.get("transcript"));
 }

@@ -17,7 +17,7 @@ def make(
     path: Annotated[
         Path, typer.Argument(help="Where to write it (.mp4, .mkv, .mov, .webm).")
     ] = Path("sample.mp4"),
-    seconds: Annotated[float, typer.Option(min=4.0, max=60.0, help="Length.")] = 10.0,
+    seconds: Annotated[float, typer.Option(min=4.0, max=60.0, help="Length.")] = 12.0,
 ) -> None:
     """Two espeak-ng voices (male en+m3, female en+f3) taking turns over a quiet background."""
     from polydub.samples import make_sample
