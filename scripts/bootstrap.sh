@@ -40,7 +40,8 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing polydub with all extras (editable)"
   # web-test: Playwright's Python package only; it drives Debian's /usr/bin/chromium.
-  "${pip[@]}" install -e ".[api,stack,export,dev,web-test]" 2>&1 | grep -v "^WARNING: Location" || true
+  # load: locust, for the load tests (loadtests/, tests/integration/load).
+  "${pip[@]}" install -e ".[api,stack,export,dev,web-test,load]" 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c 'import torch, polydub; assert "+cpu" in torch.__version__ or not torch.cuda.is_available()'
   echo "$want" >"$stamp"
 fi

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from opentelemetry.trace import SpanKind
 from tritonclient.utils import np_to_triton_dtype
 
-from polydub.errors import RetryableError, classify
+from polydub.errors import RetryableError, ServiceUnavailable, classify
 from polydub.telemetry.metrics import (
     TRITON_REQUEST_BATCH,
     TRITON_REQUEST_DURATION,
@@ -108,6 +108,13 @@ class InferenceClient:
                         return {name: result.as_numpy(name) for name in outputs}
                     except Exception as exc:
                         error = classify(exc)
+                        if error.code == "model_not_found" and not await self.is_ready():
+                            # A stopping Triton unloads its models before it stops answering
+                            # (and a starting one is not ready yet): "not found" is transient
+                            # then. A ready server that lacks the model stays a permanent error.
+                            error = ServiceUnavailable(
+                                f"Triton is not ready: {error.message}", code="triton_not_ready"
+                            )
                         last = attempt == self.retry.attempts - 1
                         if not isinstance(error, RetryableError) or last:
                             raise error from exc

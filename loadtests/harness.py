@@ -1,0 +1,309 @@
+"""A whole polydub deployment on 127.0.0.1 for load and fault runs: servers, API, workers.
+
+The servers (PostgreSQL, NATS, S3, Triton) come from ``polydub.stack`` on free ports; the API
+and the workers are real subprocesses (``polydub api serve``, ``polydub worker run``) configured
+only through ``POLYDUB_*`` variables, exactly as a deployment runs them, so a test can kill -9,
+SIGSTOP or restart any one of them. Nothing here talks to anything but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from polydub.settings import Settings
+from polydub.stack import Stack
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVERS = ("postgres", "nats", "s3", "triton")
+EXPORTED_MARKER = ".polydub-tiny-exported"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def local_settings(root: Path, model_repository: Path, **overrides: object) -> Settings:
+    """Settings whose every address is a free port on 127.0.0.1, data under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)  # PostgreSQL runs as an unprivileged user under root and must traverse it
+    values: dict[str, object] = {
+        "stack_dir": root,
+        "postgres_port": free_port(),
+        "nats_port": free_port(),
+        "nats_monitor_port": free_port(),
+        "s3_port": free_port(),
+        "triton_http_port": free_port(),
+        "triton_grpc_port": free_port(),
+        "triton_metrics_port": free_port(),
+        "api_port": free_port(),
+        "model_repository": model_repository,
+    }
+    if "worker_metrics_port" in Settings.model_fields:
+        values["worker_metrics_port"] = 0  # many workers on one host: no metrics port each
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The ``POLYDUB_*`` variables that make a child process read exactly these Settings."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, list | dict):
+            text = json.dumps(value)
+        else:
+            text = str(value)
+        env[f"POLYDUB_{name.upper()}"] = text
+    env["POLYDUB_STACK_DIR"] = str(settings.stack_dir.resolve())
+    env["POLYDUB_MODEL_REPOSITORY"] = str(settings.model_repository.resolve())
+    return env
+
+
+def model_names(repository: Path) -> list[str]:
+    return sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").exists())
+
+
+def export_fingerprint() -> str:
+    """A digest of what the tiny export depends on: the exporters and the committed configs."""
+    digest = hashlib.sha256()
+    for folder, patterns in (
+        (ROOT / "export", ("*.py",)),
+        (ROOT / "model_repository", ("*.pbtxt", "*.py")),
+    ):
+        for pattern in patterns:
+            for path in sorted(folder.rglob(pattern)):
+                digest.update(str(path.relative_to(ROOT)).encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def ensure_tiny_models(repository: Path) -> list[str]:
+    """Export every family with the tiny preset into ``repository``, again whenever the
+    exporters or the committed configs changed since the last export there."""
+    marker = repository / EXPORTED_MARKER
+    fingerprint = export_fingerprint()
+    if not marker.exists() or marker.read_text().strip() != fingerprint:
+        from polydub.export.run import export_all
+        from polydub.export.spec import Preset, Target
+
+        if repository.exists() and any(repository.iterdir()):
+            if not marker.exists():  # never wipe a repository this harness did not write
+                raise RuntimeError(f"{repository} is not a tiny-model cache of the load harness")
+            shutil.rmtree(repository)
+        repository.mkdir(parents=True)
+        export_all(Preset.TINY, Target.CPU, repository)
+        marker.write_text(fingerprint + "\n")
+    return model_names(repository)
+
+
+@dataclass
+class Proc:
+    """A polydub subprocess in its own session (so its children can be signalled with it)."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+
+    def kill9(self) -> None:
+        """SIGKILL the process itself only, as a crash would (no drain, no nak)."""
+        self.signal(signal.SIGKILL)
+        self.popen.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM (a drain), then SIGKILL the whole group if it is still there."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGCONT)  # a stopped process cannot handle SIGTERM
+                os.killpg(self.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_records(self) -> list[dict[str, object]]:
+        """The JSON log lines (polydub logs one object a line)."""
+        records = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    records.append(json.loads(line))
+        return records
+
+
+@dataclass
+class Deployment:
+    """Servers from ``polydub.stack`` plus API and worker subprocesses on the same Settings."""
+
+    settings: Settings
+    logs: Path
+    stack: Stack | None = None
+    procs: list[Proc] = field(default_factory=list)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.api_port}"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("POLYDUB_")}
+        env.update(settings_env(self.settings))
+        env["POLYDUB_LOG_JSON"] = "true"
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def up_servers(self, names: tuple[str, ...] = SERVERS) -> None:
+        self.stack = Stack(self.settings, only=list(names))
+        self.stack.up()
+
+    def server(self, name: str) -> object:
+        assert self.stack is not None
+        return next(s for s in self.stack.servers if s.name == name)
+
+    def restart_server(self, name: str, down_seconds: float = 0.0) -> float:
+        """Stop one server (SIGTERM to its group), wait, bring it back; seconds it was away."""
+        assert self.stack is not None
+        started = time.monotonic()
+        self.stack.process(self.server(name)).stop()  # type: ignore[arg-type]
+        time.sleep(down_seconds)
+        Stack(self.settings, only=[name]).up()
+        return time.monotonic() - started
+
+    def _spawn(self, name: str, argv: list[str]) -> Proc:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = self.logs / f"{name}.log"
+        with log.open("ab") as out:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "polydub.cli", *argv],
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def start_api(self, *, processes: int = 1) -> Proc:
+        return self._spawn(
+            "api",
+            ["api", "serve", "--port", str(self.settings.api_port), "--workers", str(processes)],
+        )
+
+    def start_worker(
+        self,
+        name: str,
+        *,
+        concurrency: int = 2,
+        ack_wait: float | None = None,
+        max_deliver: int | None = None,
+        retry_delay: float | None = None,
+        drain_seconds: float = 5.0,
+    ) -> Proc:
+        argv = ["worker", "run", "--concurrency", str(concurrency)]
+        argv += ["--drain-seconds", str(drain_seconds)]
+        if ack_wait is not None:
+            argv += ["--ack-wait", str(ack_wait)]
+        if max_deliver is not None:
+            argv += ["--max-deliver", str(max_deliver)]
+        if retry_delay is not None:
+            argv += ["--retry-delay", str(retry_delay)]
+        return self._spawn(name, argv)
+
+    def wait_api(self, proc: Proc, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise RuntimeError(f"the API exited:\n{proc.log_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.api_url}/health/live", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"the API did not answer within {timeout} s:\n{proc.log_text()[-3000:]}")
+
+    @staticmethod
+    def wait_worker(proc: Proc, timeout: float = 60.0) -> None:
+        """Until the worker logs that it consumes (its stream and consumer exist by then)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise RuntimeError(f"worker {proc.name} exited:\n{proc.log_text()[-3000:]}")
+            if "worker started" in proc.log_text():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker {proc.name} did not start within {timeout} s")
+
+    def stop_procs(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def down(self) -> None:
+        self.stop_procs()
+        if self.stack is not None:
+            self.stack.down()
+
+
+@contextlib.contextmanager
+def deployment(
+    root: Path | None = None,
+    model_repository: Path | None = None,
+    *,
+    servers: tuple[str, ...] = SERVERS,
+    startup_models: list[str] | None = None,
+    **overrides: object,
+) -> Iterator[Deployment]:
+    """A fresh stack that is always taken down. Triton loads ``startup_models`` at start (so a
+    restarted Triton serves them again); by default the tiny models, exported once into
+    ``model_repository``."""
+    root = root or Path(tempfile.mkdtemp(prefix="polydub-load-"))
+    repository = model_repository or root / "model_repository"
+    names = startup_models
+    if names is None:
+        names = ensure_tiny_models(repository) if "triton" in servers else []
+    overrides.setdefault("triton_startup_models", tuple(names))
+    settings = local_settings(root, repository, **overrides)
+    deploy = Deployment(settings, root / "logs")
+    try:
+        deploy.up_servers(servers)
+        yield deploy
+    finally:
+        deploy.down()
