@@ -1,12 +1,21 @@
 """Whisper: encoder + decoder-with-KV-cache ONNX graphs, tokenizer and decoding facts for the BLS.
 
-Writes three Triton models:
+Writes one Triton model, ``whisper`` (python BLS, committed model.py): features, language
+detection, batched greedy decoding with timestamps, running two ONNX graphs in onnxruntime
+sessions of its own (``whisper_runtime.OrtGraphs``), written into its version folder:
 
-* ``whisper_encoder`` (onnxruntime): ``input_features`` [B, n_mels, 3000] -> ``last_hidden_state``
-  and the cross-attention ``cross_key.i`` / ``cross_value.i`` of every decoder layer;
-* ``whisper_decoder`` (onnxruntime): one step with a KV cache (see ``whisper_graphs``);
-* ``whisper`` (python BLS, committed): features, language detection, batched greedy decoding
-  with timestamps; it reads ``1/tokenizer/`` (HF tokenizer files + ``whisper.json`` facts).
+* ``encoder*.onnx``: ``input_features`` [B, n_mels, 3000] -> ``last_hidden_state`` and the
+  cross-attention ``cross_key.i`` / ``cross_value.i`` of every decoder layer;
+* ``decoder*.onnx``: one step with a KV cache (see ``whisper_graphs``);
+
+``<graph>_fp32.onnx`` always; ``<graph>.onnx`` is what the CPU profile runs (int8 when it passes
+its parity check, else fp32); the GPU target adds ``<graph>_fp16.onnx``. Plus ``1/tokenizer/``
+(HF tokenizer files + ``whisper.json`` facts).
+
+Why not the graphs as served onnxruntime models called by the BLS: the cross-attention K/V are
+an input of every decoder step, and through Triton they crossed the python backend's shared
+memory twice per step (590 MB per step for 16 windows at whisper-base sizes): the decode ran
+2.4-3x slower than the same loop in-process. In the BLS's own sessions they stay put.
 
 Checks on every export: encoder and decoder fp32 against PyTorch (the decoder also against the
 transformers model itself, so the flat re-layout is proven equal), int8 against PyTorch with a
@@ -20,7 +29,7 @@ import importlib.util
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -54,6 +63,7 @@ __all__ = [
     "DECODER_MODEL",
     "ENCODER_MODEL",
     "FP16_ATOL",
+    "GRAPH_FILES",
     "MODELS",
     "TOKENIZER_DIR",
     "OrtWhisper",
@@ -61,6 +71,7 @@ __all__ = [
     "check_audio",
     "check_graphs",
     "consolidate_external_data",
+    "graph_path",
     "hf_greedy_tokens",
     "load_checkpoint",
     "make_facts",
@@ -69,7 +80,10 @@ __all__ = [
 ]
 
 BLS_MODEL = "whisper"
-MODELS = [ENCODER_MODEL, DECODER_MODEL, BLS_MODEL]
+MODELS = [BLS_MODEL]
+# Served models of earlier exports (the graphs are files of the BLS model now): removed.
+STALE_MODELS = ("whisper_encoder", "whisper_decoder")
+GRAPH_FILES = {ENCODER_MODEL: "encoder", DECODER_MODEL: "decoder"}  # graph -> file stem
 RUNTIME_FILE = SOURCE_REPOSITORY / BLS_MODEL / "1" / "whisper_runtime.py"
 TOKENIZER_DIR = "tokenizer"  # under whisper/1/, git-ignored
 CHECKPOINTS = {
@@ -171,11 +185,15 @@ def check_audio() -> list[Array]:
 # ------------------------------------------------------------------ in-process backend
 
 
-class OrtWhisper:
-    """The two exported graphs run with onnxruntime in this process, as a ``DecoderBackend``.
+def graph_path(repository: Path, graph: str, variant: str = "") -> Path:
+    """``<repository>/whisper/1/<encoder|decoder><variant>.onnx``; variant "", "_fp32", "_fp16"."""
+    return repository / BLS_MODEL / "1" / f"{GRAPH_FILES[graph]}{variant}.onnx"
 
-    The reference for the served model: the BLS runs the same loop over Triton calls.
-    """
+
+class OrtWhisper:
+    """The two exported graphs in this process, as a ``DecoderBackend``: the served model's own
+    ``whisper_runtime.OrtGraphs`` (the same sessions, io_binding and loop as the BLS), so the
+    in-process reference and the served model differ by the serving only."""
 
     def __init__(
         self,
@@ -185,51 +203,30 @@ class OrtWhisper:
         threads: int = 1,
         tokenizer_dir: Path | None = None,
     ) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = threads
-        self.encoder = ort.InferenceSession(
-            str(encoder), options, providers=["CPUExecutionProvider"]
-        )
-        self.decoder = ort.InferenceSession(
-            str(decoder), options, providers=["CPUExecutionProvider"]
-        )
+        self.graphs = runtime().OrtGraphs(encoder, decoder, facts, threads=threads)
         self.facts = facts
         self.tokenizer_dir = tokenizer_dir
-        n = facts.decoder_layers
-        self.cross_names = [f"cross_{k}.{i}" for i in range(n) for k in ("key", "value")]
-        self.past_names = [f"past_{k}.{i}" for i in range(n) for k in ("key", "value")]
-        self.present_names = [f"present_{k}.{i}" for i in range(n) for k in ("key", "value")]
 
     @classmethod
-    def from_repository(cls, repository: Path, filename: str = "model.onnx") -> OrtWhisper:
+    def from_repository(cls, repository: Path, variant: str = "", threads: int = 1) -> OrtWhisper:
         tokenizer_dir = repository / BLS_MODEL / "1" / TOKENIZER_DIR
         return cls(
-            repository / ENCODER_MODEL / "1" / filename,
-            repository / DECODER_MODEL / "1" / filename,
+            graph_path(repository, ENCODER_MODEL, variant),
+            graph_path(repository, DECODER_MODEL, variant),
             runtime().WhisperFacts.load(tokenizer_dir / runtime().FACTS_FILE),
+            threads=threads,
             tokenizer_dir=tokenizer_dir,
         )
 
-    def encode(self, features: Array) -> dict[str, Array]:
-        outputs = self.encoder.run(self.cross_names, {"input_features": features})
-        return dict(zip(self.cross_names, outputs, strict=True))
+    def encode(self, features: Array) -> Any:
+        return self.graphs.encode(features)
 
-    def step(
-        self, input_ids: Array, past: dict[str, Array] | None, cross: dict[str, Array]
-    ) -> tuple[Array, dict[str, Array]]:
-        f = self.facts
-        if past is None:
-            empty = np.zeros((input_ids.shape[0], f.decoder_heads, 0, f.head_dim), np.float32)
-            past = {name: empty for name in self.past_names}
-        feeds = {"input_ids": input_ids, **past, **cross}
-        logits, *presents = self.decoder.run(["logits", *self.present_names], feeds)
-        return logits, dict(zip(self.past_names, presents, strict=True))
+    def step(self, input_ids: Array, past: Any | None, cross: Any) -> tuple[Array, Any]:
+        logits, presents = self.graphs.step(input_ids, past, cross)
+        return logits, presents
 
-    def select(self, state: dict[str, Array], rows: Array) -> dict[str, Array]:
-        return {name: value[rows] for name, value in state.items()}
+    def select(self, state: Any, rows: Array) -> Any:
+        return self.graphs.select(state, rows)
 
     def decode(
         self, audios: Sequence[Array], options: Sequence[Any], max_new_tokens: int
@@ -452,14 +449,26 @@ class WhisperExporter:
         return [CHECKPOINTS[preset]]
 
     def export(self, preset: Preset, target: Target, repository: Path) -> ExportReport:
+        return self.export_loaded(
+            lambda tokenizer_dir: load_checkpoint(preset, tokenizer_dir), target, repository
+        )
+
+    def export_loaded(
+        self, load: Callable[[Path], tuple[Any, Any, Any, str]], target: Target, repository: Path
+    ) -> ExportReport:
+        """Export what ``load(tokenizer_dir)`` returns: (model, tokenizer, generation config,
+        checkpoint name), the tokenizer saved into ``tokenizer_dir``. ``export`` loads a preset's
+        checkpoint; benchmarks pass a random model of real dimensions (bench/asr.py)."""
         started = time.perf_counter()
         rt = runtime()
+        for stale in STALE_MODELS:
+            shutil.rmtree(repository / stale, ignore_errors=True)
         copy_committed(repository, MODELS)
         bls_dir = version_dir(repository, BLS_MODEL)
         tokenizer_dir = bls_dir / TOKENIZER_DIR
         if tokenizer_dir.exists():
             shutil.rmtree(tokenizer_dir)
-        model, tokenizer, generation, checkpoint = load_checkpoint(preset, tokenizer_dir)
+        model, tokenizer, generation, checkpoint = load(tokenizer_dir)
         facts = make_facts(model, tokenizer, generation, checkpoint)
         (tokenizer_dir / rt.FACTS_FILE).write_text(facts.to_json(), encoding="utf-8")
         report = ExportReport(family=self.name, checkpoint=checkpoint, models=list(MODELS))
@@ -479,7 +488,7 @@ class WhisperExporter:
             (ENCODER_MODEL, EncoderGraph(model), enc_args),
             (DECODER_MODEL, DecoderGraph(model), dec_args),
         ):
-            path = version_dir(repository, name) / "model_fp32.onnx"
+            path = graph_path(repository, name, "_fp32")
             _export_graph(graph, args, specs[name], path)
             paths[name] = path
 
@@ -524,8 +533,8 @@ class WhisperExporter:
         facts: Any,
         report: ExportReport,
     ) -> None:
-        """model.onnx = the int8 graph when both stay within their int8 tolerance, else fp32."""
-        int8 = {name: path.with_name("model_int8.onnx") for name, path in paths.items()}
+        """<graph>.onnx = the int8 graph when both stay within their int8 tolerance, else fp32."""
+        int8 = {name: _variant(path, "_int8") for name, path in paths.items()}
         for name, path in paths.items():
             quantize_int8(path, int8[name])
         enc_diff, dec_diff = check_graphs(refs, int8[ENCODER_MODEL], int8[DECODER_MODEL])
@@ -535,13 +544,11 @@ class WhisperExporter:
             and dec_diff <= specs[DECODER_MODEL].int8_atol
         )
         for name, path in paths.items():
-            shutil.copyfile(int8[name] if ok else path, path.with_name("model.onnx"))
+            shutil.copyfile(int8[name] if ok else path, _variant(path, ""))
             int8[name].unlink()
         if ok:
             q = OrtWhisper(
-                paths[ENCODER_MODEL].with_name("model.onnx"),
-                paths[DECODER_MODEL].with_name("model.onnx"),
-                facts,
+                _variant(paths[ENCODER_MODEL], ""), _variant(paths[DECODER_MODEL], ""), facts
             )
             f = OrtWhisper(paths[ENCODER_MODEL], paths[DECODER_MODEL], facts)
             opts = [runtime().DecodeOptions("en", "transcribe")]
@@ -558,8 +565,8 @@ class WhisperExporter:
     def _place_fp16(
         self, paths: dict[str, Path], refs: References, facts: Any, report: ExportReport
     ) -> None:
-        """GPU: model_fp16.onnx (named by gpu.pbtxt) with fp32 inputs/outputs; model.onnx stays
-        fp32 so the CPU profile loads too. The fp16 graphs are checked here on the CPU provider.
+        """GPU: <graph>_fp16.onnx (named by gpu.pbtxt) with fp32 inputs/outputs; <graph>.onnx
+        stays fp32 so the CPU profile loads too. The fp16 graphs are checked here on the CPU provider.
 
         onnxruntime's own float16 converter is used: onnxconverter-common's (onnx_tools) breaks the
         encoder, whose last_hidden_state is both a graph output and the input of the K/V
@@ -568,15 +575,21 @@ class WhisperExporter:
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        fp16 = {name: path.with_name("model_fp16.onnx") for name, path in paths.items()}
+        fp16 = {name: _variant(path, "_fp16") for name, path in paths.items()}
         for name, path in paths.items():
-            shutil.copyfile(path, path.with_name("model.onnx"))
+            shutil.copyfile(path, _variant(path, ""))
             converted = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
             onnx.save(converted, str(fp16[name]))
         enc_diff, dec_diff = check_graphs(refs, fp16[ENCODER_MODEL], fp16[DECODER_MODEL])
         check_parity(f"{ENCODER_MODEL} fp16", enc_diff, FP16_ATOL)
         check_parity(f"{DECODER_MODEL} fp16", dec_diff, FP16_ATOL)
         report.notes.append(
-            f"whisper fp16 (model_fp16.onnx) max |Δ| vs torch: encoder {enc_diff:.2g}, "
+            f"whisper fp16 (<graph>_fp16.onnx) max |Δ| vs torch: encoder {enc_diff:.2g}, "
             f"decoder {dec_diff:.2g} (tolerance {FP16_ATOL})"
         )
+
+
+def _variant(fp32: Path, variant: str) -> Path:
+    """``encoder_fp32.onnx`` -> ``encoder<variant>.onnx`` beside it."""
+    stem = fp32.name.removesuffix("_fp32.onnx")
+    return fp32.with_name(f"{stem}{variant}.onnx")

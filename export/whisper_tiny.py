@@ -10,6 +10,7 @@ so everything downstream runs unchanged; only the transcripts are noise.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,15 @@ def timestamp_tokens() -> list[str]:
     return [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
 
 
-def build_tokenizer(out_dir: Path) -> Any:
-    """A WhisperTokenizer (slow, pure python) saved to ``out_dir``; returns it."""
+def build_tokenizer(out_dir: Path, vocab_size: int | None = None) -> Any:
+    """A WhisperTokenizer (slow, pure python) saved to ``out_dir``; returns it.
+
+    ``vocab_size``: pad the BPE vocabulary with filler tokens (never produced by encoding) so the
+    whole vocabulary has this size, e.g. whisper-base's 51865 for benchmarks where the cost of
+    the output projection and the logit rules must be the real one.
+    """
+    import json
+
     import transformers
     from tokenizers import ByteLevelBPETokenizer
 
@@ -72,6 +80,14 @@ def build_tokenizer(out_dir: Path) -> Any:
     bpe.train_from_iterator(_CORPUS, vocab_size=BPE_VOCAB, min_frequency=1, show_progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         bpe.save_model(tmp)
+        if vocab_size is not None:
+            vocab_path = Path(tmp) / "vocab.json"
+            vocab: dict[str, int] = json.loads(vocab_path.read_text(encoding="utf-8"))
+            # + <|endoftext|> (added by WhisperTokenizer), the special and timestamp tokens
+            extra = 1 + len(special_tokens()) + len(timestamp_tokens())
+            for i in range(vocab_size - extra - len(vocab)):
+                vocab[f"<fill{i}>"] = len(vocab)
+            vocab_path.write_text(json.dumps(vocab), encoding="utf-8")
         tokenizer = hf.WhisperTokenizer(
             vocab_file=str(Path(tmp) / "vocab.json"),
             merges_file=str(Path(tmp) / "merges.txt"),
@@ -109,8 +125,9 @@ def suppress_tokens(tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
-def build_model(tokenizer: Any) -> tuple[Any, Any]:
-    """(WhisperForConditionalGeneration, GenerationConfig) with fixed-seed random weights."""
+def build_model(tokenizer: Any, dims: Mapping[str, int] = TINY_DIMS) -> tuple[Any, Any]:
+    """(WhisperForConditionalGeneration, GenerationConfig) with fixed-seed random weights;
+    ``dims``: WhisperConfig sizes (the tiny ones, or e.g. whisper-base's for benchmarks)."""
     import torch
     import transformers
 
@@ -129,7 +146,7 @@ def build_model(tokenizer: Any) -> tuple[Any, Any]:
         decoder_start_token_id=sot,
         suppress_tokens=suppress,
         begin_suppress_tokens=begin_suppress,
-        **TINY_DIMS,
+        **dims,
     )
     torch.manual_seed(SEED)
     model = hf.WhisperForConditionalGeneration(config).eval()

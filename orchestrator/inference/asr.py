@@ -289,14 +289,17 @@ class AsrClient:
         overlap_s: float = OVERLAP_S,
         pack_gap_s: float = PACK_GAP_S,
         max_new_tokens: int = 0,
+        min_new_tokens: int = 0,
     ) -> None:
         """``max_new_tokens``: decoding steps per window, at most the model's configured bound
-        (0: that bound)."""
-        if max_new_tokens < 0:
-            raise ValueError("max_new_tokens must be >= 0")
+        (0: that bound). ``min_new_tokens``: no end of text before that many tokens (0: none;
+        benchmarks use it to decode a fixed number of tokens)."""
+        if max_new_tokens < 0 or min_new_tokens < 0:
+            raise ValueError("max_new_tokens and min_new_tokens must be >= 0")
         self.client = client
         self.model = model
         self.max_new_tokens = max_new_tokens
+        self.min_new_tokens = min_new_tokens
         self.overlap = int(overlap_s * SAMPLE_RATE)
         self.pack_gap_s = pack_gap_s
 
@@ -312,6 +315,8 @@ class AsrClient:
             "task": np.array([[task.encode()]], dtype=np.object_),
             "max_new_tokens": np.array([[self.max_new_tokens]], dtype=np.int32),
         }
+        if self.min_new_tokens:
+            inputs["min_new_tokens"] = np.array([[self.min_new_tokens]], dtype=np.int32)
         out = await self.client.infer(self.model, inputs, OUTPUTS)
         no_speech = float(out["no_speech_prob"].reshape(-1)[0])
         segments = [

@@ -1,23 +1,30 @@
 """Whisper transcription as a Triton BLS model: one request = one audio window (<= 30 s).
 
-All requests of one dynamic batch are decoded together: log-mel features in numpy, ONE call to
-``whisper_encoder`` with batch B (cross-attention K/V for every decoder layer), then a greedy
-loop calling ``whisper_decoder`` once per step for the whole batch with the KV cache
-(``whisper_runtime.greedy_decode``). Finished rows are compacted away when fewer than half are
-live. Language detection (when ``language`` is empty) uses the first step's logits.
+All requests of one dynamic batch are decoded together, in this process: log-mel features in
+numpy, ONE encoder run for the batch (cross-attention K/V of every decoder layer), then a greedy
+loop running the decoder graph once per step for the whole batch with a KV cache
+(``whisper_runtime.greedy_decode``). Both graphs run in onnxruntime sessions of this model
+instance (``whisper_runtime.OrtGraphs``): the cross K/V and the KV cache stay in the sessions'
+memory (CPU or GPU) for the whole decode, so a step costs the decoder's compute only.
+Finished rows are compacted away when fewer than half are live. Language detection (when
+``language`` is empty) uses the first step's logits.
 
 Inputs (batch dim first, one row per request):
   audio     FP32  [-1]  16 kHz mono PCM, any length (longer than 30 s is cut; clients chunk)
   language  BYTES [1]   Whisper code ("en"), empty: detect
   task      BYTES [1]   transcribe | translate | detect (language only, no text)
   max_new_tokens INT32 [1], optional: a lower bound than the configured one (0: configured)
+  min_new_tokens INT32 [1], optional: eot is suppressed before that many tokens (0: none)
 Outputs:
   text BYTES [1], tokens INT64 [-1] (sampled tokens, eot excluded; -1 pads multi-row requests),
   segments BYTES [1] (JSON list of {start, end, text, tokens, avg_logprob}, seconds in the window),
   detected_language BYTES [1], language_probability FP32 [1], avg_logprob FP32 [1],
   no_speech_prob FP32 [1]
 
-Parameters: max_new_tokens (default 224: the most any request may ask for), encoder_model, decoder_model, bls_timeout_ms.
+Parameters: max_new_tokens (default 224: the most any request may ask for); encoder_file and
+decoder_file (ONNX files in the version folder, written by the export); encoder_providers and
+decoder_providers (onnxruntime providers in order of preference: cpu, cuda, tensorrt);
+intra_op_threads (per session, 0: one per core); trt_engine_cache_path.
 The tokenizer and decoding facts are read from ``<version>/tokenizer/`` (written by the export).
 """
 
@@ -44,69 +51,6 @@ def _error(message: str, invalid: bool = False) -> Any:
     return pb_utils.TritonError(message)
 
 
-class TritonBackend:
-    """The decoder backend of ``greedy_decode`` over BLS calls.
-
-    The cross-attention tensors are the encoder's response tensors, passed to every decoder call
-    as they are (same names on both graphs), so the loop never copies them on its side; only
-    compaction makes new ones.
-    """
-
-    def __init__(self, facts: wr.WhisperFacts, timeout_ms: int) -> None:
-        self.facts = facts
-        self.timeout_us = timeout_ms * 1000
-        n = facts.decoder_layers
-        self.cross_names = [f"cross_{k}.{i}" for i in range(n) for k in ("key", "value")]
-        self.past_names = [f"past_{k}.{i}" for i in range(n) for k in ("key", "value")]
-        self.present_names = [f"present_{k}.{i}" for i in range(n) for k in ("key", "value")]
-
-    def _exec(self, model: str, inputs: list[Any], outputs: list[str]) -> Any:
-        request = pb_utils.InferenceRequest(
-            model_name=model,
-            requested_output_names=outputs,
-            inputs=inputs,
-            timeout=self.timeout_us,
-        )
-        response = request.exec()
-        if response.has_error():
-            raise pb_utils.TritonModelException(f"{model}: {response.error().message()}")
-        return response
-
-    def encode(self, features: np.ndarray) -> list[Any]:
-        response = self._exec(
-            self.facts.encoder_model,
-            [pb_utils.Tensor("input_features", features)],
-            self.cross_names,
-        )
-        return [pb_utils.get_output_tensor_by_name(response, n) for n in self.cross_names]
-
-    def step(
-        self, input_ids: np.ndarray, past: list[Any] | None, cross: list[Any]
-    ) -> tuple[np.ndarray, list[Any]]:
-        f = self.facts
-        if past is None:
-            empty = np.zeros((input_ids.shape[0], f.decoder_heads, 0, f.head_dim), np.float32)
-            past_tensors = [pb_utils.Tensor(name, empty) for name in self.past_names]
-        else:
-            # Present -> past: a tensor's name is fixed, so the arrays are re-wrapped (the
-            # response tensors stay referenced until then: they own the shared memory).
-            past_tensors = [
-                pb_utils.Tensor(name, t.as_numpy())
-                for name, t in zip(self.past_names, past, strict=True)
-            ]
-        response = self._exec(
-            f.decoder_model,
-            [pb_utils.Tensor("input_ids", input_ids), *past_tensors, *cross],
-            ["logits", *self.present_names],
-        )
-        logits = pb_utils.get_output_tensor_by_name(response, "logits").as_numpy()
-        presents = [pb_utils.get_output_tensor_by_name(response, n) for n in self.present_names]
-        return np.array(logits, dtype=np.float32), presents
-
-    def select(self, state: list[Any], rows: np.ndarray) -> list[Any]:
-        return [pb_utils.Tensor(t.name(), np.ascontiguousarray(t.as_numpy()[rows])) for t in state]
-
-
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
@@ -117,17 +61,35 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"{facts_path} is missing: run `polydub models export` for the whisper family"
             )
-        facts = wr.WhisperFacts.load(facts_path)
-        encoder = _param(config, "encoder_model", facts.encoder_model)
-        decoder = _param(config, "decoder_model", facts.decoder_model)
-        self.facts = wr.WhisperFacts.from_dict(
-            {**json.loads(facts.to_json()), "encoder_model": encoder, "decoder_model": decoder}
-        )
+        self.facts = wr.WhisperFacts.load(facts_path)
         self.detok = wr.Detokenizer.load(tokenizer_dir, self.facts.eot)
         self.max_new_tokens = int(_param(config, "max_new_tokens", "224"))
-        self.backend = TritonBackend(self.facts, int(_param(config, "bls_timeout_ms", "60000")))
+        graphs = {}
+        for graph in ("encoder", "decoder"):
+            path = os.path.join(version_dir, _param(config, f"{graph}_file", f"{graph}.onnx"))
+            if not os.path.isfile(path):
+                raise pb_utils.TritonModelException(
+                    f"{path} is missing: run `polydub models export` for the whisper family"
+                )
+            graphs[graph] = path
+        # KIND_GPU instances (configs/gpu.pbtxt) run their sessions on their own GPU.
+        device_id = int(args.get("model_instance_device_id") or 0)
+        cache = _param(config, "trt_engine_cache_path", "")
+        self.backend = wr.OrtGraphs(
+            graphs["encoder"],
+            graphs["decoder"],
+            self.facts,
+            threads=int(_param(config, "intra_op_threads", "0")),
+            encoder_providers=_param(config, "encoder_providers", "cpu").split(","),
+            decoder_providers=_param(config, "decoder_providers", "cpu").split(","),
+            device_id=device_id,
+            trt_cache_dir=os.path.join(cache, str(device_id)) if cache else None,
+        )
+        pb_utils.Logger.log_info(f"whisper: onnxruntime providers {self.backend.providers}")
 
-    def _read(self, request: Any) -> tuple[list[np.ndarray], list[wr.DecodeOptions], list[int]]:
+    def _read(
+        self, request: Any
+    ) -> tuple[list[np.ndarray], list[wr.DecodeOptions], list[int], list[int]]:
         audio = pb_utils.get_input_tensor_by_name(request, "audio").as_numpy()
         if audio.dtype != np.float32:
             raise ValueError(f"audio must be FP32, got {audio.dtype}")
@@ -144,15 +106,22 @@ class TritonPythonModel:
             options.append(opt)
         if not np.all(np.isfinite(audio)):
             raise ValueError("audio contains NaN or infinite samples")
-        limits = [self.max_new_tokens] * rows
-        tensor = pb_utils.get_input_tensor_by_name(request, "max_new_tokens")
-        if tensor is not None:  # optional: 0 or absent means the configured bound
-            given = [int(v) for v in tensor.as_numpy().reshape(-1)]
-            given = given * rows if len(given) == 1 else given
-            if len(given) != rows or min(given) < 0:
-                raise ValueError("max_new_tokens: one value >= 0 per audio row")
-            limits = [min(g, self.max_new_tokens) if g > 0 else self.max_new_tokens for g in given]
-        return [audio[r] for r in range(rows)], options, limits
+        given = self._counts(request, "max_new_tokens", rows)
+        limits = [min(g, self.max_new_tokens) if g > 0 else self.max_new_tokens for g in given]
+        minimums = self._counts(request, "min_new_tokens", rows)
+        return [audio[r] for r in range(rows)], options, limits, minimums
+
+    @staticmethod
+    def _counts(request: Any, name: str, rows: int) -> list[int]:
+        """An optional INT32 count per row (one value: for every row); absent: 0."""
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            return [0] * rows
+        given = [int(v) for v in tensor.as_numpy().reshape(-1)]
+        given = given * rows if len(given) == 1 else given
+        if len(given) != rows or min(given) < 0:
+            raise ValueError(f"{name}: one value >= 0 per audio row")
+        return given
 
     @staticmethod
     def _strings(request: Any, name: str, rows: int) -> list[str]:
@@ -174,22 +143,26 @@ class TritonPythonModel:
         audios: list[np.ndarray] = []
         options: list[wr.DecodeOptions] = []
         limits: list[int] = []
+        minimums: list[int] = []
         owners: list[int] = []  # request index of each row
         for i, request in enumerate(requests):
             try:
-                rows, opts, bounds = self._read(request)
+                rows, opts, bounds, mins = self._read(request)
             except Exception as exc:
                 responses[i] = pb_utils.InferenceResponse(error=_error(str(exc), invalid=True))
                 continue
             audios += rows
             options += opts
             limits += bounds
+            minimums += mins
             owners += [i] * len(rows)
         if not audios:
             return responses
         try:
             features = wr.log_mel_spectrogram(audios, self.facts.n_mels)
-            results = wr.greedy_decode(self.backend, features, options, self.facts, limits)
+            results = wr.greedy_decode(
+                self.backend, features, options, self.facts, limits, min_new_tokens=minimums
+            )
         except Exception as exc:
             for i in set(owners):
                 responses[i] = pb_utils.InferenceResponse(error=_error(f"whisper: {exc}"))

@@ -1,8 +1,9 @@
-"""Whisper decoding in numpy: log-mel features, batched greedy decoding with timestamp rules,
-segments and detokenization.
+"""Whisper decoding: log-mel features, the two ONNX graphs in onnxruntime, batched greedy decoding
+with timestamp rules, segments and detokenization.
 
 Shared by the Triton BLS model beside it (model.py) and the in-process checks of
-``polydub.export.whisper``; it needs numpy only, so it runs in any Triton python-backend stub.
+``polydub.export.whisper``: the served loop and the reference loop are the same code. Everything
+but ``OrtGraphs`` needs numpy only (onnxruntime is imported when the graphs are opened).
 The graphs it drives come from ``polydub.export.whisper``:
 
 * encoder: ``input_features`` [B, n_mels, 3000] -> ``cross_key.{i}`` / ``cross_value.{i}``
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -131,8 +132,6 @@ class WhisperFacts:
     suppress_tokens: tuple[int, ...]
     begin_suppress_tokens: tuple[int, ...]
     max_initial_timestamp_index: int | None = 50
-    encoder_model: str = "whisper_encoder"
-    decoder_model: str = "whisper_decoder"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -140,7 +139,8 @@ class WhisperFacts:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WhisperFacts:
-        data = dict(data)
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}  # older exports had more keys
         data["suppress_tokens"] = tuple(data["suppress_tokens"])
         data["begin_suppress_tokens"] = tuple(data["begin_suppress_tokens"])
         return cls(**data)
@@ -217,15 +217,22 @@ def log_softmax(x: Array) -> Array:
 
 
 def apply_logit_rules(
-    logits: Array, generated: Sequence[Sequence[int]], facts: WhisperFacts, first: bool
+    logits: Array,
+    generated: Sequence[Sequence[int]],
+    facts: WhisperFacts,
+    first: bool,
+    no_eot: Array | None = None,
 ) -> Array:
     """Mask the logits [b, vocab] of the next sampled token of each row (a copy, float32).
 
-    ``generated``: each row's sampled tokens so far (after the prompt). Order as in
-    transformers: begin-suppress, suppress, then the timestamp rules.
+    ``generated``: each row's sampled tokens so far (after the prompt). ``no_eot``: rows [b]
+    bool that may not end yet (``min_new_tokens``). Order as in transformers: min-new-tokens,
+    begin-suppress, suppress, then the timestamp rules.
     """
     scores = np.array(logits, dtype=np.float32, copy=True)
     tb = facts.timestamp_begin
+    if no_eot is not None:
+        scores[no_eot, facts.eot] = NEG_INF
     if first and facts.begin_suppress_tokens:
         scores[:, list(facts.begin_suppress_tokens)] = NEG_INF
     if facts.suppress_tokens:
@@ -263,7 +270,7 @@ def apply_logit_rules(
 
 
 class DecoderBackend(Protocol):
-    """How the loop reaches the two graphs: in-process onnxruntime or Triton BLS calls.
+    """How the loop reaches the two graphs (``OrtGraphs``: onnxruntime in this process).
 
     States (cross-attention tensors, past key/values) are opaque to the loop.
     """
@@ -277,6 +284,127 @@ class DecoderBackend(Protocol):
     def select(self, state: Any, rows: Array) -> Any:
         """Keep only ``rows`` (batch indices) of a state."""
         ...
+
+
+# onnxruntime execution providers by the short names the BLS config uses
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+class OrtGraphs:
+    """The encoder and the decoder graph in onnxruntime sessions of this process.
+
+    States are OrtValues bound with io_binding on the decoder's device: the cross-attention K/V
+    of a batch are written once by the encoder and stay there for every step, each step's
+    present K/V are the next step's past as they are, and only the logits [b, vocab] come back
+    to numpy. A step costs the decoder's compute and nothing else. (Served as separate Triton
+    models, the cross K/V of a batch of 16 windows, 590 MB at whisper-base sizes, crossed the
+    python backend's shared memory twice per step: the decode ran 2.4-3x slower.)
+
+    ``providers``: short names in order of preference (``cpu``, ``cuda``, ``tensorrt``); those
+    this onnxruntime build lacks are skipped, the CPU provider is always last.
+    ``threads``: intra-op threads per session (0: onnxruntime's default, one per core).
+    """
+
+    def __init__(
+        self,
+        encoder: str | Path,
+        decoder: str | Path,
+        facts: WhisperFacts,
+        *,
+        threads: int = 0,
+        encoder_providers: Sequence[str] = ("cpu",),
+        decoder_providers: Sequence[str] = ("cpu",),
+        device_id: int = 0,
+        trt_cache_dir: str | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.facts = facts
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        self.encoder = ort.InferenceSession(
+            str(encoder),
+            options,
+            providers=self._providers(encoder_providers, device_id, trt_cache_dir),
+        )
+        self.decoder = ort.InferenceSession(
+            str(decoder),
+            options,
+            providers=self._providers(decoder_providers, device_id, trt_cache_dir),
+        )
+        on_gpu = "CUDAExecutionProvider" in self.decoder.get_providers()
+        self.device = "cuda" if on_gpu else "cpu"
+        self.device_id = device_id if on_gpu else 0
+        n = facts.decoder_layers
+        self.cross_names = [f"cross_{k}.{i}" for i in range(n) for k in ("key", "value")]
+        self.past_names = [f"past_{k}.{i}" for i in range(n) for k in ("key", "value")]
+        self.present_names = [f"present_{k}.{i}" for i in range(n) for k in ("key", "value")]
+
+    def _providers(
+        self, names: Sequence[str], device_id: int, trt_cache_dir: str | None
+    ) -> list[Any]:
+        available = set(self._ort.get_available_providers())
+        chosen: list[Any] = []
+        for name in names:
+            provider = PROVIDERS.get(name.strip().lower())
+            if provider is None:
+                raise ValueError(f"unknown provider {name!r}; expected one of {sorted(PROVIDERS)}")
+            if provider not in available or provider == "CPUExecutionProvider":
+                continue
+            settings: dict[str, Any] = {"device_id": device_id}
+            if provider == "TensorrtExecutionProvider":
+                settings.update(trt_fp16_enable=True, trt_engine_cache_enable=True)
+                if trt_cache_dir:
+                    settings["trt_engine_cache_path"] = trt_cache_dir
+            chosen.append((provider, settings))
+        return [*chosen, "CPUExecutionProvider"]
+
+    @property
+    def providers(self) -> dict[str, list[str]]:
+        return {"encoder": self.encoder.get_providers(), "decoder": self.decoder.get_providers()}
+
+    def _value(self, array: Array) -> Any:
+        return self._ort.OrtValue.ortvalue_from_numpy(
+            np.ascontiguousarray(array), self.device, self.device_id
+        )
+
+    def encode(self, features: Array) -> list[Any]:
+        binding = self.encoder.io_binding()
+        binding.bind_cpu_input("input_features", np.ascontiguousarray(features, np.float32))
+        for name in self.cross_names:  # last_hidden_state is left unbound: not fetched
+            binding.bind_output(name, self.device, self.device_id)
+        self.encoder.run_with_iobinding(binding)
+        return list(binding.get_outputs())
+
+    def step(self, input_ids: Array, past: list[Any] | None, cross: list[Any]) -> tuple[Array, Any]:
+        f = self.facts
+        if past is None:
+            empty = self._value(
+                np.zeros((input_ids.shape[0], f.decoder_heads, 0, f.head_dim), np.float32)
+            )
+            past = [empty] * len(self.past_names)
+        binding = self.decoder.io_binding()
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, np.int64))
+        for name, value in zip(self.past_names, past, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        for name, value in zip(self.cross_names, cross, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in self.present_names:
+            binding.bind_output(name, self.device, self.device_id)
+        self.decoder.run_with_iobinding(binding)
+        logits, *presents = binding.get_outputs()
+        return np.array(logits.numpy(), dtype=np.float32), presents
+
+    def select(self, state: list[Any], rows: Array) -> list[Any]:
+        """Compaction (a few times per batch at most): through the host, rows taken in numpy."""
+        return [self._value(value.numpy()[rows]) for value in state]
 
 
 @dataclass(frozen=True)
@@ -320,13 +448,16 @@ def greedy_decode(
     facts: WhisperFacts,
     max_new_tokens: int | Sequence[int],
     compact_below: float = 0.5,
+    min_new_tokens: int | Sequence[int] = 0,
 ) -> list[DecodeResult]:
     """Batched greedy decoding with a KV cache for B windows ([B, n_mels, 3000] features).
 
     Step 1 feeds <|startoftranscript|> alone: its logits give the language (softmax over the
     language tokens) and the no-speech probability. Step 2 feeds <|lang|><|task|>; then one
     token per step, until eot or the row's ``max_new_tokens`` (one bound for all rows, or one per
-    row). Rows that finish stay in the batch (fed eot, outputs ignored) until fewer
+    row). ``min_new_tokens`` (one for all rows, or one per row): eot is suppressed until a row
+    has that many tokens, as transformers' ``min_new_tokens`` (benchmarks force equal work with
+    it; random weights rarely end on their own anyway). Rows that finish stay in the batch (fed eot, outputs ignored) until fewer
     than ``compact_below`` of the rows are live, then the states are compacted: cheap steps
     without copying the large cross-attention tensors every time a single row ends.
     """
@@ -340,6 +471,9 @@ def greedy_decode(
     if len(bounds) != batch:
         raise ValueError(f"{len(bounds)} max_new_tokens bounds for {batch} rows")
     limits = [max(0, min(int(b), room)) for b in bounds]
+    mins = [min_new_tokens] * batch if isinstance(min_new_tokens, int) else list(min_new_tokens)
+    if len(mins) != batch:
+        raise ValueError(f"{len(mins)} min_new_tokens bounds for {batch} rows")
 
     cross = backend.encode(features)
     logits, past = backend.step(np.full((batch, 1), facts.sot, dtype=np.int64), None, cross)
@@ -375,7 +509,10 @@ def greedy_decode(
     done = [False] * len(order)
     for step in range(max(limits[r] for r in live)):
         generated = [results[r].tokens for r in order]
-        scores = apply_logit_rules(np.asarray(logits), generated, facts, first=step == 0)
+        no_eot = np.array([len(results[r].tokens) < mins[r] for r in order])
+        scores = apply_logit_rules(
+            np.asarray(logits), generated, facts, first=step == 0, no_eot=no_eot
+        )
         tokens = np.argmax(scores, axis=-1)
         logprobs = log_softmax(scores)
         for row, request in enumerate(order):

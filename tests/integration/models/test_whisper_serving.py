@@ -1,10 +1,11 @@
-"""Whisper served by the real local Triton: the ``whisper`` BLS model over ``whisper_encoder`` and
-``whisper_decoder``, driven through ``AsrClient``.
+"""Whisper served by the real local Triton: the ``whisper`` BLS model (encoder and decoder graphs in
+onnxruntime sessions of its own), driven through ``AsrClient``.
 
 The tiny preset is exported into the session's model repository. Its weights are random, so
 the text is noise; what is checked is that the served loop produces exactly the tokens of the
 in-process ONNX loop on the same graphs, that bad input is handled, and that concurrent calls
-share batches on both the BLS model and the decoder.
+share batches: one BLS execution encodes and decodes several requests, every decoder step
+running for all of them at once.
 """
 
 from __future__ import annotations
@@ -19,14 +20,7 @@ import pytest
 from polydub.clients.triton import InferenceClient
 from polydub.errors import InvalidInput, PermanentError
 from polydub.export.spec import Preset, Target
-from polydub.export.whisper import (
-    BLS_MODEL,
-    DECODER_MODEL,
-    ENCODER_MODEL,
-    OrtWhisper,
-    WhisperExporter,
-    runtime,
-)
+from polydub.export.whisper import BLS_MODEL, OrtWhisper, WhisperExporter, runtime
 from polydub.languages import LANGUAGES
 from polydub.orchestrator.inference.asr import AsrClient, AudioRegion, Transcription
 from polydub.settings import Settings
@@ -41,10 +35,9 @@ MAX_NEW_TOKENS = 64  # per request (the random model never ends on its own)
 async def served(triton: InferenceClient, stack_settings: Settings) -> Path:
     repository = stack_settings.model_repository
     report = WhisperExporter().export(Preset.TINY, Target.CPU, repository)
-    assert report.token_match == {BLS_MODEL: True}
-    for model in (ENCODER_MODEL, DECODER_MODEL, BLS_MODEL):
-        await triton.load_model(model)
-        assert await triton.is_model_ready(model)
+    assert report.token_match == {BLS_MODEL: True} and report.models == [BLS_MODEL]
+    await triton.load_model(BLS_MODEL)
+    assert await triton.is_model_ready(BLS_MODEL)
     return repository
 
 
@@ -137,8 +130,8 @@ async def test_long_audio_and_packed_regions(triton: InferenceClient, served: Pa
             assert region.start <= segment.start <= segment.end <= region.start + region.duration
 
 
-async def test_concurrent_calls_share_batches_on_bls_and_decoder(
-    triton: InferenceClient, served: Path
+async def test_concurrent_calls_share_batches(
+    triton: InferenceClient, served: Path, local: OrtWhisper
 ) -> None:
     client = AsrClient(triton, max_new_tokens=MAX_NEW_TOKENS)
     rng = np.random.default_rng(11)
@@ -147,19 +140,40 @@ async def test_concurrent_calls_share_batches_on_bls_and_decoder(
         + 0.001 * rng.standard_normal(1).astype(np.float32)
         for k in range(16)
     ]
-    before = {m: await _counts(triton, m) for m in (BLS_MODEL, DECODER_MODEL, ENCODER_MODEL)}
+    before = await _counts(triton, BLS_MODEL)
     results = await asyncio.gather(
         *(client.transcribe(c, language="eng" if k % 2 else None) for k, c in enumerate(clips))
     )
-    after = {m: await _counts(triton, m) for m in (BLS_MODEL, DECODER_MODEL, ENCODER_MODEL)}
+    after = await _counts(triton, BLS_MODEL)
     assert len(results) == 16 and all(r.tokens for r in results)
-    for model in (BLS_MODEL, DECODER_MODEL, ENCODER_MODEL):
-        inferences = after[model][0] - before[model][0]
-        executions = after[model][1] - before[model][1]
-        print(f"{model}: {inferences} inferences in {executions} executions")
-        assert executions < inferences, f"{model}: {executions} runs for {inferences} rows"
-    assert after[BLS_MODEL][0] - before[BLS_MODEL][0] == 16
-    assert after[ENCODER_MODEL][0] - before[ENCODER_MODEL][0] == 16
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    print(f"{BLS_MODEL}: {inferences} inferences in {executions} executions")
+    # Each execution runs the encoder once and every decoder step once for all its requests.
+    assert inferences == 16 and executions < inferences
+    # Batch mates never change a row's tokens.
+    rt = runtime()
+    k = 3
+    [alone] = local.decode([clips[k]], [rt.DecodeOptions("en")], MAX_NEW_TOKENS)
+    assert list(results[k].tokens) == alone.tokens
+
+
+async def test_min_new_tokens_forces_the_decoded_length(
+    triton: InferenceClient, local: OrtWhisper
+) -> None:
+    """What the ASR benchmark uses to decode the same number of tokens in every system."""
+    rt = runtime()
+    speech = speak("Exactly this many tokens.", FEMALE)
+    client = AsrClient(triton, max_new_tokens=20, min_new_tokens=20)
+    result = await client.transcribe(speech, language="eng")
+    [expected] = rt.greedy_decode(
+        local,
+        rt.log_mel_spectrogram([speech], local.facts.n_mels),
+        [rt.DecodeOptions("en")],
+        local.facts,
+        20,
+        min_new_tokens=20,
+    )
+    assert list(result.tokens) == expected.tokens and len(expected.tokens) == 20
 
 
 async def test_bad_language_is_a_clear_permanent_error(triton: InferenceClient) -> None:

@@ -28,6 +28,7 @@ from polydub.export.whisper import (
     check_audio,
     check_graphs,
     consolidate_external_data,
+    graph_path,
     hf_greedy_tokens,
     runtime,
     torch_references,
@@ -245,20 +246,24 @@ def test_build_segments_from_timestamp_pairs() -> None:
 # ------------------------------------------------------------------------------- export
 
 
-def test_export_writes_three_models_with_named_tensors(
+def test_export_writes_the_bls_model_with_its_graphs(
     exported: tuple[Path, ExportReport], tiny: tuple[Any, Any, Any]
 ) -> None:
+    """One served model: the BLS, with the encoder/decoder graphs as files of its version."""
     repository, report = exported
     _, _, facts = tiny
-    assert report.models == [ENCODER_MODEL, DECODER_MODEL, BLS_MODEL]
+    assert report.models == [BLS_MODEL]
     assert report.checkpoint == "tiny-random-whisper"
+    assert sorted(p.name for p in repository.iterdir()) == [BLS_MODEL]
     for name in (ENCODER_MODEL, DECODER_MODEL):
-        assert (repository / name / "1" / "model.onnx").is_file()
-        assert (repository / name / "1" / "model_fp32.onnx").is_file()
-        assert (repository / name / "configs" / "gpu.pbtxt").is_file()
-        assert 'platform: "onnxruntime_onnx"' in (repository / name / "config.pbtxt").read_text()
+        assert graph_path(repository, name).is_file()
+        assert graph_path(repository, name, "_fp32").is_file()
     bls = repository / BLS_MODEL
-    assert 'backend: "python"' in (bls / "config.pbtxt").read_text()
+    assert (bls / "configs" / "gpu.pbtxt").is_file()
+    config = (bls / "config.pbtxt").read_text()
+    assert 'backend: "python"' in config
+    for key, value in (("encoder_file", "encoder.onnx"), ("decoder_file", "decoder.onnx")):
+        assert f'key: "{key}" value {{ string_value: "{value}" }}' in config
     assert (bls / "1" / "model.py").is_file() and (bls / "1" / "whisper_runtime.py").is_file()
     facts_json = json.loads((bls / "1" / TOKENIZER_DIR / rt.FACTS_FILE).read_text())
     assert facts_json["n_mels"] == 80 and facts_json["decoder_layers"] == 2
@@ -270,13 +275,13 @@ def test_export_writes_three_models_with_named_tensors(
             for v in (*graph.input, *graph.output)
         }
 
-    encoder = io(repository / ENCODER_MODEL / "1" / "model_fp32.onnx")
+    encoder = io(graph_path(repository, ENCODER_MODEL, "_fp32"))
     assert encoder == {
         t.name: list(t.dims)
         for t in (*encoder_spec(80, 64, 2, 4).inputs, *encoder_spec(80, 64, 2, 4).outputs)
     }
     assert encoder["cross_key.1"] == ["batch", 4, 1500, 16]
-    decoder = io(repository / DECODER_MODEL / "1" / "model_fp32.onnx")
+    decoder = io(graph_path(repository, DECODER_MODEL, "_fp32"))
     spec = decoder_spec(64, 2, 4, facts.vocab_size)
     assert decoder == {t.name: list(t.dims) for t in (*spec.inputs, *spec.outputs)}
     assert decoder["logits"] == ["batch", facts.vocab_size]
@@ -304,26 +309,26 @@ def test_gpu_fp16_graphs_stay_close_to_torch(
     model, _, facts = tiny
     paths = {}
     for name in (ENCODER_MODEL, DECODER_MODEL):
-        paths[name] = tmp_path / name / "1" / "model_fp32.onnx"
-        paths[name].parent.mkdir(parents=True)
-        shutil.copyfile(repository / name / "1" / "model_fp32.onnx", paths[name])
+        paths[name] = graph_path(tmp_path, name, "_fp32")
+        paths[name].parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(graph_path(repository, name, "_fp32"), paths[name])
     refs = torch_references(model, facts, rt.log_mel_spectrogram(check_audio(), facts.n_mels))
     report = ExportReport(family="whisper", checkpoint="tiny")
     WhisperExporter()._place_fp16(paths, refs, facts, report)
     for name in (ENCODER_MODEL, DECODER_MODEL):
-        graph = onnx.load(str(tmp_path / name / "1" / "model_fp16.onnx")).graph
+        graph = onnx.load(str(graph_path(tmp_path, name, "_fp16"))).graph
         assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
         assert graph.input[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT16  # fp32 I/O
-        assert (tmp_path / name / "1" / "model.onnx").read_bytes() == paths[name].read_bytes()
+        assert graph_path(tmp_path, name).read_bytes() == paths[name].read_bytes()
     fp16 = OrtWhisper(
-        tmp_path / ENCODER_MODEL / "1" / "model_fp16.onnx",
-        tmp_path / DECODER_MODEL / "1" / "model_fp16.onnx",
+        graph_path(tmp_path, ENCODER_MODEL, "_fp16"),
+        graph_path(tmp_path, DECODER_MODEL, "_fp16"),
         facts,
     )
     enc_diff, dec_diff = check_graphs(
         refs,
-        tmp_path / ENCODER_MODEL / "1" / "model_fp16.onnx",
-        tmp_path / DECODER_MODEL / "1" / "model_fp16.onnx",
+        graph_path(tmp_path, ENCODER_MODEL, "_fp16"),
+        graph_path(tmp_path, DECODER_MODEL, "_fp16"),
     )
     assert 0 < enc_diff <= FP16_ATOL and 0 < dec_diff <= FP16_ATOL
     [result] = fp16.decode(check_audio()[:1], [rt.DecodeOptions("en")], 8)
@@ -335,7 +340,7 @@ def test_external_data_pieces_become_one_file(
 ) -> None:
     """What a > 2 GB export looks like (one file per weight), consolidated and still equal."""
     repository, _ = exported
-    source = repository / DECODER_MODEL / "1" / "model_fp32.onnx"
+    source = graph_path(repository, DECODER_MODEL, "_fp32")
     path = tmp_path / "model_fp32.onnx"
     onnx.save_model(
         onnx.load(str(source)),
@@ -361,7 +366,7 @@ def test_onnx_greedy_loop_equals_transformers(
 ) -> None:
     repository, _ = exported
     model, _, facts = tiny
-    fp32 = OrtWhisper.from_repository(repository, "model_fp32.onnx")
+    fp32 = OrtWhisper.from_repository(repository, "_fp32")
     audio = check_audio()
     features = rt.log_mel_spectrogram(audio, facts.n_mels)
     for language, task in (("de", "translate"), (None, "transcribe")):
@@ -385,7 +390,7 @@ def test_batched_loop_with_compaction_equals_one_by_one(
     leave the others' tokens unchanged."""
     repository, _ = exported
     _, _, facts = tiny
-    fp32 = OrtWhisper.from_repository(repository, "model_fp32.onnx")
+    fp32 = OrtWhisper.from_repository(repository, "_fp32")
     audio = check_audio()
     options = [
         rt.DecodeOptions("en"),
@@ -435,6 +440,10 @@ def test_batched_loop_with_compaction_equals_one_by_one(
     assert [len(r.tokens) for r in bounded] == [3, 0, 12]
     assert bounded[0].tokens == plain[0].tokens[:3] and bounded[2].tokens == plain[2].tokens
     assert bounded[1].language == plain[1].language
+    # min_new_tokens: eot is masked until a row has that many tokens (transformers' rule).
+    forced = rt.greedy_decode(EotAfter(fp32), feats, three, facts, 12, min_new_tokens=[6, 0, 0])
+    assert [len(r.tokens) for r in forced] == [6, 12, 12]
+    assert forced[0].tokens[:2] == results[0].tokens
 
 
 def test_unknown_language_or_task_is_rejected(tiny: tuple[Any, Any, Any]) -> None:
