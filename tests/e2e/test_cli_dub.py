@@ -179,6 +179,11 @@ def test_dub_downloads_every_output_per_language(app_stack: AppStack, tmp_path: 
     again = app_stack.polydub("jobs", "show", job_id[1], "--json")
     assert json.loads(again.stdout)["status"] == "succeeded"
     assert key_file.read_text() == key  # the CLI's local key is reused, not replaced
+    fetched = app_stack.polydub("jobs", "download", job_id[1], "--out", str(tmp_path / "again"))
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    for lang in ("spa", "fra"):
+        video = f"{lang}/sample.{lang}.mp4"
+        assert (tmp_path / "again" / video).read_bytes() == (out / video).read_bytes()
 
 
 def test_remote_key_jobs_commands_and_a_failed_job(app_stack: AppStack, tmp_path: Path) -> None:
