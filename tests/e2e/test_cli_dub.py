@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -118,6 +119,7 @@ def app_stack(tiny_models: list[str], stack_settings: Settings) -> Iterator[AppS
         down = stack.polydub("stack", "down")
     assert down.returncode == 0, down.stderr
     assert _processes_under(root) == []
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_stack_up_runs_six_servers_with_the_models_loaded(app_stack: AppStack) -> None:
