@@ -243,7 +243,13 @@ class _Progress:
         if language:
             target_fraction = (self.target_done[language] + partial) / self.per_target_total
         event = await self.runner.store.progress(
-            self.job, stage.name, overall, eta, language, target_fraction
+            self.job,
+            stage.name,
+            overall,
+            eta,
+            language,
+            target_fraction,
+            stage_fraction=1.0 if done else fraction,
         )
         await self.runner.publish(self.job, event)
 

@@ -183,8 +183,15 @@ class JobStore:
         eta_seconds: float | None,
         language: str = "",
         target_fraction: float | None = None,
+        stage_fraction: float | None = None,
     ) -> dict[str, Any]:
-        event = {"stage": stage, "progress": round(fraction, 4), "eta_seconds": eta_seconds}
+        event: dict[str, Any] = {
+            "stage": stage,
+            "progress": round(fraction, 4),
+            "eta_seconds": eta_seconds,
+        }
+        if stage_fraction is not None:
+            event["stage_progress"] = round(stage_fraction, 4)  # within the stage: per-stage bars
         if language:
             event["language"] = language
             event["target_progress"] = round(target_fraction or 0.0, 4)

@@ -84,7 +84,7 @@ class JobProgress:
                         task, completed=event.target_progress or 0.0, note=event.stage or ""
                     )
             elif event.stage:
-                self._stage(event.stage)
+                self._stage(event.stage, event.stage_progress)
         elif event.type == "target" and event.language in self.language_tasks:
             task = self.language_tasks[event.language]
             if event.status == "succeeded":
@@ -93,14 +93,13 @@ class JobProgress:
                 reason = f": {event.error.message}" if event.error else ""
                 self.languages.update(task, note=f"[red]{event.status}{reason}")
 
-    def _stage(self, name: str) -> None:
-        if name == self.current_stage:
-            return
-        self._finish_stages()
-        # The stream says which stage runs, not how far along it is: a pulsing bar until the
-        # next one starts.
-        self.stage_tasks[name] = self.stages.add_task(name, total=None, note="running")
-        self.current_stage = name
+    def _stage(self, name: str, fraction: float | None) -> None:
+        if name != self.current_stage:
+            self._finish_stages()
+            self.stage_tasks[name] = self.stages.add_task(name, total=1.0, note="running")
+            self.current_stage = name
+        if fraction is not None:
+            self.stages.update(self.stage_tasks[name], completed=fraction)
 
     def _finish_stages(self) -> None:
         for task in self.stage_tasks.values():

@@ -89,6 +89,7 @@ class JobEvent(BaseModel):
     eta_seconds: float | None = None
     language: str | None = None
     target_progress: float | None = None
+    stage_progress: float | None = None  # within the stage named by ``stage``
     error: ErrorInfo | None = None
 
     @property
