@@ -27,12 +27,19 @@ if [ ! -x .venv/bin/python ]; then
 fi
 pip=(.venv/bin/python -m pip -q --disable-pip-version-check)
 
-# torch first and CPU-only: a plain "pip install torch" elsewhere would pull several GB of CUDA.
-# A wheel on the machine's configured find-links is used if present, else PyTorch's CPU index.
+# torch first and CPU-only: a plain "pip install torch" from PyPI would pull several GB of CUDA.
+# A CPU wheel on this machine's configured find-links is used when there is one (it sorts above
+# the PyPI build: 2.13.0+cpu > 2.13.0); otherwise PyTorch's CPU index provides it.
 if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
   log "installing torch 2.13.0 (CPU build)"
-  "${pip[@]}" install --no-index torch==2.13.0 2>/dev/null \
-    || "${pip[@]}" install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+  probe_dir=$(mktemp -d)
+  if "${pip[@]}" download --no-deps --no-index -d "$probe_dir" torch==2.13.0 >/dev/null 2>&1; then
+    "${pip[@]}" install torch==2.13.0
+  else
+    "${pip[@]}" install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+      --extra-index-url https://pypi.org/simple
+  fi
+  rm -rf "$probe_dir"
 fi
 
 stamp=.venv/.polydub-installed
