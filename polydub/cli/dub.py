@@ -99,7 +99,8 @@ class JobProgress:
             self.stage_tasks[name] = self.stages.add_task(name, total=1.0, note="running")
             self.current_stage = name
         if fraction is not None:
-            self.stages.update(self.stage_tasks[name], completed=fraction)
+            note = "[green]done" if fraction >= 1.0 else "running"
+            self.stages.update(self.stage_tasks[name], completed=fraction, note=note)
 
     def _finish_stages(self) -> None:
         for task in self.stage_tasks.values():
