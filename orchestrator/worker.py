@@ -4,7 +4,10 @@ Delivery rules (see polydub.errors for the classification):
 - success, a terminal job, or a cancel: ack;
 - a retryable error: nak with a growing delay, until MaxDeliver; the last try fails the job;
 - a permanent error: the job fails with its reason, and the message is term()'d;
-- fenced out by a newer attempt: neither ack nor nak (the newer delivery owns the message).
+- fenced out by a newer attempt: neither ack nor nak (the newer delivery owns the message);
+- the last delivery lost with its worker (killed, OOM, stalled past the ack wait): JetStream
+  stops redelivering and publishes a MaxDeliveries advisory; any worker hearing it fails the job
+  (``worker_lost``), so it never stays 'running' with no message left to run it.
 While a job runs, a heartbeat task calls in_progress() so the ack wait never lapses; it stops if
 the job makes no progress for ``stall_seconds`` so that a wedged worker loses the job.
 SIGTERM: stop fetching, let running jobs finish for ``drain_seconds``, nak the rest.
@@ -28,7 +31,7 @@ from nats.js import JetStreamContext
 from opentelemetry.trace import SpanKind
 
 from polydub.clients.queue import WORKER_CONSUMER, ConsumerPolicy, progress_subject
-from polydub.errors import classify
+from polydub.errors import PermanentError, classify
 from polydub.logging import log_context
 from polydub.orchestrator.pipeline import PipelineRunner
 from polydub.orchestrator.state import Cancelled, Fenced, JobRecord, JobStore
@@ -38,6 +41,9 @@ from polydub.telemetry.propagation import extract_context
 from polydub.telemetry.tracing import mark_error, span
 
 log = logging.getLogger(__name__)
+
+# Published by JetStream when a message reaches the consumer's MaxDeliver without an ack.
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,22 @@ class Worker:
 
     async def run(self) -> None:
         sub = await self.js.pull_subscribe_bind(WORKER_CONSUMER, stream=self.settings.jobs_stream)
+        # A job whose last delivery dies with its worker (kill -9, OOM, a stall) is never
+        # redelivered, and no worker is left to fail it: JetStream only says so in an advisory.
+        advisories = await self.nc.subscribe(
+            MAX_DELIVERIES_ADVISORY.format(
+                stream=self.settings.jobs_stream, consumer=WORKER_CONSUMER
+            ),
+            cb=self._on_max_deliveries,
+        )
+        try:
+            await self._consume(sub)
+        finally:
+            with contextlib.suppress(Exception):
+                await advisories.unsubscribe()
+        await self.drain()
+
+    async def _consume(self, sub: Any) -> None:
         slots = asyncio.Semaphore(self.options.concurrency)
         while not self.stopping.is_set():
             await slots.acquire()
@@ -102,7 +124,38 @@ class Worker:
                     slots.release()
 
                 task.add_done_callback(done)
-        await self.drain()
+
+    async def _on_max_deliveries(self, advisory: Msg) -> None:
+        """Fail a job JetStream gave up on (every worker of the stream hears this; the first
+        to commit the terminal state wins, the others change nothing)."""
+        try:
+            info = json.loads(advisory.data)
+            seq = int(info["stream_seq"])
+            stored = await self.js.get_msg(self.settings.jobs_stream, seq)
+            job_id = uuid.UUID(json.loads(stored.data or b"{}")["job_id"])
+        except Exception as exc:
+            log.warning("unreadable max-deliveries advisory", extra={"error": str(exc)})
+            return
+        error = PermanentError(
+            f"gave up after {info.get('deliveries')} deliveries: the worker running the job "
+            "stopped each time (killed, out of memory or stalled) before it finished",
+            code="worker_lost",
+        )
+        with log_context(job_id=str(job_id)):
+            try:
+                event = await self.store.finish_job(job_id, "failed", error, fenced=False)
+            except Exception as exc:  # the job's message stays; a reconciler could retry
+                log.error("could not fail a job past max deliveries", extra={"error": str(exc)})
+                return
+            if event:
+                log.error("job failed", extra={"code": error.code, "error": error.message})
+                with contextlib.suppress(Exception):
+                    await self.nc.publish(
+                        progress_subject(self.settings, str(job_id)),
+                        json.dumps({"job_id": str(job_id), **event}, default=str).encode(),
+                    )
+            with contextlib.suppress(Exception):  # another worker may have deleted it first
+                await self.js.delete_msg(self.settings.jobs_stream, seq)
 
     async def drain(self) -> None:
         if not self.in_flight:

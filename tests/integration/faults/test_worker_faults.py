@@ -15,6 +15,7 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
 import pytest
@@ -38,6 +39,8 @@ from tests.integration.faults.conftest import (
 
 pytestmark = pytest.mark.integration
 
+T = TypeVar("T")
+
 JOB_STAGES = ("validate", "extract_audio", "diarize", "transcribe", "gender")
 TARGET_STAGES = ("translate", "assign_voices", "synthesize", "mix", "mux", "subtitles")
 
@@ -58,6 +61,11 @@ async def running_mid_job(pool: asyncpg.Pool, job_id: str, finished: int) -> str
     done = [r for r in rows if r["status"] == "succeeded"]
     running = [r["stage"] for r in rows if r["status"] == "running"]
     return running[0] if len(done) >= finished and running else None
+
+
+async def running_in_attempt(pool: asyncpg.Pool, job_id: str, attempt: int) -> bool:
+    rows = await stage_rows(pool, job_id)
+    return any(r["status"] == "running" and r["attempt"] == attempt for r in rows)
 
 
 async def check_resumed_once(
@@ -209,8 +217,61 @@ async def test_sigstop_past_the_ack_wait_fences_the_stale_worker(
         await api.http.aclose()
 
 
-def _async(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
-    async def run() -> bool:
-        return bool(check())
+def _async(check: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    async def run() -> T:
+        return check()
 
     return run
+
+
+async def test_a_job_whose_worker_dies_on_every_delivery_fails_with_a_reason(
+    local: Deployment,
+    services: Stack,
+    tiny_models: list[str],
+    db_pool: asyncpg.Pool,
+    clip: bytes,
+    receiver: tuple[Receiver, Served],
+) -> None:
+    """A poison job (say, one that gets its worker OOM-killed): after MaxDeliver deliveries
+    JetStream stops redelivering it; it must end failed with a reason, not stay 'running'."""
+    hook, hook_server = receiver
+    api_proc = local.start_api()
+
+    def worker(name: str) -> Proc:
+        return local.start_worker(
+            name, concurrency=1, ack_wait=ACK_WAIT, max_deliver=2, retry_delay=RETRY_DELAY
+        )
+
+    first = worker("worker-1")
+    local.wait_api(api_proc)
+    local.wait_worker(first)
+    api = await open_api(local, db_pool)
+    try:
+        job_id = await api.submit(clip, callback=f"{hook_server.url}/hook")
+        await wait_until(lambda: running_mid_job(db_pool, job_id, 1), 60, 0.02)
+        first.kill9()  # delivery 1 of 2
+        # Two workers now, as in a deployment: one gets delivery 2 and dies with it, the
+        # other has nothing to run but hears JetStream give up on the job.
+        pair = [worker("worker-2"), worker("worker-3")]
+
+        def holder() -> Proc | None:
+            for proc in pair:
+                for record in proc.log_records():
+                    if record.get("msg") == "job started" and record.get("job_id") == job_id:
+                        return proc
+            return None
+
+        second = await wait_until(_async(holder), 60, 0.05)
+        await wait_until(lambda: running_in_attempt(db_pool, job_id, 2), 60, 0.02)
+        second.kill9()  # delivery 2 of 2: JetStream will not deliver it again
+        survivor = next(p for p in pair if p is not second)
+        await wait_terminal(db_pool, [job_id], ACK_WAIT * 3 + 30)
+        job = (await api.http.get(f"/api/v1/jobs/{job_id}")).json()
+        assert job["status"] == "failed", job
+        assert job["error"]["code"] == "worker_lost" and "2 deliveries" in job["error"]["message"]
+        assert await terminal_events(db_pool, job_id) == ["failed"]
+        await wait_until(lambda: _has(hook, job_id), 20, 0.1)
+        assert webhook_counts(hook) == {(job_id, "failed"): 1}
+        assert survivor.alive()
+    finally:
+        await api.http.aclose()
