@@ -99,17 +99,16 @@ class Worker:
         try:
             await self._consume(sub)
         finally:
-            with contextlib.suppress(Exception):
-                await advisories.unsubscribe()
+            # Unsubscribed, the connection's drain on shutdown returns at once instead of
+            # waiting out its timeout on a pull subscription nobody fetches from.
+            for subscription in (advisories, sub):
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
         await self.drain()
 
     async def _consume(self, sub: Any) -> None:
         slots = asyncio.Semaphore(self.options.concurrency)
-        while not self.stopping.is_set():
-            await slots.acquire()
-            if self.stopping.is_set():
-                slots.release()
-                break
+        while await self._free_slot(slots):
             try:
                 msgs = await sub.fetch(1, timeout=1.0)
             except Exception:  # timeout with no message, or NATS reconnecting
@@ -124,6 +123,21 @@ class Worker:
                     slots.release()
 
                 task.add_done_callback(done)
+
+    async def _free_slot(self, slots: asyncio.Semaphore) -> bool:
+        """Wait for room for one more job; False once stopping (even while every slot is busy,
+        so that SIGTERM reaches drain() instead of waiting for a job to end)."""
+        acquire = asyncio.ensure_future(slots.acquire())
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait({acquire, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not self.stopping.is_set():
+            return True
+        if acquire.done() and not acquire.cancelled():
+            slots.release()
+        else:
+            acquire.cancel()
+        return False
 
     async def _on_max_deliveries(self, advisory: Msg) -> None:
         """Fail a job JetStream gave up on (every worker of the stream hears this; the first

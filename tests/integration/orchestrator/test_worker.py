@@ -292,6 +292,8 @@ async def test_sigterm_drain_naks_the_running_job_for_another_worker(
 ) -> None:  # type: ignore[no-untyped-def]
     stuck = Script(gate=asyncio.Event())
     first = make_worker(env, db_pool, stuck, tmp_path / "a")
+    # Every slot busy: stop() must still reach the drain, not wait for the job to end.
+    first.options = WorkerOptions(concurrency=1, drain_seconds=0.5, policy=env["policy"])
     first_task = await running(first)
     job_id = await submit(env, db_pool, ["fra"])
     await asyncio.wait_for(stuck.entered_slow.wait(), 10)
