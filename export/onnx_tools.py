@@ -42,7 +42,9 @@ def quantize_int8(src: Path, dst: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    quantize_dynamic(
+        str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+    )
     return dst
 
 
@@ -58,7 +60,9 @@ def convert_fp16(src: Path, dst: Path) -> Path:
     return dst
 
 
-def run_onnx(path: Path, feeds: Mapping[str, NDArray[Any]], outputs: Sequence[str] | None = None) -> list[NDArray[Any]]:
+def run_onnx(
+    path: Path, feeds: Mapping[str, NDArray[Any]], outputs: Sequence[str] | None = None
+) -> list[NDArray[Any]]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()

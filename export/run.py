@@ -9,8 +9,11 @@ from polydub.export.registry import FAMILIES, get_family
 from polydub.export.spec import ExportReport, Preset, Target
 
 
-def export_all(preset: Preset, target: Target, repository: Path,
-               families: list[str] | None = None) -> list[ExportReport]:
+def export_all(
+    preset: Preset, target: Target, repository: Path, families: list[str] | None = None
+) -> list[ExportReport]:
     resolved = resolve_preset(preset)
     repository.mkdir(parents=True, exist_ok=True)
-    return [get_family(name).export(resolved, target, repository) for name in families or list(FAMILIES)]
+    return [
+        get_family(name).export(resolved, target, repository) for name in families or list(FAMILIES)
+    ]
