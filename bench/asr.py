@@ -17,8 +17,13 @@ layers, 8 heads, 80 mels, vocabulary 51865) and fixed-seed random weights, built
 cost is in the shapes. Random weights rarely emit end-of-text, and every system is forced to
 decode exactly ``--tokens`` tokens per clip anyway (min = max new tokens, or end-of-text
 suppressed); the decoded counts are printed. Every system times its own feature extraction.
+Concurrency 1 decodes 2 clips one after the other (``--min-clips``), 4 and 16 that many clips.
 
-    .venv/bin/python -m bench.asr [--tokens 96] [--levels 1,4,16] [--threads 2]
+The machine may be shared: every system runs once per level per round, rounds repeat
+(``--repeat``, default 3): the headline figure is the best round (other processes only add time),
+the median is printed beside it; the load average is recorded with every round.
+
+    .venv/bin/python -m bench.asr [--tokens 96] [--levels 1,4,16] [--threads 2] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,14 +83,18 @@ class Run:
     concurrency: int
     clips: int
     audio_s: float
-    wall_s: float  # the median of ``walls``
+    wall_s: float  # the best (least disturbed) of ``walls``
     tokens: list[int] = field(default_factory=list)  # decoded per clip
-    walls: list[float] = field(default_factory=list)  # every repeat
-    load: float = 0.0  # 1-minute load average when the run ended
+    walls: list[float] = field(default_factory=list)  # every round
+    loads: list[float] = field(default_factory=list)  # 1-minute load average after each
 
     @property
     def throughput(self) -> float:
         return self.audio_s / self.wall_s
+
+    @property
+    def median_throughput(self) -> float:
+        return self.audio_s / float(np.median(self.walls))
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -182,108 +191,65 @@ def audio_seconds(clips: Sequence[Audio]) -> float:
 
 # ------------------------------------------------------------------------------ systems
 
+# A system decodes ``clips`` with ``level`` of them in flight (or batched) and returns the
+# number of tokens decoded per clip.
+Decode = Callable[[Sequence[Audio], int], Awaitable[list[int]]]
 
-Measure = Callable[[Sequence[Audio], int], list[int]]  # (clips, level) -> tokens per clip
+
+def batched(decode: Callable[[Sequence[Audio]], list[int]]) -> Decode:
+    """Batch systems: ``level`` clips per batch, batches one after the other."""
+
+    async def run(clips: Sequence[Audio], level: int) -> list[int]:
+        return [n for batch in batches(clips, level) for n in decode(batch)]
+
+    return run
 
 
-async def served_and_local(
-    settings: Any,
-    clips: Sequence[Audio],
-    levels: Sequence[int],
-    tokens: int,
-    threads: int,
-    min_clips: int,
-    repeat: int,
-) -> tuple[list[Run], dict[str, Any]]:
-    """Triton and the same graphs + loop in this process, measured in turns (``repeat`` times
-    each, interleaved, so both see the same machine load): the serving overhead."""
-    from polydub.clients.triton import InferenceClient
+def triton_system(client: Any) -> Decode:
+    """One ``AsrClient.transcribe`` per clip, ``level`` requests in flight."""
+
+    async def run(clips: Sequence[Audio], level: int) -> list[int]:
+        gate = asyncio.Semaphore(level)
+
+        async def one(clip: Audio) -> int:
+            async with gate:
+                return len((await client.transcribe(clip, language="eng")).tokens)
+
+        return list(await asyncio.gather(*(one(c) for c in clips)))
+
+    return run
+
+
+def onnxruntime_system(repository: Path, tokens: int, threads: int) -> Decode:
+    """The served graphs, sessions and loop (``OrtWhisper`` = the BLS's ``OrtGraphs``), here."""
     from polydub.export.whisper import OrtWhisper, runtime
-    from polydub.orchestrator.inference.asr import AsrClient
 
     rt = runtime()
-    local = OrtWhisper.from_repository(settings.model_repository, threads=threads)
+    local = OrtWhisper.from_repository(repository, threads=threads)
     options = rt.DecodeOptions("en", "transcribe")
 
-    def decode_local(batch: Sequence[Audio], n: int) -> list[int]:
+    def decode(batch: Sequence[Audio]) -> list[int]:
         features = rt.log_mel_spectrogram(batch, local.facts.n_mels)
         results = rt.greedy_decode(
-            local, features, [options] * len(batch), local.facts, n, min_new_tokens=n
+            local, features, [options] * len(batch), local.facts, tokens, min_new_tokens=tokens
         )
         return [len(r.tokens) for r in results]
 
-    def run_local(chosen: Sequence[Audio], level: int) -> list[int]:
-        return [n for batch in batches(chosen, level) for n in decode_local(batch, tokens)]
-
-    runs: dict[tuple[str, int], Run] = {}
-
-    def record(system: str, level: int, chosen: Sequence[Audio], wall: float, n: list[int]) -> None:
-        run = runs.setdefault(
-            (system, level), Run(system, level, len(chosen), audio_seconds(chosen), 0.0, n)
-        )
-        run.walls.append(wall)
-        run.wall_s = float(np.median(run.walls))
-        run.load = os.getloadavg()[0]
-        assert run.tokens == n, f"{system}: token counts changed between repeats"
-
-    async with InferenceClient(settings.triton_url) as triton:
-        client = AsrClient(triton, max_new_tokens=tokens, min_new_tokens=tokens)
-
-        async def run_served(chosen: Sequence[Audio], level: int) -> list[int]:
-            gate = asyncio.Semaphore(level)
-
-            async def one(clip: Audio) -> int:
-                async with gate:
-                    return len((await client.transcribe(clip, language="eng")).tokens)
-
-            return list(await asyncio.gather(*(one(c) for c in chosen)))
-
-        await run_served(clips[:1], 1)  # warm-up: one full decode each
-        decode_local(clips[:1], tokens)
-        before = await triton.statistics("whisper")
-        for level in levels:
-            chosen = clips_at(clips, level, min_clips)
-            for _ in range(repeat):
-                started = time.perf_counter()
-                counts = await run_served(chosen, level)
-                record("triton", level, chosen, time.perf_counter() - started, counts)
-                started = time.perf_counter()
-                counts = run_local(chosen, level)
-                record("onnxruntime", level, chosen, time.perf_counter() - started, counts)
-        after = await triton.statistics("whisper")
-    batching = {
-        key: int(after.get(key, 0)) - int(before.get(key, 0))
-        for key in ("inference_count", "execution_count")
-    }
-    ordered = [runs[(s, level)] for s in ("triton", "onnxruntime") for level in levels]
-    return ordered, batching
+    return batched(decode)
 
 
-def bench_faster_whisper(
-    checkpoint: Path,
-    clips: Sequence[Audio],
-    levels: Sequence[int],
-    tokens: int,
-    threads: int,
-    min_clips: int,
-) -> tuple[list[Run], float]:
+def faster_whisper_system(converted: Path, checkpoint: Path, tokens: int, threads: int) -> Decode:
     import ctranslate2
     from faster_whisper import WhisperModel
     from faster_whisper.feature_extractor import FeatureExtractor
 
-    converted = checkpoint.parent / "ct2-int8"
-    started = time.perf_counter()
-    ctranslate2.converters.TransformersConverter(
-        str(checkpoint), copy_files=["tokenizer.json"]
-    ).convert(str(converted), quantization="int8", force=True)
-    convert_s = time.perf_counter() - started
     model = WhisperModel(str(converted), device="cpu", compute_type="int8", cpu_threads=threads)
     extractor = FeatureExtractor(feature_size=BASE_DIMS["num_mel_bins"])
     ids = token_ids(checkpoint)
     prompt = [ids["sot"], ids["en"], ids["transcribe"]]  # timestamps on: no <|notimestamps|>
+    window = 30 * SAMPLE_RATE
 
-    def decode(batch: Sequence[Audio], n: int) -> list[int]:
-        window = 30 * SAMPLE_RATE
+    def decode(batch: Sequence[Audio]) -> list[int]:
         features = np.stack(
             [extractor(np.pad(a, (0, window - a.size)))[:, : window // 160] for a in batch]
         )
@@ -292,24 +258,25 @@ def bench_faster_whisper(
             [prompt] * len(batch),
             beam_size=1,
             # CTranslate2 decodes at most max_length / 2 new tokens for Whisper (whisper.cc)
-            max_length=2 * n,
+            max_length=2 * tokens,
             suppress_tokens=[-1, ids["eot"]],
             return_no_speech_prob=True,
         )
         return [len(r.sequences_ids[0]) for r in results]
 
-    decode(clips[:1], tokens)  # warm-up: one full decode
-    return _batched("faster-whisper", clips, levels, tokens, min_clips, decode), convert_s
+    return batched(decode)
 
 
-def bench_transformers(
-    checkpoint: Path,
-    clips: Sequence[Audio],
-    levels: Sequence[int],
-    tokens: int,
-    threads: int,
-    min_clips: int,
-) -> list[Run]:
+def convert_ct2(checkpoint: Path, out: Path) -> None:
+    import ctranslate2
+
+    converter = ctranslate2.converters.TransformersConverter(
+        str(checkpoint), copy_files=["tokenizer.json"]
+    )
+    converter.convert(str(out), quantization="int8", force=True)
+
+
+def transformers_system(checkpoint: Path, tokens: int, threads: int) -> Decode:
     import torch
     import transformers
     from transformers import GenerationMixin, LogitsProcessorList, WhisperForConditionalGeneration
@@ -336,7 +303,7 @@ def bench_transformers(
     generation.begin_suppress_tokens = None
     ids = token_ids(checkpoint)
 
-    def decode(batch: Sequence[Audio], n: int) -> list[int]:
+    def decode(batch: Sequence[Audio]) -> list[int]:
         features = extractor(
             list(batch), sampling_rate=SAMPLE_RATE, return_tensors="pt"
         ).input_features
@@ -348,39 +315,51 @@ def bench_transformers(
                 decoder_input_ids=prompt,
                 logits_processor=processors,
                 generation_config=generation,
-                max_new_tokens=n,
-                min_new_tokens=n,
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
                 do_sample=False,
                 num_beams=1,
             )
         generated = sequences[:, prompt.shape[1] :].tolist()
         return [len([t for t in row if t != ids["eot"]]) for row in generated]
 
-    decode(clips[:1], tokens)  # warm-up: one full decode
-    return _batched("transformers", clips, levels, tokens, min_clips, decode)
+    return batched(decode)
 
 
-def _batched(
-    system: str,
+async def measure(
+    systems: dict[str, Decode],
     clips: Sequence[Audio],
     levels: Sequence[int],
-    tokens: int,
     min_clips: int,
-    decode: Callable[[Sequence[Audio], int], list[int]],
+    repeat: int,
+    pause_s: float = 1.0,
 ) -> list[Run]:
-    """Batch systems: ``concurrency`` clips per batch, batches one after the other."""
-    runs = []
-    for level in levels:
-        chosen = clips_at(clips, level, min_clips)
-        counts: list[int] = []
-        started = time.perf_counter()
-        for batch in batches(chosen, level):
-            counts += decode(batch, tokens)
-        wall = time.perf_counter() - started
-        run = Run(system, level, len(chosen), audio_seconds(chosen), wall, counts, [wall])
-        run.load = os.getloadavg()[0]
-        runs.append(run)
-    return runs
+    """Rounds of every (level, system) in turn, ``repeat`` rounds: on a shared machine the load
+    swings, and interleaving spreads it over all systems. Other processes only ever add time, so
+    the headline figure is each run's best round; the median is kept too.
+    ``pause_s`` between runs lets the previous system's spinning threads go idle."""
+    runs: dict[tuple[str, int], Run] = {}
+    for decode in systems.values():  # warm-up: one full decode each
+        await decode(clips[:1], 1)
+    for _ in range(repeat):
+        for level in levels:
+            chosen = clips_at(clips, level, min_clips)
+            for name, decode in systems.items():
+                await asyncio.sleep(pause_s)
+                started = time.perf_counter()
+                counts = await decode(chosen, level)
+                wall = time.perf_counter() - started
+                key = (name, level)
+                if key not in runs:
+                    runs[key] = Run(name, level, len(chosen), audio_seconds(chosen), 0.0, counts)
+                run = runs[key]
+                if run.tokens != counts:
+                    raise AssertionError(f"{name}: token counts changed between rounds")
+                run.walls.append(wall)
+                run.wall_s = min(run.walls)
+                run.loads.append(round(os.getloadavg()[0], 2))
+                print(f"  {name} x{level}: {wall:.2f}s (load {run.loads[-1]:.1f})", flush=True)
+    return [runs[(name, level)] for name in systems for level in levels]
 
 
 # ------------------------------------------------------------------------------ the run
@@ -393,19 +372,18 @@ def _load() -> str:
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     from polydub.clients.triton import InferenceClient
     from polydub.export.spec import Target
-    from polydub.export.whisper import MODELS, WhisperExporter
+    from polydub.export.whisper import BLS_MODEL, MODELS, WhisperExporter
+    from polydub.orchestrator.inference.asr import AsrClient
 
     levels = [int(x) for x in args.levels.split(",")]
-    systems = [s for s in args.systems.split(",") if s]
-    unknown = set(systems) - set(SYSTEMS)
+    others = [s for s in args.systems.split(",") if s]
+    unknown = set(others) - set(SYSTEMS)
     if unknown:
         raise SystemExit(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
     clips = make_clips(max(max(levels), args.min_clips))
     work = Path(tempfile.mkdtemp(prefix="polydub-bench-asr-"))
     checkpoint = work / "checkpoint"
     build_checkpoint(checkpoint)
-    load_before = _load()
-    runs: list[Run] = []
     notes: dict[str, Any] = {}
     try:
         with private_stack(["triton"]) as settings:
@@ -419,21 +397,30 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             async with InferenceClient(settings.triton_url) as triton:
                 for model in MODELS:
                     await triton.load_model(model)
-            served, batching = await served_and_local(
-                settings, clips, levels, args.tokens, args.threads, args.min_clips, args.repeat
-            )
-            runs += served
-            notes["triton_whisper_batching"] = batching
-        if "faster-whisper" in systems:
-            fw, convert_s = bench_faster_whisper(
-                checkpoint, clips, levels, args.tokens, args.threads, args.min_clips
-            )
-            runs += fw
-            notes["ct2_convert_s"] = round(convert_s, 1)
-        if "transformers" in systems:
-            runs += bench_transformers(
-                checkpoint, clips, levels, args.tokens, args.threads, args.min_clips
-            )
+                client = AsrClient(triton, max_new_tokens=args.tokens, min_new_tokens=args.tokens)
+                systems = {
+                    "triton": triton_system(client),
+                    "onnxruntime": onnxruntime_system(repository, args.tokens, args.threads),
+                }
+                if "faster-whisper" in others:
+                    started = time.perf_counter()
+                    convert_ct2(checkpoint, work / "ct2-int8")
+                    notes["ct2_convert_s"] = round(time.perf_counter() - started, 1)
+                    systems["faster-whisper"] = faster_whisper_system(
+                        work / "ct2-int8", checkpoint, args.tokens, args.threads
+                    )
+                if "transformers" in others:
+                    systems["transformers"] = transformers_system(
+                        checkpoint, args.tokens, args.threads
+                    )
+                load_before = _load()
+                before = await triton.statistics(BLS_MODEL)
+                runs = await measure(systems, clips, levels, args.min_clips, args.repeat)
+                after = await triton.statistics(BLS_MODEL)
+                notes["triton_whisper_batching"] = {
+                    key: int(after.get(key, 0)) - int(before.get(key, 0))
+                    for key in ("inference_count", "execution_count")
+                }
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {
@@ -444,12 +431,20 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "load_average_after": _load(),
         "threads": THREADS.format(n=args.threads),
         "notes": notes,
-        "runs": [{**asdict(r), "throughput": round(r.throughput, 2)} for r in runs],
+        "runs": [
+            {
+                **asdict(r),
+                "throughput": round(r.throughput, 2),
+                "median_throughput": round(r.median_throughput, 2),
+            }
+            for r in runs
+        ],
         "summary": summarize(runs, levels),
     }
 
 
 def summarize(runs: Sequence[Run], levels: Sequence[int]) -> dict[str, Any]:
+    """Ratios of best rounds (serving overhead also of the rounds pairwise: same load)."""
     by = {(r.system, r.concurrency): r for r in runs}
     out: dict[str, Any] = {}
     for level in levels:
@@ -457,6 +452,8 @@ def summarize(runs: Sequence[Run], levels: Sequence[int]) -> dict[str, Any]:
         served, local = by.get(("triton", level)), by.get(("onnxruntime", level))
         if served and local:
             row["serving_overhead"] = round(served.wall_s / local.wall_s - 1, 3)
+            pairs = [t / o - 1 for t, o in zip(served.walls, local.walls, strict=True)]
+            row["serving_overhead_per_round"] = [round(x, 3) for x in pairs]
         fw, hf = by.get(("faster-whisper", level)), by.get(("transformers", level))
         if served and fw:
             row["triton_vs_faster_whisper"] = round(served.throughput / fw.throughput, 2)
@@ -476,14 +473,16 @@ def print_table(result: dict[str, Any]) -> None:
           f"system; load average {result['load_average_before']} -> "
           f"{result['load_average_after']}")  # fmt: skip
     print(f"threads: {result['threads']}")
-    print(f"{'system':<16}{'conc.':>6}{'clips':>6}{'audio s':>9}{'wall s':>9}"
-          f"{'audio s/s':>11}{'tokens':>8}{'load':>6}  per clip / walls")  # fmt: skip
+    print("audio s/s: best round (median of rounds); walls and load average of every round")
+    print(f"{'system':<16}{'conc.':>6}{'clips':>6}{'audio s':>9}{'best s':>8}"
+          f"{'audio s/s':>18}{'tokens':>8}  per clip, walls, loads")  # fmt: skip
     for r in runs:
         per_clip = sorted(set(r["tokens"]))
         walls = [round(w, 2) for w in r["walls"]]
+        speed = f"{r['throughput']:.2f} ({r['median_throughput']:.2f})"
         print(f"{r['system']:<16}{r['concurrency']:>6}{r['clips']:>6}{r['audio_s']:>9.1f}"
-              f"{r['wall_s']:>9.2f}{r['throughput']:>11.2f}{sum(r['tokens']):>8}"
-              f"{r['load']:>6.1f}  {per_clip} {walls}")  # fmt: skip
+              f"{r['wall_s']:>8.2f}{speed:>18}{sum(r['tokens']):>8}  "
+              f"{per_clip} {walls} {r['loads']}")  # fmt: skip
     for level, row in result["summary"].items():
         parts = [f"{k} {v}" for k, v in row.items()]
         print(f"concurrency {level}: " + ", ".join(parts))
@@ -499,7 +498,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--min-clips", type=int, default=2, help="clips per level at least (level 1: sequential)"
     )
     parser.add_argument(
-        "--repeat", type=int, default=3, help="triton / in-process runs per level (median)"
+        "--repeat", type=int, default=3, help="rounds over every system and level (median)"
     )
     parser.add_argument(
         "--systems", default=",".join(SYSTEMS), help="comparisons besides triton and onnxruntime"

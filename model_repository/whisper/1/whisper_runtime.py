@@ -384,15 +384,15 @@ class OrtGraphs:
 
     def step(self, input_ids: Array, past: list[Any] | None, cross: list[Any]) -> tuple[Array, Any]:
         f = self.facts
-        if past is None:
-            empty = self._value(
-                np.zeros((input_ids.shape[0], f.decoder_heads, 0, f.head_dim), np.float32)
-            )
-            past = [empty] * len(self.past_names)
         binding = self.decoder.io_binding()
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, np.int64))
-        for name, value in zip(self.past_names, past, strict=True):
-            binding.bind_ortvalue_input(name, value)
+        if past is None:  # the first step: an empty past (length 0), from the host
+            empty = np.zeros((input_ids.shape[0], f.decoder_heads, 0, f.head_dim), np.float32)
+            for name in self.past_names:
+                binding.bind_cpu_input(name, empty)
+        else:
+            for name, value in zip(self.past_names, past, strict=True):
+                binding.bind_ortvalue_input(name, value)
         for name, value in zip(self.cross_names, cross, strict=True):
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits", "cpu")
