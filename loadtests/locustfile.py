@@ -52,6 +52,7 @@ _key_turn = itertools.count()
 # key -> ids of the jobs submitted with it (a key sees only its own jobs: others answer 404)
 JOBS: dict[str, list[str]] = {key: [] for key in KEYS}
 FINISHED: dict[str, list[str]] = {key: [] for key in KEYS}  # succeeded, with outputs
+SEEDED: set[str] = set()  # keys a Poller has submitted a job with
 
 
 def multipart(fields: dict[str, str], payload: bytes) -> tuple[bytes, str]:
@@ -217,7 +218,8 @@ class Poller(PolydubUser):
 
     def on_start(self) -> None:
         super().on_start()
-        if not JOBS[self.key]:
+        if self.key not in SEEDED:  # one job per key to poll, not one per user
+            SEEDED.add(self.key)
             self.submit()
 
     @task
