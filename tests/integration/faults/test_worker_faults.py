@@ -124,8 +124,8 @@ async def test_kill_9_mid_stage_resumes_on_another_worker(
     try:
         job_id = await api.submit(clip, callback=f"{hook_server.url}/hook")
         stage = await wait_until(lambda: running_mid_job(db_pool, job_id, 3), 60, 0.02)
-        cut = time.time()
         first.kill9()  # no drain, no nak: the message waits for its ack wait to lapse
+        cut = time.time()  # after the kill: whatever attempt 1 finished, it finished before
         killed_at = time.monotonic()
         second = start_worker(local, "worker-b")
         await wait_terminal(db_pool, [job_id], 120)
