@@ -7,6 +7,7 @@ another test run), and stops them at the end. Set POLYDUB_TEST_STACK_DIR to keep
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tempfile
@@ -74,6 +75,31 @@ def triton_server(stack_settings: Settings) -> Iterator[Stack]:
     try:
         stack.up()
         yield stack
+    finally:
+        stack.down()
+
+
+@contextlib.contextmanager
+def own_triton(stack_settings: Settings, root: Path) -> Iterator[Settings]:
+    """A Triton of its own on free ports with an empty repository under ``root``: for tests
+    that must know exactly which models are loaded (the session's Triton is shared)."""
+    root.chmod(0o755)
+    settings = stack_settings.model_copy(
+        update={
+            "stack_dir": root,
+            "model_repository": root / "model_repository",
+            "triton_http_port": free_port(),
+            "triton_grpc_port": free_port(),
+            "triton_metrics_port": free_port(),
+            "triton_url": "",
+        }
+    )
+    settings = Settings(**settings.model_dump())  # re-derive triton_url from the new port
+    settings.model_repository.mkdir(parents=True, exist_ok=True)
+    stack = Stack(settings, only=["triton"])
+    try:
+        stack.up()
+        yield settings
     finally:
         stack.down()
 

@@ -175,9 +175,11 @@ def triton_command(
         f"--model-repository={model_repository}",
         f"--backend-directory={backend_dir}",
         f"--model-control-mode={model_control}",
-        # Ready means every requested model is loaded; a broken model does not take the
-        # server down (it stays UNAVAILABLE, readiness stays false, the log says why).
-        "--strict-readiness=true",
+        # Models named at start load before the endpoints open. Readiness must not depend on
+        # every model: MMS-TTS voices are loaded and unloaded on demand, and strict readiness
+        # would turn the server unready at each unload. A broken model does not take the server
+        # down either (it stays UNAVAILABLE and the log says why).
+        "--strict-readiness=false",
         "--exit-on-error=false",
         "--http-address=127.0.0.1",
         f"--http-port={http_port}",

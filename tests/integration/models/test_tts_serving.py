@@ -4,6 +4,8 @@ slot fitting, batching of concurrent requests, idle unloading and the errors a c
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from polydub.export.onnx_tools import run_onnx
 from polydub.export.spec import Preset, Target
 from polydub.orchestrator.inference.tts import ModelPool, TtsClient, request_inputs
 from polydub.settings import Settings
+from tests.conftest import own_triton
 
 pytestmark = pytest.mark.integration
 
@@ -24,8 +27,26 @@ ENG, SPA = model_name("eng"), model_name("spa")
 
 
 @pytest.fixture(scope="module")
-def repository(triton: InferenceClient, stack_settings: Settings) -> Path:
-    repo = stack_settings.model_repository
+def tts_triton_settings(
+    stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    # Its own Triton: these tests assert which models are loaded, and the session's Triton is
+    # shared with tests that load every model.
+    root = Path(tempfile.mkdtemp(prefix="polydub-tts-"))
+    with own_triton(stack_settings, root) as settings:
+        yield settings
+
+
+@pytest.fixture(scope="module")
+async def triton(tts_triton_settings: Settings) -> AsyncIterator[InferenceClient]:
+    client = InferenceClient(tts_triton_settings.triton_url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture(scope="module")
+def repository(triton: InferenceClient, tts_triton_settings: Settings) -> Path:
+    repo = tts_triton_settings.model_repository
     report = MmsTtsExporter(languages=LANGUAGES).export(Preset.TINY, Target.CPU, repo)
     assert report.models == [ENG, SPA]
     return repo
@@ -102,6 +123,7 @@ async def test_idle_models_unload_and_reload(
     await asyncio.sleep(0.7)
     assert await pool.unload_idle() == [ENG]
     assert not await triton.is_model_ready(ENG)
+    assert await triton.is_ready()  # an on-demand unload leaves the server ready
     assert await triton.is_model_ready(TOKENIZER_MODEL)  # pinned
     # Another pool (another worker) still believes it loaded: its request reloads it once.
     assert ENG in tts.pool.loaded
