@@ -28,7 +28,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 # Queue timings of the drills: a job left without heartbeats is redelivered after ACK_WAIT.
 ACK_WAIT = 3.0
-MAX_DELIVER = 10
+MAX_DELIVER = 20  # the restart drill keeps some jobs nak-ing through two outages
 RETRY_DELAY = 0.5
 
 
