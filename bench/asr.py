@@ -71,7 +71,7 @@ SENTENCES = (
 
 Audio = NDArray[np.float32]
 THREADS = (
-    "triton: the whisper BLS's onnxruntime sessions, intra_op_threads 0 (one per core: {n} here)"
+    "triton: the whisper BLS's onnxruntime sessions, intra_op_threads 0 (one per CPU: {n} here)"
     "; onnxruntime in-process: intra_op_num_threads={n}; faster-whisper: cpu_threads={n} "
     "(intra_threads), num_workers=1; transformers: torch.set_num_threads({n})"
 )
