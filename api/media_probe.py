@@ -165,9 +165,9 @@ async def probe(path: Path, container: Container, settings: Settings) -> MediaIn
     demuxer_names = set(str(fmt.get("format_name", "")).split(","))
     if not demuxer_names & set(DEMUXERS):
         raise UnsupportedMediaType("the container is not supported", code="unsupported_media_type")
-    if len(streams) > settings.api_max_streams:
+    if len(streams) > settings.media_max_streams:
         raise InvalidInput(
-            f"the media has {len(streams)} streams; at most {settings.api_max_streams} allowed",
+            f"the media has {len(streams)} streams; at most {settings.media_max_streams} allowed",
             code="too_many_streams",
         )
     audio = [s for s in streams if s.get("codec_type") == "audio"]
@@ -186,18 +186,18 @@ async def probe(path: Path, container: Container, settings: Settings) -> MediaIn
         duration = 0.0
     if duration <= 0:
         raise InvalidInput("the media has no duration", code="corrupt_media")
-    if duration > settings.api_max_media_seconds:
+    if duration > settings.media_max_seconds:
         raise InvalidInput(
-            f"the media lasts {duration:.0f} s; at most {settings.api_max_media_seconds:.0f} s",
+            f"the media lasts {duration:.0f} s; at most {settings.media_max_seconds:.0f} s",
             code="media_too_long",
-            detail={"duration_seconds": duration, "max_seconds": settings.api_max_media_seconds},
+            detail={"duration_seconds": duration, "max_seconds": settings.media_max_seconds},
         )
     width = max((int(s.get("width") or 0) for s in video), default=0) or None
     height = max((int(s.get("height") or 0) for s in video), default=0) or None
-    if (width or 0) > settings.api_max_video_width or (height or 0) > settings.api_max_video_height:
+    if (width or 0) > settings.media_max_width or (height or 0) > settings.media_max_height:
         raise InvalidInput(
             f"the video is {width}x{height}; at most "
-            f"{settings.api_max_video_width}x{settings.api_max_video_height}",
+            f"{settings.media_max_width}x{settings.media_max_height}",
             code="resolution_too_large",
         )
     return MediaInfo(

@@ -54,4 +54,5 @@ class Services:
             gender=GenderClient(triton),
             translation=TranslationClient(triton),
             tts=TtsClient(triton),
+            limits=Limits.from_settings(settings),
         )

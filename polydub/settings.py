@@ -58,15 +58,18 @@ class Settings(BaseSettings):
 
     presign_ttl_seconds: int = Field(default=900, gt=0, le=7 * 24 * 3600)
 
+    # Media limits, one set for both tiers: the API refuses an upload and the worker's validate
+    # stage fails a job on exactly the same rules.
+    media_max_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    media_max_seconds: float = Field(default=3600.0, gt=0)
+    media_max_width: int = 7680
+    media_max_height: int = 4320
+    media_max_streams: int = 16
+
     # API tier (api/): limits on what a client may send, and its background workers.
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     api_public_url: str = ""  # base of the links in responses when behind a proxy; "" = relative
-    api_max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
-    api_max_media_seconds: float = Field(default=3600.0, gt=0)
-    api_max_video_width: int = 7680
-    api_max_video_height: int = 4320
-    api_max_streams: int = 16
     api_max_target_languages: int = 10
     api_probe_timeout_seconds: float = 60.0
     api_tmp_dir: Path | None = None  # where uploads are spooled for probing; None = system temp

@@ -249,16 +249,14 @@ async def create_job(
     if content_type.split(";")[0].strip().lower() == "application/json":
         return await _create_from_upload(request, response, state, key, idempotency_key)
 
-    multipart.check_content_length(
-        request.headers.get("content-length"), settings.api_max_upload_bytes
-    )
+    multipart.check_content_length(request.headers.get("content-length"), settings.media_max_bytes)
     boundary = multipart.boundary_of(content_type)
     if await active_jobs(state.pool, key.id) >= key.max_concurrent_jobs:
         raise quota_error(key.max_concurrent_jobs)  # before reading a large body for nothing
     spool = Path(tempfile.mkdtemp(prefix="polydub-upload-", dir=settings.api_tmp_dir))
     try:
         upload = await multipart.receive(
-            request.stream(), boundary, spool, settings.api_max_upload_bytes
+            request.stream(), boundary, spool, settings.media_max_bytes
         )
         options = _options_from_form(upload.fields)
         _check_targets(options, settings.api_max_target_languages)
@@ -330,9 +328,9 @@ async def _create_from_upload(
         await state.pool.execute("DELETE FROM uploads WHERE id = $1", job_id)
 
     stored = await state.store.stat(object_key)
-    if stored.size > settings.api_max_upload_bytes:
+    if stored.size > settings.media_max_bytes:
         await reject()
-        raise multipart._too_large(settings.api_max_upload_bytes)
+        raise multipart._too_large(settings.media_max_bytes)
     spool = Path(tempfile.mkdtemp(prefix="polydub-upload-", dir=settings.api_tmp_dir))
     try:
         local = await state.store.download(object_key, spool / "source")
@@ -393,7 +391,7 @@ async def create_upload(
         url=state.store.presigned_put(object_key, ttl=ttl),
         method="PUT",
         expires_at=expires_at,
-        max_bytes=state.settings.api_max_upload_bytes,
+        max_bytes=state.settings.media_max_bytes,
     )
 
 

@@ -10,8 +10,8 @@ External references are never followed: QuickTime data references stay off (the 
 DASH, concat and image-sequence demuxers are not on the demuxer allow-list at all.
 
 Every refusal is an ``InvalidInput`` with a machine-readable code: ``media_too_large``,
-``media_too_long``, ``no_audio_stream``, ``unsupported_format``,
-``playlist_rejected``, ``corrupt_media``, ``too_many_streams``, ``resolution_too_large``
+``media_too_long``, ``no_audio_stream``, ``unsupported_media_type``,
+``playlist_not_allowed``, ``corrupt_media``, ``too_many_streams``, ``resolution_too_large``
 (and ``media_too_complex`` from the runner when ffprobe runs past its timeout).
 """
 
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from polydub.errors import InvalidInput
+from polydub.settings import Settings
 
 from .ffmpeg import file_input, run_ffprobe
 
@@ -54,10 +55,23 @@ _SNIFF_BYTES = 4096
 class Limits:
     max_bytes: int = 200 * 1024 * 1024
     max_duration: float = 60 * 60.0
-    max_width: int = 4096  # 4K in either orientation
-    max_height: int = 4096
-    max_streams: int = 8
+    # The defaults equal Settings' (media_max_*); a deployment's come from Limits.from_settings.
+    max_width: int = 7680
+    max_height: int = 4320
+    max_streams: int = 16
     allowed_families: frozenset[str] = frozenset(_DEMUXER)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """The deployment's limits, the same ones the API applies to uploads."""
+        return cls(
+            max_bytes=settings.media_max_bytes,
+            max_duration=settings.media_max_seconds,
+            max_width=settings.media_max_width,
+            max_height=settings.media_max_height,
+            max_streams=settings.media_max_streams,
+        )
+
     probe_timeout: float = 30.0
 
 
@@ -148,8 +162,8 @@ def sniff(path: str | os.PathLike[str]) -> str:
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     lowered = text[:16].lower()
     if any(lowered.startswith(p.lower()) for p in _PLAYLIST_PREFIXES) or _looks_like_concat(text):
-        raise _reject("playlist_rejected", "playlists and concat lists are not accepted")
-    raise _reject("unsupported_format", "unsupported or unknown media format")
+        raise _reject("playlist_not_allowed", "playlists and concat lists are not accepted")
+    raise _reject("unsupported_media_type", "unsupported or unknown media format")
 
 
 def _mpeg_audio_frame(head: bytes) -> bool:
@@ -167,14 +181,14 @@ def probe(path: str | os.PathLike[str], limits: Limits = Limits()) -> MediaInfo:
     """Sniff, ffprobe and check ``limits``; the result is what later stages rely on."""
     info = os.stat(path)
     if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
-        raise _reject("unsupported_format", "not a regular file")
+        raise _reject("unsupported_media_type", "not a regular file")
     size = info.st_size
     if size > limits.max_bytes:
         raise _reject("media_too_large", f"the file is {size} bytes; the limit is "
                       f"{limits.max_bytes}", size_bytes=size, max_bytes=limits.max_bytes)  # fmt: skip
     family = sniff(path)
     if family not in limits.allowed_families:
-        raise _reject("unsupported_format", f"{family} files are not accepted", family=family)
+        raise _reject("unsupported_media_type", f"{family} files are not accepted", family=family)
     out = run_ffprobe(
         [
             "-print_format", "json", "-show_format", "-show_streams",
@@ -191,7 +205,7 @@ def probe(path: str | os.PathLike[str], limits: Limits = Limits()) -> MediaInfo:
     format_name = str(fmt.get("format_name", ""))
     if format_name != _DEMUXER[family]:
         # e.g. bytes that look like MP4 but that ffprobe reads as something else
-        raise _reject("unsupported_format", f"the file claims {family} but reads as "
+        raise _reject("unsupported_media_type", f"the file claims {family} but reads as "
                       f"{format_name or 'nothing'}", family=family, format_name=format_name)  # fmt: skip
     streams: list[dict[str, Any]] = list(report.get("streams") or [])
     if len(streams) > limits.max_streams:
@@ -210,7 +224,7 @@ def probe(path: str | os.PathLike[str], limits: Limits = Limits()) -> MediaInfo:
         if v.width <= 0 or v.height <= 0:
             raise _reject("corrupt_media", "a video stream has no size")
     if family in AUDIO_ONLY_FAMILIES and video and family != "m4a":
-        raise _reject("unsupported_format", f"{family} with video is not accepted")
+        raise _reject("unsupported_media_type", f"{family} with video is not accepted")
     duration = _duration(fmt, streams)
     if duration is None or duration <= 0:
         raise _reject("corrupt_media", "the media has no known duration")

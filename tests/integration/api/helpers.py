@@ -161,7 +161,7 @@ def multipart_body(
 
 
 async def wait_for(
-    check: Callable[[], Awaitable[Any]], within: float = 10.0, interval: float = 0.05
+    check: Callable[[], Awaitable[Any]], within: float = 30.0, interval: float = 0.05
 ) -> Any:
     deadline = asyncio.get_running_loop().time() + within
     while True:

@@ -82,10 +82,10 @@ async def test_outbox_keeps_jobs_through_a_nats_restart(
         ),
         within=20,
     )
-    await wait_for(lambda: _nc_connected(nc), within=10)
+    await wait_for(lambda: _nc_connected(nc), within=30)
     # Exactly one message for the job in the stream, whatever was retried meanwhile.
     assert await _messages_with_id(nc, api_settings, job_id) == 1
-    await wait_for(_ready(clients.a), within=10)
+    await wait_for(_ready(clients.a), within=30)
 
 
 async def _nc_connected(nc: NATS) -> bool:
@@ -166,7 +166,7 @@ async def test_webhook_is_signed_retried_with_backoff_and_sent_once(
             lambda: db_pool.fetchval(
                 "SELECT status = 'delivered' FROM webhook_deliveries WHERE job_id = $1", job_id
             ),
-            within=15,
+            within=45,
         )
         await asyncio.sleep(0.6)  # a delivered state is not sent again
         assert len(receiver.requests) == 3
@@ -188,7 +188,7 @@ async def test_webhook_is_signed_retried_with_backoff_and_sent_once(
         await clients.a.post(f"/api/v1/jobs/{job_id}/retry")
         await worker.claim(job_id)
         await worker.finish_job(job_id, "failed", {"code": "asr_failed", "message": "again"})
-        await wait_for(lambda: _count(receiver, 4), within=10)
+        await wait_for(lambda: _count(receiver, 4), within=30)
         await asyncio.sleep(0.4)
         assert len(receiver.requests) == 4
         assert json.loads(receiver.requests[-1].body)["job"]["error"]["message"] == "again"

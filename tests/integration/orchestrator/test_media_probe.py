@@ -80,7 +80,7 @@ def test_limits(mp4: Path) -> None:
     assert _code(mp4, Limits(max_width=100)) == "resolution_too_large"
     assert _code(mp4, Limits(max_height=100)) == "resolution_too_large"
     assert _code(mp4, Limits(max_streams=1)) == "too_many_streams"
-    assert _code(mp4, Limits(allowed_families=frozenset({"matroska"}))) == "unsupported_format"
+    assert _code(mp4, Limits(allowed_families=frozenset({"matroska"}))) == "unsupported_media_type"
     assert probe(mp4, Limits(max_duration=2.5, max_width=160, max_streams=2)).duration == 2.0
 
 
@@ -91,10 +91,10 @@ def test_no_audio_stream(media: Path) -> None:
 def test_playlists_and_concat_lists_are_refused(media: Path, mp4: Path) -> None:
     m3u8 = media / "list.m3u8"
     m3u8.write_text(f"#EXTM3U\n#EXTINF:2,\n{mp4}\n#EXT-X-ENDLIST\n")
-    assert _code(m3u8) == "playlist_rejected"
+    assert _code(m3u8) == "playlist_not_allowed"
     concat = media / "list.mp4"  # a misleading name changes nothing
     concat.write_text(f"ffconcat version 1.0\nfile '{mp4}'\n")
-    assert _code(concat) == "playlist_rejected"
+    assert _code(concat) == "playlist_not_allowed"
 
 
 def test_corrupt_and_truncated_media(media: Path, mp4: Path) -> None:
@@ -106,7 +106,7 @@ def test_corrupt_and_truncated_media(media: Path, mp4: Path) -> None:
     assert _code(garbage) == "corrupt_media"
     fake = media / "fake.mp4"  # MP4 magic, then an MP3 stream: ffprobe disagrees with the magic
     fake.write_bytes(b"\x00\x00\x00\x08ftyp" + make_audio(media / "x.mp3", tone(0.5)).read_bytes())
-    assert _code(fake) in {"corrupt_media", "unsupported_format"}
+    assert _code(fake) in {"corrupt_media", "unsupported_media_type"}
 
 
 def test_file_names_are_never_protocols_or_options(media: Path, mp4: Path) -> None:
@@ -120,5 +120,5 @@ def test_file_names_are_never_protocols_or_options(media: Path, mp4: Path) -> No
 def test_only_regular_files(media: Path) -> None:
     fifo = media / "fifo.mp4"
     os.mkfifo(fifo)
-    assert _code(fifo) == "unsupported_format"
-    assert _code(media) == "unsupported_format"  # a directory
+    assert _code(fifo) == "unsupported_media_type"
+    assert _code(media) == "unsupported_media_type"  # a directory

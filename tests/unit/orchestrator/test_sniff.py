@@ -35,16 +35,16 @@ def test_known_families(tmp_path: Path, head: bytes, family: str) -> None:
 @pytest.mark.parametrize(
     ("content", "code"),
     [
-        (b"#EXTM3U\n#EXTINF:10,\nhttp://example.com/a.ts\n", "playlist_rejected"),
-        (b"\xef\xbb\xbf#EXTM3U\n#EXT-X-VERSION:3\n", "playlist_rejected"),
-        (b"ffconcat version 1.0\nfile /etc/passwd\n", "playlist_rejected"),
-        (b"file 'a.mp4'\nfile 'b.mp4'\n", "playlist_rejected"),
-        (b'<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash"></MPD>', "playlist_rejected"),
-        (b"[playlist]\nFile1=http://x/y.mp3\n", "playlist_rejected"),
-        (b"v=0\no=- 0 0 IN IP4 127.0.0.1\n", "playlist_rejected"),
-        (b"\xff\xf1\x50\x80\x00\x1f\xfc" + PAD, "unsupported_format"),  # ADTS AAC, no container
-        (b"GIF89a" + PAD, "unsupported_format"),
-        (b"<html><body>hi</body></html>", "unsupported_format"),
+        (b"#EXTM3U\n#EXTINF:10,\nhttp://example.com/a.ts\n", "playlist_not_allowed"),
+        (b"\xef\xbb\xbf#EXTM3U\n#EXT-X-VERSION:3\n", "playlist_not_allowed"),
+        (b"ffconcat version 1.0\nfile /etc/passwd\n", "playlist_not_allowed"),
+        (b"file 'a.mp4'\nfile 'b.mp4'\n", "playlist_not_allowed"),
+        (b'<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash"></MPD>', "playlist_not_allowed"),
+        (b"[playlist]\nFile1=http://x/y.mp3\n", "playlist_not_allowed"),
+        (b"v=0\no=- 0 0 IN IP4 127.0.0.1\n", "playlist_not_allowed"),
+        (b"\xff\xf1\x50\x80\x00\x1f\xfc" + PAD, "unsupported_media_type"),  # ADTS AAC, no container
+        (b"GIF89a" + PAD, "unsupported_media_type"),
+        (b"<html><body>hi</body></html>", "unsupported_media_type"),
         (b"short", "corrupt_media"),
     ],
 )
