@@ -218,39 +218,48 @@ class _Progress:
         self.start_done = self.done
         self.started = time.monotonic()
         self.last_publish = 0.0
+        self.partial: dict[str, float] = {}  # language ("" for job stages) -> in-stage weight
+        self.lock = asyncio.Lock()
 
     async def update(
         self, stage: Stage, language: str, fraction: float, *, done: bool = False
     ) -> None:
-        partial = stage.weight * fraction
-        if done:
-            self.done += stage.weight
+        # Target languages run concurrently: each keeps its own in-stage share, and the lock
+        # keeps computing and recording in one order, so the job's percent never goes back.
+        async with self.lock:
+            if done:
+                self.done += stage.weight
+                if language:
+                    self.target_done[language] += stage.weight
+                self.partial.pop(language, None)
+            else:
+                self.partial[language] = stage.weight * fraction
+            now = time.monotonic()
+            # Throttle intermediate updates; stage boundaries always go out.
+            if not done and fraction not in (0.0, 1.0) and now - self.last_publish < 0.5:
+                return
+            self.last_publish = now
+            progressed = self.done + sum(self.partial.values())
+            overall = min(progressed / self.total, 1.0) if self.total else 1.0
+            gained = progressed - self.start_done
+            eta = (
+                round((now - self.started) * (self.total - progressed) / gained, 1)
+                if gained > 0
+                else None
+            )
+            target_fraction = None
             if language:
-                self.target_done[language] += stage.weight
-            partial = 0.0
-        now = time.monotonic()
-        # Throttle intermediate updates; stage boundaries always go out.
-        if not done and fraction not in (0.0, 1.0) and now - self.last_publish < 0.5:
-            return
-        self.last_publish = now
-        overall = min((self.done + partial) / self.total, 1.0) if self.total else 1.0
-        gained = (self.done + partial) - self.start_done
-        elapsed = now - self.started
-        eta = (
-            round(elapsed * (self.total - self.done - partial) / gained, 1) if gained > 0 else None
-        )
-        target_fraction = None
-        if language:
-            target_fraction = (self.target_done[language] + partial) / self.per_target_total
-        event = await self.runner.store.progress(
-            self.job,
-            stage.name,
-            overall,
-            eta,
-            language,
-            target_fraction,
-            stage_fraction=1.0 if done else fraction,
-        )
+                own = self.target_done[language] + self.partial.get(language, 0.0)
+                target_fraction = own / self.per_target_total
+            event = await self.runner.store.progress(
+                self.job,
+                stage.name,
+                overall,
+                eta,
+                language,
+                target_fraction,
+                stage_fraction=1.0 if done else fraction,
+            )
         await self.runner.publish(self.job, event)
 
 
