@@ -86,6 +86,7 @@ class Run:
     wall_s: float  # the best (least disturbed) of ``walls``
     tokens: list[int] = field(default_factory=list)  # decoded per clip
     walls: list[float] = field(default_factory=list)  # every round
+    cpus: list[float] = field(default_factory=list)  # CPU seconds of every round (all processes)
     loads: list[float] = field(default_factory=list)  # 1-minute load average after each
 
     @property
@@ -326,12 +327,31 @@ def transformers_system(checkpoint: Path, tokens: int, threads: int) -> Decode:
     return batched(decode)
 
 
+def cpu_seconds(marker: str) -> float:
+    """CPU time (user + system) used so far by this process and by every process whose command
+    line contains ``marker`` (the private stack's directory: tritonserver, its python stubs)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = time.process_time()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() not in (proc / "cmdline").read_bytes():
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 async def measure(
     systems: dict[str, Decode],
     clips: Sequence[Audio],
     levels: Sequence[int],
     min_clips: int,
     repeat: int,
+    marker: str,
     pause_s: float = 1.0,
 ) -> list[Run]:
     """Rounds of every (level, system) in turn, ``repeat`` rounds: on a shared machine the load
@@ -346,9 +366,11 @@ async def measure(
             chosen = clips_at(clips, level, min_clips)
             for name, decode in systems.items():
                 await asyncio.sleep(pause_s)
+                cpu = cpu_seconds(marker)
                 started = time.perf_counter()
                 counts = await decode(chosen, level)
                 wall = time.perf_counter() - started
+                cpu = cpu_seconds(marker) - cpu
                 key = (name, level)
                 if key not in runs:
                     runs[key] = Run(name, level, len(chosen), audio_seconds(chosen), 0.0, counts)
@@ -356,6 +378,7 @@ async def measure(
                 if run.tokens != counts:
                     raise AssertionError(f"{name}: token counts changed between rounds")
                 run.walls.append(wall)
+                run.cpus.append(round(cpu, 2))
                 run.wall_s = min(run.walls)
                 run.loads.append(round(os.getloadavg()[0], 2))
                 print(f"  {name} x{level}: {wall:.2f}s (load {run.loads[-1]:.1f})", flush=True)
@@ -415,7 +438,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     )
                 load_before = _load()
                 before = await triton.statistics(BLS_MODEL)
-                runs = await measure(systems, clips, levels, args.min_clips, args.repeat)
+                runs = await measure(
+                    systems, clips, levels, args.min_clips, args.repeat, str(settings.stack_dir)
+                )
                 after = await triton.statistics(BLS_MODEL)
                 notes["triton_whisper_batching"] = {
                     key: int(after.get(key, 0)) - int(before.get(key, 0))
@@ -444,7 +469,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summarize(runs: Sequence[Run], levels: Sequence[int]) -> dict[str, Any]:
-    """Ratios of best rounds (serving overhead also of the rounds pairwise: same load)."""
+    """Ratios of best rounds; the serving overhead also per round (Triton and in-process ran
+    back to back) and in CPU seconds (Triton's processes and the client vs this process)."""
     by = {(r.system, r.concurrency): r for r in runs}
     out: dict[str, Any] = {}
     for level in levels:
@@ -454,6 +480,9 @@ def summarize(runs: Sequence[Run], levels: Sequence[int]) -> dict[str, Any]:
             row["serving_overhead"] = round(served.wall_s / local.wall_s - 1, 3)
             pairs = [t / o - 1 for t, o in zip(served.walls, local.walls, strict=True)]
             row["serving_overhead_per_round"] = [round(x, 3) for x in pairs]
+            # CPU time is far less sensitive to other processes than wall time
+            cpu = [t / o - 1 for t, o in zip(served.cpus, local.cpus, strict=True)]
+            row["serving_cpu_overhead_median"] = round(float(np.median(cpu)), 3)
         fw, hf = by.get(("faster-whisper", level)), by.get(("transformers", level))
         if served and fw:
             row["triton_vs_faster_whisper"] = round(served.throughput / fw.throughput, 2)
@@ -473,7 +502,7 @@ def print_table(result: dict[str, Any]) -> None:
           f"system; load average {result['load_average_before']} -> "
           f"{result['load_average_after']}")  # fmt: skip
     print(f"threads: {result['threads']}")
-    print("audio s/s: best round (median of rounds); walls and load average of every round")
+    print("audio s/s: best round (median of rounds); walls, load average, CPU s of every round")
     print(f"{'system':<16}{'conc.':>6}{'clips':>6}{'audio s':>9}{'best s':>8}"
           f"{'audio s/s':>18}{'tokens':>8}  per clip, walls, loads")  # fmt: skip
     for r in runs:
@@ -482,7 +511,7 @@ def print_table(result: dict[str, Any]) -> None:
         speed = f"{r['throughput']:.2f} ({r['median_throughput']:.2f})"
         print(f"{r['system']:<16}{r['concurrency']:>6}{r['clips']:>6}{r['audio_s']:>9.1f}"
               f"{r['wall_s']:>8.2f}{speed:>18}{sum(r['tokens']):>8}  "
-              f"{per_clip} {walls} {r['loads']}")  # fmt: skip
+              f"{per_clip} {walls} {r['loads']} cpu {r['cpus']}")  # fmt: skip
     for level, row in result["summary"].items():
         parts = [f"{k} {v}" for k, v in row.items()]
         print(f"concurrency {level}: " + ", ".join(parts))
