@@ -200,9 +200,10 @@ async def test_concurrent_translations_share_batches(triton: InferenceClient, se
     assert [r.target for r in results] == [targets[i % 4] for i in range(20)]
     assert all(len(r.candidates) == 2 for r in results)
     # 20 requests in fewer BLS executions: segments of different jobs and languages batched.
-    assert bls[0] == 20 and bls[1] < 20, f"BLS: {bls[1]} executions for {bls[0]} requests"
+    # (At least 20: the session's Triton is shared, a job of another test may add a few.)
+    assert bls[0] >= 20 and bls[1] < bls[0], f"BLS: {bls[1]} executions for {bls[0]} requests"
     # One encoder row per segment, in fewer encoder calls.
-    assert encoder[0] == 20 and encoder[1] < 20, f"encoder: {encoder}"
+    assert encoder[0] >= 20 and encoder[1] < encoder[0], f"encoder: {encoder}"
     # Each decoder step carries every live beam of the batch: inferences >> executions.
     assert decoder[1] < decoder[0], f"decoder: {decoder[1]} executions, {decoder[0]} rows"
     assert decoder[0] >= 20 * DEFAULT_BEAMS
