@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,57 +26,19 @@ import httpx
 
 from polydub.settings import Settings
 from polydub.stack import Stack
+from polydub.stack.isolated import isolated_settings
+from polydub.stack.servers import settings_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ("postgres", "nats", "s3", "triton")
 EXPORTED_MARKER = ".polydub-tiny-exported"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def local_settings(root: Path, model_repository: Path, **overrides: object) -> Settings:
-    """Settings whose every address is a free port on 127.0.0.1, data under ``root``."""
-    root.mkdir(parents=True, exist_ok=True)
-    root.chmod(0o755)  # PostgreSQL runs as an unprivileged user under root and must traverse it
-    values: dict[str, object] = {
-        "stack_dir": root,
-        "postgres_port": free_port(),
-        "nats_port": free_port(),
-        "nats_monitor_port": free_port(),
-        "s3_port": free_port(),
-        "triton_http_port": free_port(),
-        "triton_grpc_port": free_port(),
-        "triton_metrics_port": free_port(),
-        "api_port": free_port(),
-        "model_repository": model_repository,
-    }
-    if "worker_metrics_port" in Settings.model_fields:
-        values["worker_metrics_port"] = 0  # many workers on one host: no metrics port each
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The ``POLYDUB_*`` variables that make a child process read exactly these Settings."""
-    env: dict[str, str] = {}
-    for name, value in settings.model_dump(mode="json").items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, list | dict):
-            text = json.dumps(value)
-        else:
-            text = str(value)
-        env[f"POLYDUB_{name.upper()}"] = text
-    env["POLYDUB_STACK_DIR"] = str(settings.stack_dir.resolve())
-    env["POLYDUB_MODEL_REPOSITORY"] = str(settings.model_repository.resolve())
-    return env
+    """Settings whose every address is a free port on 127.0.0.1, data under ``root``; many
+    workers on one host: no metrics port each."""
+    values: dict[str, object] = {"model_repository": model_repository, "worker_metrics_port": 0}
+    return isolated_settings(root, **{**values, **overrides})
 
 
 def model_names(repository: Path) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,13 +18,9 @@ import pytest
 from polydub.clients.triton import InferenceClient
 from polydub.settings import Settings
 from polydub.stack import Stack
+from polydub.stack.isolated import free_port, isolated_settings
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+__all__ = ["free_port"]  # tests import it from here
 
 
 def _stack_dir() -> Path:
@@ -38,21 +33,7 @@ def _stack_dir() -> Path:
 @pytest.fixture(scope="session")
 def stack_settings() -> Iterator[Settings]:
     """Settings whose every address points at this session's own servers."""
-    root = _stack_dir()
-    root.chmod(0o755)  # PostgreSQL runs as an unprivileged user under root and must traverse it
-    settings = Settings(
-        stack_dir=root,
-        postgres_port=free_port(),
-        nats_port=free_port(),
-        nats_monitor_port=free_port(),
-        s3_port=free_port(),
-        triton_http_port=free_port(),
-        triton_grpc_port=free_port(),
-        triton_metrics_port=free_port(),
-        worker_metrics_port=free_port(),  # in-process workers never take 9100 from a neighbour
-        model_repository=root / "model_repository",
-    )
-    yield settings
+    yield isolated_settings(_stack_dir())
 
 
 @pytest.fixture(scope="session")

@@ -17,10 +17,11 @@ import asyncpg
 import httpx
 import pytest
 
-from loadtests.harness import Deployment, free_port
+from loadtests.harness import Deployment
 from polydub.api.auth import NewKey, create_key
 from polydub.clients.storage import make_minio
 from polydub.settings import Settings
+from polydub.stack.isolated import free_port
 from tests.integration.api.helpers import Receiver, Served
 from tests.media import DEFAULT_TURNS, make_two_speaker_clip
 

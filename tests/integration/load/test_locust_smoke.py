@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.harness import Deployment, free_port
+from loadtests.harness import Deployment
 from loadtests.run import LoadOptions, run_locust
 from polydub.settings import Settings
 from polydub.stack import Stack
+from polydub.stack.isolated import free_port
 
 pytestmark = pytest.mark.integration
 
