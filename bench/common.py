@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import platform
+import signal
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,6 +25,9 @@ def private_stack(servers: list[str]) -> Iterator[Settings]:
     settings = isolated_settings(Path(tempfile.mkdtemp(prefix="polydub-bench-")))
     settings.model_repository.mkdir()
     stack = Stack(settings, only=servers)
+    # A SIGTERM (timeout, kill) must still take the servers down: they run in sessions of
+    # their own and would outlive this process.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         stack.up()
         yield settings
