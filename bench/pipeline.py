@@ -31,6 +31,7 @@ from polydub.orchestrator.main import run_worker
 from polydub.orchestrator.services import Services
 from polydub.orchestrator.worker import WorkerOptions
 from polydub.samples import DEFAULT_TURNS, make_two_speaker_clip
+from polydub.stack.models import loadable_models
 
 
 class InferenceMeter:
@@ -63,13 +64,10 @@ class InferenceMeter:
 
 async def load_models(settings: Any, preset: Preset) -> list[str]:
     await asyncio.to_thread(export_all, preset, Target.CPU, settings.model_repository)
-    repo = settings.model_repository
-    names = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").exists())
+    names, _ = loadable_models(settings.model_repository)  # graphs before BLS models
     async with InferenceClient(settings.triton_url) as triton:
-        for python_models in (False, True):
-            for name in names:
-                if (repo / name / "1" / "model.py").exists() == python_models:
-                    await triton.load_model(name)
+        for name in names:
+            await triton.load_model(name)
     return names
 
 

@@ -145,14 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = RESULTS / f"burst-{args.count}-{stamp}"
     workdir.mkdir(parents=True, exist_ok=True)
     with deployment(model_repository=args.models) as deploy:
-        api = deploy.start_api(processes=args.api_processes)
-        workers = [
-            deploy.start_worker(f"worker-{i}", concurrency=args.concurrency)
-            for i in range(args.workers)
-        ]
-        deploy.wait_api(api)
-        for proc in workers:
-            deploy.wait_worker(proc)
+        deploy.start_app(
+            workers=args.workers, concurrency=args.concurrency, api_processes=args.api_processes
+        )
         dsn = deploy.settings.postgres_dsn
         (key,) = asyncio.run(create_keys(dsn, 1))
         print(f"submitting {args.count} jobs, {args.parallel} at a time ...", flush=True)

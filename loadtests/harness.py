@@ -210,6 +210,19 @@ class Deployment:
             argv += ["--retry-delay", str(retry_delay)]
         return self._spawn(name, argv)
 
+    def start_app(
+        self, *, workers: int, concurrency: int = 2, api_processes: int = 1
+    ) -> tuple[Proc, list[Proc]]:
+        """The API and ``workers`` worker processes, returned once all of them serve."""
+        api = self.start_api(processes=api_processes)
+        started = [
+            self.start_worker(f"worker-{i}", concurrency=concurrency) for i in range(workers)
+        ]
+        self.wait_api(api)
+        for proc in started:
+            self.wait_worker(proc)
+        return api, started
+
     def wait_api(self, proc: Proc, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

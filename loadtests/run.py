@@ -409,14 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = RESULTS / f"load-{args.profile}-{stamp}"
     print(f"bringing up the stack (models in {args.models}) ...", flush=True)
     with deployment(model_repository=args.models) as deploy:
-        api = deploy.start_api(processes=args.api_processes)
-        workers = [
-            deploy.start_worker(f"worker-{i}", concurrency=args.concurrency)
-            for i in range(args.workers)
-        ]
-        deploy.wait_api(api)
-        for proc in workers:
-            deploy.wait_worker(proc)
+        api, workers = deploy.start_app(
+            workers=args.workers, concurrency=args.concurrency, api_processes=args.api_processes
+        )
         print(f"API at {deploy.api_url}, {args.workers} workers; load for {args.duration:.0f} s",
               flush=True)  # fmt: skip
         if args.nice_batch:

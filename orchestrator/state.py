@@ -8,7 +8,6 @@ without acking, so the newer delivery stays the only owner.
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -351,7 +350,3 @@ class JobStore:
             data,
         )
         return event_id
-
-
-def dumps(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, default=str).encode()

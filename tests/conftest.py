@@ -100,16 +100,13 @@ async def tiny_models(triton: InferenceClient, stack_settings: Settings) -> list
 
     from polydub.export.run import export_all
     from polydub.export.spec import Preset, Target
+    from polydub.stack.models import loadable_models
 
     repository = stack_settings.model_repository
     await asyncio.to_thread(export_all, Preset.TINY, Target.CPU, repository)
-    names = sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").exists())
-    for name in names:  # sub-models before the python (BLS) models that call them
-        if not (repository / name / "1" / "model.py").exists():
-            await triton.load_model(name)
+    names, _ = loadable_models(repository)  # graphs before the BLS models that call them
     for name in names:
-        if (repository / name / "1" / "model.py").exists():
-            await triton.load_model(name)
+        await triton.load_model(name)
     return names
 
 

@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import asyncpg
 
@@ -95,7 +95,3 @@ async def migrate_database(settings: Settings) -> list[int]:
         return await migrate(conn)
     finally:
         await conn.close()
-
-
-def record_to_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:
-    return None if record is None else dict(record)

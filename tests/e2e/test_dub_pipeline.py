@@ -15,11 +15,12 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import asyncpg
 import pytest
 
+from polydub.api.schemas import ArtifactKind
 from polydub.clients.queue import connect
 from polydub.clients.storage import ObjectStore
 from polydub.orchestrator.main import run_worker
@@ -33,16 +34,7 @@ from tests.media import make_two_speaker_clip
 
 pytestmark = pytest.mark.e2e
 
-KINDS = {
-    "dubbed_video",
-    "dubbed_audio",
-    "subtitles_srt",
-    "subtitles_vtt",
-    "source_subtitles_srt",
-    "source_subtitles_vtt",
-    "transcript",
-    "quality_report",
-}
+KINDS = set(get_args(ArtifactKind))  # every deliverable kind the API serves
 
 
 async def wait_terminal(pool: asyncpg.Pool, job_id: uuid.UUID, limit: float) -> asyncpg.Record:

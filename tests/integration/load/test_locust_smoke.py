@@ -48,11 +48,7 @@ def deploy(
 def test_short_headless_run_has_no_errors_and_loses_no_job(
     deploy: Deployment, tmp_path: Path
 ) -> None:
-    api = deploy.start_api()
-    workers = [deploy.start_worker(f"worker-{i}", concurrency=2) for i in range(2)]
-    deploy.wait_api(api)
-    for worker in workers:
-        deploy.wait_worker(worker)
+    api, workers = deploy.start_app(workers=2)
     options = LoadOptions(
         users=9,
         spawn_rate=9,
