@@ -28,11 +28,11 @@ _JOB_COLUMNS = """
     j.id, j.owner_id, j.status, j.source_language, j.detected_language, j.options, j.input_key,
     j.input_filename, j.input_bytes, j.media, j.current_stage, j.progress, j.eta_seconds,
     j.error_code, j.error_message, j.attempt, j.cancel_requested, j.callback_url, j.retries,
-    j.created_at, j.updated_at, j.started_at, j.finished_at, j.expires_at,
+    j.created_at, j.updated_at, j.started_at, j.finished_at, j.expires_at, j.warnings,
     COALESCE((SELECT json_agg(json_build_object(
                 'language', t.language, 'status', t.status, 'stage', t.current_stage,
                 'progress', t.progress, 'error_code', t.error_code,
-                'error_message', t.error_message) ORDER BY t.language)
+                'error_message', t.error_message, 'warnings', t.warnings) ORDER BY t.language)
               FROM job_targets t WHERE t.job_id = j.id), '[]'::json) AS targets
 """
 
@@ -61,6 +61,7 @@ def job_json(row: asyncpg.Record | dict[str, Any], settings: Settings) -> dict[s
     if isinstance(targets, str):
         targets = json.loads(targets)
     media = row["media"] or {}
+    target_warnings = {t["language"]: _warnings(t.get("warnings"), t["language"]) for t in targets}
     error = None
     if row["error_code"] or row["error_message"]:
         error = {"code": row["error_code"] or "error", "message": row["error_message"] or ""}
@@ -85,6 +86,7 @@ def job_json(row: asyncpg.Record | dict[str, Any], settings: Settings) -> dict[s
                     if t["error_code"] or t["error_message"]
                     else None
                 ),
+                "warnings": target_warnings[t["language"]],
             }
             for t in targets
         ],
@@ -99,6 +101,10 @@ def job_json(row: asyncpg.Record | dict[str, Any], settings: Settings) -> dict[s
         "cancel_requested": row["cancel_requested"],
         "retries": row["retries"],
         "error": error,
+        "warnings": [
+            *_warnings(row.get("warnings"), None),
+            *(w for t in targets for w in target_warnings[t["language"]]),
+        ],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
         "started_at": row["started_at"],
@@ -111,6 +117,13 @@ def job_json(row: asyncpg.Record | dict[str, Any], settings: Settings) -> dict[s
             "outputs": {t["language"]: f"{base}/outputs/{t['language']}" for t in targets},
         },
     }
+
+
+def _warnings(stored: Any, language: str | None) -> list[dict[str, Any]]:
+    """Quality-gate warnings as WarningInfo, named by language (None: the whole job's)."""
+    if isinstance(stored, str):
+        stored = json.loads(stored)
+    return [{**w, "language": language} for w in stored or []]
 
 
 def job_message(job_id: uuid.UUID, retry: int) -> tuple[str, dict[str, Any]]:

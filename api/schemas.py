@@ -116,12 +116,25 @@ class ErrorEnvelope(BaseModel):
     error: ErrorInfo
 
 
+class WarningInfo(BaseModel):
+    """A quality gate's warning: the job went on, but a figure of its quality report says
+    what to check (e.g. ``empty_translations``, ``low_language_probability``, ``no_speech``)."""
+
+    code: str
+    message: str
+    stage: str = Field(description="the stage whose figures raised it")
+    language: str | None = Field(
+        default=None, description="the target language; null for the whole job (transcription)"
+    )
+
+
 class TargetOut(BaseModel):
     language: str
     status: JobStatus
     stage: str | None
     progress: float
     error: ErrorInfo | None = None
+    warnings: list[WarningInfo] = Field(default_factory=list)
 
 
 class InputOut(BaseModel):
@@ -155,6 +168,9 @@ class JobOut(BaseModel):
     cancel_requested: bool
     retries: int
     error: ErrorInfo | None
+    warnings: list[WarningInfo] = Field(
+        default_factory=list, description="the job's own, then each target language's"
+    )
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None

@@ -25,7 +25,7 @@ from polydub.clients.db import migrate_database
 from polydub.clients.queue import connect, ensure_jobs_stream
 from polydub.clients.storage import ObjectStore
 from polydub.clients.triton import InferenceClient
-from polydub.export.run import export_all
+from polydub.export.run import export_preset
 from polydub.export.spec import Preset, Target
 from polydub.orchestrator.main import run_worker
 from polydub.orchestrator.services import Services
@@ -63,7 +63,7 @@ class InferenceMeter:
 
 
 async def load_models(settings: Any, preset: Preset) -> list[str]:
-    await asyncio.to_thread(export_all, preset, Target.CPU, settings.model_repository)
+    await asyncio.to_thread(export_preset, preset, Target.CPU, settings.model_repository)
     names, _ = loadable_models(settings.model_repository)  # graphs before BLS models
     async with InferenceClient(settings.triton_url) as triton:
         for name in names:

@@ -9,11 +9,13 @@ Two Triton models (clustering runs in the orchestrator, ``orchestrator/diarize.p
                            e.g. a speaker's activity on the segmentation's 589 frames; any W,
                            resampled in-graph; ones = the whole chunk) -> embedding [B, 256]
 
-Presets: real (``small``/``large``) load pyannote's checkpoints from the Hub
-(``pyannote/segmentation-3.0`` is gated: accept its terms and set HF_TOKEN); ``tiny`` builds the
-same architectures randomly initialised with few units (see ``pyannote_segmentation.TINY`` and
-``wespeaker_resnet.TINY``). Both are checked against torch on fixed inputs; int8 (dynamic,
-MatMul/Gemm) is served on CPU when it stays within tolerance; the GPU target adds fp16 graphs.
+Checkpoints: pyannote's Lightning checkpoints from the Hub or a local directory. The speaker
+embedding (``pyannote/wespeaker-voxceleb-resnet34-LM``) is always served; the segmentation
+(``pyannote/segmentation-3.0``) is gated, so it joins only when HF_TOKEN is set or it is named
+with ``--model pyannote_segmentation=...``. ``random`` builds the same architectures randomly
+initialised with few units (see ``pyannote_segmentation.TINY`` and ``wespeaker_resnet.TINY``).
+Both are checked against torch on fixed inputs; int8 (dynamic, MatMul/Gemm) is served on CPU
+when it stays within tolerance; the GPU target adds fp16 graphs.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from polydub.errors import ConfigurationError
 from polydub.export import pyannote_segmentation as seg
 from polydub.export import wespeaker_resnet as wes
-from polydub.export.hub import require_access
+from polydub.export.hub import Expected, fetch_file, hub_token
 from polydub.export.onnx_tools import (
     check_parity,
     convert_fp16,
@@ -37,7 +40,16 @@ from polydub.export.onnx_tools import (
     run_onnx,
 )
 from polydub.export.repository import copy_committed, version_dir
-from polydub.export.spec import Checkpoint, ExportReport, GraphSpec, Preset, Target, TensorSpec
+from polydub.export.spec import (
+    RANDOM,
+    Checkpoint,
+    Checkpoints,
+    ExportReport,
+    GraphSpec,
+    Preset,
+    Target,
+    TensorSpec,
+)
 
 SEGMENTATION = "pyannote_segmentation"
 EMBEDDING = "speaker_embedding"
@@ -67,36 +79,46 @@ EMBEDDING_SPEC = GraphSpec(
 )
 
 
-def build_segmentation(preset: Preset) -> Any:
+# pyannote checkpoints are Lightning files with a config.yaml beside them, not transformers ones.
+PYANNOTE_LAYOUT = Expected(config_file="config.yaml")
+
+
+def build_segmentation(checkpoint: Checkpoint) -> Any:
     import torch
 
-    if preset is Preset.TINY:
+    if checkpoint.random:
         torch.manual_seed(0)
         return seg.build(seg.TINY).freeze()
     model = seg.build(seg.REAL)
-    model.load_state_dict(_hub_state_dict(SEGMENTATION_CHECKPOINT))
+    _load_state_dict(model, checkpoint)
     return model.eval().freeze()
 
 
-def build_embedding(preset: Preset) -> Any:
+def build_embedding(checkpoint: Checkpoint) -> Any:
     import torch
 
-    if preset is Preset.TINY:
+    if checkpoint.random:
         torch.manual_seed(1)
         model = wes.build(wes.TINY)
         _randomise_batchnorm(model)
         return model
     model = wes.build(wes.REAL)
-    model.load_state_dict(_hub_state_dict(EMBEDDING_CHECKPOINT))
+    _load_state_dict(model, checkpoint)
     return model.eval()
 
 
-def _hub_state_dict(checkpoint: Checkpoint) -> dict[str, Any]:
-    from huggingface_hub import hf_hub_download
-
-    token = require_access(checkpoint)
-    path = hf_hub_download(checkpoint.hub_id, "pytorch_model.bin", token=token)
-    return seg.load_lightning_state_dict(Path(path))
+def _load_state_dict(model: Any, checkpoint: Checkpoint) -> None:
+    """pyannote's Lightning checkpoint into our module; a mismatch is a clear error (a
+    checkpoint of another architecture or size), not a traceback."""
+    state = seg.load_lightning_state_dict(fetch_file(checkpoint, "pytorch_model.bin"))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0:2]
+        raise ConfigurationError(
+            f"{checkpoint.describe()} does not fit the expected architecture: {' '.join(first)}",
+            code="checkpoint_not_of_family",
+        ) from exc
 
 
 def _randomise_batchnorm(model: Any) -> None:
@@ -170,10 +192,15 @@ def export_graph(
         report.int8_max_abs_diff[spec.name] = diff
         if diff <= spec.int8_atol:
             int8.replace(served)
+            report.precision[spec.name] = "int8"
             report.notes.append(f"{spec.name}: serving int8 (max abs diff {diff:.3g})")
             return
+        int8.unlink()
         report.notes.append(f"{spec.name}: int8 off by {diff:.3g} > {spec.int8_atol}: fp32")
-    served.write_bytes(fp32.read_bytes())
+    # The checked fp32 graph is the served one: a hard link, not a second copy of the bytes.
+    served.unlink(missing_ok=True)
+    served.hardlink_to(fp32)
+    report.precision[spec.name] = "fp32"
 
 
 _FP16_CHECK = """
@@ -213,41 +240,53 @@ def fp16_diff(
 
 
 class DiarizationExporter:
+    """Speaker embeddings always; pyannote's segmentation only when asked for by name or when
+    HF_TOKEN is set (it is gated). Without it the orchestrator diarizes with VAD + embeddings
+    over sliding windows + clustering (``orchestrator/diarize.py``)."""
+
     name = "diarization"
+    choosable = True
 
-    def checkpoints(self, preset: Preset) -> list[Checkpoint]:
+    def defaults(self, preset: Preset) -> dict[str, Checkpoint]:
         if preset is Preset.TINY:
-            return []
-        return [SEGMENTATION_CHECKPOINT, EMBEDDING_CHECKPOINT]
+            return {EMBEDDING: Checkpoint(RANDOM, EMBEDDING_CHECKPOINT.license)}
+        chosen = {EMBEDDING: EMBEDDING_CHECKPOINT}
+        if hub_token():
+            chosen[SEGMENTATION] = SEGMENTATION_CHECKPOINT
+        return chosen
 
-    def export(self, preset: Preset, target: Target, repository: Path) -> ExportReport:
+    def optional(self) -> dict[str, Checkpoint]:
+        return {SEGMENTATION: SEGMENTATION_CHECKPOINT}
+
+    def export(self, checkpoints: Checkpoints, target: Target, repository: Path) -> ExportReport:
         import torch
 
-        if preset is Preset.AUTO:
-            from polydub.export.hub import resolve_preset
-
-            preset = resolve_preset(preset)
-        label = "tiny (random weights)" if preset is Preset.TINY else "pyannote checkpoints"
-        report = ExportReport(family=self.name, checkpoint=label, models=[SEGMENTATION, EMBEDDING])
-
+        label = ", ".join(f"{m}: {c.describe()}" for m, c in checkpoints.items())
+        report = ExportReport(family=self.name, checkpoint=label)
         started = time.perf_counter()
         window = parity_waveforms(2, WINDOW_SAMPLES)
-        segmentation = build_segmentation(preset)
-        export_graph(
-            segmentation,
-            SEGMENTATION_SPEC,
-            (torch.from_numpy(window),),
-            [{"waveform": window}],
-            version_dir(repository, SEGMENTATION),
-            target,
-            report,
-        )
+        if SEGMENTATION in checkpoints:
+            export_graph(
+                build_segmentation(checkpoints[SEGMENTATION]),
+                SEGMENTATION_SPEC,
+                (torch.from_numpy(window),),
+                [{"waveform": window}],
+                version_dir(repository, SEGMENTATION),
+                target,
+                report,
+            )
+            report.models.append(SEGMENTATION)
+        else:
+            report.retired.append(SEGMENTATION)
+            report.notes.append(
+                "diarization without pyannote segmentation (gated): VAD + speaker embeddings "
+                "over sliding windows + clustering"
+            )
         frames = seg.num_frames(WINDOW_SAMPLES)
         mask = (np.random.default_rng(3).random((2, frames)) > 0.4).astype(np.float32)
         short = parity_waveforms(1, 3 * SAMPLE_RATE + 123, seed=4)
-        embedding = build_embedding(preset)
         export_graph(
-            embedding,
+            build_embedding(checkpoints[EMBEDDING]),
             EMBEDDING_SPEC,
             (torch.from_numpy(window), torch.from_numpy(mask)),
             [
@@ -259,10 +298,11 @@ class DiarizationExporter:
             target,
             report,
         )
-        copy_committed(repository, [SEGMENTATION, EMBEDDING])
+        report.models.append(EMBEDDING)
+        copy_committed(repository, report.models)
         report.notes.append(f"diarization export {time.perf_counter() - started:.1f}s")
-        if preset is Preset.TINY:
+        if any(c.random for c in checkpoints.values()):
             report.notes.append(
-                "tiny: random weights; segmentation and embeddings are meaningless (shapes only)"
+                "random weights (tiny): segmentation and embeddings are meaningless (shapes only)"
             )
         return report

@@ -32,7 +32,15 @@ from numpy.typing import NDArray
 
 from polydub.export.onnx_tools import check_parity, export_module, max_abs_diff, run_onnx
 from polydub.export.repository import copy_committed, version_dir
-from polydub.export.spec import Checkpoint, ExportReport, GraphSpec, Preset, Target, TensorSpec
+from polydub.export.spec import (
+    Checkpoint,
+    Checkpoints,
+    ExportReport,
+    GraphSpec,
+    Preset,
+    Target,
+    TensorSpec,
+)
 
 MODEL = "gender"
 SAMPLE_RATE = 16000
@@ -55,7 +63,7 @@ SPEC = GraphSpec(
     fp32_atol=1e-2,  # f0 in Hz after a parabolic fit: 0.01 Hz
     quantize=False,  # no weights to quantize; peak picking needs fp32
 )
-CHECKPOINT = Checkpoint(hub_id="polydub/pitch-rule (no weights)", license="Apache-2.0")
+CHECKPOINT = Checkpoint(ref="polydub/pitch-rule (no weights)", license="Apache-2.0")
 
 
 def num_frames(num_samples: int) -> int:
@@ -143,11 +151,15 @@ def parity_waveforms() -> NDArray[np.float32]:
 
 class GenderExporter:
     name = "gender"
+    choosable = False  # a fixed signal-processing graph: nothing to download for any preset
 
-    def checkpoints(self, preset: Preset) -> list[Checkpoint]:
-        return []  # a fixed signal-processing graph: nothing to download for any preset
+    def defaults(self, preset: Preset) -> dict[str, Checkpoint]:
+        return {MODEL: CHECKPOINT}
 
-    def export(self, preset: Preset, target: Target, repository: Path) -> ExportReport:
+    def optional(self) -> dict[str, Checkpoint]:
+        return {}
+
+    def export(self, checkpoints: Checkpoints, target: Target, repository: Path) -> ExportReport:
         import torch
 
         started = time.perf_counter()
@@ -165,7 +177,8 @@ class GenderExporter:
             max_abs_diff([expected[0][voiced]], [actual[0][voiced]]),
             max_abs_diff(expected[1:], actual[1:]),
         ]
-        report = ExportReport(family=self.name, checkpoint=CHECKPOINT.hub_id, models=[MODEL])
+        report = ExportReport(family=self.name, checkpoint=CHECKPOINT.ref, models=[MODEL])
+        report.precision[MODEL] = "fp32"
         report.max_abs_diff[MODEL] = check_parity(MODEL, max(diffs), SPEC.fp32_atol)
         copy_committed(repository, [MODEL])
         report.notes.append(

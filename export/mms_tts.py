@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from polydub.export.hub import require_access
+from polydub.export.hub import pretrained_args
 from polydub.export.onnx_tools import (
     check_parity,
     export_module,
@@ -58,7 +58,16 @@ from polydub.export.onnx_tools import (
     run_onnx,
 )
 from polydub.export.repository import SOURCE_REPOSITORY, copy_committed, version_dir
-from polydub.export.spec import Checkpoint, ExportReport, GraphSpec, Preset, Target, TensorSpec
+from polydub.export.spec import (
+    RANDOM,
+    Checkpoint,
+    Checkpoints,
+    ExportReport,
+    GraphSpec,
+    Preset,
+    Target,
+    TensorSpec,
+)
 from polydub.languages import get_language
 from polydub.orchestrator.text_normalize import TtsTokenizer
 
@@ -299,9 +308,9 @@ _CALIBRATION_TEXT = "a calibration sentence with the usual mix of letters and sp
 def load_pretrained(language: str, checkpoint: Checkpoint) -> tuple[Any, Any]:
     from transformers import VitsModel, VitsTokenizer
 
-    token = require_access(checkpoint)
-    model = VitsModel.from_pretrained(checkpoint.hub_id, token=token).eval()
-    tokenizer = VitsTokenizer.from_pretrained(checkpoint.hub_id, token=token)
+    ref, kwargs = pretrained_args(checkpoint)
+    model = VitsModel.from_pretrained(ref, **kwargs).eval()
+    tokenizer = VitsTokenizer.from_pretrained(ref, **kwargs)
     return model, tokenizer
 
 
@@ -410,15 +419,25 @@ class MmsTtsExporter:
         for code in self.languages:
             get_language(code)  # unknown codes: a clear error listing the supported ones
 
-    def checkpoints(self, preset: Preset) -> list[Checkpoint]:
-        return [Checkpoint(hub_id(lang), LICENSE) for lang in self.languages]
+    choosable = True
 
-    def export(self, preset: Preset, target: Target, repository: Path) -> ExportReport:
+    def defaults(self, preset: Preset) -> dict[str, Checkpoint]:
+        ref = RANDOM if preset is Preset.TINY else None
+        return {
+            model_name(lang): Checkpoint(ref or hub_id(lang), LICENSE) for lang in self.languages
+        }
+
+    def optional(self) -> dict[str, Checkpoint]:
+        """Any supported language's voice can be added by name (``--model mms_tts_ita=...``)."""
+        from polydub.languages import LANGUAGES
+
+        return {model_name(c): Checkpoint(hub_id(c), LICENSE) for c in LANGUAGES}
+
+    def export(self, checkpoints: Checkpoints, target: Target, repository: Path) -> ExportReport:
+        refs = {c.ref for c in checkpoints.values()}
         report = ExportReport(
             family=FAMILY,
-            checkpoint="tiny (random VitsConfig)"
-            if preset is Preset.TINY
-            else "facebook/mms-tts-*",
+            checkpoint="random VITS (tiny)" if refs == {RANDOM} else "facebook/mms-tts-*",
         )
         report.notes.append(f"MMS-TTS weights are {LICENSE} (non-commercial use only)")
         if target is Target.GPU:
@@ -428,9 +447,11 @@ class MmsTtsExporter:
         tokenizers = version_dir(repository, TOKENIZER_MODEL) / "tokenizers"
         tokenizers.mkdir(parents=True, exist_ok=True)
         copy_committed(repository, [TOKENIZER_MODEL])
-        for language, checkpoint in zip(self.languages, self.checkpoints(preset), strict=True):
+        for name, checkpoint in checkpoints.items():
+            language = name.removeprefix(model_name(""))
+            get_language(language)
             started = time.perf_counter()
-            spec = self._export_language(language, checkpoint, preset, repository, report)
+            spec = self._export_language(language, checkpoint, repository, report)
             (tokenizers / f"{language}.json").write_text(spec.to_json() + "\n", encoding="utf-8")
             report.notes.append(
                 f"{model_name(language)}: exported in {time.perf_counter() - started:.1f} s"
@@ -441,19 +462,18 @@ class MmsTtsExporter:
         self,
         language: str,
         checkpoint: Checkpoint,
-        preset: Preset,
         repository: Path,
         report: ExportReport,
     ) -> TtsTokenizer:
         from polydub.export.mms_tts_graph import VitsSynthesizer, fold_weight_norm
 
         name = model_name(language)
-        if preset is Preset.TINY:
+        if checkpoint.random:
             model, tokenizer = build_tiny(language)
             source = "tiny"
         else:
             model, tokenizer = load_pretrained(language, checkpoint)
-            source = checkpoint.hub_id
+            source = checkpoint.describe()
         fold_weight_norm(model)
         spec = tokenizer_spec(language, model, tokenizer, source)
         tokenizer.save_pretrained(str(repository / name / "tokenizer"))
@@ -482,6 +502,7 @@ class MmsTtsExporter:
         report.notes.append(f"{name}: synthesizer vs transformers VitsModel max |Δ| {hf_diff:.2g}")
 
         self._measure_int8(name, onnx_path, feeds, actual, report)
+        report.precision[name] = "fp32"
         report.models.append(name)
         return spec
 

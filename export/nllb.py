@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from polydub.export.hub import require_access
+from polydub.errors import ConfigurationError
+from polydub.export.hub import pretrained_args
 from polydub.export.onnx_tools import (
     check_parity,
     export_module,
@@ -47,7 +48,9 @@ from polydub.export.onnx_tools import (
 )
 from polydub.export.repository import SOURCE_REPOSITORY, copy_committed, version_dir
 from polydub.export.spec import (
+    RANDOM,
     Checkpoint,
+    Checkpoints,
     ExportReport,
     GraphSpec,
     Preset,
@@ -194,11 +197,17 @@ def load_checkpoint(checkpoint: Checkpoint) -> tuple[Any, Any]:
     import transformers
 
     hf: Any = transformers  # untyped
-    token = require_access(checkpoint)
-    tokenizer = hf.AutoTokenizer.from_pretrained(checkpoint.hub_id, token=token)
+    ref, kwargs = pretrained_args(checkpoint)
+    tokenizer = hf.AutoTokenizer.from_pretrained(ref, **kwargs)
     model = hf.M2M100ForConditionalGeneration.from_pretrained(
-        checkpoint.hub_id, token=token, attn_implementation="eager"
+        ref, attn_implementation="eager", **kwargs
     )
+    if len(tokenizer) > model.config.vocab_size:
+        raise ConfigurationError(
+            f"{checkpoint.describe()}: the tokenizer has {len(tokenizer)} tokens but the model's "
+            f"vocabulary {model.config.vocab_size}: they do not belong together",
+            code="tokenizer_mismatch",
+        )
     return model.eval(), tokenizer
 
 
@@ -554,27 +563,30 @@ def onnx_search(
 class NllbExporter:
     name = FAMILY
 
-    def checkpoints(self, preset: Preset) -> list[Checkpoint]:
+    choosable = True
+
+    def defaults(self, preset: Preset) -> dict[str, Checkpoint]:
         if preset is Preset.TINY:
-            return []
+            return {BLS: Checkpoint(RANDOM, LICENSE)}
         if preset is Preset.AUTO:
             raise ValueError("resolve the 'auto' preset first (polydub.export.hub.resolve_preset)")
-        return [CHECKPOINTS[preset]]
+        return {BLS: CHECKPOINTS[preset]}
 
-    def export(self, preset: Preset, target: Target, repository: Path) -> ExportReport:
-        if preset is Preset.TINY:
+    def optional(self) -> dict[str, Checkpoint]:
+        return {}
+
+    def export(self, checkpoints: Checkpoints, target: Target, repository: Path) -> ExportReport:
+        ckpt = checkpoints[BLS]
+        if ckpt.random:
             model, tokenizer = build_tiny()
-            checkpoint = "tiny (random M2M100)"
             notes = [
-                "tiny preset: random M2M100 (d_model 64, 2+2 layers, 4 heads) and an offline "
+                "random M2M100 (d_model 64, 2+2 layers, 4 heads) and an offline "
                 "tokenizer: the translations are noise"
             ]
         else:
-            (ckpt,) = self.checkpoints(preset)
             model, tokenizer = load_checkpoint(ckpt)
-            checkpoint = ckpt.hub_id
-            notes = [f"{ckpt.hub_id} is licensed {ckpt.license}: non-commercial use only"]
-        return self.export_model(model, tokenizer, target, repository, checkpoint, notes)
+            notes = [f"{ckpt.describe()} is licensed {ckpt.license}: non-commercial use only"]
+        return self.export_model(model, tokenizer, target, repository, ckpt.describe(), notes)
 
     def export_model(
         self,
@@ -689,6 +701,7 @@ class NllbExporter:
                 check_parity(f"{spec.name} fp16 (relative)", rel, FP16_RTOL)
                 copy_graph(fp16, out / "model_fp16.onnx")
                 copy_graph(fp32, out / "model.onnx")
+                report.precision[spec.name] = "fp16"
                 continue
             int8 = quantize_graph(fp32, work / f"{spec.name}_int8" / "model.onnx")
             quantized = run_onnx(int8, feeds[spec.name])
@@ -698,12 +711,15 @@ class NllbExporter:
             if spec is DECODER_SPEC:
                 top1 = float(np.mean(reference[2][:, 0] == quantized[2][:, 0]))
                 report.notes.append(f"{spec.name}: int8 top-1 token agreement {top1:.0%}")
-            copy_graph(fp32, out / "model_fp32.onnx")  # for checks and comparisons
             if rel <= spec.int8_atol:
                 copy_graph(int8, out / "model.onnx")
+                copy_graph(fp32, out / "model_fp32.onnx")  # for checks and comparisons
+                report.precision[spec.name] = "int8"
             else:
+                # model.onnx is then the fp32 graph itself: no second copy of its bytes.
                 report.notes.append(f"{spec.name}: int8 outside tolerance, serving fp32")
                 copy_graph(fp32, out / "model.onnx")
+                report.precision[spec.name] = "fp32"
 
         bls = version_dir(repository, BLS)
         tokenizer_dir = bls / TOKENIZER_DIR

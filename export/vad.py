@@ -34,7 +34,15 @@ from numpy.typing import NDArray
 
 from polydub.export.onnx_tools import check_parity, export_module, max_abs_diff, run_onnx
 from polydub.export.repository import copy_committed, version_dir
-from polydub.export.spec import Checkpoint, ExportReport, GraphSpec, Preset, Target, TensorSpec
+from polydub.export.spec import (
+    Checkpoint,
+    Checkpoints,
+    ExportReport,
+    GraphSpec,
+    Preset,
+    Target,
+    TensorSpec,
+)
 
 MODEL = "silero_vad"
 SAMPLE_RATE = 16000
@@ -42,7 +50,7 @@ WINDOW = 512  # samples per window at 16 kHz
 CONTEXT = 64  # samples of the previous window the model sees before each window
 HIDDEN = 128
 
-CHECKPOINT = Checkpoint(hub_id="faster-whisper:assets/silero_vad_v6.onnx", license="MIT")
+CHECKPOINT = Checkpoint(ref="faster-whisper:assets/silero_vad_v6.onnx", license="MIT")
 
 SPEC = GraphSpec(
     name=MODEL,
@@ -162,11 +170,15 @@ def parity_audio(seconds: float = 4.0, seed: int = 0) -> NDArray[np.float32]:
 
 class VadExporter:
     name = "vad"
+    choosable = False  # the same real weights for every preset: they ship in the wheel
 
-    def checkpoints(self, preset: Preset) -> list[Checkpoint]:
-        return [CHECKPOINT]  # the same real weights for every preset: they ship in the wheel
+    def defaults(self, preset: Preset) -> dict[str, Checkpoint]:
+        return {MODEL: CHECKPOINT}
 
-    def export(self, preset: Preset, target: Target, repository: Path) -> ExportReport:
+    def optional(self) -> dict[str, Checkpoint]:
+        return {}
+
+    def export(self, checkpoints: Checkpoints, target: Target, repository: Path) -> ExportReport:
         import torch
 
         started = time.perf_counter()
@@ -183,7 +195,8 @@ class VadExporter:
         with torch.no_grad():
             expected = [t.numpy() for t in module(batch, state)]
         actual = run_onnx(path, {"audio": batch.numpy(), "state": state.numpy()})
-        report = ExportReport(family=self.name, checkpoint=CHECKPOINT.hub_id, models=[MODEL])
+        report = ExportReport(family=self.name, checkpoint=CHECKPOINT.ref, models=[MODEL])
+        report.precision[MODEL] = "fp32"
         report.max_abs_diff[MODEL] = check_parity(
             MODEL, max_abs_diff(expected, actual), SPEC.fp32_atol
         )

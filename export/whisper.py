@@ -39,15 +39,23 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from polydub.export.hub import require_access
+from polydub.errors import ConfigurationError
+from polydub.export.hub import pretrained_args
 from polydub.export.onnx_tools import (
     check_parity,
     export_module,
-    max_abs_diff,
     quantize_int8,
 )
 from polydub.export.repository import SOURCE_REPOSITORY, copy_committed, version_dir
-from polydub.export.spec import Checkpoint, ExportReport, GraphSpec, Preset, Target
+from polydub.export.spec import (
+    RANDOM,
+    Checkpoint,
+    Checkpoints,
+    ExportReport,
+    GraphSpec,
+    Preset,
+    Target,
+)
 from polydub.export.whisper_graphs import (
     DECODER_MODEL,
     ENCODER_MODEL,
@@ -87,8 +95,8 @@ GRAPH_FILES = {ENCODER_MODEL: "encoder", DECODER_MODEL: "decoder"}  # graph -> f
 RUNTIME_FILE = SOURCE_REPOSITORY / BLS_MODEL / "1" / "whisper_runtime.py"
 TOKENIZER_DIR = "tokenizer"  # under whisper/1/, git-ignored
 CHECKPOINTS = {
-    Preset.SMALL: Checkpoint("openai/whisper-base", license="mit"),
-    Preset.LARGE: Checkpoint("openai/whisper-large-v3", license="mit"),
+    Preset.SMALL: Checkpoint("openai/whisper-base", license="MIT"),
+    Preset.LARGE: Checkpoint("openai/whisper-large-v3", license="MIT"),
 }
 TINY_NAME = "tiny-random-whisper"
 FP16_ATOL = 0.1  # fp16 weights and activations vs fp32 PyTorch
@@ -113,24 +121,29 @@ def runtime() -> ModuleType:
 # ------------------------------------------------------------------------ checkpoints
 
 
-def load_checkpoint(preset: Preset, tokenizer_dir: Path) -> tuple[Any, Any, Any, str]:
+def load_checkpoint(checkpoint: Checkpoint, tokenizer_dir: Path) -> tuple[Any, Any, Any, str]:
     """(model, tokenizer, generation config, checkpoint name); the tokenizer is saved too."""
-    if preset is Preset.TINY:
+    if checkpoint.random:
         from polydub.export import whisper_tiny
 
         tokenizer = whisper_tiny.build_tokenizer(tokenizer_dir)
         model, generation = whisper_tiny.build_model(tokenizer)
         return model, tokenizer, generation, TINY_NAME
-    checkpoint = CHECKPOINTS[preset]
-    token = require_access(checkpoint)
     from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperTokenizer
 
-    model = WhisperForConditionalGeneration.from_pretrained(checkpoint.hub_id, token=token).eval()
-    tokenizer = WhisperTokenizer.from_pretrained(checkpoint.hub_id, token=token)
-    generation = GenerationConfig.from_pretrained(checkpoint.hub_id, token=token)
+    ref, kwargs = pretrained_args(checkpoint)
+    model = WhisperForConditionalGeneration.from_pretrained(ref, **kwargs).eval()
+    tokenizer = WhisperTokenizer.from_pretrained(ref, **kwargs)
+    generation = GenerationConfig.from_pretrained(ref, **kwargs)
+    if len(tokenizer) > model.config.vocab_size:
+        raise ConfigurationError(
+            f"{checkpoint.describe()}: the tokenizer has {len(tokenizer)} tokens but the model's "
+            f"vocabulary {model.config.vocab_size}: they do not belong together",
+            code="tokenizer_mismatch",
+        )
     model.generation_config = generation
     tokenizer.save_pretrained(str(tokenizer_dir))
-    return model, tokenizer, generation, checkpoint.hub_id
+    return model, tokenizer, generation, checkpoint.describe()
 
 
 def make_facts(model: Any, tokenizer: Any, generation: Any, checkpoint: str) -> Any:
@@ -287,20 +300,21 @@ def torch_references(model: Any, facts: Any, features: Array) -> References:
 
 
 def check_graphs(refs: References, encoder_path: Path, decoder_path: Path) -> tuple[float, float]:
-    """Max |onnx - torch| of the encoder and of the decoder outputs on the fixed inputs.
+    """Relative differences (``max_rel_diff``) of the encoder and the decoder on fixed inputs.
 
-    The decoder's reference is our flat DecoderGraph, which must itself match transformers'
+    Judged on what the served model reads: the encoder's cross-attention K/V (its
+    ``last_hidden_state`` is an output for checks only), the decoder's logits and K/V cache. The
+    decoder's reference is our flat DecoderGraph, which must itself match transformers'
     WhisperForConditionalGeneration forward: the larger of both differences is returned.
     """
-    from polydub.export.onnx_tools import run_onnx
+    from polydub.export.onnx_tools import max_rel_diff, run_onnx
 
-    encoder_diff = max_abs_diff(
-        refs.encoder, run_onnx(encoder_path, {"input_features": refs.features})
-    )
+    encoder = run_onnx(encoder_path, {"input_features": refs.features})
+    encoder_diff = max_rel_diff(refs.encoder[1:], encoder[1:])
     decoder_diff = 0.0
     for feed, expected, hf in zip(refs.decoder_feeds, refs.decoder, refs.hf_logits, strict=True):
-        decoder_diff = max(decoder_diff, max_abs_diff(expected, run_onnx(decoder_path, feed)))
-        decoder_diff = max(decoder_diff, max_abs_diff([hf], expected[:1]))
+        decoder_diff = max(decoder_diff, max_rel_diff(expected, run_onnx(decoder_path, feed)))
+        decoder_diff = max(decoder_diff, max_rel_diff([hf], expected[:1]))
     return encoder_diff, decoder_diff
 
 
@@ -443,14 +457,20 @@ def _dummy_inputs(model: Any, facts: Any) -> tuple[tuple[Any, ...], tuple[Any, .
 class WhisperExporter:
     name = "whisper"
 
-    def checkpoints(self, preset: Preset) -> list[Checkpoint]:
-        if preset is Preset.TINY:
-            return []
-        return [CHECKPOINTS[preset]]
+    choosable = True
 
-    def export(self, preset: Preset, target: Target, repository: Path) -> ExportReport:
+    def defaults(self, preset: Preset) -> dict[str, Checkpoint]:
+        if preset is Preset.TINY:
+            return {BLS_MODEL: Checkpoint(RANDOM, "MIT")}
+        return {BLS_MODEL: CHECKPOINTS[preset]}
+
+    def optional(self) -> dict[str, Checkpoint]:
+        return {}
+
+    def export(self, checkpoints: Checkpoints, target: Target, repository: Path) -> ExportReport:
+        checkpoint = checkpoints[BLS_MODEL]
         return self.export_loaded(
-            lambda tokenizer_dir: load_checkpoint(preset, tokenizer_dir), target, repository
+            lambda tokenizer_dir: load_checkpoint(checkpoint, tokenizer_dir), target, repository
         )
 
     def export_loaded(
@@ -461,8 +481,6 @@ class WhisperExporter:
         checkpoint; benchmarks pass a random model of real dimensions (bench/asr.py)."""
         started = time.perf_counter()
         rt = runtime()
-        for stale in STALE_MODELS:
-            shutil.rmtree(repository / stale, ignore_errors=True)
         copy_committed(repository, MODELS)
         bls_dir = version_dir(repository, BLS_MODEL)
         tokenizer_dir = bls_dir / TOKENIZER_DIR
@@ -472,6 +490,7 @@ class WhisperExporter:
         facts = make_facts(model, tokenizer, generation, checkpoint)
         (tokenizer_dir / rt.FACTS_FILE).write_text(facts.to_json(), encoding="utf-8")
         report = ExportReport(family=self.name, checkpoint=checkpoint, models=list(MODELS))
+        report.retired.extend(STALE_MODELS)
 
         cfg = model.config
         specs = {
@@ -544,8 +563,14 @@ class WhisperExporter:
             and dec_diff <= specs[DECODER_MODEL].int8_atol
         )
         for name, path in paths.items():
-            shutil.copyfile(int8[name] if ok else path, _variant(path, ""))
-            int8[name].unlink()
+            served = _variant(path, "")
+            served.unlink(missing_ok=True)
+            if ok:
+                int8[name].replace(served)
+            else:  # the fp32 graph itself, linked: no second copy of its bytes
+                int8[name].unlink()
+                served.hardlink_to(path)
+        report.precision[BLS_MODEL] = "int8" if ok else "fp32"
         if ok:
             q = OrtWhisper(
                 _variant(paths[ENCODER_MODEL], ""), _variant(paths[DECODER_MODEL], ""), facts
@@ -576,8 +601,11 @@ class WhisperExporter:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         fp16 = {name: _variant(path, "_fp16") for name, path in paths.items()}
+        report.precision[BLS_MODEL] = "fp16"
         for name, path in paths.items():
-            shutil.copyfile(path, _variant(path, ""))
+            served = _variant(path, "")
+            served.unlink(missing_ok=True)
+            served.hardlink_to(path)
             converted = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
             onnx.save(converted, str(fp16[name]))
         enc_diff, dec_diff = check_graphs(refs, fp16[ENCODER_MODEL], fp16[DECODER_MODEL])

@@ -135,6 +135,8 @@ def encoder_spec(n_mels: int, d_model: int, layers: int, heads: int) -> GraphSpe
         name=ENCODER_MODEL,
         inputs=(TensorSpec("input_features", "float32", ("batch", n_mels, 3000)),),
         outputs=(TensorSpec("last_hidden_state", "float32", ("batch", 1500, d_model)), *cross),
+        # Relative to each output's scale (whisper.check_graphs): real whisper-base's fp32 graph
+        # is within 2e-5 of PyTorch on values that reach 24.
         fp32_atol=1e-4,
         int8_atol=0.25,
     )

@@ -65,7 +65,7 @@ def ensure_tiny_models(repository: Path) -> list[str]:
     marker = repository / EXPORTED_MARKER
     fingerprint = export_fingerprint()
     if not marker.exists() or marker.read_text().strip() != fingerprint:
-        from polydub.export.run import export_all
+        from polydub.export.run import export_preset
         from polydub.export.spec import Preset, Target
 
         if repository.exists() and any(repository.iterdir()):
@@ -73,7 +73,7 @@ def ensure_tiny_models(repository: Path) -> list[str]:
                 raise RuntimeError(f"{repository} is not a tiny-model cache of the load harness")
             shutil.rmtree(repository)
         repository.mkdir(parents=True)
-        export_all(Preset.TINY, Target.CPU, repository)
+        export_preset(Preset.TINY, Target.CPU, repository)
         marker.write_text(fingerprint + "\n")
     return model_names(repository)
 

@@ -1,5 +1,13 @@
 """Who speaks when: segmentation + embeddings (Triton) + clustering (here, numpy/scipy).
 
+Two pipelines, chosen by what the model repository serves:
+
+* with pyannote's segmentation (gated on the Hub: served only with HF_TOKEN or when named),
+  the flow drawn below;
+* without it (the default), the classic VAD + embedding + clustering pipeline: the VAD's speech
+  is cut into overlapping ``embed_window_s`` windows every ``embed_step_s``, each is embedded,
+  the embeddings clustered, and each frame takes the speaker most of its windows voted for.
+
     audio ─► segment: 10 s windows every ``step_s`` ─► per window, up to 3 local speakers
           ─► embed each (window, local speaker) with its activity as pooling weights
              (frames where several speakers overlap are left out when enough clean ones remain)
@@ -13,8 +21,7 @@
 
 Robustness: with speech regions from the VAD, speech frames always get at least one speaker
 and non-speech frames none; when the segmentation finds nobody at all (silence, or an untrained
-``tiny`` model), speech is cut into ``fallback_chunk_s`` pieces that are embedded and clustered
-directly. So the output always covers the speech with ordered, per-speaker non-overlapping turns
+``tiny`` model), the second pipeline runs on the VAD's speech. So the output always covers the speech with ordered, per-speaker non-overlapping turns
 whatever the models' quality; how *right* the speaker labels are depends on real weights.
 """
 
@@ -27,7 +34,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from polydub.errors import InvalidInput
+from polydub.errors import InvalidInput, PolydubError
 from polydub.orchestrator.inference.diarization import (
     FRAME_STEP,
     SAMPLE_RATE,
@@ -56,7 +63,8 @@ class DiarizeOptions:
     max_speakers: int = 20
     merge_gap_s: float = 0.3  # bridge same-speaker gaps shorter than this
     min_turn_s: float = 0.1  # drop turns shorter than this
-    fallback_chunk_s: float = 1.5
+    embed_window_s: float = 1.5  # without segmentation: embedding windows over speech ...
+    embed_step_s: float = 0.75  # ... every this many seconds (half-overlapping)
 
 
 def cluster_embeddings(
@@ -181,13 +189,21 @@ async def diarize(
     if frames == 0:
         return []
     duration = samples.size / SAMPLE_RATE
-    seg = await client.segment(samples, step_s=options.step_s)
-    in_speech = speech_mask(speech, frames) if speech is not None else seg.speech()
+    try:
+        seg: Segmentation | None = await client.segment(samples, step_s=options.step_s)
+    except PolydubError as exc:
+        if exc.code != "model_not_found" or speech is None:
+            raise
+        seg = None  # no segmentation model served: VAD + embeddings + clustering
+    if seg is not None:
+        in_speech = speech_mask(speech, frames) if speech is not None else seg.speech()
+    else:
+        in_speech = speech_mask(speech or [], frames)
     if not in_speech.any():
         return []
 
-    keys, masks = _embedding_masks(seg, in_speech, options)
-    if keys:
+    keys, masks = _embedding_masks(seg, in_speech, options) if seg is not None else ([], [])
+    if seg is not None and keys:
         chunks = [window_audio(samples, int(seg.starts[c])) for c, _ in keys]
         embeddings = await client.embed(chunks, masks)
         sizes = np.array([m.sum() for m in masks]) * FRAME_STEP / SAMPLE_RATE
@@ -201,7 +217,7 @@ async def diarize(
         )
         active = _frame_speakers(seg, keys, embeddings, labels, in_speech)
     else:
-        active = await _fallback(samples, in_speech, num_speakers, client, options)
+        active = await _sliding_windows(samples, in_speech, num_speakers, client, options)
     turns = turns_from_frames(active, duration, options)
     names: dict[int, str] = {}
     for _, _, k in turns:
@@ -300,32 +316,41 @@ def _nearest(anchors: NDArray[np.int64], queries: NDArray[np.int64]) -> NDArray[
     return result
 
 
-async def _fallback(
+async def _sliding_windows(
     samples: NDArray[np.float32],
     in_speech: NDArray[np.bool_],
     num_speakers: int | None,
     client: DiarizationClient,
     options: DiarizeOptions,
 ) -> NDArray[np.bool_]:
-    """No local speaker anywhere: embed fixed pieces of speech and cluster them."""
-    piece = max(1, round(options.fallback_chunk_s * SAMPLE_RATE / FRAME_STEP))
+    """No segmentation (or it heard nobody): embed overlapping windows of each speech run,
+    cluster them, and give each speech frame the speaker most of its covering windows got."""
+    span = max(1, round(options.embed_window_s * SAMPLE_RATE / FRAME_STEP))
+    step = max(1, round(options.embed_step_s * SAMPLE_RATE / FRAME_STEP))
     edges = np.diff(np.concatenate([[0], in_speech.astype(np.int8), [0]]))
-    pieces: list[tuple[int, int]] = []
+    windows: list[tuple[int, int]] = []
     for first, last in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
-        count = max(1, round((last - first) / piece))
-        bounds = np.linspace(first, last, count + 1).round().astype(int)
-        pieces += list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
-    chunks = [samples[a * FRAME_STEP : max(b * FRAME_STEP, a * FRAME_STEP + 1)] for a, b in pieces]
+        if last - first <= span:
+            windows.append((int(first), int(last)))
+            continue
+        starts = list(range(int(first), int(last) - span + 1, step))
+        if starts[-1] + span < last:  # the run's tail gets a window of its own
+            starts.append(int(last) - span)
+        windows += [(a, a + span) for a in starts]
+    chunks = [samples[a * FRAME_STEP : max(b * FRAME_STEP, a * FRAME_STEP + 1)] for a, b in windows]
     embeddings = await client.embed(chunks)
     labels = cluster_embeddings(
         embeddings,
         num_speakers,
         threshold=options.threshold,
-        sizes=np.array([b - a for a, b in pieces]) * FRAME_STEP / SAMPLE_RATE,
+        sizes=np.array([b - a for a, b in windows]) * FRAME_STEP / SAMPLE_RATE,
         min_cluster_size=options.min_cluster_s,
         max_speakers=options.max_speakers,
     )
-    active = np.zeros((in_speech.size, int(labels.max()) + 1), bool)
-    for (a, b), label in zip(pieces, labels.tolist(), strict=True):
-        active[a:b, label] = True
+    votes = np.zeros((in_speech.size, int(labels.max()) + 1), np.float32)
+    for (a, b), label in zip(windows, labels.tolist(), strict=True):
+        votes[a:b, label] += 1.0
+    active = np.zeros(votes.shape, bool)
+    speech_frames = np.flatnonzero(in_speech)
+    active[speech_frames, votes[speech_frames].argmax(axis=1)] = True
     return active

@@ -30,6 +30,8 @@ Publish = Callable[[JobRecord, dict[str, Any]], Awaitable[None]]
 class StageResult:
     outputs: dict[str, Any] = field(default_factory=dict)  # JSON: object keys and small values
     metrics: dict[str, Any] = field(default_factory=dict)  # for the quality report
+    # Quality-gate warnings raised by this stage's figures (gates.QualityIssue.to_dict()).
+    warnings: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -193,7 +195,9 @@ class PipelineRunner:
         started = time.monotonic()
         result = await stage.run(context)
         result.metrics.setdefault("seconds", round(time.monotonic() - started, 3))
-        await self.store.finish_stage(job, stage.name, language, result.outputs, result.metrics)
+        await self.store.finish_stage(
+            job, stage.name, language, result.outputs, result.metrics, result.warnings
+        )
         finished.outputs[(stage.name, language)] = result.outputs
         await tracker.update(stage, language, 1.0, done=True)
 

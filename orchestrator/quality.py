@@ -6,6 +6,7 @@ name in the report (``asr``, ``translation``, ``timing``, ``mix``, ``speakers``)
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -50,6 +51,7 @@ class TranslationStats:
     median_segment_ratio: float | None
     max_segment_ratio: float | None
     empty_translations: int  # a non-empty source with an empty target
+    spoken_segments: int = 0  # a non-empty source: what there is to translate
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +71,7 @@ def translation_stats(sources: Sequence[str], targets: Sequence[str]) -> Transla
         median_segment_ratio=round(statistics.median(ratios), 4) if ratios else None,
         max_segment_ratio=round(max(ratios), 4) if ratios else None,
         empty_translations=sum(1 for s, t in pairs if s > 0 and t == 0),
+        spoken_segments=sum(1 for s, _ in pairs if s > 0),
     )
 
 
@@ -127,9 +130,10 @@ def fit_stats(timings: Iterable[SegmentTiming]) -> FitStats:
 
 @dataclass(frozen=True)
 class LoudnessStats:
-    integrated_lufs: float
-    true_peak_dbtp: float
-    lra: float
+    # None for digital silence: ffmpeg measures -inf, which JSON (and jsonb) cannot hold.
+    integrated_lufs: float | None
+    true_peak_dbtp: float | None
+    lra: float | None
     target_lufs: float
     within_target: bool  # within +-1 LU of the target (EBU R128's tolerance for live is +-1)
     gain_db: float
@@ -151,12 +155,16 @@ def loudness_stats(
     total_samples: int,
 ) -> LoudnessStats:
     return LoudnessStats(
-        integrated_lufs=integrated_lufs,
-        true_peak_dbtp=true_peak_dbtp,
-        lra=lra,
+        integrated_lufs=_finite(integrated_lufs),
+        true_peak_dbtp=_finite(true_peak_dbtp),
+        lra=_finite(lra),
         target_lufs=target_lufs,
         within_target=abs(integrated_lufs - target_lufs) <= 1.0,
         gain_db=gain_db,
         clipped_samples=clipped_samples,
         clipped_ratio=round(clipped_samples / total_samples, 6) if total_samples else 0.0,
     )
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

@@ -144,7 +144,10 @@ class JobStore:
         language: str,
         outputs: dict[str, Any],
         metrics: dict[str, Any],
+        warnings: list[dict[str, str]] | None = None,
     ) -> None:
+        """Record the stage as done; its quality warnings replace those of its earlier runs,
+        on the job for a job-scope stage and on the target language otherwise."""
         async with self.pool.acquire() as conn, conn.transaction():
             await self._fence(conn, job)
             await conn.execute(
@@ -160,6 +163,25 @@ class JobStore:
                 outputs,
                 metrics,
             )
+            kept = (
+                "COALESCE((SELECT jsonb_agg(w) FROM jsonb_array_elements(warnings) w"
+                " WHERE w->>'stage' IS DISTINCT FROM $2), '[]'::jsonb) || $3::jsonb"
+            )
+            if language:
+                await conn.execute(
+                    f"UPDATE job_targets SET warnings = {kept} WHERE job_id = $1 AND language = $4",
+                    job.id,
+                    stage,
+                    warnings or [],
+                    language,
+                )
+            else:
+                await conn.execute(
+                    f"UPDATE jobs SET warnings = {kept} WHERE id = $1",
+                    job.id,
+                    stage,
+                    warnings or [],
+                )
 
     async def record_media(
         self, job: JobRecord, media: dict[str, Any], detected: str | None = None

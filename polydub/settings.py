@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(default=9100, ge=0, le=65535)
     worker_metrics_poll_seconds: float = Field(default=5.0, gt=0)  # queue depth, Triton stats
 
+    # Quality gates (orchestrator/gates.py): the report figures that put a warning on a job.
+    # A language with speech and nothing dubbed fails whatever these say.
+    quality_min_language_probability: float = Field(default=0.5, ge=0.0, le=1.0)  # auto-detect
+    quality_min_avg_logprob: float = Field(default=-1.0, le=0.0)  # Whisper's log_prob_threshold
+    quality_max_truncated_ratio: float = Field(default=0.25, ge=0.0, le=1.0)  # segments cut short
+
     @model_validator(mode="after")
     def _fill_local_addresses(self) -> Settings:
         # frozen model: fill the derived defaults through object.__setattr__ once, at validation.

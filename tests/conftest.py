@@ -98,12 +98,12 @@ async def tiny_models(triton: InferenceClient, stack_settings: Settings) -> list
     """Every model family exported with the tiny preset into the session's repository, loaded."""
     import asyncio
 
-    from polydub.export.run import export_all
+    from polydub.export.run import export_preset
     from polydub.export.spec import Preset, Target
     from polydub.stack.models import loadable_models
 
     repository = stack_settings.model_repository
-    await asyncio.to_thread(export_all, Preset.TINY, Target.CPU, repository)
+    await asyncio.to_thread(export_preset, Preset.TINY, Target.CPU, repository)
     names, _ = loadable_models(repository)  # graphs before the BLS models that call them
     for name in names:
         await triton.load_model(name)

@@ -9,9 +9,10 @@ into windows and puts the timestamps back:
   ``overlap_s``; each window owns the time up to the middle of its overlaps, and a segment is kept
   from the window that owns its midpoint.
 * ``transcribe_packed``: short speech regions (VAD output, typically 5-10 s) are packed
-  back-to-back, with a short silence between them, into ~30 s windows. Whisper's encoder
-  always processes 30 s, so a 6 s region sent alone wastes 80 % of it; packed, five regions
-  cost one window. Segment times are mapped back to each region's own clock.
+  back-to-back, 1 s of silence between them, into ~30 s windows. Whisper's encoder always
+  processes 30 s, so a 6 s region sent alone wastes 80 % of it; packed, four or five regions
+  cost one window. Segment times are mapped back to each region's own clock; a region whose
+  words Whisper may have merged with a neighbour's is decoded again alone (``asr_packing``).
 
 Language codes are polydub's canonical ISO 639-3 codes in and out; Whisper's codes stay inside.
 """
@@ -30,13 +31,20 @@ from numpy.typing import NDArray
 
 from polydub.errors import InvalidInput
 from polydub.languages import from_whisper, get_language
+from polydub.orchestrator.inference.asr_packing import (
+    PACK_GAP_S,
+    WINDOW_S,
+    Placement,
+    neighbours,
+    pack_regions,
+    unpack_window,
+)
+from polydub.orchestrator.inference.asr_packing import unpack_segments as unpack_segments
 
 MODEL = "whisper"
 SAMPLE_RATE = 16000
-WINDOW_S = 30.0
 WINDOW_SAMPLES = int(WINDOW_S * SAMPLE_RATE)
 OVERLAP_S = 5.0
-PACK_GAP_S = 0.4
 TASKS = ("transcribe", "translate")
 OUTPUTS = [
     "text",
@@ -113,16 +121,6 @@ class AudioRegion:
     @property
     def duration(self) -> float:
         return self.audio.size / SAMPLE_RATE
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a region sits in a packed window."""
-
-    region: int  # index into the regions given
-    window: int
-    offset: float  # seconds from the window start
-    duration: float
 
 
 # ------------------------------------------------------------------------------ audio
@@ -210,51 +208,6 @@ def merge_windows(
 
 
 # ----------------------------------------------------------------- short regions: packing
-
-
-def pack_regions(
-    durations: Sequence[float], window_s: float = WINDOW_S, gap_s: float = PACK_GAP_S
-) -> list[list[Placement]]:
-    """Greedy, in order: regions go back-to-back (``gap_s`` of silence between) into windows
-    of at most ``window_s``. Every duration must be <= ``window_s``."""
-    windows: list[list[Placement]] = []
-    used = math.inf
-    for index, duration in enumerate(durations):
-        if duration > window_s:
-            raise ValueError(f"region {index} is longer than a window: {duration:.2f}s")
-        offset = used + gap_s
-        if not windows or offset + duration > window_s:
-            windows.append([])
-            offset = 0.0
-        windows[-1].append(Placement(index, len(windows) - 1, offset, duration))
-        used = offset + duration
-    return windows
-
-
-def unpack_segments(
-    segments: Sequence[TranscriptSegment], placements: Sequence[Placement]
-) -> dict[int, list[TranscriptSegment]]:
-    """Window-relative segments -> region-relative ones, keyed by region index.
-
-    A segment belongs to the region whose packed span (plus the gap after it) holds its
-    midpoint; its times are clamped into that region.
-    """
-    out: dict[int, list[TranscriptSegment]] = {p.region: [] for p in placements}
-    if not placements:
-        return out
-    ordered = sorted(placements, key=lambda p: p.offset)
-    for seg in segments:
-        middle = (seg.start + seg.end) / 2
-        owner = ordered[0]
-        for placement in ordered:
-            if middle >= placement.offset:
-                owner = placement
-        start = min(max(seg.start - owner.offset, 0.0), owner.duration)
-        end = min(max(seg.end - owner.offset, start), owner.duration)
-        out[owner.region].append(
-            TranscriptSegment(start, end, seg.text, seg.avg_logprob, seg.no_speech_prob, seg.tokens)
-        )
-    return out
 
 
 def cut_regions(audio16k: NDArray[Any], spans: Sequence[Span]) -> list[AudioRegion]:
@@ -406,6 +359,10 @@ class AsrClient:
 
         Regions longer than a window go through ``transcribe`` on their own. With no
         ``language``, it is detected once, on the first packed window, for all regions.
+        A region that a decoded segment spans together with another region, or that came
+        back empty although audible, is decoded again in a window of its own, and so are the
+        neighbours of an empty one that has words alone (``asr_packing`` says why): each
+        region's text comes from exactly one decode.
         """
         _check_task(task)
         code = whisper_code(language)
@@ -433,16 +390,36 @@ class AsrClient:
             ),
         )
         out: list[Transcription | None] = [None] * len(regions)
+        alone: set[int] = set()  # regions (indices into ``regions``) to decode alone
+        empty: dict[int, list[int]] = {}  # audible but empty region -> its packed neighbours
         for window, result in zip(placements, window_results, strict=True):
             prob = result.language_probability if language is not None else probability
-            for local, segments in unpack_segments(result.segments, window).items():
-                region = regions[short[local]]
-                out[short[local]] = Transcription(
-                    canonical,
-                    prob,
-                    region.duration,
-                    _shift(segments, region.start),
-                    tuple(t for s in segments for t in s.tokens),
+            unpacked = unpack_window(result.segments, window)
+            for local, segments in unpacked.segments.items():
+                i = short[local]
+                tokens = tuple(t for s in segments for t in s.tokens)
+                out[i] = _region_transcription(regions[i], canonical, prob, segments, tokens)
+                if local in unpacked.redo:
+                    alone.add(i)
+                elif not segments and _audible(regions[i].audio):
+                    alone.add(i)
+                    empty[i] = [short[n] for n in neighbours(window, local)]
+        if alone:
+            solo = await self._decode_alone(regions, alone, code, task)
+            # An empty region with words of its own: they were most likely read into the
+            # text of a neighbour, with timestamps short of this region.
+            suspects = {
+                n
+                for i, near in empty.items()
+                if solo[i].segments
+                for n in near
+                if n not in alone and (held := out[n]) is not None and held.segments
+            }
+            solo |= await self._decode_alone(regions, suspects, code, task)
+            for i, result in solo.items():
+                prob = result.language_probability if language is not None else probability
+                out[i] = _region_transcription(
+                    regions[i], canonical, prob, result.segments, result.tokens
                 )
         for i, whole in zip(long, long_results, strict=True):
             out[i] = Transcription(
@@ -453,6 +430,16 @@ class AsrClient:
                 whole.tokens,
             )
         return [t for t in out if t is not None]
+
+    async def _decode_alone(
+        self, regions: Sequence[AudioRegion], which: set[int], code: str, task: str
+    ) -> dict[int, WindowResult]:
+        """Each of ``which`` in a window of its own (requests sent together: one batch)."""
+        order = sorted(which)
+        results = await asyncio.gather(
+            *(self.transcribe_window(as_audio16k(regions[i].audio), code, task) for i in order)
+        )
+        return dict(zip(order, results, strict=True))
 
     def _packed_audio(
         self, regions: Sequence[AudioRegion], short: Sequence[int], window: Sequence[Placement]
@@ -465,6 +452,24 @@ class AsrClient:
             start = round(placement.offset * SAMPLE_RATE)
             audio[start : start + clip.size] = clip[: max(0, size - start)]
         return audio
+
+
+def _region_transcription(
+    region: AudioRegion,
+    language: str,
+    probability: float,
+    segments: Sequence[TranscriptSegment],
+    tokens: tuple[int, ...],
+) -> Transcription:
+    """Segments on the region's clock -> its transcription on the recording's clock."""
+    return Transcription(
+        language, probability, region.duration, _shift(segments, region.start), tokens
+    )
+
+
+def _audible(audio: NDArray[Any]) -> bool:
+    """Not empty or digital silence: worth a window of its own when packing found no words."""
+    return bool(audio.size) and bool(np.max(np.abs(audio)) > 1e-4)
 
 
 def _check_task(task: str) -> None:

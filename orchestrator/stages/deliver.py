@@ -15,13 +15,19 @@ from typing import Any
 import numpy as np
 
 from polydub.orchestrator.artifacts import Artifacts
+from polydub.orchestrator.gates import GateThresholds, no_speech, report_warnings
 from polydub.orchestrator.media.mix import Placement, background_track, mix_to_wav, speech_intervals
 from polydub.orchestrator.media.mux import encode_audio
 from polydub.orchestrator.media.mux import mux as mux_media
 from polydub.orchestrator.media.pcm import create_wav, wav_info
 from polydub.orchestrator.pipeline import StageContext, StageResult
 from polydub.orchestrator.quality import loudness_stats
-from polydub.orchestrator.stages.dub import SKIPPED, subtitles_only, timing_from_dict
+from polydub.orchestrator.stages.dub import (
+    SKIPPED,
+    quality_warnings,
+    subtitles_only,
+    timing_from_dict,
+)
 from polydub.orchestrator.subtitles import make_cues, to_srt, to_vtt
 
 
@@ -65,13 +71,13 @@ async def mix(ctx: StageContext) -> StageResult:
         clipped_samples=result.clipped_samples,
         total_samples=result.frames * result.channels,
     )
+    metrics = {
+        **stats.to_dict(),
+        "ducked_seconds": round(result.ducked_seconds, 3),
+        "background_separated": separated,
+    }
     return StageResult(
-        {"dubbed_wav": stored["key"]},
-        {
-            **stats.to_dict(),
-            "ducked_seconds": round(result.ducked_seconds, 3),
-            "background_separated": separated,
-        },
+        {"dubbed_wav": stored["key"]}, metrics, quality_warnings(ctx, "mix", metrics)
     )
 
 
@@ -156,7 +162,8 @@ async def subtitles(ctx: StageContext) -> StageResult:
 
 
 async def quality_report(ctx: StageContext) -> dict[str, Any]:
-    """Per-stage metrics of this job and language, as the stages recorded them."""
+    """Per-stage metrics of this job and language, as the stages recorded them, and the
+    quality-gate warnings they raise (the job's and this language's)."""
     rows = await ctx.services.jobs.pool.fetch(
         "SELECT stage, language, metrics FROM job_stages WHERE job_id = $1 AND status = 'succeeded'"
         " AND language IN ('', $2) ORDER BY started_at",
@@ -166,10 +173,14 @@ async def quality_report(ctx: StageContext) -> dict[str, Any]:
     artifacts = Artifacts(ctx.services.store, ctx.cache_dir)
     synth = ctx.outputs_of("synthesize")
     timing = await artifacts.get_json(synth["timing"]) if "timing" in synth else {"segments": []}
+    stages = {r["stage"]: r["metrics"] for r in rows}
+    limits = GateThresholds.from_settings(ctx.services.settings)
     return {
         "job_id": str(ctx.job.id),
         "language": ctx.language,
-        "stages": {r["stage"]: r["metrics"] for r in rows},
+        "no_speech": no_speech(stages),
+        "warnings": [w.to_dict() for w in report_warnings(stages, limits)],
+        "stages": stages,
         "segments": timing["segments"],
     }
 

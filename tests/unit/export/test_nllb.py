@@ -151,10 +151,10 @@ def test_export_report_and_files(tiny: Tiny) -> None:
 def test_exporter_registry_and_checkpoints() -> None:
     exporter = get_family("nllb")
     assert isinstance(exporter, NllbExporter)
-    assert exporter.checkpoints(Preset.TINY) == []
-    (small,) = exporter.checkpoints(Preset.SMALL)
-    (large,) = exporter.checkpoints(Preset.LARGE)
-    assert (small.hub_id, large.hub_id) == (
+    assert [c.random for c in exporter.defaults(Preset.TINY).values()] == [True]
+    (small,) = exporter.defaults(Preset.SMALL).values()
+    (large,) = exporter.defaults(Preset.LARGE).values()
+    assert (small.ref, large.ref) == (
         "facebook/nllb-200-distilled-600M",
         "facebook/nllb-200-3.3B",
     )

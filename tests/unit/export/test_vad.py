@@ -46,7 +46,8 @@ class LocalInfer:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ExportReport]:
     repository = tmp_path_factory.mktemp("repo")
-    return repository, VadExporter().export(Preset.TINY, Target.CPU, repository)
+    exporter = VadExporter()
+    return repository, exporter.export(exporter.defaults(Preset.TINY), Target.CPU, repository)
 
 
 def test_export_writes_model_and_config(exported: tuple[Path, ExportReport]) -> None:

@@ -56,7 +56,8 @@ rt = runtime()
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ExportReport]:
     repository = tmp_path_factory.mktemp("repo")
-    return repository, WhisperExporter().export(Preset.TINY, Target.CPU, repository)
+    exporter = WhisperExporter()
+    return repository, exporter.export(exporter.defaults(Preset.TINY), Target.CPU, repository)
 
 
 @pytest.fixture(scope="module")

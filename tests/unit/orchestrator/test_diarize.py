@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from polydub.errors import InvalidInput
+from polydub.errors import ConfigurationError, InvalidInput
 from polydub.orchestrator.diarize import (
     DiarizeOptions,
     SpeakerTurn,
@@ -185,6 +185,35 @@ async def test_fallback_when_segmentation_hears_nobody() -> None:
     for turn, (start, end, _) in zip(turns, SPANS, strict=True):
         assert turn.start == pytest.approx(start, abs=0.05)
         assert turn.end == pytest.approx(end, abs=0.05)
+
+
+class EmbeddingOnly(IdealModels):
+    """A repository without pyannote segmentation (the default: it is gated): Triton answers
+    "unknown model" for it, as ``polydub.errors.classify`` maps it."""
+
+    async def infer(
+        self, model: str, inputs: Mapping[str, NDArray[Any]], outputs: Sequence[str]
+    ) -> dict[str, NDArray[Any]]:
+        if model == "pyannote_segmentation":
+            raise ConfigurationError("unknown model", code="model_not_found")
+        return await super().infer(model, inputs, outputs)
+
+
+async def test_without_segmentation_vad_embeddings_and_clustering() -> None:
+    spans = [(1.0, 4.0, 110.0), (4.3, 8.0, 220.0), (9.0, 11.0, 110.0)]  # a quick turn at 4.0 s
+    speech = [SpeechRegion(1.0, 8.0), SpeechRegion(9.0, 11.0)]  # VAD joins the first two
+    fake = EmbeddingOnly()
+    turns = await diarize(_tones(spans, 12.0), client=DiarizationClient(fake), speech=speech)
+    assert [t.speaker for t in turns] == ["SPEAKER_00", "SPEAKER_01", "SPEAKER_00"]
+    # The change of speaker inside one VAD region is found to within a window (1.5 s, every
+    # 0.75 s): the resolution of the embedding-only pipeline.
+    assert turns[0].end == pytest.approx(4.15, abs=0.75)
+    assert turns[1].start == pytest.approx(4.15, abs=0.75)
+    assert turns[2].start == pytest.approx(9.0, abs=0.05)
+    assert fake.calls["speaker_embedding"] >= 1 and "pyannote_segmentation" in fake.calls
+    # Without VAD regions there is nothing to embed: the missing model is the error.
+    with pytest.raises(ConfigurationError):
+        await diarize(_tones(spans, 12.0), client=DiarizationClient(EmbeddingOnly()))
 
 
 async def test_empty_and_silent_audio() -> None:

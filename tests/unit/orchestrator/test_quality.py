@@ -1,3 +1,4 @@
+import json
 from dataclasses import dataclass
 
 import pytest
@@ -56,3 +57,11 @@ def test_loudness_stats() -> None:
     assert stats.within_target and stats.clipped_ratio == 1e-6
     assert not loudness_stats(-25.0, -2.0, 1.0, target_lufs=-23.0, gain_db=0.0, clipped_samples=0,
                               total_samples=0).within_target  # fmt: skip
+
+
+def test_loudness_of_digital_silence_is_json() -> None:
+    silent = loudness_stats(float("-inf"), float("-inf"), 0.0, target_lufs=-23.0, gain_db=0.0,
+                            clipped_samples=0, total_samples=96_000)  # fmt: skip
+    assert (silent.integrated_lufs, silent.true_peak_dbtp, silent.lra) == (None, None, 0.0)
+    assert not silent.within_target
+    json.dumps(silent.to_dict(), allow_nan=False)  # jsonb refuses -Infinity
