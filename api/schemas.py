@@ -237,9 +237,25 @@ class LanguageOut(BaseModel):
     dub_target: bool = Field(description="translate and synthesize: a full dub into it")
 
 
+class ServedModelOut(BaseModel):
+    name: str
+    family: str
+    checkpoint: str = Field(description="Hub id, local directory, or 'random weights (tiny)'")
+    revision: str | None = Field(description="the Hub commit, or a local checkpoint's sha256")
+    license: str
+    precision: str = Field(description="int8 | fp32 | fp16")
+    random_weights: bool = Field(description="random weights: this model's output is noise")
+
+
 class LanguagesOut(BaseModel):
     auto_detect: bool
     models: list[str]
+    served: list[ServedModelOut] = Field(
+        default_factory=list, description="where each served model's weights come from"
+    )
+    random_weights: list[str] = Field(
+        default_factory=list, description="model families served with random weights (noise)"
+    )
     languages: list[LanguageOut]
 
 

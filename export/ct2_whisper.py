@@ -224,8 +224,6 @@ def convert(ct2_dir: str | Path, out_dir: str | Path) -> Path:
         bos_token_id=generation.bos_token_id,
         eos_token_id=generation.eos_token_id,
         decoder_start_token_id=generation.decoder_start_token_id,
-        suppress_tokens=generation.suppress_tokens,
-        begin_suppress_tokens=generation.begin_suppress_tokens,
         architectures=["WhisperForConditionalGeneration"],
         torch_dtype="float32",
     )

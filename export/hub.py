@@ -96,6 +96,8 @@ def fetch_file(checkpoint: Checkpoint, filename: str) -> Path:
     """One file of the checkpoint on local disk (downloaded into the Hub cache if needed)."""
     local = checkpoint.local
     if local is not None:
+        if not local.is_dir():
+            raise ConfigurationError(f"{local}: no such directory", code="checkpoint_not_found")
         path = local / filename
         if not path.is_file():
             raise ConfigurationError(

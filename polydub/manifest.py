@@ -9,10 +9,16 @@ served, wherever the repository lives (a folder here, s3:// in a cluster). Impor
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+log = logging.getLogger(__name__)
 
 MANIFEST_MODEL = "polydub_manifest"
 MANIFEST_FILE = "manifest.json"
@@ -109,3 +115,25 @@ def read_manifest(repository: Path) -> Manifest:
     if not path.is_file():
         return Manifest()
     return Manifest.from_json(path.read_text(encoding="utf-8"))
+
+
+class Infer(Protocol):
+    async def infer(
+        self, model: str, inputs: Mapping[str, NDArray[Any]], outputs: list[str]
+    ) -> dict[str, NDArray[Any]]: ...
+
+
+async def fetch_manifest(client: Infer) -> Manifest:
+    """The served repository's manifest, through Triton; empty when the repository has none
+    (exported before manifests existed) or Triton cannot say."""
+    from polydub.errors import classify
+
+    try:
+        result = await client.infer(
+            MANIFEST_MODEL, {"format": np.array([b"json"], dtype=np.object_)}, ["manifest"]
+        )
+        raw = result["manifest"].reshape(-1)[0]
+        return Manifest.from_json(raw if isinstance(raw, bytes | str) else bytes(raw))
+    except Exception as exc:
+        log.warning("no model manifest from Triton: %s", classify(exc).message)
+        return Manifest()

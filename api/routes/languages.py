@@ -14,9 +14,10 @@ import time
 from fastapi import APIRouter
 
 from polydub.api.deps import Caller, State
-from polydub.api.schemas import ErrorEnvelope, LanguageOut, LanguagesOut
+from polydub.api.schemas import ErrorEnvelope, LanguageOut, LanguagesOut, ServedModelOut
 from polydub.errors import ServiceUnavailable
 from polydub.languages import LANGUAGES
+from polydub.manifest import MANIFEST_MODEL, Manifest, fetch_manifest
 
 router = APIRouter(tags=["languages"])
 
@@ -24,7 +25,7 @@ CACHE_SECONDS = 30.0
 _TTS = re.compile(r"^mms[_-]tts[_-]([a-z]{3})$")
 
 
-def supported(models: list[str]) -> LanguagesOut:
+def supported(models: list[str], manifest: Manifest | None = None) -> LanguagesOut:
     asr = any(m.startswith("whisper") for m in models)
     mt = any(m.startswith("nllb") for m in models)
     voices = {match[1] for m in models if (match := _TTS.match(m))}
@@ -39,7 +40,17 @@ def supported(models: list[str]) -> LanguagesOut:
         )
         for lang in sorted(LANGUAGES.values(), key=lambda lang: lang.code)
     ]
-    return LanguagesOut(auto_detect=asr, models=sorted(models), languages=languages)
+    served = [
+        ServedModelOut(name=name, **facts)
+        for name, facts in (manifest or Manifest()).summary(models)["models"].items()
+    ]
+    return LanguagesOut(
+        auto_detect=asr,
+        models=sorted(m for m in models if m != MANIFEST_MODEL),
+        served=served,
+        random_weights=sorted({s.family for s in served if s.random_weights}),
+        languages=languages,
+    )
 
 
 @router.get(
@@ -59,6 +70,7 @@ async def languages(state: State, key: Caller) -> LanguagesOut:
         raise ServiceUnavailable(
             "the model server is not reachable", code="triton_unavailable"
         ) from exc
-    result = supported([str(m["name"]) for m in index if m.get("name")])
+    ready = [str(m["name"]) for m in index if m.get("name")]
+    result = supported(ready, await fetch_manifest(state.triton))
     state.languages_cache = (time.monotonic(), result)
     return result

@@ -138,6 +138,7 @@ def dub(
             console.print(f"[red]the job was refused ({exc.code}):[/red] {exc.message}")
             raise typer.Exit(2) from None
         where = "the local stack" if connection.local else connection.url
+        _print_models(client)
         console.print(
             f"job [bold]{job.id}[/bold] on {where}: {input.name} → {', '.join(job.target_languages)}"
         )
@@ -152,6 +153,22 @@ def dub(
     if failed:
         _report_failure(job)
         raise typer.Exit(1)
+
+
+def _print_models(client: Client) -> None:
+    """Which checkpoint serves each family, and plainly which ones are random (noise)."""
+    try:
+        served = client.languages().served
+    except ApiError:
+        return
+    families: dict[str, list[str]] = {}
+    for model in served:
+        weights = "[red]RANDOM weights: noise[/red]" if model.random_weights else "real"
+        families.setdefault(model.family, []).append(f"{model.checkpoint} ({weights})")
+    for family, sources in sorted(families.items()):
+        unique = sorted(set(sources))
+        shown = unique[0] if len(unique) == 1 else "; ".join(unique)
+        console.print(f"[dim]model[/dim] {family}: {shown}")
 
 
 def _submit(

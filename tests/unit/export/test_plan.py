@@ -1,0 +1,134 @@
+"""Choosing checkpoints (``--model``), checking them before anything is written, and the
+export's staging, swap and manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from polydub.cli import app
+from polydub.errors import ConfigurationError
+from polydub.export.plan import ModelChoice, make_plan
+from polydub.export.run import export_all
+from polydub.export.spec import RANDOM, Preset, Target
+from polydub.manifest import MANIFEST_MODEL, manifest_path, read_manifest
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def _no_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+
+
+def test_parse_choices() -> None:
+    assert ModelChoice.parse("whisper=openai/whisper-large-v3-turbo@abc123") == ModelChoice(
+        "whisper", "openai/whisper-large-v3-turbo", "abc123"
+    )
+    assert ModelChoice.parse("nllb=/srv/nllb-1.3B") == ModelChoice("nllb", "/srv/nllb-1.3B")
+    assert ModelChoice.parse("segmentation=random").key == "pyannote_segmentation"
+    for bad in ("whisper", "=x", "whisper="):
+        with pytest.raises(ConfigurationError, match="KEY=REF"):
+            ModelChoice.parse(bad)
+
+
+def test_defaults_need_no_token() -> None:
+    small = make_plan(Preset.SMALL).checkpoints()
+    assert "pyannote_segmentation" not in small
+    assert not any(c.gated for c in small.values())
+    assert small["speaker_embedding"].ref == "pyannote/wespeaker-voxceleb-resnet34-LM"
+    tiny = make_plan(Preset.TINY).checkpoints()
+    assert all(c.random for m, c in tiny.items() if m not in ("silero_vad", "gender"))
+    # Named, the gated model joins; with a token it joins by default.
+    named = make_plan(Preset.SMALL, [ModelChoice.parse("segmentation=pyannote/segmentation-3.0")])
+    assert named.checkpoints()["pyannote_segmentation"].gated
+
+
+def test_choices_override_and_add(monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = make_plan(
+        Preset.TINY,
+        [
+            ModelChoice.parse("whisper=openai/whisper-large-v3-turbo@v1"),
+            ModelChoice.parse("mms_tts_ita=facebook/mms-tts-ita"),
+        ],
+        families=["whisper", "mms_tts"],
+    )
+    chosen = plan.checkpoints()
+    assert (chosen["whisper"].ref, chosen["whisper"].revision) == (
+        "openai/whisper-large-v3-turbo",
+        "v1",
+    )
+    assert chosen["mms_tts_ita"].ref == "facebook/mms-tts-ita"
+    assert chosen["mms_tts_spa"].ref == RANDOM
+    with pytest.raises(ConfigurationError, match="no such model"):
+        make_plan(Preset.TINY, [ModelChoice.parse("bert=google/bert")])
+    with pytest.raises(ConfigurationError, match="fixed"):
+        make_plan(Preset.TINY, [ModelChoice.parse("silero_vad=/x")])
+    with pytest.raises(ConfigurationError, match="unknown model family"):
+        make_plan(Preset.TINY, families=["nope"])
+
+
+def _snapshot(repository: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(repository)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in repository.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_export_stages_swaps_and_writes_the_manifest(tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    plan = make_plan(Preset.TINY, families=["vad", "gender"])
+    result = export_all(plan, Target.CPU, repository)
+    assert sorted(result.manifest.models) == ["gender", "silero_vad"]
+    manifest = read_manifest(repository)
+    vad = manifest.models["silero_vad"]
+    assert (vad.family, vad.random, vad.precision) == ("vad", False, "fp32")
+    assert vad.checkpoint.startswith("faster-whisper:") and vad.parity["silero_vad"] < 1e-3
+    assert (repository / MANIFEST_MODEL / "config.pbtxt").is_file()
+    assert (repository / MANIFEST_MODEL / "1" / "model.py").is_file()
+    assert json.loads(manifest_path(repository).read_text())["format"] == 1
+    # Nothing is left beside the repository: no staging or trash folder.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
+
+    # A failing export leaves the repository as it was, and the error is one clear line.
+    before = _snapshot(repository)
+    not_nllb = tmp_path / "bert"
+    not_nllb.mkdir()
+    (not_nllb / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    bad = make_plan(Preset.TINY, [ModelChoice.parse(f"nllb={not_nllb}")], families=["nllb"])
+    with pytest.raises(ConfigurationError, match="'bert' checkpoint, not 'm2m_100'"):
+        export_all(bad, Target.CPU, repository)
+    missing = make_plan(Preset.TINY, [ModelChoice.parse("whisper=/no/such/dir")], ["whisper"])
+    with pytest.raises(ConfigurationError, match="no such directory"):
+        export_all(missing, Target.CPU, repository)
+    assert _snapshot(repository) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "repo"]
+
+
+def test_cli_prints_one_line_for_a_foreseeable_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "models",
+            "export",
+            "--preset",
+            "tiny",
+            "--family",
+            "nllb",
+            "--model",
+            f"nllb={tmp_path / 'nowhere'}",
+            "--repository",
+            str(tmp_path / "repo"),
+        ],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert f"error: {tmp_path / 'nowhere'}: no such directory" in result.output
+    assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
