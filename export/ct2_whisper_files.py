@@ -22,6 +22,7 @@ __all__ = ["ct2_vocabulary", "write_generation_config", "write_tokenizer"]
 EOT = "<|endoftext|>"
 # openai/whisper's max_initial_timestamp of 1.0 s, in 0.02 s timestamp steps
 MAX_INITIAL_TIMESTAMP_INDEX = 50
+MODEL_MAX_LENGTH = 1024  # what the openai/whisper-* tokenizer configs declare
 
 
 def _invalid(message: str) -> ConfigurationError:
@@ -75,7 +76,10 @@ def write_tokenizer(ct2_dir: Path, out_dir: Path, vocab_size: int) -> Any:
         vocab_file.write_text(json.dumps(base, ensure_ascii=False), encoding="utf-8")
         merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
         tokenizer = hf.WhisperTokenizer(
-            vocab_file=str(vocab_file), merges_file=str(merges_file), pad_token=EOT
+            vocab_file=str(vocab_file),
+            merges_file=str(merges_file),
+            pad_token=EOT,
+            model_max_length=MODEL_MAX_LENGTH,
         )
     for is_special, run in _runs(vocabulary[len(tokenizer) :], special):
         if is_special:

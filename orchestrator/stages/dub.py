@@ -13,6 +13,7 @@ from polydub.languages import get_language
 from polydub.orchestrator.artifacts import Artifacts
 from polydub.orchestrator.candidates import pick_candidate
 from polydub.orchestrator.gates import GateThresholds, enforce, stage_warnings
+from polydub.orchestrator.inference.translation import TranslationCandidate
 from polydub.orchestrator.inference.tts import model_name
 from polydub.orchestrator.media.mix import render_segments
 from polydub.orchestrator.pipeline import StageContext, StageResult
@@ -38,7 +39,7 @@ async def translate(ctx: StageContext) -> StageResult:
     )
     out = []
     for segment, result in zip(segments, results, strict=True):
-        chosen = pick_candidate(result.candidates, segment["end"] - segment["start"])
+        chosen = choose_candidate(result.candidates, segment["end"] - segment["start"])
         out.append(
             {
                 **segment,
@@ -59,6 +60,15 @@ async def translate(ctx: StageContext) -> StageResult:
         },
     )
     return StageResult({"translation": key}, metrics, quality_warnings(ctx, "translate", metrics))
+
+
+def choose_candidate(candidates: list[TranslationCandidate], slot_seconds: float) -> int:
+    """The candidate to speak: an empty one is the model stopping at once (it happens on short or
+    odd input), never a translation of spoken words, so any other candidate of the n-best wins."""
+    worded = [i for i, c in enumerate(candidates) if c.text.strip()]
+    if not worded:
+        return 0
+    return worded[pick_candidate([candidates[i] for i in worded], slot_seconds)]
 
 
 def quality_warnings(

@@ -145,12 +145,8 @@ async def test_two_speakers_dubbed_into_two_languages(pipeline: Pipeline, tmp_pa
         report = json.loads(await store.get_bytes(keys["quality_report"]))
         assert report["stages"]["diarize"]["speakers_found"] == 2
         assert "integrated_lufs" in report["stages"]["mix"]
-        print(
-            "GATEPROBE",
-            language,
-            json.dumps({k: report[k] for k in ("no_speech", "warnings")}),
-            json.dumps({k: report["stages"][k] for k in ("transcribe", "translate", "synthesize")}),
-        )  # TEMP
+        # Noise words, but spoken: the quality gates let the language through.
+        assert report["no_speech"] is False and report["stages"]["synthesize"]["dubbed_seconds"] > 0
 
 
 async def test_audio_only_input_without_background(pipeline: Pipeline, tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from tests.hub.build import EMBEDDING, SEGMENTATION, ModelCard, Scale
 PYANNOTE_TASK_MODULE = "pyannote.audio.core.task"
 LIGHTNING_VERSION = "2.0.6"
 VERSIONS = {"torch": "2.0.1", "pyannote.audio": "3.0.0"}
+PYANNOTE_TAGS = ("pyannote", "pyannote-audio", "pyannote-audio-model", "audio", "speech", "speaker")
 
 SEGMENTATION_YAML = """\
 task:
@@ -178,8 +179,7 @@ def build_segmentation(out: Path, scale: Scale, repo_id: str = SEGMENTATION) -> 
     _save_checkpoint(out / "pytorch_model.bin", network.state_dict(), hparams, meta)
     return ModelCard(
         license="mit",
-        tags=("pyannote", "pyannote-audio", "pyannote-audio-model", "audio", "voice", "speech")
-        + ("speaker", "speaker-diarization", "speaker-change-detection", "overlapped-speech"),
+        tags=(*PYANNOTE_TAGS, "speaker-diarization", "speaker-change-detection"),
         extra={
             "extra_gated_prompt": "The collected information will help acquire a better "
             "knowledge of pyannote.audio userbase."
@@ -223,7 +223,6 @@ def build_embedding(out: Path, scale: Scale, repo_id: str = EMBEDDING) -> ModelC
     _save_checkpoint(out / "pytorch_model.bin", network.state_dict(), hparams, meta)
     return ModelCard(
         license="cc-by-4.0",
-        tags=("pyannote", "pyannote-audio", "pyannote-audio-model", "wespeaker", "audio")
-        + ("voice", "speech", "speaker", "speaker-recognition", "speaker-embedding"),
+        tags=(*PYANNOTE_TAGS, "wespeaker", "speaker-recognition", "speaker-embedding"),
         extra={"datasets": ["voxceleb"]},
     )

@@ -110,8 +110,8 @@ def test_transformers_and_faster_whisper_hear_the_same_sentence(
     )
 
     model = WhisperForConditionalGeneration.from_pretrained(str(checkpoint)).eval()
-    processor = WhisperProcessor.from_pretrained(str(checkpoint))
-    generation = GenerationConfig.from_pretrained(str(checkpoint))
+    processor: Any = WhisperProcessor.from_pretrained(str(checkpoint))
+    generation: Any = GenerationConfig.from_pretrained(str(checkpoint))
     assert generation.lang_to_id["<|en|>"] == 50259 and generation.is_multilingual
     features = processor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
     with torch.no_grad():

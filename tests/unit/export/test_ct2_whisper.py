@@ -137,7 +137,7 @@ def test_tokenizer_processor_and_generation_config(
     _, ct2, out = round_trip
     _, _, tokenizer, generation = source
     slow = WhisperTokenizer.from_pretrained(str(out))
-    processor = WhisperProcessor.from_pretrained(str(out))
+    processor: Any = WhisperProcessor.from_pretrained(str(out))
     assert slow.get_vocab() == tokenizer.get_vocab()
     assert processor.tokenizer.get_vocab() == tokenizer.get_vocab()
     assert processor.feature_extractor.feature_size == whisper_tiny.TINY_DIMS["num_mel_bins"]
@@ -147,7 +147,7 @@ def test_tokenizer_processor_and_generation_config(
         assert slow.encode(text, add_special_tokens=False) == ids
         assert processor.tokenizer.encode(text, add_special_tokens=False) == ids
         assert reference.encode(text, add_special_tokens=False).ids == ids
-    loaded = GenerationConfig.from_pretrained(str(out))
+    loaded: Any = GenerationConfig.from_pretrained(str(out))
     for key in ("lang_to_id", "task_to_id", "suppress_tokens", "begin_suppress_tokens",
                 "no_timestamps_token_id", "decoder_start_token_id", "eos_token_id",
                 "prev_sot_token_id", "is_multilingual", "max_initial_timestamp_index",

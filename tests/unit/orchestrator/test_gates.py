@@ -11,7 +11,9 @@ from orchestrator.gates import (
     report_warnings,
     stage_warnings,
 )
+from orchestrator.inference.translation import TranslationCandidate
 from orchestrator.quality import fit_stats, translation_stats
+from orchestrator.stages.dub import choose_candidate
 from polydub.errors import PermanentError
 from polydub.settings import Settings
 
@@ -158,3 +160,18 @@ def test_thresholds_come_from_settings() -> None:
     assert GateThresholds.from_settings(Settings()) == GateThresholds()
     issue = QualityIssue("no_speech", "m", "transcribe")
     assert issue.to_dict() == {"code": "no_speech", "message": "m", "stage": "transcribe"}
+
+
+def test_an_empty_best_candidate_loses_to_any_worded_one() -> None:
+    # What the tiny NLLB often answers: </s> first, words further down the n-best.
+    candidates = [
+        TranslationCandidate("", -0.15),
+        TranslationCandidate("", -0.6),
+        TranslationCandidate("Hola, ¿qué tal?", -0.9),
+        TranslationCandidate("Hola.", -1.0),
+    ]
+    assert choose_candidate(candidates, 0.4) == 3  # the worded ones compete on fit as usual
+    assert choose_candidate(candidates, 1.0) == 2
+    assert choose_candidate(candidates[:2], 1.0) == 0  # nothing worded: empty it is
+    worded_first = [TranslationCandidate("Hola.", -0.2), TranslationCandidate("", -0.1)]
+    assert choose_candidate(worded_first, 0.5) == 0
