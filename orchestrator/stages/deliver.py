@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from polydub.manifest import fetch_manifest
 from polydub.orchestrator.artifacts import Artifacts
-from polydub.orchestrator.gates import GateThresholds, no_speech, report_warnings
+from polydub.orchestrator.gates import GateThresholds, QualityIssue, no_speech, report_warnings
 from polydub.orchestrator.media.mix import Placement, background_track, mix_to_wav, speech_intervals
 from polydub.orchestrator.media.mux import encode_audio
 from polydub.orchestrator.media.mux import mux as mux_media
@@ -175,14 +176,39 @@ async def quality_report(ctx: StageContext) -> dict[str, Any]:
     timing = await artifacts.get_json(synth["timing"]) if "timing" in synth else {"segments": []}
     stages = {r["stage"]: r["metrics"] for r in rows}
     limits = GateThresholds.from_settings(ctx.services.settings)
+    models = (await fetch_manifest(ctx.services.triton)).summary(served_models(ctx.language))
+    warnings = [w.to_dict() for w in report_warnings(stages, limits)]
+    if models["random_weights"]:
+        families = ", ".join(models["random_weights"])
+        warnings.append(
+            QualityIssue(
+                "random_weights",
+                f"served with random weights (tiny), so their output is noise: {families}",
+                "deliver",
+            ).to_dict()
+        )
     return {
         "job_id": str(ctx.job.id),
         "language": ctx.language,
         "no_speech": no_speech(stages),
-        "warnings": [w.to_dict() for w in report_warnings(stages, limits)],
+        "warnings": warnings,
+        "models": models,
         "stages": stages,
         "segments": timing["segments"],
     }
+
+
+def served_models(language: str) -> list[str]:
+    """The Triton models a job into ``language`` calls (the segmentation only where served)."""
+    return [
+        "silero_vad",
+        "pyannote_segmentation",
+        "speaker_embedding",
+        "whisper",
+        "gender",
+        "nllb",
+        f"mms_tts_{language}",
+    ]
 
 
 def _silence_like(wav: Path, out: Path) -> Path:
