@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from polydub.errors import ConfigurationError
 from polydub.export import pyannote_segmentation as seg
 from polydub.export import wespeaker_resnet as wes
-from polydub.export.hub import Expected, fetch_file, hub_token
+from polydub.export.hub import Expected, fetch_file
 from polydub.export.onnx_tools import (
     check_parity,
     convert_fp16,
@@ -250,10 +250,7 @@ class DiarizationExporter:
     def defaults(self, preset: Preset) -> dict[str, Checkpoint]:
         if preset is Preset.TINY:
             return {EMBEDDING: Checkpoint(RANDOM, EMBEDDING_CHECKPOINT.license)}
-        chosen = {EMBEDDING: EMBEDDING_CHECKPOINT}
-        if hub_token():
-            chosen[SEGMENTATION] = SEGMENTATION_CHECKPOINT
-        return chosen
+        return {EMBEDDING: EMBEDDING_CHECKPOINT}
 
     def optional(self) -> dict[str, Checkpoint]:
         return {SEGMENTATION: SEGMENTATION_CHECKPOINT}

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from polydub.errors import ConfigurationError
-from polydub.export.hub import hub_reachable
+from polydub.export.hub import hub_reachable, hub_token
 from polydub.export.registry import FAMILIES, get_family
 from polydub.export.spec import RANDOM, Checkpoint, Preset
 
@@ -51,6 +51,9 @@ class Plan:
 
     preset: Preset  # the preset the defaults came from (``auto`` resolved)
     families: dict[str, dict[str, Checkpoint]]
+    # Gated models that joined because HF_TOKEN is set, not because they were named: a token
+    # without accepted terms drops them (with a warning) instead of failing the export.
+    droppable: frozenset[str] = frozenset()
 
     def checkpoints(self) -> dict[str, Checkpoint]:
         return {m: c for models in self.families.values() for m, c in models.items()}
@@ -79,13 +82,21 @@ def make_plan(
         )
         if "whisper" in plan:
             plan["whisper"][WHISPER_MODEL] = bundled_whisper() or plan["whisper"][WHISPER_MODEL]
+    droppable: set[str] = set()
+    if online and resolved is not Preset.TINY and hub_token():
+        for family in plan:
+            for model, checkpoint in get_family(family).optional().items():
+                if checkpoint.gated and model not in plan[family]:
+                    plan[family][model] = checkpoint
+                    droppable.add(model)
     for choice in choices:
+        droppable.discard(choice.key)
         family = _owner(choice.key, wanted)
         base = plan[family].get(choice.key) or get_family(family).optional()[choice.key]
         plan[family][choice.key] = replace(
             base, ref=choice.ref, revision=choice.revision, label=None
         )
-    return Plan(resolved, plan)
+    return Plan(resolved, plan, frozenset(droppable))
 
 
 def _owner(key: str, families: list[str]) -> str:

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from polydub.errors import ConfigurationError
@@ -50,27 +50,33 @@ def expected_layout(model: str) -> Expected | None:
     return EXPECTED.get(model)
 
 
-def check_plan(plan: Plan) -> dict[str, Inspected]:
+def check_plan(plan: Plan) -> tuple[Plan, dict[str, Inspected]]:
     """Inspect every checkpoint that is not random or fixed; the first problem is raised as a
-    one-line ConfigurationError."""
+    one-line ConfigurationError. A droppable gated model refused is left out (a warning)."""
     found: dict[str, Inspected] = {}
-    for model, checkpoint in plan.checkpoints().items():
-        layout = expected_layout(model)
-        if checkpoint.random or layout is None:
-            continue
-        try:
-            found[model] = inspect(checkpoint, layout)
-        except Exception as exc:
-            explained = explain(exc, checkpoint)
-            if explained is None:
-                raise
-            raise explained from exc
-    return found
+    families = {family: dict(models) for family, models in plan.families.items()}
+    for family, models in plan.families.items():
+        for model, checkpoint in models.items():
+            layout = expected_layout(model)
+            if checkpoint.random or layout is None:
+                continue
+            try:
+                found[model] = inspect(checkpoint, layout)
+            except Exception as exc:
+                explained = explain(exc, checkpoint)
+                if explained is None:
+                    raise
+                if model in plan.droppable and explained.code == "gated_model_needs_token":
+                    log.warning("%s: left out, the export goes on without it", explained.message)
+                    del families[family][model]
+                    continue
+                raise explained from exc
+    return replace(plan, families=families), found
 
 
 def export_all(plan: Plan, target: Target, repository: Path) -> ExportResult:
     repository = repository.resolve()
-    inspected = check_plan(plan)
+    plan, inspected = check_plan(plan)
     repository.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{repository.name}.staging-", dir=repository.parent))
     try:

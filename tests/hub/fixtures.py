@@ -1,7 +1,10 @@
 """The ``fake_hub`` pytest fixture: every ``small``-preset repository built once per session (scale
 ``ci``) and served on loopback. Use it from a test module with::
 
-    from tests.hub.fixtures import FakeHub, fake_hub  # noqa: F401  (pytest finds it by name)
+    from tests.hub import fixtures
+    from tests.hub.fixtures import FakeHub
+
+    fake_hub = fixtures.fake_hub  # pytest finds fixtures by their name in the test module
 
     def test_x(fake_hub: FakeHub, tmp_path: Path) -> None:
         subprocess.run([...], env=fake_hub.env(tmp_path), check=True)

@@ -162,8 +162,12 @@ def test_real_preset_needs_a_token_for_gated_segmentation(monkeypatch: pytest.Mo
     assert {m: c.ref for m, c in DiarizationExporter().defaults(Preset.SMALL).items()} == {
         EMBEDDING: "pyannote/wespeaker-voxceleb-resnet34-LM"
     }
-    monkeypatch.setenv("HF_TOKEN", "hf_test")
-    assert list(DiarizationExporter().defaults(Preset.SMALL)) == [EMBEDDING, SEGMENTATION]
+    from polydub.export.plan import make_plan
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test")  # with a token it joins, droppable if refused
+    plan = make_plan(Preset.SMALL, families=["diarization"])
+    assert list(plan.families["diarization"]) == [EMBEDDING, SEGMENTATION]
+    assert plan.droppable == {SEGMENTATION}
 
 
 async def test_client_segment_and_embed(exported: tuple[Path, ExportReport]) -> None:
