@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 import shutil
 import sys
 import tempfile
@@ -83,7 +84,8 @@ PARITY_TEXTS = (
 )
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf cannot hold a graph over 2 GB: weights go beside
 TINY_SEED = 1234
-TINY_EOS_BOOST = 3.5
+TINY_EOS_BOOST = 4.0
+TINY_LATIN_BOOST = 6.0
 
 _F32, _I64 = "float32", "int64"
 _CACHE = ("batch", "layers", "heads", "src_len", "head_dim")
@@ -100,7 +102,8 @@ ENCODER_SPEC = GraphSpec(
         TensorSpec("cross_value", _F32, _CACHE),
     ),
     fp32_atol=FP32_ATOL,
-    int8_atol=INT8_RTOL,  # relative here: see INT8_RTOL
+    int8_atol=None,
+    int8_rtol=INT8_RTOL,
 )
 DECODER_SPEC = GraphSpec(
     name=DECODER,
@@ -120,7 +123,8 @@ DECODER_SPEC = GraphSpec(
         TensorSpec("present_value", _F32, ("batch", "layers", "heads", "total_len", "head_dim")),
     ),
     fp32_atol=FP32_ATOL,
-    int8_atol=INT8_RTOL,  # relative here: see INT8_RTOL
+    int8_atol=None,
+    int8_rtol=INT8_RTOL,
 )
 
 
@@ -190,6 +194,13 @@ def build_tiny() -> tuple[Any, Any]:
     with torch.no_grad():
         eos = model.lm_head.weight[model.config.eos_token_id]
         model.model.decoder.layer_norm.bias += TINY_EOS_BOOST * eos / eos.norm()
+        # ... and toward Latin-letter pieces: the tiny voices speak only letters, and noise in
+        # Devanagari or Hangul (what the random model favoured) left nothing to synthesize, so
+        # a job on tiny models dubbed nothing and failed its quality gate.
+        vocab = tokenizer.get_vocab()
+        latin = [i for piece, i in vocab.items() if re.fullmatch(r"▁?[a-z]+", piece)]
+        direction = model.lm_head.weight[latin].mean(0)
+        model.model.decoder.layer_norm.bias += TINY_LATIN_BOOST * direction / direction.norm()
     return model.eval(), tokenizer
 
 
@@ -711,7 +722,7 @@ class NllbExporter:
             if spec is DECODER_SPEC:
                 top1 = float(np.mean(reference[2][:, 0] == quantized[2][:, 0]))
                 report.notes.append(f"{spec.name}: int8 top-1 token agreement {top1:.0%}")
-            if rel <= spec.int8_atol:
+            if rel <= spec.tolerance("int8")[0]:
                 copy_graph(int8, out / "model.onnx")
                 copy_graph(fp32, out / "model_fp32.onnx")  # for checks and comparisons
                 report.precision[spec.name] = "int8"

@@ -48,6 +48,45 @@ def quantize_int8(src: Path, dst: Path) -> Path:
     return dst
 
 
+def quantize_weights_int8(
+    src: Path, dst: Path, block_size: int = 32, accuracy_level: int | None = None
+) -> Path:
+    """Weight-only int8: every MatMul with a constant weight becomes onnxruntime's MatMulNBits
+    (bits=8, one scale and zero point per ``block_size`` weights of a column). Activations stay
+    fp32 (``accuracy_level`` None) or are quantized per row and block (4): either way each row
+    of a batch is computed on its own, so results do not depend on what else is in the batch,
+    unlike ``quantize_int8``, whose one activation scale per tensor is the whole batch's.
+    A tied output projection (``tie_transposed_weights``) is quantized too, from a transposed
+    copy; the fp32 embedding stays for its Gather.
+    """
+    import logging
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(src))
+    untie_for_quantization(model)
+    quantizer_log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = quantizer_log.level
+    quantizer_log.setLevel(logging.WARNING)  # one INFO line per node otherwise
+    try:
+        quantizer = MatMulNBitsQuantizer(
+            model,
+            bits=8,
+            block_size=block_size,
+            is_symmetric=False,
+            accuracy_level=accuracy_level,
+            op_types_to_quantize=("MatMul",),
+        )
+        quantizer.process()
+    finally:
+        quantizer_log.setLevel(level)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    large = src.with_name(src.name + ".data").exists()  # consolidated external weights (> 2 GB)
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=large)
+    return dst
+
+
 def convert_fp16(src: Path, dst: Path) -> Path:
     """fp16 weights and activations for GPUs, inputs and outputs kept fp32 for the clients."""
     import onnx
@@ -100,7 +139,133 @@ class ParityError(AssertionError):
     """An exported graph strays from PyTorch beyond its stated tolerance."""
 
 
-def check_parity(name: str, diff: float, atol: float) -> float:
-    if not diff <= atol:
-        raise ParityError(f"{name}: max abs difference {diff:.3g} exceeds tolerance {atol:.3g}")
+def check_parity(name: str, diff: float, limit: float, relative: bool = False) -> float:
+    """``diff`` when within ``limit``, else ParityError; ``relative``: ``diff`` is a fraction
+    of the outputs' scale (``max_rel_diff``), said so in the message."""
+    if not diff <= limit:
+        kind = "relative difference (of the output's max |value|)" if relative else "abs difference"
+        raise ParityError(f"{name}: max {kind} {diff:.3g} exceeds tolerance {limit:.3g}")
     return diff
+
+
+def graph_diff(
+    spec: GraphSpec, precision: str, expected: Sequence[NDArray[Any]], actual: Sequence[NDArray[Any]]
+) -> float:
+    """The difference ``spec`` judges ``precision`` by: relative or absolute (GraphSpec)."""
+    _, relative = spec.tolerance(precision)
+    return max_rel_diff(expected, actual) if relative else max_abs_diff(expected, actual)
+
+
+def check_graph(
+    spec: GraphSpec, precision: str, expected: Sequence[NDArray[Any]], actual: Sequence[NDArray[Any]]
+) -> float:
+    """``graph_diff`` checked against the spec's limit for ``precision``."""
+    limit, relative = spec.tolerance(precision)
+    diff = graph_diff(spec, precision, expected, actual)
+    return check_parity(f"{spec.name} {precision}", diff, limit, relative)
+
+
+# ------------------------------------------------------------------ tied weights
+
+
+def tie_transposed_weights(model: Any) -> int:
+    """Store a tied output projection once: ``MatMul(x, Wt)`` whose initializer ``Wt`` is exactly
+    the transpose of another initializer ``W`` (an LM head tied to the token embeddings, which
+    the exporter's constant folding turned into a second, transposed copy) becomes
+    ``Gemm(x, W, transB=1)`` over the same ``W`` the embedding's Gather reads, with ``x``
+    flattened to 2-D and the result reshaped back. Edits ``model`` (an onnx.ModelProto); returns
+    the bytes of the initializers it dropped.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    by_shape: dict[tuple[int, ...], list[Any]] = {}
+    for init in graph.initializer:
+        if len(init.dims) == 2:
+            by_shape.setdefault(tuple(init.dims), []).append(init)
+    nodes: list[Any] = []
+    dropped: set[str] = set()
+    for node in graph.node:
+        source = _transposed_source(node, inits, by_shape)
+        if source is None:
+            nodes.append(node)
+            continue
+        x, (out,) = node.input[0], node.output
+        k, n = inits[node.input[1]].dims
+        p = f"{node.name or out}/tied"
+        consts = {
+            f"{p}/flat_shape": np.array([-1, k], np.int64),
+            f"{p}/zero": np.array([0], np.int64),
+            f"{p}/minus_one": np.array([-1], np.int64),
+            f"{p}/n": np.array([n], np.int64),
+        }
+        graph.initializer.extend(numpy_helper.from_array(v, name) for name, v in consts.items())
+        nodes += [
+            helper.make_node("Shape", [x], [f"{p}/shape"]),
+            helper.make_node("Slice", [f"{p}/shape", f"{p}/zero", f"{p}/minus_one"], [f"{p}/lead"]),
+            helper.make_node("Concat", [f"{p}/lead", f"{p}/n"], [f"{p}/out_shape"], axis=0),
+            helper.make_node("Reshape", [x, f"{p}/flat_shape"], [f"{p}/flat"]),
+            helper.make_node("Gemm", [f"{p}/flat", source.name], [f"{p}/gemm"], transB=1),
+            helper.make_node("Reshape", [f"{p}/gemm", f"{p}/out_shape"], [out]),
+        ]
+        dropped.add(node.input[1])
+    used = {i for node in nodes for i in node.input}
+    saved = 0
+    for name in dropped - used:
+        saved += numpy_helper.to_array(inits[name]).nbytes
+        graph.initializer.remove(inits[name])
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return saved
+
+
+def _transposed_source(
+    node: Any, inits: Mapping[str, Any], by_shape: Mapping[tuple[int, ...], list[Any]]
+) -> Any | None:
+    """The initializer whose transpose ``node``'s constant right operand is, if any."""
+    from onnx import numpy_helper
+
+    if node.op_type != "MatMul" or node.input[1] not in inits:
+        return None
+    weight = inits[node.input[1]]
+    if len(weight.dims) != 2:
+        return None
+    k, n = weight.dims
+    candidates = [c for c in by_shape.get((n, k), []) if c.name != weight.name]
+    if not candidates:
+        return None
+    transposed = numpy_helper.to_array(weight).T
+    for candidate in candidates:
+        if candidate.data_type != weight.data_type:
+            continue
+        array = numpy_helper.to_array(candidate)
+        # the first rows decide cheaply for unrelated weights; equal ones are compared in full
+        if np.array_equal(array[:8], transposed[:8]) and np.array_equal(array, transposed):
+            return candidate
+    return None
+
+
+def untie_for_quantization(model: Any) -> int:
+    """The inverse for quantizers, which rewrite MatMul only: each ``Gemm(x, W, transB=1)`` that
+    ``tie_transposed_weights`` wrote becomes ``MatMul(x, Wt)`` over a transposed copy, which the
+    quantizer then replaces by its int8 form (the fp32 ``W`` stays for the Gather). Returns the
+    count of Gemms rewritten."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    count = 0
+    for index, node in enumerate(graph.node):
+        if not (node.op_type == "Gemm" and node.output[0].endswith("/tied/gemm")):
+            continue
+        weight = inits[node.input[1]]
+        name = f"{weight.name}.transposed"
+        if name not in inits:
+            inits[name] = numpy_helper.from_array(numpy_helper.to_array(weight).T.copy(), name)
+            graph.initializer.append(inits[name])
+        matmul = helper.make_node("MatMul", [node.input[0], name], list(node.output), node.name)
+        graph.node.remove(node)
+        graph.node.insert(index, matmul)
+        count += 1
+    return count

@@ -49,9 +49,30 @@ class GraphSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     opset: int = 17
-    fp32_atol: float = 1e-4  # max abs difference vs PyTorch on fixed inputs
-    int8_atol: float = 5e-2  # looser: dynamic quantization of weights
+    # Parity limits: fp32 is judged against PyTorch, int8 against the fp32 graph, on fixed
+    # inputs. *_atol: max |difference| in the output's own units (probabilities, Hz,
+    # log-probabilities); *_rtol: max |difference| over each output's largest |value|
+    # (onnx_tools.max_rel_diff), for outputs whose scale is the checkpoint's (hidden states,
+    # logits, K/V). Each precision takes one of the two: set the other to None.
+    fp32_atol: float | None = 1e-4
+    int8_atol: float | None = 5e-2
+    fp32_rtol: float | None = None
+    int8_rtol: float | None = None
     quantize: bool = True  # int8 for CPU (graphs dominated by MatMul/Gemm benefit)
+
+    def __post_init__(self) -> None:
+        for precision in ("fp32", "int8"):
+            limits = (getattr(self, f"{precision}_atol"), getattr(self, f"{precision}_rtol"))
+            if sum(limit is not None for limit in limits) != 1:
+                raise ValueError(f"{self.name}: set one of {precision}_atol / {precision}_rtol")
+
+    def tolerance(self, precision: str) -> tuple[float, bool]:
+        """(limit, relative) for ``fp32`` or ``int8``."""
+        rtol: float | None = getattr(self, f"{precision}_rtol")
+        if rtol is not None:
+            return rtol, True
+        atol: float = getattr(self, f"{precision}_atol")
+        return atol, False
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         axes: dict[str, dict[int, str]] = {}

@@ -8,73 +8,25 @@ names the speakers, and stages ran once each.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import get_args
 
 import asyncpg
 import pytest
 
 from polydub.api.schemas import ArtifactKind
-from polydub.clients.queue import connect
-from polydub.clients.storage import ObjectStore
-from polydub.orchestrator.main import run_worker
 from polydub.orchestrator.media.mux import stream_md5
 from polydub.orchestrator.media.probe import probe
 from polydub.orchestrator.subtitles import parse_srt, parse_vtt
-from polydub.orchestrator.worker import WorkerOptions
 from polydub.settings import Settings
-from tests.factories import create_job, create_owner
+from tests.e2e.harness import Pipeline, running_pipeline, wait_terminal
 from tests.media import make_two_speaker_clip
 
 pytestmark = pytest.mark.e2e
 
 KINDS = set(get_args(ArtifactKind))  # every deliverable kind the API serves
-
-
-async def wait_terminal(pool: asyncpg.Pool, job_id: uuid.UUID, limit: float) -> asyncpg.Record:
-    async with asyncio.timeout(limit):
-        while True:
-            row = await pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
-            if row["status"] in ("succeeded", "failed", "cancelled"):
-                return row
-            await asyncio.sleep(0.2)
-
-
-@dataclass
-class Pipeline:
-    settings: Settings
-    store: ObjectStore
-    pool: asyncpg.Pool
-    nc: Any
-
-    async def submit(self, path: Path, targets: list[str], **options: Any) -> uuid.UUID:
-        owner = await create_owner(self.pool)
-        job_id = uuid.uuid4()
-        input_key = f"inputs/{job_id}/source"
-        await self.store.put_file(input_key, path, "application/octet-stream")
-        job_id = await create_job(
-            self.pool, owner, targets, source="eng", input_key=input_key, options=options
-        )
-        await self.nc.jetstream().publish(
-            self.settings.jobs_subject,
-            json.dumps({"job_id": str(job_id)}).encode(),
-            headers={"Nats-Msg-Id": str(job_id)},
-        )
-        return job_id
-
-    async def artifacts(self, job_id: uuid.UUID, language: str) -> dict[str, str]:
-        rows = await self.pool.fetch(
-            "SELECT kind, object_key FROM artifacts WHERE job_id=$1 AND language=$2",
-            job_id,
-            language,
-        )
-        return {r["kind"]: r["object_key"] for r in rows}
 
 
 @pytest.fixture(scope="module")
@@ -86,21 +38,8 @@ async def pipeline(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Pipeline]:
     """A real worker (in this process) on a private stream, for the tests of this module."""
-    settings = stack_settings.model_copy(
-        update={"jobs_stream": f"E2E_{uuid.uuid4().hex[:6]}", "jobs_subject": "e2e.jobs"}
-    )
-    workdir = tmp_path_factory.mktemp("work")
-    worker = asyncio.create_task(
-        run_worker(settings, WorkerOptions(concurrency=2), workdir=workdir, handle_signals=False)
-    )
-    nc = await connect(settings)
-    await asyncio.sleep(0.5)  # the worker creates the stream and its consumer
-    yield Pipeline(settings, ObjectStore(stack_settings), db_pool, nc)
-    worker.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await worker
-    await nc.jetstream().delete_stream(settings.jobs_stream)
-    await nc.close()
+    async with running_pipeline(stack_settings, db_pool, tmp_path_factory.mktemp("work")) as p:
+        yield p
 
 
 async def test_two_speakers_dubbed_into_two_languages(pipeline: Pipeline, tmp_path: Path) -> None:

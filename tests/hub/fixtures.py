@@ -16,8 +16,11 @@ so a process that imported it before cannot be redirected; in-process code can i
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
-from collections.abc import Iterator
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,12 +69,18 @@ class FakeHub:
         return env
 
 
-@pytest.fixture(scope="session")
-def fake_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]:
-    root = tmp_path_factory.mktemp("fake-hub")
+@functools.cache
+def session_hub() -> FakeHub:
+    """Built and started once per test process, however many modules use ``fake_hub`` (each
+    module importing the fixture gets its own session-scoped definition of it)."""
+    root = Path(tempfile.mkdtemp(prefix="polydub-fake-hub-"))
     build_all(root, "ci")
     server = FakeHubServer(root).start()
-    try:
-        yield FakeHub(server.url, root, DEFAULT_TOKEN, server)
-    finally:
-        server.close()
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    atexit.register(server.close)  # atexit runs last-registered first: close, then remove
+    return FakeHub(server.url, root, DEFAULT_TOKEN, server)
+
+
+@pytest.fixture(scope="session")
+def fake_hub() -> FakeHub:
+    return session_hub()

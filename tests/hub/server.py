@@ -122,20 +122,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, body: bool) -> None:
         url = urlsplit(self.path)
-        path, query = unquote(url.path), parse_qs(url.query)
+        path, query = url.path, parse_qs(url.query)  # components unquoted once split
         status = 500
         try:
             if path.rstrip("/") == "/api/models":
                 status = self._send_json([self._info(r, r.commit, {}) for r in self._repos()], body)
             elif match := _RESOLVE.match(path):
-                status = self._send_file(match["repo"], match["revision"], match["file"], body)
+                repo_id, revision, name = (unquote(match[g]) for g in ("repo", "revision", "file"))
+                status = self._send_file(repo_id, revision, name, body)
             elif match := _API.match(path):
-                repo = self._repo(match["repo"])
+                repo = self._repo(unquote(match["repo"]))
                 if match["tree"] is not None:
-                    revision = self._commit(repo, match["tree"])
-                    data: Any = self._tree(repo, match["path"] or "", query)
+                    revision = self._commit(repo, unquote(match["tree"]))
+                    data: Any = self._tree(repo, unquote(match["path"] or ""), query)
                 else:
-                    revision = self._commit(repo, match["revision"] or "main")
+                    revision = self._commit(repo, unquote(match["revision"] or "main"))
                     data = self._info(repo, revision, query)
                 status = self._send_json(data, body)
             else:

@@ -117,10 +117,9 @@ def whisper_config(scale: Scale, facts: dict[str, Any]) -> dict[str, Any]:
 
 def _whisper_tokenizer(out: Path, tokenizer_json: dict[str, Any]) -> Any:
     """vocab.json / merges.txt from the real tokenizer.json, Whisper's specials then the 1501
-    timestamps as added tokens (ids 50258-51864, as in the Hub repository since 2023)."""
+    timestamps as added tokens: ids 50258-51864, 51865 in all, the config's vocab_size."""
     hf = _hf()
-    specials = {"unk_token", "bos_token", "eos_token", "pad_token"}
-    named = dict.fromkeys(specials, "<|endoftext|>")
+    named = dict.fromkeys(("unk_token", "bos_token", "eos_token", "pad_token"), "<|endoftext|>")
     added = [t["content"] for t in sorted(tokenizer_json["added_tokens"], key=lambda t: t["id"])]
     timestamps = [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
     with tempfile.TemporaryDirectory() as tmp:

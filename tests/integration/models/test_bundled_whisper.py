@@ -4,7 +4,6 @@ on the joined CTranslate2 folder hear the same English sentence, spoken by espea
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -14,27 +13,12 @@ import pytest
 
 from polydub.export.ct2_whisper import PINNED_SHA256, bundled_checkpoint, locate_bundled
 from tests.unit.export.speech_audio import MALE, SAMPLE_RATE, speak
+from tests.wer import word_error_rate
 
 pytestmark = pytest.mark.integration
 
 SENTENCE = "Hello, my name is Peter and I like old trains."
 MAX_WER = 0.2
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^\w\s']", " ", text.lower()).split()
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    """Word-level Levenshtein distance over the reference length (case and punctuation ignored)."""
-    ref, hyp = words(reference), words(hypothesis)
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        current = [i]
-        for j, h in enumerate(hyp, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-        previous = current
-    return previous[-1] / max(len(ref), 1)
 
 
 def test_word_error_rate() -> None:

@@ -142,6 +142,14 @@ def test_revisions_main_and_the_commit_sha(fake_hub: FakeHub, tmp_path: Path) ->
         hf_hub_download(
             EMBEDDING, "config.yaml", revision="v9.9", endpoint=fake_hub.url, cache_dir=tmp_path
         )
+    with pytest.raises(RevisionNotFoundError):  # quoted in the URL as refs%2Fpr%2F1
+        hf_hub_download(
+            EMBEDDING,
+            "config.yaml",
+            revision="refs/pr/1",
+            endpoint=fake_hub.url,
+            cache_dir=tmp_path,
+        )
     with pytest.raises(RevisionNotFoundError):
         HfApi(endpoint=fake_hub.url).model_info(EMBEDDING, revision="0" * 40)
 
@@ -169,10 +177,10 @@ def test_gated_repository_needs_an_accepted_token(fake_hub: FakeHub, tmp_path: P
 
     with pytest.raises(GatedRepoError) as no_token:
         download(False)
-    assert no_token.value.response.status_code == 401
+    assert no_token.value.response is not None and no_token.value.response.status_code == 401
     with pytest.raises(GatedRepoError) as refused:
         download("hf_not_on_the_list")
-    assert refused.value.response.status_code == 403
+    assert refused.value.response is not None and refused.value.response.status_code == 403
     path = download(fake_hub.token)
     assert (
         Path(path).stat().st_size
@@ -260,10 +268,8 @@ def test_pyannote_checkpoints_load_into_polydubs_modules(loaded: dict[str, Any])
     assert loaded["segmentation"]["output"] == [1, 589, 7]
     assert loaded["segmentation"]["target"] == "pyannote.audio.models.segmentation.PyanNet"
     assert loaded["embedding"]["output"] == [1, 256]
-    assert loaded["gated_refused"] == {
-        "no_token": "GatedRepoError",
-        "wrong_token": "GatedRepoError",
-    }
+    refused = loaded["gated_refused"]
+    assert (refused["no_token"], refused["wrong_token"]) == ("GatedRepoError", "GatedRepoError")
 
 
 def test_polydub_hub_helpers_follow_hf_endpoint(loaded: dict[str, Any], fake_hub: FakeHub) -> None:

@@ -1,0 +1,89 @@
+"""A real worker in this process on a private JetStream stream, and jobs submitted as the API
+would (rows + object + message): the e2e tests' way to run whole jobs on a given Triton."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from polydub.clients.queue import connect
+from polydub.clients.storage import ObjectStore
+from polydub.orchestrator.main import run_worker
+from polydub.orchestrator.worker import WorkerOptions
+from polydub.settings import Settings
+from tests.factories import create_job, create_owner
+
+
+async def wait_terminal(pool: asyncpg.Pool, job_id: uuid.UUID, limit: float) -> asyncpg.Record:
+    async with asyncio.timeout(limit):
+        while True:
+            row = await pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+            if row["status"] in ("succeeded", "failed", "cancelled"):
+                return row
+            await asyncio.sleep(0.2)
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    store: ObjectStore
+    pool: asyncpg.Pool
+    nc: Any
+
+    async def submit(
+        self, path: Path, targets: list[str], *, source: str | None = "eng", **options: Any
+    ) -> uuid.UUID:
+        owner = await create_owner(self.pool)
+        job_id = uuid.uuid4()
+        input_key = f"inputs/{job_id}/source"
+        await self.store.put_file(input_key, path, "application/octet-stream")
+        job_id = await create_job(
+            self.pool, owner, targets, source=source, input_key=input_key, options=options
+        )
+        await self.nc.jetstream().publish(
+            self.settings.jobs_subject,
+            json.dumps({"job_id": str(job_id)}).encode(),
+            headers={"Nats-Msg-Id": str(job_id)},
+        )
+        return job_id
+
+    async def artifacts(self, job_id: uuid.UUID, language: str) -> dict[str, str]:
+        rows = await self.pool.fetch(
+            "SELECT kind, object_key FROM artifacts WHERE job_id=$1 AND language=$2",
+            job_id,
+            language,
+        )
+        return {r["kind"]: r["object_key"] for r in rows}
+
+
+@contextlib.asynccontextmanager
+async def running_pipeline(
+    settings: Settings, pool: asyncpg.Pool, workdir: Path, concurrency: int = 2
+) -> AsyncIterator[Pipeline]:
+    """A worker on a stream of its own (``settings``' Triton serves the models)."""
+    settings = settings.model_copy(
+        update={"jobs_stream": f"E2E_{uuid.uuid4().hex[:6]}", "jobs_subject": "e2e.jobs"}
+    )
+    worker = asyncio.create_task(
+        run_worker(
+            settings, WorkerOptions(concurrency=concurrency), workdir=workdir, handle_signals=False
+        )
+    )
+    nc = await connect(settings)
+    await asyncio.sleep(0.5)  # the worker creates the stream and its consumer
+    try:
+        yield Pipeline(settings, ObjectStore(settings), pool, nc)
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await worker
+        await nc.jetstream().delete_stream(settings.jobs_stream)
+        await nc.close()
