@@ -149,7 +149,10 @@ def check_parity(name: str, diff: float, limit: float, relative: bool = False) -
 
 
 def graph_diff(
-    spec: GraphSpec, precision: str, expected: Sequence[NDArray[Any]], actual: Sequence[NDArray[Any]]
+    spec: GraphSpec,
+    precision: str,
+    expected: Sequence[NDArray[Any]],
+    actual: Sequence[NDArray[Any]],
 ) -> float:
     """The difference ``spec`` judges ``precision`` by: relative or absolute (GraphSpec)."""
     _, relative = spec.tolerance(precision)
@@ -157,7 +160,10 @@ def graph_diff(
 
 
 def check_graph(
-    spec: GraphSpec, precision: str, expected: Sequence[NDArray[Any]], actual: Sequence[NDArray[Any]]
+    spec: GraphSpec,
+    precision: str,
+    expected: Sequence[NDArray[Any]],
+    actual: Sequence[NDArray[Any]],
 ) -> float:
     """``graph_diff`` checked against the spec's limit for ``precision``."""
     limit, relative = spec.tolerance(precision)

@@ -74,7 +74,7 @@ def resample(audio: NDArray[np.float32], rate: int) -> NDArray[np.float32]:
     """Band-limited resampling to 16 kHz through the spectrum (numpy only; clips are short)."""
     if rate == SAMPLE_RATE:
         return audio
-    n = int(round(audio.size * SAMPLE_RATE / rate))
+    n = round(audio.size * SAMPLE_RATE / rate)
     spectrum = np.fft.rfft(audio.astype(np.float64))[: n // 2 + 1]
     out: NDArray[np.float32] = (np.fft.irfft(spectrum, n) * (n / audio.size)).astype(np.float32)
     return out

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import nats.js.errors
 
 from polydub.clients.queue import connect
 from polydub.clients.storage import ObjectStore
@@ -78,7 +79,15 @@ async def running_pipeline(
         )
     )
     nc = await connect(settings)
-    await asyncio.sleep(0.5)  # the worker creates the stream and its consumer
+    async with asyncio.timeout(60):  # the worker creates the stream and its consumer
+        while True:
+            try:
+                await nc.jetstream().stream_info(settings.jobs_stream)
+                break
+            except nats.js.errors.NotFoundError:
+                if worker.done():
+                    await worker  # raises what stopped it
+                await asyncio.sleep(0.2)
     try:
         yield Pipeline(settings, ObjectStore(settings), pool, nc)
     finally:

@@ -132,7 +132,7 @@ def test_stack_up_runs_six_servers_with_the_models_loaded(app_stack: AppStack) -
     rows = {line.split("│")[1].strip(): line for line in models.stdout.splitlines() if "│" in line}
     for name, license_ in {
         "silero_vad": "MIT",
-        "pyannote_segmentation": "MIT",
+        "speaker_embedding": "CC-BY-4.0",
         "whisper": "MIT",
         "nllb": "CC-BY-NC-4.0",
         "mms_tts_spa": "CC-BY-NC-4.0",
