@@ -179,7 +179,7 @@ class GenderExporter:
         ]
         report = ExportReport(family=self.name, checkpoint=CHECKPOINT.ref, models=[MODEL])
         report.precision[MODEL] = "fp32"
-        report.max_abs_diff[MODEL] = check_parity(MODEL, max(diffs), SPEC.fp32_atol)
+        report.max_abs_diff[MODEL] = check_parity(MODEL, max(diffs), *SPEC.tolerance("fp32"))
         copy_committed(repository, [MODEL])
         report.notes.append(
             f"{MODEL}: pitch features (no weights; same fp32 graph for CPU and GPU), rule "

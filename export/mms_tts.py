@@ -494,11 +494,11 @@ class MmsTtsExporter:
         expected = run_torch(synthesizer, feeds)
         actual = run_onnx(onnx_path, feeds, OUTPUT_NAMES)
         report.max_abs_diff[name] = check_parity(
-            name, max_abs_diff(expected, actual), graph.fp32_atol
+            name, max_abs_diff(expected, actual), *graph.tolerance("fp32")
         )
         reference, length = hf_reference(model, feeds, 0)
         hf_diff = max_abs_diff([reference], [expected[0][0, :length]])
-        check_parity(f"{name} (synthesizer vs VitsModel)", hf_diff, graph.fp32_atol)
+        check_parity(f"{name} (synthesizer vs VitsModel)", hf_diff, *graph.tolerance("fp32"))
         report.notes.append(f"{name}: synthesizer vs transformers VitsModel max |Δ| {hf_diff:.2g}")
 
         self._measure_int8(name, onnx_path, feeds, actual, report)

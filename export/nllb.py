@@ -46,6 +46,7 @@ from polydub.export.onnx_tools import (
     max_abs_diff,
     quantize_int8,
     run_onnx,
+    tie_transposed_weights,
 )
 from polydub.export.repository import SOURCE_REPOSITORY, copy_committed, version_dir
 from polydub.export.spec import (
@@ -388,19 +389,25 @@ def copy_graph(src: Path, dst: Path) -> Path:
 
 def quantize_graph(src: Path, dst: Path) -> Path:
     """polydub.export.onnx_tools.quantize_int8, with external data for the large checkpoints."""
-    if _graph_bytes(src) <= EXTERNAL_DATA_BYTES:
-        return quantize_int8(src, dst)
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    return quantize_int8(src, dst, external_data=_graph_bytes(src) > EXTERNAL_DATA_BYTES)
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul", "Gemm"],
-        use_external_data_format=True,
-    )
-    return dst
+
+def tie_graph(path: Path) -> int:
+    """Store the decoder's shared embedding once: the output projection (lm_head, tied to the
+    token embeddings) reads the embedding itself instead of the transposed copy that constant
+    folding writes (``onnx_tools.tie_transposed_weights``; 1 GB of NLLB-600M's fp32 decoder).
+    Rewrites the graph (its folder holds nothing else); returns the bytes saved."""
+    import onnx
+
+    model = onnx.load(str(path))
+    saved = tie_transposed_weights(model)
+    if saved:
+        large = _graph_bytes(path) - saved > EXTERNAL_DATA_BYTES
+        for piece in path.parent.iterdir():  # torch's per-tensor external files, if any
+            if piece != path and piece.is_file():
+                piece.unlink()
+        _save(model, path, large)
+    return saved
 
 
 def convert_fp16(src: Path, dst: Path) -> Path:
@@ -651,6 +658,7 @@ class NllbExporter:
                 DECODER_SPEC,
                 work / "decoder" / "model.onnx",
             )
+        tie_graph(decoder_path)
         return encoder_path, decoder_path
 
     @staticmethod
@@ -662,7 +670,7 @@ class NllbExporter:
         expected = torch_encoder_outputs(model, ids, mask)
         actual = run_onnx(encoder, {"input_ids": ids, "attention_mask": mask})
         report.max_abs_diff[ENCODER] = check_parity(
-            ENCODER, max_abs_diff(expected, actual), ENCODER_SPEC.fp32_atol
+            ENCODER, max_abs_diff(expected, actual), *ENCODER_SPEC.tolerance("fp32")
         )
 
         # Decoder: the cached step-by-step logits vs one uncached transformers forward.
@@ -674,7 +682,7 @@ class NllbExporter:
             [torch_logits(model, ids, mask, prefix)],
             [onnx_step_logits(decoder, encoder, ids, mask, prefix, config)],
         )
-        report.max_abs_diff[DECODER] = check_parity(DECODER, diff, DECODER_SPEC.fp32_atol)
+        report.max_abs_diff[DECODER] = check_parity(DECODER, diff, *DECODER_SPEC.tolerance("fp32"))
 
         found = onnx_search(encoder, decoder, ids, mask, targets, config, max_length)
         same = all(list(h[0].tokens) == r[0] for h, r in zip(found, reference, strict=True))

@@ -37,13 +37,24 @@ def export_module(module: Any, args: tuple[Any, ...], spec: GraphSpec, path: Pat
     return path
 
 
-def quantize_int8(src: Path, dst: Path) -> Path:
-    """Dynamic int8 quantization of the weights of MatMul/Gemm (activations stay float)."""
+def quantize_int8(src: Path, dst: Path, external_data: bool = False) -> Path:
+    """Dynamic int8 quantization of the weights of MatMul/Gemm; activations are quantized at
+    run time with one scale per tensor, i.e. per batch: a row's result depends on the other rows
+    (see ``quantize_weights_int8`` for a batch-invariant recipe). A tied output projection
+    (``tie_transposed_weights``) is quantized too, from a transposed copy.
+    ``external_data``: write the weights beside the graph (over protobuf's 2 GB)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    model = onnx.load(str(src))
+    source: Any = model if untie_for_quantization(model) else str(src)
     dst.parent.mkdir(parents=True, exist_ok=True)
     quantize_dynamic(
-        str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+        source,
+        str(dst),
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        use_external_data_format=external_data,
     )
     return dst
 

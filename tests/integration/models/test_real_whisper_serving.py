@@ -8,8 +8,9 @@ is put back and reloaded afterwards. Every region is decoded alone once (``alone
 transcripts serve both the comparison with faster-whisper and the one with packing.
 
 faster-whisper does not compute quite the same input: it pads a short clip's log-mel with zeros
-where openai/whisper (and polydub) pad the audio, so a word of a clip may differ; agreement is
-therefore measured over all clips' words together (and loosely per clip).
+where openai/whisper (and polydub) pad the audio (patched to pad like them, it decodes exactly
+polydub's text on these clips), so a word of a clip may differ: agreement is measured over all
+clips' words together (and loosely per clip).
 """
 
 from __future__ import annotations
@@ -61,14 +62,6 @@ class Span:
     end: float
 
 
-@dataclass(frozen=True)
-class Recording:
-    """The sentences spoken one after the other with silences, cut into one region each."""
-
-    audio: Any
-    regions: list[AudioRegion]
-
-
 @pytest.fixture(scope="module")
 async def served(
     triton: InferenceClient, stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory
@@ -98,20 +91,20 @@ async def served(
 
 
 @pytest.fixture(scope="module")
-def recording() -> Recording:
+def regions() -> list[AudioRegion]:
+    """The sentences spoken one after the other with silences, cut into one region each."""
     parts = [speak(text, MALE if k % 2 == 0 else FEMALE) for k, text in enumerate(SENTENCES)]
     audio, spans = with_gaps(parts, GAP_S)
-    regions = cut_regions(audio, [Span(a - MARGIN_S, b + MARGIN_S) for a, b in spans])
-    return Recording(audio, regions)
+    return cut_regions(audio, [Span(a - MARGIN_S, b + MARGIN_S) for a, b in spans])
 
 
 @pytest.fixture(scope="module")
 async def alone(
-    triton: InferenceClient, served: ExportReport, recording: Recording
+    triton: InferenceClient, served: ExportReport, regions: list[AudioRegion]
 ) -> list[Transcription]:
     """Every region in a window of its own, its language detected."""
     client = AsrClient(triton)
-    return list(await asyncio.gather(*(client.transcribe(r.audio) for r in recording.regions)))
+    return list(await asyncio.gather(*(client.transcribe(r.audio) for r in regions)))
 
 
 def faster_whisper_text(model: Any, audio: Any) -> tuple[str, str, float]:
@@ -128,7 +121,10 @@ def test_pooled_word_error_rate() -> None:
 
 
 async def test_served_transcripts_match_faster_whisper(
-    triton: InferenceClient, served: ExportReport, recording: Recording, alone: list[Transcription]
+    triton: InferenceClient,
+    served: ExportReport,
+    regions: list[AudioRegion],
+    alone: list[Transcription],
 ) -> None:
     from faster_whisper import WhisperModel
 
@@ -140,7 +136,7 @@ async def test_served_transcripts_match_faster_whisper(
 
     cases = [
         (text, region.audio, result, "eng", "en")
-        for text, region, result in zip(SENTENCES, recording.regions, alone, strict=True)
+        for text, region, result in zip(SENTENCES, regions, alone, strict=True)
     ][:COMPARED]
     cases.append((SPANISH, spanish, served_spanish, "spa", "es"))
     agreement, ours, theirs = [], [], []
@@ -170,14 +166,17 @@ def _region_wers(transcripts: Sequence[Transcription]) -> list[float]:
 
 
 async def test_packing_keeps_each_sentence_in_its_region(
-    triton: InferenceClient, served: ExportReport, recording: Recording, alone: list[Transcription]
+    triton: InferenceClient,
+    served: ExportReport,
+    regions: list[AudioRegion],
+    alone: list[Transcription],
 ) -> None:
     client = AsrClient(triton)
-    packed = await client.transcribe_packed(recording.regions, language="eng")
+    packed = await client.transcribe_packed(regions, language="eng")
     assert len(packed) == len(SENTENCES)
     packed_wers, alone_wers = _region_wers(packed), _region_wers(alone)
     for sentence, region, p, a, pw, aw in zip(
-        SENTENCES, recording.regions, packed, alone, packed_wers, alone_wers, strict=True
+        SENTENCES, regions, packed, alone, packed_wers, alone_wers, strict=True
     ):
         print(f"{pw:.2f} packed: {p.text}\n{aw:.2f} alone:  {a.text}\n     spoken: {sentence}")
         assert p.text and p.language == "eng"
