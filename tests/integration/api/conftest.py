@@ -17,6 +17,8 @@ from polydub.api.app import create_app
 from polydub.api.auth import NewKey, create_key
 from polydub.clients.queue import connect
 from polydub.clients.storage import ObjectStore
+from polydub.export.repository import copy_committed
+from polydub.manifest import MANIFEST_MODEL, Manifest, ServedModel, manifest_path
 from polydub.settings import Settings
 from polydub.stack import Stack
 from tests.integration.api.helpers import FakeWorker, Media, Served, free_port, make_media
@@ -24,6 +26,14 @@ from tests.integration.api.helpers import FakeWorker, Media, Served, free_port, 
 # Models whose folders make up the repository index; none is ever loaded.
 INDEX_MODELS = ("whisper", "nllb", "mms_tts_spa", "mms_tts_fra")
 MAX_UPLOAD = 512 * 1024
+INDEX_MANIFEST = Manifest(
+    {
+        "whisper": ServedModel(
+            "whisper", "whisper", "openai/whisper-base", "MIT", False, "int8", revision="abc123"
+        ),
+        "nllb": ServedModel("nllb", "nllb", "random weights (tiny)", "CC-BY-NC-4.0", True),
+    }
+)
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +44,9 @@ def api_triton(stack_settings: Settings) -> Iterator[Settings]:
     for name in INDEX_MODELS:
         (repo / name).mkdir(parents=True)
         (repo / name / "config.pbtxt").write_text('backend: "python"\n')
+    # The one model loaded: the manifest, so /languages can name where the weights come from.
+    copy_committed(repo, [MANIFEST_MODEL])
+    manifest_path(repo).write_text(INDEX_MANIFEST.to_json())
     settings = stack_settings.model_copy(
         update={
             "stack_dir": root,
@@ -48,6 +61,11 @@ def api_triton(stack_settings: Settings) -> Iterator[Settings]:
     stack = Stack(settings, only=["triton"])
     try:
         stack.up()
+        httpx.post(
+            f"http://127.0.0.1:{settings.triton_http_port}/v2/repository/models/"
+            f"{MANIFEST_MODEL}/load",
+            timeout=120,
+        ).raise_for_status()
         yield settings
     finally:
         stack.down()

@@ -112,6 +112,27 @@ async def test_health_and_languages_from_the_model_repository(
     body = languages.json()
     assert body["auto_detect"] is True
     assert body["models"] == ["mms_tts_fra", "mms_tts_spa", "nllb", "whisper"]
+    assert body["served"] == [
+        {
+            "name": "nllb",
+            "family": "nllb",
+            "checkpoint": "random weights (tiny)",
+            "revision": None,
+            "license": "CC-BY-NC-4.0",
+            "precision": "fp32",
+            "random_weights": True,
+        },
+        {
+            "name": "whisper",
+            "family": "whisper",
+            "checkpoint": "openai/whisper-base",
+            "revision": "abc123",
+            "license": "MIT",
+            "precision": "int8",
+            "random_weights": False,
+        },
+    ]
+    assert body["random_weights"] == ["nllb"]
     by_code = {lang["code"]: lang for lang in body["languages"]}
     assert by_code["spa"] == {
         "code": "spa",
