@@ -143,6 +143,9 @@ def dub(
             f"job [bold]{job.id}[/bold] on {where}: {input.name} → {', '.join(job.target_languages)}"
         )
         job = _follow(client, job)
+        for warning in job.warnings:
+            where = f"{warning.language}: " if warning.language else ""
+            console.print(f"[yellow]warning[/yellow] {where}{warning.message} ({warning.code})")
         folder = out or Path("polydub-out") / str(job.id)
         failed = [t for t in job.targets if t.status != "succeeded"]
         if job.status != "succeeded":
