@@ -18,7 +18,9 @@ Systems, every one greedy (beam 1, no temperature fallback), English given, on t
 WER is over the whole file's words (the regions' texts joined in order). The realtime factor is
 wall time / audio time. The machine may be shared: the systems run one after the other in each
 round (``--repeat`` rounds): the headline wall time is each system's best round (other processes
-only add time), the median is recorded too, with CPU seconds and the load average of each round.
+only add time), the median is recorded too, with CPU seconds and the load average of each round,
+and the Triton requests retried (a window still queued at the client's 120 s deadline is sent
+again: its work is done twice; per-region sends every window at once, so 2 cores can hit it).
 
     .venv/bin/python -m bench.asr_real [--seconds 150] [--repeat 2] [--threads 2]
 """
@@ -97,6 +99,7 @@ class Run:
     walls: list[float] = field(default_factory=list)
     cpus: list[float] = field(default_factory=list)  # CPU seconds of this process and the stack
     loads: list[float] = field(default_factory=list)  # 1-minute load average after each round
+    retries: list[int] = field(default_factory=list)  # Triton requests retried (timeouts) in each
     texts_stable: bool = True  # every round decoded the same text
 
 
@@ -205,7 +208,7 @@ async def measure(
     for number in range(repeat):
         for name, transcribe in systems.items():
             await asyncio.sleep(1.0)
-            cpu = cpu_seconds(marker)
+            cpu, retried = cpu_seconds(marker), triton_retries()
             started = time.perf_counter()
             text = await transcribe()
             wall = time.perf_counter() - started
@@ -215,9 +218,19 @@ async def measure(
             run.walls.append(round(wall, 2))
             run.cpus.append(round(cpu, 1))
             run.loads.append(round(os.getloadavg()[0], 2))
+            run.retries.append(round(triton_retries() - retried))
             print(f"  round {number + 1} {name}: {wall:.1f}s, WER {run.wer:.3f} "
                   f"(load {run.loads[-1]:.1f})", flush=True)  # fmt: skip
     return list(runs.values())
+
+
+def triton_retries() -> float:
+    """Requests this process's Triton client sent again (e.g. after its 120 s deadline passed
+    in Triton's queue): their work was done twice."""
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value("polydub_triton_retries_total", {"model": "whisper"})
+    return value or 0.0
 
 
 # ------------------------------------------------------------------------------ the run
@@ -304,8 +317,13 @@ def print_table(result: dict[str, Any]) -> None:
           + "".join(f"{x:>15}" for x in ratios) + "  walls (s), loads")  # fmt: skip
     runs = {r["system"]: r for r in result["runs"]}
     for system, row in result["summary"].items():
-        speeds = "".join(f"{row.get(f'speed_vs_{b}', float('nan')):>14.2f}x" for b in BASELINES)
+        speeds = "".join(
+            f"{row[f'speed_vs_{b}']:>14.2f}x" if f"speed_vs_{b}" in row else f"{'-':>15}"
+            for b in BASELINES
+        )
         stable = "" if runs[system]["texts_stable"] else " (text changed between rounds)"
+        if any(runs[system]["retries"]):
+            stable += f" retried requests {runs[system]['retries']}"
         print(f"{system:<22}{row['wer']:>7.3f}{row['rtf']:>8.3f}{row['rtf_median']:>9.3f}"
               f"{row['cpu_s_median']:>7.0f}{speeds}  {runs[system]['walls']} "
               f"{runs[system]['loads']}{stable}")  # fmt: skip
