@@ -27,7 +27,7 @@ from polydub.settings import Settings
 from polydub.stack.models import loadable_models
 from tests.conftest import own_triton
 from tests.e2e.harness import running_pipeline, wait_terminal
-from tests.integration.models.test_bundled_whisper import word_error_rate
+from tests.wer import word_error_rate
 
 pytestmark = pytest.mark.e2e
 
