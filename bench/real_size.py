@@ -10,6 +10,7 @@ and not run in CI: NLLB-200-distilled-600M alone takes minutes and ~11 GB to exp
 
     .venv/bin/python -m bench.real_size [--families whisper,nllb,mms_tts,diarization]
         [--work /tmp/polydub-real-size] [--out bench/results] [--no-triton]
+        [--reuse bench/results/real_size-*.json]  # Triton again over earlier exports
 
 Each family needs free memory (``NEEDS_GIB``) before it starts, measured as MemAvailable (or the
 cgroup's room); with less it is refused with a message and the others go on.
@@ -48,6 +49,8 @@ REPOS: dict[str, dict[str, str]] = {
         "pyannote_segmentation": "pyannote/segmentation-3.0",
     },
 }
+# Served models a family writes that its report does not list (shared by every voice).
+COMPANIONS = {"mms_tts": ("mms_tts_tokenizer",)}
 # The machine the verdict is for, and what the rest of the stack takes on it (PostgreSQL, NATS,
 # MinIO, API, worker, OS): an allowance, not measured here.
 TARGET_GIB = 24.0
@@ -138,7 +141,12 @@ def run_child(phase: str, family: str, work: Path) -> dict[str, Any]:
 
 
 def folder_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+    """Bytes on disk, each file once: exporters hard-link a graph served as is to its fp32 name."""
+    sizes: dict[tuple[int, int], int] = {}
+    for file in (p for p in path.rglob("*") if p.is_file()):
+        stat = file.stat()
+        sizes[(stat.st_dev, stat.st_ino)] = stat.st_size
+    return sum(sizes.values())
 
 
 def served_bytes(path: Path) -> int:
@@ -146,6 +154,19 @@ def served_bytes(path: Path) -> int:
     version = path / "1"
     onnx = [p for p in version.glob("model.onnx*") if p.is_file()]
     return sum(p.stat().st_size for p in onnx) if onnx else folder_bytes(version)
+
+
+def with_companions(family: str, models: list[str], work: Path) -> list[str]:
+    extra = [m for m in COMPANIONS.get(family, ()) if (work / "repository" / m).is_dir()]
+    return [*models, *(m for m in extra if m not in models)]
+
+
+def disk_of(work: Path, models: list[str]) -> dict[str, dict[str, int]]:
+    folders = {m: work / "repository" / m for m in models}
+    return {
+        m: {"folder_bytes": folder_bytes(f), "served_bytes": served_bytes(f)}
+        for m, f in folders.items()
+    }
 
 
 def room_for(family: str) -> str | None:
@@ -173,7 +194,8 @@ def export_families(families: list[str], work: Path) -> dict[str, dict[str, Any]
             print(f"{family}: {phase} ...", flush=True)
             entry[phase] = run_child(phase, family, work)
             if "error" in entry[phase]:
-                print(f"{family}: {phase} failed; log {entry[phase]['log']}:", flush=True)
+                why, log = entry[phase]["error"], entry[phase]["log"]
+                print(f"{family}: {phase} failed ({why}); log {log}:", flush=True)
                 print("\n".join(entry[phase]["log_tail"]), flush=True)
                 break
             print(
@@ -182,14 +204,26 @@ def export_families(families: list[str], work: Path) -> dict[str, dict[str, Any]
                 flush=True,
             )
         export = entry.get("export", {})
-        entry["disk"] = {
-            m: {
-                "folder_bytes": folder_bytes(work / "repository" / m),
-                "served_bytes": served_bytes(work / "repository" / m),
-            }
-            for m in export.get("models", [])
-        }
+        if "models" in export:
+            export["models"] = with_companions(family, export["models"], work)
+        entry["disk"] = disk_of(work, export.get("models", []))
     return results
+
+
+def reuse_exports(paths: list[Path], families: list[str], work: Path) -> dict[str, Any]:
+    """Families whose export an earlier run measured (the latest file wins), with the disk of
+    their model folders in this run's repository."""
+    reused: dict[str, Any] = {}
+    for path in paths:
+        for family, entry in json.loads(path.read_text())["families"].items():
+            export = entry.get("export", {})
+            if family in families and "models" in export and "error" not in export:
+                entry["reused_from"] = str(path)
+                reused[family] = entry
+    for family, entry in reused.items():
+        entry["export"]["models"] = with_companions(family, entry["export"]["models"], work)
+        entry["disk"] = disk_of(work, entry["export"]["models"])
+    return reused
 
 
 def verdict(results: dict[str, dict[str, Any]], serving: dict[str, Any] | None) -> list[str]:
@@ -209,7 +243,8 @@ def verdict(results: dict[str, dict[str, Any]], serving: dict[str, Any] | None) 
             how = "fits only with the stack's models unloaded (export first, then serve)"
         else:
             how = "does NOT fit"
-        lines.append(f"{family}: export peak {peak:.1f} GiB: {how}")
+        margin = room - peak - serve_gib
+        lines.append(f"{family}: export peak {peak:.1f} GiB: {how} (margin {margin:+.1f} GiB)")
     if serving:
         total = serve_gib + REST_OF_STACK_GIB
         lines.append(
@@ -268,6 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/polydub-real-size"))
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument("--no-triton", action="store_true", help="export and measure disk only")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="earlier results JSON: their exported families are measured in Triton again, not "
+        "exported again (their model folders must be in WORK/repository)",
+    )
     parser.add_argument("--child", choices=("build", "export"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
@@ -278,14 +321,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         import logging
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        # polydub's progress only: onnxruntime's quantizer logs a line per tensor on the root.
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+        logging.getLogger("polydub").setLevel(logging.INFO)
         run = child_build if args.child == "build" else child_export
         data = run(families[0], work)
         (work / "logs" / f"{families[0]}-{args.child}.json").write_text(json.dumps(data))
         return 0
 
     started = time.perf_counter()
-    results = export_families(families, work)
+    reused = reuse_exports(args.reuse, families, work)
+    fresh = export_families([f for f in families if f not in reused], work)
+    results = {f: reused.get(f) or fresh[f] for f in families}
     serving = None
     if not args.no_triton:
         from bench.real_size_triton import measure_serving
