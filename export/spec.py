@@ -53,26 +53,31 @@ class GraphSpec:
     # inputs. *_atol: max |difference| in the output's own units (probabilities, Hz,
     # log-probabilities); *_rtol: max |difference| over each output's largest |value|
     # (onnx_tools.max_rel_diff), for outputs whose scale is the checkpoint's (hidden states,
-    # logits, K/V). Each precision takes one of the two: set the other to None.
+    # logits, K/V); int8_rms_rtol: the error's RMS over the output's RMS (rms_rel_diff), for
+    # quantized graphs whose worst single element says little. One limit per precision: set
+    # the others to None.
     fp32_atol: float | None = 1e-4
     int8_atol: float | None = 5e-2
     fp32_rtol: float | None = None
     int8_rtol: float | None = None
+    int8_rms_rtol: float | None = None
     quantize: bool = True  # int8 for CPU (graphs dominated by MatMul/Gemm benefit)
 
     def __post_init__(self) -> None:
         for precision in ("fp32", "int8"):
-            limits = (getattr(self, f"{precision}_atol"), getattr(self, f"{precision}_rtol"))
-            if sum(limit is not None for limit in limits) != 1:
-                raise ValueError(f"{self.name}: set one of {precision}_atol / {precision}_rtol")
+            if sum(limit is not None for limit, _ in self._limits(precision)) != 1:
+                raise ValueError(f"{self.name}: set exactly one {precision} tolerance")
 
-    def tolerance(self, precision: str) -> tuple[float, bool]:
-        """(limit, relative) for ``fp32`` or ``int8``."""
-        rtol: float | None = getattr(self, f"{precision}_rtol")
-        if rtol is not None:
-            return rtol, True
-        atol: float = getattr(self, f"{precision}_atol")
-        return atol, False
+    def _limits(self, precision: str) -> list[tuple[float | None, str]]:
+        kinds = {"atol": "abs", "rtol": "rel", "rms_rtol": "rms"}
+        return [(getattr(self, f"{precision}_{k}", None), metric) for k, metric in kinds.items()]
+
+    def tolerance(self, precision: str) -> tuple[float, str]:
+        """(limit, metric) for ``fp32`` or ``int8``; metric: ``abs``, ``rel`` or ``rms``
+        (onnx_tools.DIFFS names the function of each)."""
+        return next(
+            (limit, metric) for limit, metric in self._limits(precision) if limit is not None
+        )
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         axes: dict[str, dict[int, str]] = {}

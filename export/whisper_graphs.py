@@ -28,7 +28,9 @@ from polydub.export.spec import GraphSpec, TensorSpec
 
 ENCODER_MODEL = "whisper_encoder"
 DECODER_MODEL = "whisper_decoder"
-INT8_RTOL = 0.1  # weight-only int8 vs the fp32 graph, of each output's max |value|
+# int8 vs the fp32 graph: the error's RMS over each output's RMS (onnx_tools.rms_rel_diff). On
+# real whisper-base, speech: weight-only int8 0.03-0.05, onnxruntime's dynamic int8 up to 0.26.
+INT8_RMS_RTOL = 0.1
 
 
 def _heads(x: Tensor, heads: int) -> Tensor:
@@ -137,12 +139,12 @@ def encoder_spec(n_mels: int, d_model: int, layers: int, heads: int) -> GraphSpe
         inputs=(TensorSpec("input_features", "float32", ("batch", n_mels, 3000)),),
         outputs=(TensorSpec("last_hidden_state", "float32", ("batch", 1500, d_model)), *cross),
         # Relative to each output's scale (whisper.check_graphs): real whisper-base's fp32 graph
-        # is within 2e-5 of PyTorch on values that reach 24. int8 is a sanity bound: what
-        # decides int8 is the task-level check on speech (whisper_int8.judge).
+        # is within 2e-5 of PyTorch on values that reach 24. int8 also has to pass the
+        # task-level check on speech (whisper_int8.judge).
         fp32_atol=None,
         fp32_rtol=1e-4,
         int8_atol=None,
-        int8_rtol=INT8_RTOL,
+        int8_rms_rtol=INT8_RMS_RTOL,
     )
 
 
@@ -170,5 +172,5 @@ def decoder_spec(d_model: int, layers: int, heads: int, vocab: int) -> GraphSpec
         fp32_atol=None,
         fp32_rtol=1e-4,
         int8_atol=None,
-        int8_rtol=INT8_RTOL,
+        int8_rms_rtol=INT8_RMS_RTOL,
     )

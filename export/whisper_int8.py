@@ -7,18 +7,22 @@ projection included), activations quantized per row and block by the kernel
 depend on the other windows the dynamic batcher put beside it.
 
 Not onnxruntime's dynamic int8 (``onnx_tools.quantize_int8``): its one activation scale per
-tensor is the whole batch's, so the same clip decodes differently alone and in a batch, and on
-real whisper-base it moved the encoder's cross K/V by 87% of their range.
+tensor is the whole batch's. On real whisper-base and 32 spoken sentences, 14 decoded
+differently alone and in a batch of 8, and its error's RMS reached 26% of the cross K/V's (this
+recipe: 5%). Static int8 (QDQ, per-channel weights, activation scales calibrated on speech) is
+batch-invariant but its per-tensor activation scales cannot hold the encoder's outliers: error
+RMS 53-96% of the signal's.
 
 Acceptance (``judge``), on the clips of ``check_clips`` (espeak-ng speech; the synthetic tones
-where espeak-ng is absent): greedy tokens of the int8 graphs equal the fp32 graphs' on at least
-``MIN_AGREEMENT`` of the clips, and each clip decoded alone gives the tokens it gets in one batch
-with the others. Figures: bench/whisper_int8.py.
+where espeak-ng is absent): the int8 graphs' greedy tokens match at least
+``MIN_TOKEN_AGREEMENT`` of the fp32 graphs' (token edit distance), their word error rate on the
+spoken sentences is at most fp32's + ``MAX_WER_INCREASE``, each clip decoded alone gives the
+tokens it gets in one batch with the others, and the error's RMS is within the graph specs'
+``int8_rms_rtol`` of each output's. Figures: bench/whisper_int8.py.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,10 +33,13 @@ from numpy.typing import NDArray
 
 from polydub.export import speech_clips
 
-BLOCK_SIZE = 128
+BLOCK_SIZE = 32  # 128 was not batch-invariant: the decoder differed between 1 and 3 rows
 ACCURACY_LEVEL = 4  # MatMulNBits: int8 activations, quantized per row and block
 CHECK_CLIPS = 8  # speech sentences decoded at export time, alone and as one batch
-MIN_AGREEMENT = 0.75  # of the clips: int8 tokens identical to fp32's
+# of fp32's greedy tokens, int8's must match (1 - token edits / tokens; exact sequences are too
+# strict: one changed token late in a clip makes the clip "differ")
+MIN_TOKEN_AGREEMENT = 0.9
+MAX_WER_INCREASE = 0.03  # on speech: int8's word error rate at most fp32's + this
 MAX_NEW_TOKENS = 48
 
 Array = NDArray[Any]
@@ -57,10 +64,6 @@ class CheckClips:
     texts: tuple[str, ...]  # what was said ("" for synthetic clips)
     speech: bool  # espeak-ng speech, else synthetic_clips()
 
-    @property
-    def kind(self) -> str:
-        return "espeak-ng speech" if self.speech else "synthetic tones (espeak-ng not installed)"
-
 
 def check_clips(count: int = CHECK_CLIPS, start: int = 0) -> CheckClips:
     spoken = speech_clips.speech(count, start)
@@ -71,20 +74,28 @@ def check_clips(count: int = CHECK_CLIPS, start: int = 0) -> CheckClips:
     return CheckClips(tuple(a for _, a in spoken), tuple(t for t, _ in spoken), speech=True)
 
 
+def edit_distance(reference: Sequence[Any], hypothesis: Sequence[Any]) -> int:
+    """Levenshtein distance between two sequences (words, token ids)."""
+    previous = list(range(len(hypothesis) + 1))
+    for i, r in enumerate(reference, 1):
+        current = [i]
+        for j, h in enumerate(hypothesis, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
+        previous = current
+    return previous[-1]
+
+
 def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
-    """Word-level Levenshtein distance over all reference words (case, punctuation ignored)."""
-    errors = words = 0
-    for reference, hypothesis in zip(references, hypotheses, strict=True):
-        ref, hyp = _words(reference), _words(hypothesis)
-        previous = list(range(len(hyp) + 1))
-        for i, r in enumerate(ref, 1):
-            current = [i]
-            for j, h in enumerate(hyp, 1):
-                current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-            previous = current
-        errors += previous[-1]
-        words += len(ref)
-    return errors / max(words, 1)
+    """Word edits over all reference words (case and punctuation ignored)."""
+    pairs = [(_words(r), _words(h)) for r, h in zip(references, hypotheses, strict=True)]
+    return sum(edit_distance(r, h) for r, h in pairs) / max(sum(len(r) for r, _ in pairs), 1)
+
+
+def token_agreement(references: Sequence[list[int]], hypotheses: Sequence[list[int]]) -> float:
+    """1 - token edits over all reference tokens: fp32's greedy tokens as the reference."""
+    pairs = list(zip(references, hypotheses, strict=True))
+    edits = sum(edit_distance(r, h) for r, h in pairs)
+    return 1.0 - edits / max(sum(len(r) for r, _ in pairs), 1)
 
 
 def _words(text: str) -> list[str]:
@@ -95,37 +106,40 @@ def _words(text: str) -> list[str]:
 class Int8Verdict:
     clips: int
     speech: bool
-    agree: int  # clips whose int8 tokens equal fp32's (each decoded alone)
+    identical: int  # clips whose int8 tokens equal fp32's (each decoded alone)
+    agreement: float  # token_agreement of int8 with fp32 over all clips
     batch_same: int  # clips whose int8 tokens alone equal their tokens in one batch
-    encoder_rdiff: float  # graph-level, vs the fp32 graph: of each output's max |value|
-    decoder_rdiff: float
-    rtol: float
+    encoder_rms: float  # graph-level, vs the fp32 graph: error RMS over each output's RMS
+    decoder_rms: float
+    rms_rtol: float
     wer_fp32: float | None  # on speech only
     wer_int8: float | None
 
     @property
-    def needed(self) -> int:
-        return math.ceil(MIN_AGREEMENT * self.clips)
-
-    @property
     def accepted(self) -> bool:
-        graphs = max(self.encoder_rdiff, self.decoder_rdiff) <= self.rtol
-        return graphs and self.batch_same == self.clips and self.agree >= self.needed
+        graphs = max(self.encoder_rms, self.decoder_rms) <= self.rms_rtol
+        wer = True  # synthetic clips: nothing was said
+        if self.wer_fp32 is not None and self.wer_int8 is not None:
+            wer = self.wer_int8 <= self.wer_fp32 + MAX_WER_INCREASE
+        tokens = self.agreement >= MIN_TOKEN_AGREEMENT
+        return graphs and wer and tokens and self.batch_same == self.clips
 
     def note(self) -> str:
         decision = "int8 served on CPU" if self.accepted else "fp32 served on CPU"
         wer = (
-            f"; WER fp32 {self.wer_fp32:.1%}, int8 {self.wer_int8:.1%}"
+            f"; WER fp32 {self.wer_fp32:.1%}, int8 {self.wer_int8:.1%} "
+            f"(need <= fp32 + {MAX_WER_INCREASE:.0%})"
             if self.wer_fp32 is not None and self.wer_int8 is not None
             else ""
         )
         kind = "espeak-ng speech" if self.speech else "synthetic tones (espeak-ng not installed)"
         return (
             f"whisper {decision}: weight-only int8 (MatMulNBits, block {BLOCK_SIZE}) on "
-            f"{self.clips} {kind} clips: tokens equal to fp32's on {self.agree}/{self.clips} "
-            f"(need {self.needed}), alone = in one batch on {self.batch_same}/{self.clips} "
-            f"(need all){wer}; max relative diff vs fp32: encoder {self.encoder_rdiff:.3g}, "
-            f"decoder {self.decoder_rdiff:.3g} (limit {self.rtol:g})"
+            f"{self.clips} {kind} clips: {self.agreement:.1%} of fp32's tokens matched "
+            f"(need {MIN_TOKEN_AGREEMENT:.0%}; {self.identical}/{self.clips} clips identical), "
+            f"alone = in one batch on {self.batch_same}/{self.clips} (need all){wer}; "
+            f"error RMS / output RMS vs fp32: encoder {self.encoder_rms:.3g}, "
+            f"decoder {self.decoder_rms:.3g} (limit {self.rms_rtol:g})"
         )
 
 
@@ -133,8 +147,8 @@ def judge(
     int8: Decode,
     fp32: Decode,
     clips: CheckClips,
-    diffs: tuple[float, float],
-    rtol: float,
+    rms: tuple[float, float],
+    rms_rtol: float,
     detokenize: Callable[[list[int]], str] | None = None,
 ) -> Int8Verdict:
     """Decode every clip alone with both precisions and all together with int8."""
@@ -148,11 +162,12 @@ def judge(
     return Int8Verdict(
         clips=len(clips.audios),
         speech=clips.speech,
-        agree=sum(a == r for a, r in zip(alone, reference, strict=True)),
+        identical=sum(a == r for a, r in zip(alone, reference, strict=True)),
+        agreement=token_agreement(reference, alone),
         batch_same=sum(a == t for a, t in zip(alone, together, strict=True)),
-        encoder_rdiff=diffs[0],
-        decoder_rdiff=diffs[1],
-        rtol=rtol,
+        encoder_rms=rms[0],
+        decoder_rms=rms[1],
+        rms_rtol=rms_rtol,
         wer_fp32=wer_fp32,
         wer_int8=wer_int8,
     )

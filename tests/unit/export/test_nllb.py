@@ -148,6 +148,20 @@ def test_export_report_and_files(tiny: Tiny) -> None:
     assert (generation.decoder_layers, generation.decoder_heads, generation.head_dim) == (2, 4, 16)
 
 
+def test_decoder_stores_the_shared_embedding_once(tiny: Tiny) -> None:
+    """lm_head is tied to the embeddings: one fp32 copy in the decoder (Gather and a Gemm read
+    it), where constant folding used to add a transposed one; int8 adds its own int8 head."""
+    vocab, d_model = tiny.model.config.vocab_size, tiny.model.config.d_model
+    for path in (tiny.decoder_fp32, tiny.decoder_int8):
+        graph = onnx.load(str(path)).graph
+        floats = [tuple(i.dims) for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
+        assert floats.count((vocab, d_model)) == 1 and (d_model, vocab) not in floats, path
+    ops = {n.op_type for n in onnx.load(str(tiny.decoder_fp32)).graph.node}
+    assert "Gemm" in ops
+    saved = f"{vocab * d_model * 4 / 1e6:.1f} MB less"
+    assert any(saved in note for note in tiny.report.notes), tiny.report.notes
+
+
 def test_exporter_registry_and_checkpoints() -> None:
     exporter = get_family("nllb")
     assert isinstance(exporter, NllbExporter)

@@ -20,6 +20,7 @@ from polydub.export.onnx_tools import (
     max_rel_diff,
     quantize_int8,
     quantize_weights_int8,
+    rms_rel_diff,
     run_onnx,
     tie_transposed_weights,
     untie_for_quantization,
@@ -50,19 +51,35 @@ def test_relative_tolerance_follows_each_outputs_scale() -> None:
     assert max_rel_diff(expected, actual) == pytest.approx(1e-3, rel=1e-2)
 
     relative = _spec(fp32_atol=None, fp32_rtol=2e-3)
-    assert relative.tolerance("fp32") == (2e-3, True)
+    assert relative.tolerance("fp32") == (2e-3, "rel")
     assert check_graph(relative, "fp32", expected, actual) == graph_diff(
         relative, "fp32", expected, actual
     )
     absolute = _spec(fp32_atol=2e-3)
-    assert absolute.tolerance("fp32") == (2e-3, False) and absolute.tolerance("int8")[1] is False
-    with pytest.raises(ParityError, match="abs difference"):
+    assert absolute.tolerance("fp32") == (2e-3, "abs") and absolute.tolerance("int8")[1] == "abs"
+    with pytest.raises(ParityError, match="max abs difference"):
         check_graph(absolute, "fp32", expected, actual)
-    with pytest.raises(ParityError, match="relative difference"):
+    with pytest.raises(ParityError, match="over the output's max"):
         check_graph(relative, "fp32", expected, [small, 1.01 * large])
     for both_or_none in ({"int8_rtol": 0.1}, {"fp32_atol": None}):
-        with pytest.raises(ValueError, match="set one of"):
+        with pytest.raises(ValueError, match="set exactly one"):
             _spec(**both_or_none)
+
+
+def test_rms_tolerance_weighs_the_whole_output_not_its_worst_element() -> None:
+    rng = np.random.default_rng(4)
+    signal = rng.standard_normal(10_000)
+    outlier = signal.copy()
+    outlier[7] += 0.5 * np.abs(signal).max()  # one element moves by half the range
+    spread = signal * 1.05  # every element 5% off
+    assert max_rel_diff([signal], [outlier]) == pytest.approx(0.5)
+    assert rms_rel_diff([signal], [outlier]) < 0.025
+    assert rms_rel_diff([signal], [spread]) == pytest.approx(0.05)
+    spec = _spec(int8_atol=None, int8_rms_rtol=0.1)
+    assert spec.tolerance("int8") == (0.1, "rms")
+    assert check_graph(spec, "int8", [signal], [outlier]) < 0.025
+    with pytest.raises(ParityError, match="RMS difference over the output's RMS"):
+        check_graph(spec, "int8", [signal], [signal * 1.2])
 
 
 def _tied_lm(path: Path) -> tuple[NDArray[np.float32], int]:
