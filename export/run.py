@@ -23,7 +23,7 @@ from polydub.export.hub import Expected, Inspected, explain, inspect
 from polydub.export.plan import Plan, make_plan
 from polydub.export.registry import get_family, model_source
 from polydub.export.repository import copy_committed
-from polydub.export.spec import Checkpoint, ExportReport, Preset, Target
+from polydub.export.spec import RANDOM, Checkpoint, ExportReport, Preset, Target
 from polydub.manifest import MANIFEST_MODEL, Manifest, ServedModel, manifest_path, read_manifest
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def _manifest(
     models: dict[str, ServedModel] = {}
     for report in reports:
         for model in report.models:
-            checkpoint = checkpoints.get(model) or Checkpoint(report.checkpoint, "unknown")
+            checkpoint = checkpoints.get(model) or _family_checkpoint(plan, report)
             found = inspected.get(model)
             source = model_source(model)
             parity = {
@@ -138,6 +138,18 @@ def _manifest(
 
 # Folders whose files accumulate across exports: exporting one voice keeps the others' specs.
 ACCUMULATING = ("mms_tts_tokenizer/1/tokenizers",)
+
+
+def _family_checkpoint(plan: Plan, report: ExportReport) -> Checkpoint:
+    """The source of a model that is a part of its family's chosen checkpoint (NLLB's encoder
+    and decoder graphs, the MMS tokenizer specs): the family's one checkpoint, or, for several,
+    random when all are."""
+    chosen = list(plan.families.get(report.family, {}).values())
+    if len(chosen) == 1:
+        return chosen[0]
+    if chosen and all(c.random for c in chosen):
+        return Checkpoint(RANDOM, chosen[0].license)
+    return Checkpoint(report.checkpoint, chosen[0].license if chosen else "unknown")
 
 
 def _swap_in(staging: Path, repository: Path, retired: tuple[str, ...]) -> None:

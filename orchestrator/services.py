@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from polydub.clients.storage import ObjectStore
 from polydub.clients.triton import InferenceClient
+from polydub.manifest import Manifest, fetch_manifest
 from polydub.orchestrator.inference.asr import AsrClient
 from polydub.orchestrator.inference.diarization import DiarizationClient
 from polydub.orchestrator.inference.gender import GenderClient
@@ -18,6 +20,8 @@ from polydub.orchestrator.media.probe import Limits
 from polydub.orchestrator.state import JobStore
 from polydub.orchestrator.timing import TimingPolicy
 from polydub.settings import Settings
+
+MANIFEST_TTL_SECONDS = 60.0
 
 
 @dataclass
@@ -38,6 +42,20 @@ class Services:
     separator: BackgroundSeparator | None = None  # a source-separation model, when deployed
     # Per-language facts measured once per process (e.g. a voice's own pitch).
     voice_cache: dict[str, Any] = field(default_factory=dict)
+    manifest_cache: tuple[float, Manifest] | None = None
+
+    async def manifest(self) -> Manifest:
+        """What Triton serves (``polydub.manifest``), re-read at most once a minute."""
+        cached = self.manifest_cache
+        if cached is None or time.monotonic() - cached[0] > MANIFEST_TTL_SECONDS:
+            cached = (time.monotonic(), await fetch_manifest(self.triton))
+            self.manifest_cache = cached
+        return cached[1]
+
+    async def random_weights(self, models: list[str]) -> bool:
+        """Whether any of ``models`` is served with random weights (its output is noise)."""
+        served = (await self.manifest()).models
+        return any(served[m].random for m in models if m in served)
 
     @classmethod
     def create(

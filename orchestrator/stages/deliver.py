@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from polydub.manifest import fetch_manifest
 from polydub.orchestrator.artifacts import Artifacts
 from polydub.orchestrator.gates import GateThresholds, QualityIssue, no_speech, report_warnings
 from polydub.orchestrator.media.mix import Placement, background_track, mix_to_wav, speech_intervals
@@ -176,7 +175,7 @@ async def quality_report(ctx: StageContext) -> dict[str, Any]:
     timing = await artifacts.get_json(synth["timing"]) if "timing" in synth else {"segments": []}
     stages = {r["stage"]: r["metrics"] for r in rows}
     limits = GateThresholds.from_settings(ctx.services.settings)
-    models = (await fetch_manifest(ctx.services.triton)).summary(served_models(ctx.language))
+    models = (await ctx.services.manifest()).summary(served_models(ctx.language))
     warnings = [w.to_dict() for w in report_warnings(stages, limits)]
     if models["random_weights"]:
         families = ", ".join(models["random_weights"])

@@ -50,7 +50,8 @@ async def translate(ctx: StageContext) -> StageResult:
             }
         )
     metrics = translation_stats([s["source_text"] for s in out], [s["text"] for s in out]).to_dict()
-    enforce("translate", metrics)  # every translation empty: this language fails here
+    # Every translation empty: this language fails here (a warning on random weights).
+    noise = enforce("translate", metrics, random_weights=await services.random_weights(["nllb"]))
     key = await artifacts.put_json(
         ctx.key("translation.json"),
         {
@@ -59,7 +60,8 @@ async def translate(ctx: StageContext) -> StageResult:
             "segments": out,
         },
     )
-    return StageResult({"translation": key}, metrics, quality_warnings(ctx, "translate", metrics))
+    warnings = quality_warnings(ctx, "translate", metrics) + [w.to_dict() for w in noise]
+    return StageResult({"translation": key}, metrics, warnings)
 
 
 def choose_candidate(candidates: list[TranslationCandidate], slot_seconds: float) -> int:
@@ -169,7 +171,9 @@ async def synthesize(ctx: StageContext) -> StageResult:
         "spoken_segments": len(spoken),
         "silent_segments": sum(1 for i in spoken if audio[i].size == 0),
     }
-    enforce("synthesize", metrics)  # no second of speech to dub: this language fails here
+    # No second of speech to dub: this language fails here (a warning on random weights).
+    voice = f"mms_tts_{ctx.language}"
+    noise = enforce("synthesize", metrics, random_weights=await services.random_weights([voice]))
     semitones = [float(shift.get(s["speaker"], 0.0)) for s in segments]
     rendered = await asyncio.to_thread(render_segments, audio, TTS_RATE, final.segments, semitones)
     speech_path = ctx.workdir / "speech48k.npz"
@@ -187,7 +191,7 @@ async def synthesize(ctx: StageContext) -> StageResult:
     return StageResult(
         {"speech": speech["key"], "timing": timing_key},
         metrics,
-        quality_warnings(ctx, "synthesize", metrics),
+        quality_warnings(ctx, "synthesize", metrics) + [w.to_dict() for w in noise],
     )
 
 

@@ -73,6 +73,10 @@ def test_every_translation_empty_fails_the_language() -> None:
         enforce("translate", figures)
     assert raised.value.code == "nothing_translated" and not raised.value.retryable
     assert raised.value.detail == figures  # the figures travel with the target's error
+    # Random weights (tiny, or auto offline): the same figures are expected noise, a warning.
+    [warning] = enforce("translate", figures, random_weights=True)
+    assert warning.code == "nothing_translated" and "random weights" in warning.message
+    assert enforce("translate", {**figures, "empty_translations": 0}, random_weights=True) == []
 
 
 def test_some_translations_empty_is_a_warning() -> None:
