@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job end to end: install what is needed, make a two-speaker sample video and dub it
 # into Spanish and French. `polydub dub` brings the local stack up (PostgreSQL, NATS, S3,
-# Triton, the API and a worker); on a fresh clone the stack first exports the models (the tiny
-# preset, with a warning, when the Hugging Face Hub cannot be reached). The stack keeps running
+# Triton, the API and a worker); on a fresh clone the stack first exports the models (real
+# checkpoints from the Hub; offline, real Whisper base and random weights for the rest, said
+# loudly). The stack keeps running
 # afterwards: `.venv/bin/polydub stack down` stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."

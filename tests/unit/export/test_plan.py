@@ -139,3 +139,28 @@ def test_cli_prints_one_line_for_a_foreseeable_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
     assert f"error: {tmp_path / 'nowhere'}: no such directory" in result.output
     assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
+
+
+def test_a_checkpoint_too_large_for_this_machine_is_refused_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from polydub.export import hub
+
+    local = tmp_path / "whisper"
+    local.mkdir()
+    (local / "config.json").write_text(json.dumps({"model_type": "whisper"}))
+    (local / "model.safetensors").write_bytes(b"\0" * 4096)
+    choice = [ModelChoice.parse(f"whisper={local}")]
+    plan = make_plan(Preset.TINY, choice, families=["whisper"])
+    monkeypatch.setattr(hub, "available_memory", lambda: 1024)
+    with pytest.raises(ConfigurationError, match=r"needs about .* GiB of memory") as raised:
+        export_all(plan, Target.CPU, tmp_path / "repo")
+    assert raised.value.code == "checkpoint_too_large"
+    monkeypatch.setattr(hub, "available_memory", lambda: 1 << 40)
+    monkeypatch.setattr(
+        hub.shutil, "disk_usage", lambda _: type("U", (), {"free": 100, "total": 1, "used": 0})()
+    )
+    with pytest.raises(ConfigurationError, match="of disk") as raised:
+        export_all(plan, Target.CPU, tmp_path / "repo")
+    assert raised.value.code == "no_disk_space"
+    assert not (tmp_path / "repo").exists()
