@@ -3,8 +3,7 @@
 # into Spanish and French. `polydub dub` brings the local stack up (PostgreSQL, NATS, S3,
 # Triton, the API and a worker); on a fresh clone the stack first exports the models (real
 # checkpoints from the Hub; offline, real Whisper base and random weights for the rest, said
-# loudly). The stack keeps running
-# afterwards: `.venv/bin/polydub stack down` stops it.
+# loudly). The stack keeps running afterwards: `.venv/bin/polydub stack down` stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
