@@ -189,12 +189,13 @@ async def diarize(
     if frames == 0:
         return []
     duration = samples.size / SAMPLE_RATE
-    try:
-        seg: Segmentation | None = await client.segment(samples, step_s=options.step_s)
-    except PolydubError as exc:
-        if exc.code != "model_not_found" or speech is None:
-            raise
-        seg = None  # no segmentation model served: VAD + embeddings + clustering
+    seg: Segmentation | None = None  # without it: VAD + embeddings + clustering
+    if speech is None or await client.has_segmentation():
+        try:
+            seg = await client.segment(samples, step_s=options.step_s)
+        except PolydubError as exc:
+            if exc.code != "model_not_found" or speech is None:
+                raise
     if seg is not None:
         in_speech = speech_mask(speech, frames) if speech is not None else seg.speech()
     else:

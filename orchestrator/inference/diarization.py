@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -118,6 +119,17 @@ def aggregate_count(
     return count
 
 
+@runtime_checkable
+class ReadyCheck(Protocol):
+    """A client that can say whether Triton serves a model (``InferenceClient`` can)."""
+
+    async def is_model_ready(self, model: str) -> bool: ...
+
+
+# Whether the (gated, optional) segmentation model is served, re-asked at most this often.
+SEGMENTATION_CHECK_SECONDS = 60.0
+
+
 class DiarizationClient:
     def __init__(
         self,
@@ -133,6 +145,19 @@ class DiarizationClient:
         self.embedding_model = embedding_model
         self.request_batch = request_batch
         self._limit = asyncio.Semaphore(max_in_flight)
+        self._segmentation: tuple[float, bool] | None = None
+
+    async def has_segmentation(self) -> bool:
+        """Whether the segmentation model is served (it is optional: gated on the Hub). Asked
+        once a minute, so a job without it makes no failing calls; a client that cannot say
+        is assumed to serve it (``segment`` then raises ``model_not_found`` if not)."""
+        if not isinstance(self.client, ReadyCheck):
+            return True
+        cached = self._segmentation
+        if cached is None or time.monotonic() - cached[0] > SEGMENTATION_CHECK_SECONDS:
+            cached = (time.monotonic(), await self.client.is_model_ready(self.segmentation_model))
+            self._segmentation = cached
+        return cached[1]
 
     async def _infer(
         self, model: str, inputs: dict[str, NDArray[Any]], output: str

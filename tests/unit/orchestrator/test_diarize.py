@@ -216,6 +216,23 @@ async def test_without_segmentation_vad_embeddings_and_clustering() -> None:
         await diarize(_tones(spans, 12.0), client=DiarizationClient(EmbeddingOnly()))
 
 
+class NoSegmentationServed(EmbeddingOnly):
+    """As Triton says: the segmentation model is not ready (not in the repository)."""
+
+    async def is_model_ready(self, model: str) -> bool:
+        return model != "pyannote_segmentation"
+
+
+async def test_a_client_that_knows_skips_the_missing_model() -> None:
+    speech = [SpeechRegion(s, e) for s, e, _ in SPANS]
+    fake = NoSegmentationServed()
+    client = DiarizationClient(fake)
+    turns = await diarize(_tones(SPANS, 12.0), client=client, speech=speech)
+    assert [t.speaker for t in turns] == ["SPEAKER_00", "SPEAKER_01", "SPEAKER_00"]
+    await diarize(_tones(SPANS, 12.0), client=client, speech=speech)
+    assert "pyannote_segmentation" not in fake.calls  # no failing call, not even the first
+
+
 async def test_empty_and_silent_audio() -> None:
     client = DiarizationClient(IdealModels())
     assert await diarize(np.zeros(0, np.float32), client=client) == []
