@@ -41,7 +41,7 @@ from numpy.typing import NDArray
 
 from bench.asr import cpu_seconds
 from bench.common import private_stack, save
-from tests.wer import word_error_rate
+from polydub.export.wer import word_error_rate
 
 SAMPLE_RATE = 16000
 SEED = 0

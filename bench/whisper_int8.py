@@ -33,8 +33,8 @@ from typing import Any
 
 from polydub.export import speech_clips
 from polydub.export.onnx_tools import quantize_int8, quantize_weights_int8
+from polydub.export.wer import pooled_word_error_rate
 from polydub.export.whisper import DECODER_MODEL, ENCODER_MODEL, OrtWhisper, graph_path, runtime
-from polydub.export.whisper_int8 import word_error_rate
 
 Quantize = Callable[[Path, Path], Any]
 
@@ -108,7 +108,10 @@ def measure(
             else "-"
         ),
         "wer": round(
-            word_error_rate([t for t, _ in clips], [detokenizer.decode(t) for t in alone]), 4
+            pooled_word_error_rate(
+                (t, detokenizer.decode(a)) for (t, _), a in zip(clips, alone, strict=True)
+            ),
+            4,
         ),
         "enc_MB": round(encoder.stat().st_size / 1e6, 1),
         "dec_MB": round(decoder.stat().st_size / 1e6, 1),

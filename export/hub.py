@@ -59,8 +59,8 @@ def hub_token() -> str | None:
 
 
 def resolve_preset(preset: Preset) -> Preset:
-    """``auto`` becomes ``small`` when the Hub answers, else ``tiny`` (with real Whisper: see
-    ``polydub.export.plan``)."""
+    """``auto`` becomes ``small`` when the Hub answers, else ``tiny`` (``polydub.export.plan``
+    then serves the bundled real Whisper)."""
     if preset is not Preset.AUTO:
         return preset
     return Preset.SMALL if hub_reachable() else Preset.TINY

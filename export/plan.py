@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from polydub.errors import ConfigurationError
-from polydub.export.hub import hub_reachable, hub_token
+from polydub.export.hub import hub_token, resolve_preset
 from polydub.export.registry import FAMILIES, get_family
 from polydub.export.spec import RANDOM, Checkpoint, Preset
 
@@ -72,10 +72,9 @@ def make_plan(
                 f"unknown model family {name!r}; known: {', '.join(FAMILIES)}",
                 code="unknown_model_family",
             )
-    online = preset is not Preset.AUTO or hub_reachable()
-    resolved = preset if preset is not Preset.AUTO else (Preset.SMALL if online else Preset.TINY)
+    resolved = resolve_preset(preset)
     plan = {name: get_family(name).defaults(resolved) for name in wanted}
-    if preset is Preset.AUTO and not online:
+    if preset is Preset.AUTO and resolved is Preset.TINY:  # the Hub cannot be reached
         log.warning(
             "the Hugging Face Hub cannot be reached: exporting random weights (tiny) for every "
             "family but Whisper. The transcripts are real; translations and speech are noise."
@@ -83,7 +82,7 @@ def make_plan(
         if "whisper" in plan:
             plan["whisper"][WHISPER_MODEL] = bundled_whisper() or plan["whisper"][WHISPER_MODEL]
     droppable: set[str] = set()
-    if online and resolved is not Preset.TINY and hub_token():
+    if resolved is not Preset.TINY and hub_token():
         for family in plan:
             for model, checkpoint in get_family(family).optional().items():
                 if checkpoint.gated and model not in plan[family]:
@@ -138,12 +137,4 @@ def bundled_whisper() -> Checkpoint | None:
     )
 
 
-def describe(plan: Plan) -> list[tuple[str, str, str]]:
-    """(model, checkpoint, license) rows for a summary; random weights said plainly."""
-    return [
-        (model, checkpoint.describe(), checkpoint.license)
-        for model, checkpoint in sorted(plan.checkpoints().items())
-    ]
-
-
-__all__ = ["RANDOM", "ModelChoice", "Plan", "bundled_whisper", "describe", "make_plan"]
+__all__ = ["RANDOM", "ModelChoice", "Plan", "bundled_whisper", "make_plan"]

@@ -23,7 +23,6 @@ tokens it gets in one batch with the others, and the error's RMS is within the g
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from polydub.export import speech_clips
+from polydub.export.wer import edit_distance, pooled_word_error_rate
 
 BLOCK_SIZE = 32  # 128 was not batch-invariant: the decoder differed between 1 and 3 rows
 ACCURACY_LEVEL = 4  # MatMulNBits: int8 activations, quantized per row and block
@@ -74,32 +74,11 @@ def check_clips(count: int = CHECK_CLIPS, start: int = 0) -> CheckClips:
     return CheckClips(tuple(a for _, a in spoken), tuple(t for t, _ in spoken), speech=True)
 
 
-def edit_distance(reference: Sequence[Any], hypothesis: Sequence[Any]) -> int:
-    """Levenshtein distance between two sequences (words, token ids)."""
-    previous = list(range(len(hypothesis) + 1))
-    for i, r in enumerate(reference, 1):
-        current = [i]
-        for j, h in enumerate(hypothesis, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-        previous = current
-    return previous[-1]
-
-
-def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
-    """Word edits over all reference words (case and punctuation ignored)."""
-    pairs = [(_words(r), _words(h)) for r, h in zip(references, hypotheses, strict=True)]
-    return sum(edit_distance(r, h) for r, h in pairs) / max(sum(len(r) for r, _ in pairs), 1)
-
-
 def token_agreement(references: Sequence[list[int]], hypotheses: Sequence[list[int]]) -> float:
     """1 - token edits over all reference tokens: fp32's greedy tokens as the reference."""
     pairs = list(zip(references, hypotheses, strict=True))
     edits = sum(edit_distance(r, h) for r, h in pairs)
     return 1.0 - edits / max(sum(len(r) for r, _ in pairs), 1)
-
-
-def _words(text: str) -> list[str]:
-    return re.sub(r"[^\w\s']", " ", text.lower()).split()
 
 
 @dataclass(frozen=True)
@@ -157,8 +136,8 @@ def judge(
     together = int8(list(clips.audios))
     wer_fp32 = wer_int8 = None
     if clips.speech and detokenize is not None:
-        wer_fp32 = word_error_rate(clips.texts, [detokenize(t) for t in reference])
-        wer_int8 = word_error_rate(clips.texts, [detokenize(t) for t in alone])
+        wer_fp32 = pooled_word_error_rate(zip(clips.texts, map(detokenize, reference), strict=True))
+        wer_int8 = pooled_word_error_rate(zip(clips.texts, map(detokenize, alone), strict=True))
     return Int8Verdict(
         clips=len(clips.audios),
         speech=clips.speech,

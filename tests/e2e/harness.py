@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -96,3 +98,18 @@ async def running_pipeline(
             await worker
         await nc.jetstream().delete_stream(settings.jobs_stream)
         await nc.close()
+
+
+def run_polydub(
+    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it: a child process with its own environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "polydub.cli", *args],
+        env=env,
+        cwd=cwd,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )

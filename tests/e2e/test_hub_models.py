@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import pytest
 
 from polydub.manifest import read_manifest
 from tests.conftest import free_port
+from tests.e2e.harness import run_polydub as polydub
 from tests.e2e.test_cli_dub import PORTS, _processes_under
 from tests.hub import fixtures
 from tests.hub.fixtures import FakeHub
@@ -29,20 +29,6 @@ from tests.hub.fixtures import FakeHub
 pytestmark = pytest.mark.e2e
 
 fake_hub = fixtures.fake_hub  # the session's fake Hub, found by pytest under this name
-
-
-def polydub(
-    *args: str, env: dict[str, str], cwd: Path, timeout: float = 900
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "polydub.cli", *args],
-        env=env,
-        cwd=cwd,
-        text=True,
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 @dataclass(frozen=True)

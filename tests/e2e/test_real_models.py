@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +18,15 @@ import asyncpg
 import pytest
 
 from polydub.clients.triton import InferenceClient
+from polydub.export.wer import word_error_rate
 from polydub.manifest import Manifest, read_manifest
 from polydub.orchestrator.subtitles import parse_srt
 from polydub.samples import SAMPLE_TURNS, make_sample
 from polydub.settings import Settings
 from polydub.stack.models import loadable_models
 from tests.conftest import own_triton
+from tests.e2e.harness import run_polydub as polydub
 from tests.e2e.harness import running_pipeline, wait_terminal
-from tests.wer import word_error_rate
 
 pytestmark = pytest.mark.e2e
 
@@ -39,17 +38,6 @@ class Exported:
     settings: Settings  # its Triton serves the exported repository
     output: str  # what ``polydub models export`` printed
     manifest: Manifest
-
-
-def polydub(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "polydub.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")

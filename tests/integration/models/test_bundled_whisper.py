@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from polydub.export.ct2_whisper import PINNED_SHA256, bundled_checkpoint, locate_bundled
+from polydub.export.wer import word_error_rate
 from tests.unit.export.speech_audio import MALE, SAMPLE_RATE, speak
-from tests.wer import word_error_rate
 
 pytestmark = pytest.mark.integration
 

@@ -27,11 +27,11 @@ import pytest
 from polydub.clients.triton import InferenceClient
 from polydub.export.ct2_whisper import bundled_checkpoint, locate_bundled
 from polydub.export.spec import Checkpoint, ExportReport, Target
+from polydub.export.wer import pooled_word_error_rate, word_error_rate
 from polydub.export.whisper import BLS_MODEL, WhisperExporter
 from polydub.orchestrator.inference.asr import AsrClient, AudioRegion, Transcription, cut_regions
 from polydub.settings import Settings
 from tests.unit.export.speech_audio import FEMALE, MALE, speak, with_gaps
-from tests.wer import pooled_word_error_rate, word_error_rate
 
 pytestmark = pytest.mark.integration
 

@@ -1,9 +1,10 @@
-"""Word error rate for checking real speech recognition: tests and benchmarks share it."""
+"""Word error rate: the export's int8 acceptance check, the tests and the benchmarks share it."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 
 def words(text: str) -> list[str]:
@@ -11,16 +12,20 @@ def words(text: str) -> list[str]:
     return re.sub(r"[^\w\s']", " ", text.lower()).split()
 
 
-def word_errors(reference: str, hypothesis: str) -> int:
-    """Word-level Levenshtein distance (substitutions, insertions, deletions)."""
-    ref, hyp = words(reference), words(hypothesis)
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
+def edit_distance(reference: Sequence[Any], hypothesis: Sequence[Any]) -> int:
+    """Levenshtein distance between two sequences (words, token ids)."""
+    previous = list(range(len(hypothesis) + 1))
+    for i, r in enumerate(reference, 1):
         current = [i]
-        for j, h in enumerate(hyp, 1):
+        for j, h in enumerate(hypothesis, 1):
             current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
         previous = current
     return previous[-1]
+
+
+def word_errors(reference: str, hypothesis: str) -> int:
+    """Word-level Levenshtein distance (substitutions, insertions, deletions)."""
+    return edit_distance(words(reference), words(hypothesis))
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
