@@ -50,6 +50,7 @@ def export_fingerprint() -> str:
     digest = hashlib.sha256()
     for folder, patterns in (
         (ROOT / "export", ("*.py",)),
+        (ROOT / "serving", ("*.py",)),
         (ROOT / "model_repository", ("*.pbtxt", "*.py")),
     ):
         for pattern in patterns:

@@ -24,8 +24,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from polydub import __version__
 from polydub.settings import Settings
+from polydub.version import __version__
 
 API_SERVICE = "polydub-api"
 WORKER_SERVICE = "polydub-worker"

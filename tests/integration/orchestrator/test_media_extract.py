@@ -3,9 +3,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.media.extract import extract_mix_wav, extract_model_audio
-from orchestrator.media.pcm import read_wav
-from orchestrator.media.probe import probe
+from polydub.orchestrator.media.extract import extract_mix_wav, extract_model_audio
+from polydub.orchestrator.media.pcm import read_wav
+from polydub.orchestrator.media.probe import probe
 from tests.media import make_audio, make_video, tone
 
 pytestmark = pytest.mark.integration

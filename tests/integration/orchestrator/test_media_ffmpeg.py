@@ -4,9 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.media import ffmpeg
-from orchestrator.media.ffmpeg import file_input, file_url, has_filter, run_ffmpeg, run_ffprobe
 from polydub.errors import ConfigurationError, InternalError, InvalidInput, ServiceUnavailable
+from polydub.orchestrator.media import ffmpeg
+from polydub.orchestrator.media.ffmpeg import (
+    file_input,
+    file_url,
+    has_filter,
+    run_ffmpeg,
+    run_ffprobe,
+)
 from tests.media import make_audio, tone
 
 pytestmark = pytest.mark.integration

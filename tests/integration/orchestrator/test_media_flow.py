@@ -7,20 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.media.extract import extract_mix_wav, extract_model_audio
-from orchestrator.media.mix import (
+from polydub.orchestrator.media.extract import extract_mix_wav, extract_model_audio
+from polydub.orchestrator.media.mix import (
     Placement,
     assemble,
     mix_to_wav,
     render_segments,
     speech_intervals,
 )
-from orchestrator.media.mux import mux, stream_md5
-from orchestrator.media.probe import probe
-from orchestrator.quality import fit_stats, loudness_stats
-from orchestrator.subtitles import make_cues, parse_srt, parse_vtt, to_srt, to_vtt
-from orchestrator.timing import plan_timing
-from orchestrator.voices import SpeakerProfile, Voice, assign_voices, estimate_f0
+from polydub.orchestrator.media.mux import mux, stream_md5
+from polydub.orchestrator.media.probe import probe
+from polydub.orchestrator.quality import fit_stats, loudness_stats
+from polydub.orchestrator.subtitles import make_cues, parse_srt, parse_vtt, to_srt, to_vtt
+from polydub.orchestrator.timing import plan_timing
+from polydub.orchestrator.voices import SpeakerProfile, Voice, assign_voices, estimate_f0
 from tests.media import espeak as tts
 from tests.media import make_two_speaker_clip
 

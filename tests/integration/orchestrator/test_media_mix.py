@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from orchestrator.media.mix import (
+from polydub.orchestrator.media.mix import (
     MixPolicy,
     Placement,
     background_track,
@@ -15,8 +15,8 @@ from orchestrator.media.mix import (
     render_segment,
     render_segments,
 )
-from orchestrator.media.pcm import read_wav, write_wav
-from orchestrator.timing import plan_timing
+from polydub.orchestrator.media.pcm import read_wav, write_wav
+from polydub.orchestrator.timing import plan_timing
 from tests.media import background, tone
 
 pytestmark = pytest.mark.integration

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.media.extract import extract_mix_wav
-from orchestrator.media.mux import container_for, encode_audio, mux, stream_md5
-from orchestrator.media.probe import probe
+from polydub.orchestrator.media.extract import extract_mix_wav
+from polydub.orchestrator.media.mux import container_for, encode_audio, mux, stream_md5
+from polydub.orchestrator.media.probe import probe
 from tests.media import make_video
 
 pytestmark = pytest.mark.integration

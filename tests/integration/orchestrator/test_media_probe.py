@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.media.probe import Limits, probe
 from polydub.errors import InvalidInput
+from polydub.orchestrator.media.probe import Limits, probe
 from tests.media import make_audio, make_video, tone
 
 pytestmark = pytest.mark.integration

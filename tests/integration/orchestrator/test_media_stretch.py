@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from orchestrator.media.stretch import stretch
-from orchestrator.voices import estimate_f0
+from polydub.orchestrator.media.stretch import stretch
+from polydub.orchestrator.voices import estimate_f0
 
 pytestmark = pytest.mark.integration
 

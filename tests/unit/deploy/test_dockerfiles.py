@@ -27,6 +27,33 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[3]
 DOCKERFILES = ("Dockerfile.api", "Dockerfile.triton")
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+# One distribution per tier: the folder each is built from, by distribution name.
+TIERS = {".": "polydub", "serving": "polydub-serving", "api": "polydub-api"}
+TIERS |= {"orchestrator": "polydub-orchestrator", "export": "polydub-export"}
+
+
+def project(folder: str) -> dict[str, Any]:
+    table: dict[str, Any] = tomllib.loads((ROOT / folder / "pyproject.toml").read_text())["project"]
+    return table
+
+
+def closure(folders: list[str]) -> set[str]:
+    """Every requirement name the given local distributions pull, following the local ones."""
+    by_name = {name: folder for folder, name in TIERS.items()}
+    seen: set[str] = set()
+    todo = [project(f)["name"] for f in folders]
+    names: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for req in project(by_name[name])["dependencies"]:
+            dep = Requirement(req).name
+            names.add(dep)
+            if dep in by_name:
+                todo.append(dep)
+    return names
 
 
 def parse(name: str) -> DockerfileParser:
@@ -121,20 +148,32 @@ def test_copied_sources_exist_and_are_not_docker_ignored(name: str) -> None:
     assert {".git", ".venv", ".stack"} <= ignored
 
 
-def test_api_image_is_multi_stage_with_the_api_extra_ffmpeg_and_no_torch() -> None:
+def test_every_distribution_shares_the_version() -> None:
+    from polydub.version import __version__
+
+    for folder, name in TIERS.items():
+        table = project(folder)
+        assert (table["name"], table["version"]) == (name, __version__)
+        local = [
+            Requirement(r) for r in table["dependencies"] if Requirement(r).name in TIERS.values()
+        ]
+        assert all(str(r.specifier) == f"=={__version__}" for r in local), (name, local)
+
+
+def test_api_image_is_multi_stage_with_the_api_tiers_ffmpeg_and_no_torch() -> None:
     text = (ROOT / "Dockerfile.api").read_text()
     items = instructions("Dockerfile.api")
     froms = [ins["value"] for ins in items if ins["instruction"] == "FROM"]
     assert froms == ["python:3.11-slim-bookworm AS build", "python:3.11-slim-bookworm AS runtime"]
     runs = " ".join(ins["value"] for ins in items if ins["instruction"] == "RUN")
-    extras = set(re.findall(r"\.whl\)\[([a-z,]+)\]", runs)[0].split(","))
-    assert extras == {"api"}
-    assert extras <= set(PYPROJECT["project"]["optional-dependencies"])
-    # nothing in the base dependencies or the api extra pulls torch, and the build refuses it
-    wanted = (
-        PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["api"]
-    )
-    assert not {Requirement(r).name for r in wanted} & {"torch", "transformers", "onnxruntime"}
+    built = re.findall(r"pip wheel --no-deps --wheel-dir /wheels ([^&]+)&&", runs)[0].split()
+    folders = [b.removeprefix("./") for b in built]
+    assert sorted(folders) == [".", "api", "orchestrator", "serving"]
+    assert "pip install /wheels/*.whl" in runs
+    # by construction: no tier the image installs pulls torch, and the exporters are not copied
+    assert not closure(folders) & {"torch", "transformers", "onnxruntime", "polydub-export"}
+    copied = {ins["value"].split()[0] for ins in items if ins["instruction"] == "COPY"}
+    assert "export/" not in copied
     assert "torch" not in re.sub(r"import torch.*?fi", "", runs)
     assert 'import torch" 2>/dev/null; then echo "torch must not be in this image' in text
     runtime = final_stage("Dockerfile.api")
@@ -176,12 +215,13 @@ def test_triton_image_exports_with_cpu_torch_and_serves_the_gpu_profile() -> Non
     assert "models-${MODELS} AS models" in froms
     # torch only in the export stage, only the CPU build, at the version the export extra pins
     torch_installs = re.findall(r"pip install \"torch==([\d.]+)\" --index-url (\S+)", text)
-    export_extra = PYPROJECT["project"]["optional-dependencies"]["export"]
+    export_extra = project("export")["dependencies"]
     pinned = next(Requirement(r) for r in export_extra if Requirement(r).name == "torch")
     assert [(v, url) for v, url in torch_installs] == [
         (str(next(iter(pinned.specifier)).version), "https://download.pytorch.org/whl/cpu")
     ]
-    assert '-e ".[export]"' in text
+    # installed, not editable: the export needs no source checkout, only the repository it fills
+    assert "pip install . ./serving ./orchestrator ./export" in text
     # PRESET / TARGET defaults are values the CLI accepts
     args = {
         ins["value"].split("=")[0]: ins["value"].split("=")[1]
@@ -194,6 +234,9 @@ def test_triton_image_exports_with_cpu_torch_and_serves_the_gpu_profile() -> Non
     runtime = final_stage("Dockerfile.triton")
     pip = next(ins["value"] for ins in runtime if ins["instruction"] == "RUN")
     pins = dict(re.findall(r'"([a-z]+)==([\d.]+)"', pip))
+    # the python models' own code: polydub-serving, numpy only
+    assert "/tmp/polydub-serving" in pip
+    assert [Requirement(r).name for r in project("serving")["dependencies"]] == ["numpy"]
     assert set(pins) == {"numpy", "tokenizers", "sentencepiece", "transformers"}
     constraints = {
         Requirement(r).name: Requirement(r).specifier

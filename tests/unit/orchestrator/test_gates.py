@@ -2,7 +2,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.gates import (
+from polydub.errors import PermanentError
+from polydub.orchestrator.gates import (
     GateThresholds,
     QualityIssue,
     enforce,
@@ -11,10 +12,9 @@ from orchestrator.gates import (
     report_warnings,
     stage_warnings,
 )
-from orchestrator.inference.translation import TranslationCandidate
-from orchestrator.quality import fit_stats, translation_stats
-from orchestrator.stages.dub import choose_candidate
-from polydub.errors import PermanentError
+from polydub.orchestrator.inference.translation import TranslationCandidate
+from polydub.orchestrator.quality import fit_stats, translation_stats
+from polydub.orchestrator.stages.dub import choose_candidate
 from polydub.settings import Settings
 
 pytestmark = pytest.mark.unit

@@ -5,7 +5,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from orchestrator.media.mix import (
+from polydub.orchestrator.media.mix import (
     Loudness,
     MixPolicy,
     Placement,
@@ -15,8 +15,8 @@ from orchestrator.media.mix import (
     normalisation_gain,
     speech_intervals,
 )
-from orchestrator.media.stretch import bounded_tempo, fade_out, fit_length, tempo_to_fit
-from orchestrator.timing import SegmentTiming
+from polydub.orchestrator.media.stretch import bounded_tempo, fade_out, fit_length, tempo_to_fit
+from polydub.orchestrator.timing import SegmentTiming
 
 pytestmark = pytest.mark.unit
 

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.media.pcm import create_wav, read_wav, wav_info, write_wav
 from polydub.errors import InvalidInput
+from polydub.orchestrator.media.pcm import create_wav, read_wav, wav_info, write_wav
 
 pytestmark = pytest.mark.unit
 

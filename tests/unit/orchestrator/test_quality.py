@@ -3,8 +3,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from orchestrator.quality import asr_stats, fit_stats, loudness_stats, translation_stats
-from orchestrator.timing import plan_timing
+from polydub.orchestrator.quality import asr_stats, fit_stats, loudness_stats, translation_stats
+from polydub.orchestrator.timing import plan_timing
 
 pytestmark = pytest.mark.unit
 

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.media.probe import sniff
 from polydub.errors import InvalidInput
+from polydub.orchestrator.media.probe import sniff
 
 pytestmark = pytest.mark.unit
 

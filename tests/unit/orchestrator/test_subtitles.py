@@ -2,7 +2,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from orchestrator.subtitles import (
+from polydub.orchestrator.subtitles import (
     Cue,
     SubtitlePolicy,
     clean_text,

@@ -4,7 +4,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from orchestrator.timing import SegmentTiming, TimingPolicy, choose_rate, fit_segment, plan_timing
+from polydub.orchestrator.timing import (
+    SegmentTiming,
+    TimingPolicy,
+    choose_rate,
+    fit_segment,
+    plan_timing,
+)
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from orchestrator.voices import (
+from polydub.orchestrator.voices import (
     SpeakerProfile,
     Voice,
     VoicePolicy,

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 # The committed repository in the source tree (export/ is a top-level folder beside it).
-SOURCE_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+SOURCE_REPOSITORY = Path(__file__).resolve().parents[3] / "model_repository"
 GENERATED_SUFFIXES = {".onnx", ".data", ".plan"}
 
 

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from polydub import __version__
 from polydub.api.deps import AppState, NatsHolder
 from polydub.api.errors import install_error_handlers
 from polydub.api.outbox import OutboxRelay
@@ -28,6 +27,7 @@ from polydub.clients.triton import InferenceClient
 from polydub.settings import Settings, get_settings
 from polydub.telemetry.http import TelemetryMiddleware, metrics_endpoint
 from polydub.telemetry.tracing import API_SERVICE, configure_tracing, shutdown_tracing
+from polydub.version import __version__
 
 API_PREFIX = "/api/v1"
 
