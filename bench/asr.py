@@ -5,7 +5,7 @@ system; throughput is audio seconds per wall second at 1, 4 and 16 concurrent re
 
 * ``triton``: the ``whisper`` BLS model served by a private Triton, through ``AsrClient``
   (one request per clip, ``concurrency`` requests in flight; Triton's dynamic batcher groups them);
-* ``onnxruntime``: the same exported graphs and the same decoding loop (``whisper_runtime``) run in
+* ``onnxruntime``: the same exported graphs and the same decoding loop (``whisper_decode``) run in
   this process on batches of ``concurrency`` clips: Triton's serving overhead is the difference;
 * ``faster-whisper``: the same checkpoint converted with ctranslate2's ``TransformersConverter``
   (int8), ``WhisperModel(compute_type="int8").model.generate`` on batches of ``concurrency``;
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bench.common import private_stack, save
+from bench.common import TEMPLATES, private_stack, save
 
 SAMPLE_RATE = 16000
 SEED = 0
@@ -223,15 +223,16 @@ def triton_system(client: Any) -> Decode:
 
 def onnxruntime_system(repository: Path, tokens: int, threads: int) -> Decode:
     """The served graphs, sessions and loop (``OrtWhisper`` = the BLS's ``OrtGraphs``), here."""
-    from polydub.export.whisper import OrtWhisper, runtime
+    from polydub.export.whisper_reference import OrtWhisper
+    from polydub.serving.whisper_decode import DecodeOptions, greedy_decode
+    from polydub.serving.whisper_features import log_mel_spectrogram
 
-    rt = runtime()
     local = OrtWhisper.from_repository(repository, threads=threads)
-    options = rt.DecodeOptions("en", "transcribe")
+    options = DecodeOptions("en", "transcribe")
 
     def decode(batch: Sequence[Audio]) -> list[int]:
-        features = rt.log_mel_spectrogram(batch, local.facts.n_mels)
-        results = rt.greedy_decode(
+        features = log_mel_spectrogram(batch, local.facts.n_mels)
+        results = greedy_decode(
             local, features, [options] * len(batch), local.facts, tokens, min_new_tokens=tokens
         )
         return [len(r.tokens) for r in results]
@@ -394,8 +395,10 @@ def _load() -> str:
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     from polydub.clients.triton import InferenceClient
+    from polydub.export.repository import copy_templates
     from polydub.export.spec import Target
-    from polydub.export.whisper import BLS_MODEL, MODELS, WhisperExporter
+    from polydub.export.whisper import MODELS, WhisperExporter
+    from polydub.export.whisper_graphs import BLS_MODEL
     from polydub.orchestrator.inference.asr import AsrClient
 
     levels = [int(x) for x in args.levels.split(",")]
@@ -415,6 +418,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             report = WhisperExporter().export_loaded(
                 load_checkpoint(checkpoint), Target.CPU, repository
             )
+            copy_templates(TEMPLATES, repository, report.models)
             notes["export_s"] = round(time.perf_counter() - started, 1)
             notes["export_notes"] = report.notes
             async with InferenceClient(settings.triton_url) as triton:

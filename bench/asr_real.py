@@ -40,7 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bench.asr import cpu_seconds
-from bench.common import private_stack, save
+from bench.common import TEMPLATES, private_stack, save
 from polydub.export.wer import word_error_rate
 
 SAMPLE_RATE = 16000
@@ -239,8 +239,10 @@ def triton_retries() -> float:
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     from polydub.clients.triton import InferenceClient
     from polydub.export.ct2_whisper import bundled_checkpoint, locate_bundled
+    from polydub.export.repository import copy_templates
     from polydub.export.spec import Checkpoint, Target
-    from polydub.export.whisper import BLS_MODEL, WhisperExporter
+    from polydub.export.whisper import WhisperExporter
+    from polydub.export.whisper_graphs import BLS_MODEL
     from polydub.orchestrator.inference.asr import AsrClient
 
     chosen = [s for s in args.systems.split(",") if s]
@@ -254,6 +256,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         report = WhisperExporter().export(
             {BLS_MODEL: checkpoint}, Target.CPU, settings.model_repository
         )
+        copy_templates(TEMPLATES, settings.model_repository, report.models)
         notes["export_s"] = round(time.perf_counter() - started, 1)
         notes["served_precision"] = report.precision[BLS_MODEL]
         async with InferenceClient(settings.triton_url) as triton:

@@ -18,6 +18,8 @@ from polydub.stack import Stack
 from polydub.stack.isolated import isolated_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# The checkout's configs and python models, which exports into fresh repositories copy.
+TEMPLATES = Path(__file__).resolve().parents[1] / "model_repository"
 
 
 @contextmanager

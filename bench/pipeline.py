@@ -11,27 +11,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
-from bench.common import private_stack, save
+from bench.common import TEMPLATES, private_stack, save
 from polydub.clients.db import migrate_database
 from polydub.clients.queue import connect, ensure_jobs_stream
 from polydub.clients.storage import ObjectStore
 from polydub.clients.triton import InferenceClient
 from polydub.export.run import export_preset
 from polydub.export.spec import Preset, Target
+from polydub.jobs import JobKeys, JobMessage
 from polydub.orchestrator.main import run_worker
 from polydub.orchestrator.services import Services
 from polydub.orchestrator.worker import WorkerOptions
 from polydub.samples import DEFAULT_TURNS, make_two_speaker_clip
 from polydub.stack.models import loadable_models
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class InferenceMeter:
@@ -43,8 +46,8 @@ class InferenceMeter:
         self.busy = 0.0
         self.calls = 0
 
-    def wrap(self, infer: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def metered(*args: Any, **kwargs: Any) -> Any:
+    def wrap(self, infer: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        async def metered(*args: P.args, **kwargs: P.kwargs) -> R:
             if self.in_flight == 0:
                 self.busy_since = time.perf_counter()
             self.in_flight += 1
@@ -63,7 +66,9 @@ class InferenceMeter:
 
 
 async def load_models(settings: Any, preset: Preset) -> list[str]:
-    await asyncio.to_thread(export_preset, preset, Target.CPU, settings.model_repository)
+    await asyncio.to_thread(
+        export_preset, preset, Target.CPU, settings.model_repository, templates=TEMPLATES
+    )
     names, _ = loadable_models(settings.model_repository)  # graphs before BLS models
     async with InferenceClient(settings.triton_url) as triton:
         for name in names:
@@ -111,7 +116,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ids = []
             for _ in range(n):
                 job_id = uuid.uuid4()
-                key = f"inputs/{job_id}/source"
+                key = JobKeys(job_id).input
                 await store.put_file(key, clip.path, "video/mp4")
                 await pool.execute(
                     "INSERT INTO jobs (id, owner_id, source_language, input_key) VALUES ($1, $2, 'eng', $3)",
@@ -127,10 +132,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             busy0, calls0 = meter.snapshot()
             started = time.perf_counter()
             for job_id in ids:
+                message = JobMessage(job_id)
                 await nc.jetstream().publish(
                     settings.jobs_subject,
-                    json.dumps({"job_id": str(job_id)}).encode(),
-                    headers={"Nats-Msg-Id": str(job_id)},
+                    message.to_bytes(),
+                    headers={"Nats-Msg-Id": message.msg_id},
                 )
             while True:
                 done = await pool.fetchval(

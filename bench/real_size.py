@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS
+from bench.common import RESULTS, TEMPLATES
 from polydub.export.hub import available_memory
 
 GIB = 2**30
@@ -84,7 +84,7 @@ def child_export(family: str, work: Path) -> dict[str, Any]:
     choices = [ModelChoice.parse(f"{k}={work / 'hub' / r}") for k, r in REPOS[family].items()]
     plan = make_plan(Preset.SMALL, choices, families=[family])
     started = time.perf_counter()
-    result = export_all(plan, Target.CPU, work / "repository")
+    result = export_all(plan, Target.CPU, work / "repository", TEMPLATES)
     seconds = time.perf_counter() - started
     (report,) = result.reports
     return {

@@ -34,7 +34,9 @@ from typing import Any
 from polydub.export import speech_clips
 from polydub.export.onnx_tools import quantize_int8, quantize_weights_int8
 from polydub.export.wer import pooled_word_error_rate
-from polydub.export.whisper import DECODER_MODEL, ENCODER_MODEL, OrtWhisper, graph_path, runtime
+from polydub.export.whisper_graphs import DECODER_MODEL, ENCODER_MODEL, graph_path
+from polydub.export.whisper_reference import OrtWhisper
+from polydub.serving import whisper_decode, whisper_features, whisper_text
 
 Quantize = Callable[[Path, Path], Any]
 
@@ -65,7 +67,6 @@ def ensure_export(repo: Path) -> None:
 def measure(
     name: str, repo: Path, work: Path, clips: list[tuple[str, Any]], threads: int, tokens: int
 ) -> dict[str, Any]:
-    rt = runtime()
     encoder, decoder = (
         graph_path(repo, ENCODER_MODEL, "_fp32"),
         graph_path(repo, DECODER_MODEL, "_fp32"),
@@ -76,16 +77,16 @@ def measure(
         quantize(graph_path(repo, ENCODER_MODEL, "_fp32"), encoder)
         quantize(graph_path(repo, DECODER_MODEL, "_fp32"), decoder)
     tokenizer = repo / "whisper" / "1" / "tokenizer"
-    facts = rt.WhisperFacts.load(tokenizer / rt.FACTS_FILE)
-    detokenizer = rt.Detokenizer.load(str(tokenizer), facts.eot)
+    facts = whisper_text.WhisperFacts.load(tokenizer / whisper_text.FACTS_FILE)
+    detokenizer = whisper_text.Detokenizer.load(str(tokenizer), facts.eot)
     model = OrtWhisper(encoder, decoder, facts, threads=threads)
-    options = [rt.DecodeOptions("en", "transcribe")]
+    options = [whisper_decode.DecodeOptions("en", "transcribe")]
     audio = [a for _, a in clips]
     alone = [model.decode([a], options, tokens)[0].tokens for a in audio]
     batched: list[list[int]] = []
     for k in range(0, len(audio), 8):
         batched += [r.tokens for r in model.decode(audio[k : k + 8], options * 8, tokens)]
-    features = rt.log_mel_spectrogram(audio[:8], facts.n_mels)
+    features = whisper_features.log_mel_spectrogram(audio[:8], facts.n_mels)
     encode, full = [], []
     for _ in range(2):
         wall, cpu = time.perf_counter(), time.process_time()

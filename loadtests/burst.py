@@ -29,7 +29,8 @@ import httpx
 import psutil
 
 from loadtests.harness import deployment
-from loadtests.run import RESULTS, TERMINAL, create_keys, make_clip
+from loadtests.run import RESULTS, create_keys, make_clip
+from polydub.jobs import TERMINAL
 
 
 async def submit_all(

@@ -74,7 +74,7 @@ def ensure_tiny_models(repository: Path) -> list[str]:
                 raise RuntimeError(f"{repository} is not a tiny-model cache of the load harness")
             shutil.rmtree(repository)
         repository.mkdir(parents=True)
-        export_preset(Preset.TINY, Target.CPU, repository)
+        export_preset(Preset.TINY, Target.CPU, repository, templates=ROOT / "model_repository")
         marker.write_text(fingerprint + "\n")
     return model_names(repository)
 

@@ -37,6 +37,8 @@ import requests
 from gevent.pool import Group
 from locust import FastHttpUser, between, constant, constant_pacing, events, task
 
+from polydub.jobs import TERMINAL
+
 KEYS: list[str] = json.loads(Path(os.environ["POLYDUB_LOAD_KEYS"]).read_text())
 CLIP = Path(os.environ["POLYDUB_LOAD_CLIP"]).read_bytes()
 TARGET = os.environ.get("POLYDUB_LOAD_TARGET", "spa")
@@ -46,7 +48,6 @@ BURST_SIZE = int(os.environ.get("POLYDUB_LOAD_BURST_SIZE", "10"))
 BURST_EVERY = float(os.environ.get("POLYDUB_LOAD_BURST_EVERY", "15"))
 SSE_SECONDS = float(os.environ.get("POLYDUB_LOAD_SSE_SECONDS", "3"))
 JOBS_OUT = os.environ.get("POLYDUB_LOAD_JOBS_OUT", "")
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 _key_turn = itertools.count()
 # key -> ids of the jobs submitted with it (a key sees only its own jobs: others answer 404)

@@ -34,10 +34,10 @@ import asyncpg
 import psutil
 
 from loadtests.harness import Deployment, deployment
+from polydub.jobs import TERMINAL
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 @dataclass

@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from polydub.orchestrator.media.pcm import read_wav, write_wav
+from polydub.media.pcm import read_wav, write_wav
+from polydub.media.runner import run_ffmpeg
+from polydub.settings import get_settings
 
 MALE_VOICE = "en+m3"
 FEMALE_VOICE = "en+f3"
@@ -69,8 +71,7 @@ class Clip:
 
 
 def _ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args],
-                   check=True, timeout=120)  # fmt: skip
+    run_ffmpeg(list(args), timeout=120, blame="internal", what="make sample media")
 
 
 def espeak(text: str, voice: str = MALE_VOICE, *, speed: int = 165,
@@ -215,7 +216,8 @@ SAMPLE_TURNS = (
 def make_sample(path: str | Path, *, seconds: float = SAMPLE_SECONDS) -> Clip:
     """The demo clip: two espeak-ng voices (en+m3, en+f3) taking turns over a quiet background,
     on a test-pattern video; 12 s and a few hundred KB."""
-    missing = [tool for tool in ("ffmpeg", "espeak-ng") if shutil.which(tool) is None]
+    tools = (get_settings().ffmpeg, "espeak-ng")
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         raise FileNotFoundError(
             f"{' and '.join(missing)} not found: install the Debian packages (scripts/bootstrap.sh)"

@@ -9,12 +9,14 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="POLYDUB_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="POLYDUB_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     # Local stack: where its data lives and the port of each server (own ports, never defaults
     # that collide with a system PostgreSQL or NATS).
@@ -65,13 +67,27 @@ class Settings(BaseSettings):
     media_max_width: int = 7680
     media_max_height: int = 4320
     media_max_streams: int = 16
+    # ffprobe's wall-clock limit on one probe (it then counts as media_too_complex). The two tiers
+    # had 60 s (API) and 30 s (worker); the stricter 30 s holds for both, since the probe only
+    # demuxes. POLYDUB_API_PROBE_TIMEOUT_SECONDS, the API's old name, is still read.
+    media_probe_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias=AliasChoices(
+            "POLYDUB_MEDIA_PROBE_TIMEOUT_SECONDS",
+            "POLYDUB_API_PROBE_TIMEOUT_SECONDS",
+        ),
+    )
+    # The binaries polydub.media.runner starts for every ffmpeg/ffprobe run (a name on PATH or a
+    # path): POLYDUB_FFMPEG, POLYDUB_FFPROBE.
+    ffmpeg: str = "ffmpeg"
+    ffprobe: str = "ffprobe"
 
     # API tier (api/): limits on what a client may send, and its background workers.
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     api_public_url: str = ""  # base of the links in responses when behind a proxy; "" = relative
     api_max_target_languages: int = 10
-    api_probe_timeout_seconds: float = 60.0
     api_tmp_dir: Path | None = None  # where uploads are spooled for probing; None = system temp
     api_upload_ttl_seconds: int = 3600  # presigned upload reservations
     api_preview_max_seconds: float = 60.0

@@ -9,6 +9,8 @@ from typing import Any
 
 import asyncpg
 
+from polydub.jobs import JobKeys
+
 
 async def create_owner(pool: asyncpg.Pool, name: str = "test") -> uuid.UUID:
     owner = uuid.uuid4()
@@ -41,7 +43,7 @@ async def create_job(
             owner,
             source,
             options or {},
-            input_key or f"inputs/{job_id}/source",
+            input_key or JobKeys(job_id).input,
             callback_url,
         )
         await conn.executemany(

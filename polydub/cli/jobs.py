@@ -9,9 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from polydub.api.schemas import JobStatus
 from polydub.cli.connect import ApiOption, KeyOption, connect
 from polydub.client import ApiError, Client, JobOut
+from polydub.jobs import ACTIVE, JobStatus
 
 app = typer.Typer(no_args_is_help=True, help="Your jobs: list, show, cancel, download.")
 console = Console()
@@ -30,7 +30,7 @@ def _fail(exc: ApiError) -> typer.Exit:
 
 
 def _percent(job: JobOut) -> str:
-    return f"{job.percent}%" if job.status in ("queued", "running") else ""
+    return f"{job.percent}%" if job.status in ACTIVE else ""
 
 
 @app.command("list")
@@ -106,7 +106,11 @@ def cancel(job_id: JobArg, api: ApiOption = None, key: KeyOption = None) -> None
             job = client.cancel_job(job_id)
         except ApiError as exc:
             raise _fail(exc) from None
-    note = "cancelled" if job.status == "cancelled" else "cancel requested (next stage boundary)"
+    note = (
+        "cancelled"
+        if job.status == JobStatus.CANCELLED
+        else "cancel requested (next stage boundary)"
+    )
     console.print(f"{job.id}: {note}")
 
 

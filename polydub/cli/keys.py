@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from polydub.api.auth import create_key, list_keys, revoke_key
+from polydub.api.auth import create_key, revoke_key
+from polydub.api.db.keys import list_keys
 from polydub.clients.db import migrate_database
 from polydub.errors import NotFound
 from polydub.settings import get_settings

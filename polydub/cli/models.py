@@ -20,6 +20,13 @@ def export(
     repository: Annotated[Path, typer.Option(help="Triton model repository")] = Path(
         "model_repository"
     ),
+    templates: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the models' configs and python models come from: a copy of polydub's "
+            "model_repository/ (default: the repository itself)."
+        ),
+    ] = None,
     family: Annotated[
         list[str] | None, typer.Option(help="Only these families (repeatable).")
     ] = None,
@@ -48,7 +55,7 @@ def export(
         plan = make_plan(chosen_preset, [ModelChoice.parse(m) for m in model or []], family)
         for name, checkpoint in sorted(plan.checkpoints().items()):
             typer.echo(f"{name}: {checkpoint.describe()}")
-        result = export_all(plan, chosen_target, repository)
+        result = export_all(plan, chosen_target, repository, templates)
     except PolydubError as exc:
         _fail(exc.message)
     table = Table("model", "family", "checkpoint", "license", "precision", "parity (max |Δ|)")

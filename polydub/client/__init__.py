@@ -1,6 +1,6 @@
 """The polydub API from Python: ``Client`` (blocking) and ``AsyncClient`` (asyncio), on httpx.
 
-The response models are the API's own (``polydub.api.schemas``), so a field the server adds is
+The response models are the API's own (``polydub.schemas``), so a field the server adds is
 a field the client sees. See docs/client.md::
 
     from polydub.client import Client
@@ -11,7 +11,11 @@ a field the client sees. See docs/client.md::
         paths = client.download_outputs(job.id, "out/")
 """
 
-from polydub.api.schemas import (
+from polydub.client._async import AsyncClient
+from polydub.client._common import ApiError, JobEvent
+from polydub.client._sync import Client
+from polydub.jobs import TERMINAL, ArtifactKind, JobStatus
+from polydub.schemas import (
     JobOut,
     JobPage,
     LanguagesOut,
@@ -20,17 +24,17 @@ from polydub.api.schemas import (
     PurgeOut,
     TargetOut,
 )
-from polydub.client._async import AsyncClient
-from polydub.client._common import ApiError, JobEvent
-from polydub.client._sync import Client
 
 __all__ = [
+    "TERMINAL",
     "ApiError",
+    "ArtifactKind",
     "AsyncClient",
     "Client",
     "JobEvent",
     "JobOut",
     "JobPage",
+    "JobStatus",
     "LanguagesOut",
     "OutputFile",
     "OutputsOut",

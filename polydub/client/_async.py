@@ -14,15 +14,6 @@ from urllib.parse import urljoin
 import httpx
 from httpx_sse import aconnect_sse
 
-from polydub.api.schemas import (
-    TERMINAL,
-    JobOut,
-    JobPage,
-    JobStatus,
-    LanguagesOut,
-    OutputsOut,
-    PurgeOut,
-)
 from polydub.client._common import (
     API_PREFIX,
     CHUNK,
@@ -44,6 +35,8 @@ from polydub.client._common import (
     reporter as _reporter,
 )
 from polydub.client._sync import _check
+from polydub.jobs import TERMINAL, JobStatus
+from polydub.schemas import JobOut, JobPage, LanguagesOut, OutputsOut, PurgeOut
 
 JobId = uuid.UUID | str
 

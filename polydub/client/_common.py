@@ -12,7 +12,9 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from polydub.api.schemas import TERMINAL, ErrorInfo, JobOut, TargetOut
+from polydub.jobs import TERMINAL
+from polydub.retry import Backoff
+from polydub.schemas import ErrorInfo, JobOut, TargetOut
 
 API_PREFIX = "/api/v1"
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -271,11 +273,14 @@ def _float(value: str | None) -> float | None:
         return None
 
 
+_BACKOFF = Backoff(0.5, 8.0)
+
+
 def backoff(attempt: int, error: ApiError | None) -> float:
     """Seconds before retry ``attempt``: the server's Retry-After, else exponential."""
     if error is not None and error.retry_after is not None:
         return min(error.retry_after, 30.0)
-    return float(min(0.5 * 2 ** (attempt - 1), 8.0))
+    return _BACKOFF.delay(attempt)
 
 
 def reporter(

@@ -13,15 +13,6 @@ from urllib.parse import urljoin
 import httpx
 from httpx_sse import connect_sse
 
-from polydub.api.schemas import (
-    TERMINAL,
-    JobOut,
-    JobPage,
-    JobStatus,
-    LanguagesOut,
-    OutputsOut,
-    PurgeOut,
-)
 from polydub.client._common import (
     API_PREFIX,
     CHUNK,
@@ -42,6 +33,8 @@ from polydub.client._common import (
 from polydub.client._common import (
     reporter as _reporter,
 )
+from polydub.jobs import TERMINAL, JobStatus
+from polydub.schemas import JobOut, JobPage, LanguagesOut, OutputsOut, PurgeOut
 
 JobId = uuid.UUID | str
 

@@ -7,7 +7,6 @@ merges them (and those of other workers) into batches.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from opentelemetry.trace import SpanKind
 from tritonclient.utils import np_to_triton_dtype
 
 from polydub.errors import RetryableError, ServiceUnavailable, classify
+from polydub.retry import Backoff
 from polydub.telemetry.metrics import (
     TRITON_REQUEST_BATCH,
     TRITON_REQUEST_DURATION,
@@ -35,8 +35,9 @@ class RetryPolicy:
     max_delay: float = 3.0
 
     def delay(self, attempt: int) -> float:
-        # Full jitter keeps many workers from retrying in lockstep after a Triton restart.
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+        """Before the retry that follows failed try ``attempt`` (0 is the first try). Full jitter
+        keeps many workers from retrying in lockstep after a Triton restart."""
+        return Backoff(self.base_delay, self.max_delay, jitter="full").delay(attempt + 1)
 
 
 class InferenceClient:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import subprocess
 import sys
 import uuid
@@ -19,6 +18,7 @@ import nats.js.errors
 
 from polydub.clients.queue import connect
 from polydub.clients.storage import ObjectStore
+from polydub.jobs import JobKeys, JobMessage
 from polydub.orchestrator.main import run_worker
 from polydub.orchestrator.worker import WorkerOptions
 from polydub.settings import Settings
@@ -46,15 +46,14 @@ class Pipeline:
     ) -> uuid.UUID:
         owner = await create_owner(self.pool)
         job_id = uuid.uuid4()
-        input_key = f"inputs/{job_id}/source"
+        input_key = JobKeys(job_id).input
         await self.store.put_file(input_key, path, "application/octet-stream")
         job_id = await create_job(
             self.pool, owner, targets, source=source, input_key=input_key, options=options
         )
+        message = JobMessage(job_id)
         await self.nc.jetstream().publish(
-            self.settings.jobs_subject,
-            json.dumps({"job_id": str(job_id)}).encode(),
-            headers={"Nats-Msg-Id": str(job_id)},
+            self.settings.jobs_subject, message.to_bytes(), headers={"Nats-Msg-Id": message.msg_id}
         )
         return job_id
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from polydub.orchestrator.media.mux import stream_md5
-from polydub.orchestrator.media.probe import probe
+from polydub.media.mux import stream_md5
+from polydub.media.probe import probe
 from polydub.orchestrator.subtitles import parse_srt, parse_vtt
 from polydub.settings import Settings
 from tests.conftest import free_port
@@ -184,8 +184,8 @@ def test_dub_downloads_every_output_per_language(app_stack: AppStack, tmp_path: 
     fetched = app_stack.polydub("jobs", "download", job_id[1], "--out", str(tmp_path / "again"))
     assert fetched.returncode == 0, fetched.stdout + fetched.stderr
     for lang in ("spa", "fra"):
-        video = f"{lang}/sample.{lang}.mp4"
-        assert (tmp_path / "again" / video).read_bytes() == (out / video).read_bytes()
+        clip = f"{lang}/sample.{lang}.mp4"
+        assert (tmp_path / "again" / clip).read_bytes() == (out / clip).read_bytes()
 
 
 def test_remote_key_jobs_commands_and_a_failed_job(app_stack: AppStack, tmp_path: Path) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import get_args
 
 import asyncpg
 import pytest
 
-from polydub.api.schemas import ArtifactKind
-from polydub.orchestrator.media.mux import stream_md5
-from polydub.orchestrator.media.probe import probe
+from polydub.jobs import ArtifactKind
+from polydub.media.mux import stream_md5
+from polydub.media.probe import probe
 from polydub.orchestrator.subtitles import parse_srt, parse_vtt
 from polydub.settings import Settings
 from tests.e2e.harness import Pipeline, running_pipeline, wait_terminal
@@ -26,7 +25,7 @@ from tests.media import make_two_speaker_clip
 
 pytestmark = pytest.mark.e2e
 
-KINDS = set(get_args(ArtifactKind))  # every deliverable kind the API serves
+KINDS = set(ArtifactKind)  # every deliverable kind the API serves
 
 
 @pytest.fixture(scope="module")

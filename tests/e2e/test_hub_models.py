@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from polydub.manifest import read_manifest
+from tests.checkout import TEMPLATES, seed_templates
 from tests.conftest import free_port
 from tests.e2e.harness import run_polydub as polydub
 from tests.e2e.test_cli_dub import PORTS, _processes_under
@@ -40,8 +41,10 @@ class HubStack:
 
 @pytest.fixture(scope="module")
 def hub_stack(fake_hub: FakeHub) -> Iterator[HubStack]:
-    """``polydub stack up`` on an empty model repository with the Hub answering, no token."""
+    """``polydub stack up`` on a model repository without weights (a fresh clone's) with the Hub
+    answering, no token."""
     root = Path(tempfile.mkdtemp(prefix="polydub-hub-"))
+    seed_templates(root / "model_repository")
     root.chmod(0o755)  # PostgreSQL runs unprivileged under root and must traverse the path
     env = {k: v for k, v in fake_hub.env(root, token=None).items() if not k.startswith("POLYDUB_")}
     env |= {
@@ -104,6 +107,8 @@ def _export(fake_hub: FakeHub, home: Path, token: str | None, *args: str) -> tup
         "auto",
         "--repository",
         str(home / "repo"),
+        "--templates",
+        str(TEMPLATES),
         *args,
         env=fake_hub.env(home, token=token),
         cwd=home,

@@ -24,6 +24,7 @@ from polydub.orchestrator.subtitles import parse_srt
 from polydub.samples import SAMPLE_TURNS, make_sample
 from polydub.settings import Settings
 from polydub.stack.models import loadable_models
+from tests.checkout import TEMPLATES
 from tests.conftest import own_triton
 from tests.e2e.harness import run_polydub as polydub
 from tests.e2e.harness import running_pipeline, wait_terminal
@@ -48,7 +49,17 @@ def offline(
     repository = root / "model_repository"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "POLYDUB_MMS_TTS_LANGUAGES": "spa"}
     env.pop("HF_TOKEN", None)
-    done = polydub("models", "export", "--preset", "auto", "--repository", str(repository), env=env)
+    done = polydub(
+        "models",
+        "export",
+        "--preset",
+        "auto",
+        "--repository",
+        str(repository),
+        "--templates",
+        str(TEMPLATES),
+        env=env,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     with own_triton(stack_settings, root) as settings:
         yield Exported(settings, done.stdout + done.stderr, read_manifest(repository))

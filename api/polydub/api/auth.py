@@ -4,6 +4,7 @@ The prefix (12 hex characters) is public and finds the row; the secret is 256 ra
 plain sha256 is enough (no slow hash needed: there is nothing to brute-force). Keys are created
 and revoked with ``polydub keys create|revoke``; the full key is shown once, at creation.
 Each key also gets a webhook signing secret, shown at creation, that signs its job callbacks.
+The rows are read and written by ``polydub.api.db.keys``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from datetime import datetime
 
 import asyncpg
 
+from polydub.api.db import keys as keys_db
 from polydub.api.errors import Unauthenticated
 from polydub.errors import NotFound
 
@@ -76,11 +78,7 @@ async def authenticate(conn: asyncpg.Connection | asyncpg.Pool, key: str | None)
     match = KEY_RE.match(key)
     if match is None:
         raise Unauthenticated("the API key is malformed", code="invalid_api_key")
-    row = await conn.fetchrow(
-        "SELECT id, name, prefix, key_hash, rate_limit_per_minute, max_concurrent_jobs,"
-        " webhook_secret, revoked_at FROM api_keys WHERE prefix = $1",
-        match[1],
-    )
+    row = await keys_db.key_by_prefix(conn, match[1])
     # compare_digest even when the row is missing, so timing tells nothing about prefixes.
     stored = bytes(row["key_hash"]) if row is not None else b"\0" * 32
     if not hmac.compare_digest(stored, hash_key(key)) or row is None:
@@ -107,16 +105,15 @@ async def create_key(
     key, prefix = generate_key()
     key_id = uuid.uuid4()
     webhook_secret = "whsec_" + secrets.token_urlsafe(32)
-    await conn.execute(
-        "INSERT INTO api_keys (id, name, prefix, key_hash, rate_limit_per_minute,"
-        " max_concurrent_jobs, webhook_secret) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        key_id,
-        name,
-        prefix,
-        hash_key(key),
-        rate_limit_per_minute,
-        max_concurrent_jobs,
-        webhook_secret,
+    await keys_db.insert_key(
+        conn,
+        key_id=key_id,
+        name=name,
+        prefix=prefix,
+        key_hash=hash_key(key),
+        rate_limit_per_minute=rate_limit_per_minute,
+        max_concurrent_jobs=max_concurrent_jobs,
+        webhook_secret=webhook_secret,
     )
     return NewKey(
         key_id, name, key, prefix, webhook_secret, rate_limit_per_minute, max_concurrent_jobs
@@ -130,20 +127,7 @@ async def revoke_key(conn: asyncpg.Connection | asyncpg.Pool, ident: str) -> dat
     key_id: uuid.UUID | None = None
     with contextlib.suppress(ValueError):
         key_id = uuid.UUID(ident)
-    revoked: datetime | None = await conn.fetchval(
-        "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())"
-        " WHERE prefix = $1 OR id = $2 RETURNING revoked_at",
-        prefix,
-        key_id,
-    )
+    revoked = await keys_db.revoke(conn, prefix, key_id)
     if revoked is None:
         raise NotFound(f"no API key {ident!r}", code="api_key_not_found")
     return revoked
-
-
-async def list_keys(conn: asyncpg.Connection | asyncpg.Pool) -> list[asyncpg.Record]:
-    rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT id, name, prefix, rate_limit_per_minute, max_concurrent_jobs, created_at,"
-        " revoked_at, last_used_at FROM api_keys ORDER BY created_at"
-    )
-    return rows

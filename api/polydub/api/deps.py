@@ -1,5 +1,6 @@
 """Dependencies: the app's clients (created in the lifespan, kept on ``app.state``) and the
-caller, authenticated and rate-limited, as ``Annotated`` types the routes declare."""
+caller, authenticated and rate-limited, and the job service, as ``Annotated`` types the routes
+declare."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from nats.aio.client import Client as NATS
 
 from polydub.api.auth import ApiKey, authenticate
+from polydub.api.jobs_service import JobService
 from polydub.api.outbox import OutboxRelay
 from polydub.api.ratelimit import take_token
 from polydub.clients.queue import connect
 from polydub.clients.storage import ObjectStore
 from polydub.clients.triton import InferenceClient
+from polydub.retry import Backoff
 from polydub.settings import Settings
 
 log = logging.getLogger("polydub.api")
@@ -38,14 +41,15 @@ class NatsHolder:
         self._task = asyncio.create_task(self._connect_loop(), name="nats-connect")
 
     async def _connect_loop(self) -> None:
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
+        failures = 0
         while self.nc is None:
             try:
                 self.nc = await connect(self.settings, name="polydub-api")
             except Exception as exc:
                 log.warning("NATS not reachable yet", extra={"error": str(exc)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                failures += 1
+                await asyncio.sleep(backoff.delay(failures))
 
     async def get(self) -> NATS | None:
         return self.nc
@@ -96,3 +100,10 @@ async def caller(
 
 
 Caller = Annotated[ApiKey, Depends(caller)]
+
+
+def job_service(state: State) -> JobService:
+    return JobService(state)
+
+
+Jobs = Annotated[JobService, Depends(job_service)]

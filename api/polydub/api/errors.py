@@ -86,10 +86,16 @@ _STATUS: list[tuple[type[PolydubError], int]] = [
 ]
 
 
+# Refusals of a file's type by polydub.media (shared with the worker, so it knows no HTTP).
+_MEDIA_TYPE_CODES = frozenset({"unsupported_media_type", "playlist_not_allowed"})
+
+
 def status_for(exc: PolydubError) -> int:
     explicit = getattr(exc, "http_status", None)
     if isinstance(explicit, int):
         return explicit
+    if isinstance(exc, InvalidInput) and exc.code in _MEDIA_TYPE_CODES:
+        return 415
     for cls, status in _STATUS:
         if isinstance(exc, cls):
             return status

@@ -22,8 +22,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from polydub.api.errors import ApiError, PayloadTooLarge, UnsupportedMediaType
-from polydub.api.media_probe import SNIFF_BYTES, Container, sniff
 from polydub.errors import InvalidInput
+from polydub.media.sniff import SNIFF_BYTES, MediaFormat, sniff
 
 FILE_FIELD = "file"
 MAX_FIELDS = 64
@@ -84,7 +84,7 @@ class Upload:
     filename: str | None = None
     path: Path | None = None
     size: int = 0
-    container: Container | None = None
+    container: MediaFormat | None = None
 
 
 class _State:
@@ -155,7 +155,7 @@ class _State:
         assert self.out is not None
         self.upload.size += len(chunk)
         if self.upload.size > self.max_file_bytes:
-            raise _too_large(self.max_file_bytes)
+            raise too_large(self.max_file_bytes)
         if self.upload.container is None:
             self.head += chunk[: SNIFF_BYTES - len(self.head)]
             if len(self.head) >= SNIFF_BYTES:
@@ -187,7 +187,8 @@ class _State:
             self.out = None
 
 
-def _too_large(limit: int) -> PayloadTooLarge:
+def too_large(limit: int) -> PayloadTooLarge:
+    """The 413 for a file over ``limit`` bytes, however it arrives (form or presigned upload)."""
     return PayloadTooLarge(
         f"the upload is larger than {limit} bytes; use a presigned upload or a smaller file",
         detail={"max_bytes": limit},
@@ -203,7 +204,7 @@ def check_content_length(value: str | None, max_file_bytes: int) -> None:
     except ValueError:
         raise MalformedRequest("Content-Length is not a number") from None
     if length > max_file_bytes + ENVELOPE_SLACK:
-        raise _too_large(max_file_bytes)
+        raise too_large(max_file_bytes)
 
 
 def boundary_of(content_type: str | None) -> bytes:
@@ -243,7 +244,7 @@ async def receive(
         async for chunk in body:
             received += len(chunk)
             if received > limit:
-                raise _too_large(max_file_bytes)
+                raise too_large(max_file_bytes)
             if chunk:
                 parser.write(chunk)
         parser.finalize()

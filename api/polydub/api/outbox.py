@@ -22,7 +22,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from opentelemetry.trace import SpanKind
 
+from polydub.api.db import outbox as outbox_db
 from polydub.clients.queue import jobs_stream_config
+from polydub.retry import Backoff
 from polydub.settings import Settings
 from polydub.telemetry.propagation import extract_context, inject_headers
 from polydub.telemetry.tracing import span
@@ -63,20 +65,14 @@ class OutboxRelay:
         js = nc.jetstream()
         published = 0
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "SELECT id, subject, msg_id, payload, headers FROM outbox"
-                " WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-                batch,
-            )
+            rows = await outbox_db.lock_pending(conn, batch)
             done: list[int] = []
             for row in rows:
                 try:
                     await self._publish(js, row)
                 except Exception as exc:
-                    await conn.execute(
-                        "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1",
-                        row["id"],
-                        f"{type(exc).__name__}: {exc}"[:500],
+                    await outbox_db.record_failure(
+                        conn, row["id"], f"{type(exc).__name__}: {exc}"[:500]
                     )
                     self._stream_ready = False  # maybe it was deleted: check again next time
                     log.warning(
@@ -86,11 +82,7 @@ class OutboxRelay:
                     break
                 done.append(row["id"])
             if done:
-                await conn.execute(
-                    "UPDATE outbox SET published_at = now(), attempts = attempts + 1,"
-                    " last_error = NULL WHERE id = ANY($1::bigint[])",
-                    done,
-                )
+                await outbox_db.mark_published(conn, done)
                 published = len(done)
         return published
 
@@ -120,19 +112,21 @@ class OutboxRelay:
             )
 
     async def run(self) -> None:
-        """Until cancelled: publish whenever woken, at least every poll interval."""
-        backoff = self.settings.api_outbox_poll_seconds
+        """Until cancelled: publish whenever woken, at least every poll interval (longer while
+        passes keep failing)."""
+        backoff = Backoff(self.settings.api_outbox_poll_seconds, 5.0)
+        failures = 0
         while True:
             try:
                 count = await self.publish_pending()
-                backoff = self.settings.api_outbox_poll_seconds
+                failures = 0
                 if count:
                     continue  # there may be more
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("outbox relay pass failed", extra={"error": str(exc)})
-                backoff = min(backoff * 2, 5.0)
+                failures += 1
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), backoff)
+                await asyncio.wait_for(self._wake.wait(), backoff.delay(failures + 1))
             self._wake.clear()

@@ -9,7 +9,6 @@ for the same range is a presign and no work.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import tempfile
 import uuid
@@ -17,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from polydub.clients.storage import ObjectStore
-from polydub.errors import InvalidInput, ServiceUnavailable
+from polydub.errors import InternalError, InvalidInput, ServiceUnavailable
+from polydub.jobs import JobKeys
+from polydub.media.runner import file_input, run_ffmpeg
 from polydub.settings import Settings
 
 
@@ -28,32 +29,16 @@ class Clip:
     size_bytes: int
 
 
-def preview_key(job_id: uuid.UUID, language: str, start: float, end: float, ext: str) -> str:
-    return f"jobs/{job_id}/previews/{language}/{round(start * 1000)}-{round(end * 1000)}.{ext}"
-
-
 async def _ffmpeg(args: list[str], limit_seconds: float) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        "ffmpeg",
-        "-hide_banner",
-        "-nostdin",
-        "-v",
-        "error",
-        "-protocol_whitelist",
-        "file",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    """ffmpeg through polydub.media's runner (its binary, file-only protocols, timeout), in a
+    thread; (0, "") or (1, why). A missing binary is a ConfigurationError and propagates."""
     try:
-        _, err = await asyncio.wait_for(proc.communicate(), limit_seconds)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        return -1, "timed out"
-    return proc.returncode or 0, err.decode(errors="replace")
+        await asyncio.to_thread(
+            run_ffmpeg, args, timeout=limit_seconds, blame="internal", what="preview"
+        )
+    except (InternalError, ServiceUnavailable) as exc:  # failed, timed out or killed
+        return 1, exc.message
+    return 0, ""
 
 
 async def make_preview(
@@ -68,7 +53,7 @@ async def make_preview(
     end: float,
 ) -> Clip:
     ext, content_type = ("mp4", "video/mp4") if is_video else ("m4a", "audio/mp4")
-    key = preview_key(job_id, language, start, end, ext)
+    key = JobKeys(job_id).preview(language, start, end, ext)
     if await store.exists(key):
         info = await store.stat(key)
         return Clip(key, content_type, info.size)
@@ -76,7 +61,7 @@ async def make_preview(
     try:
         src = await store.download(source_key, work / "source")
         out = work / f"clip.{ext}"
-        cut = ["-ss", f"{start:.3f}", "-i", f"file:{src}", "-t", f"{end - start:.3f}"]
+        cut = [*file_input(src, options=["-ss", f"{start:.3f}"]), "-t", f"{end - start:.3f}"]
         tail = ["-movflags", "+faststart", "-f", "mp4", "-y", f"file:{out}"]
         streams = ["-map", "0:v:0?", "-map", "0:a:0?"] if is_video else ["-map", "0:a:0"]
         code, err = await _ffmpeg(

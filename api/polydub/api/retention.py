@@ -4,6 +4,7 @@
 Objects go before rows: if the purge is interrupted, the row is still there to find the objects
 by next time. Only finished jobs are purged (a running job's expiry waits for it to end). The
 periodic pass runs in every API replica, but under a PostgreSQL advisory lock, so one at a time.
+The statements are ``polydub.api.db.retention``'s.
 """
 
 from __future__ import annotations
@@ -15,16 +16,13 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from polydub.api.db import jobs as jobs_db
+from polydub.api.db import retention as retention_db
 from polydub.clients.storage import ObjectStore
+from polydub.jobs import JobKeys
 from polydub.settings import Settings
 
 log = logging.getLogger("polydub.api.retention")
-
-_PURGE_LOCK = 0x706F6C7970757267  # "polypurg"
-
-
-def job_prefixes(job_id: uuid.UUID) -> list[str]:
-    return [f"inputs/{job_id}/", f"jobs/{job_id}/"]
 
 
 async def _delete_all(store: ObjectStore, prefix: str) -> int:
@@ -38,24 +36,15 @@ async def _delete_all(store: ObjectStore, prefix: str) -> int:
 
 async def purge_job(pool: asyncpg.Pool, store: ObjectStore, job_id: uuid.UUID) -> int:
     """Delete every object of the job and its rows; returns how many objects were deleted."""
-    keys = [
-        r["object_key"]
-        for r in await pool.fetch("SELECT object_key FROM artifacts WHERE job_id = $1", job_id)
-    ]
+    keys = await retention_db.artifact_keys(pool, job_id)
     deleted = 0
-    prefixes = job_prefixes(job_id)
+    prefixes = JobKeys(job_id).prefixes
     for prefix in prefixes:
         deleted += await _delete_all(store, prefix)
     for key in keys:
         if not any(key.startswith(p) for p in prefixes):
             deleted += await _delete_all(store, key)
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("DELETE FROM jobs WHERE id = $1", job_id)  # cascades to its rows
-        await conn.execute(
-            "DELETE FROM outbox WHERE published_at IS NOT NULL"
-            " AND (msg_id = $1 OR msg_id LIKE $1 || ':%')",
-            str(job_id),
-        )
+    await retention_db.delete_job_rows(pool, job_id)
     return deleted
 
 
@@ -73,31 +62,19 @@ async def purge_expired(
     """One pass; None when another replica holds the purge lock."""
     report = PurgeReport()
     async with pool.acquire() as lock_conn:
-        if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", _PURGE_LOCK):
+        if not await retention_db.try_purge_lock(lock_conn):
             return None
         try:
-            expired = await pool.fetch(
-                "SELECT id FROM jobs WHERE expires_at < now()"
-                " AND status IN ('succeeded', 'failed', 'cancelled')"
-                " ORDER BY expires_at LIMIT $1",
-                batch,
-            )
-            for row in expired:
-                report.objects += await purge_job(pool, store, row["id"])
+            for job_id in await retention_db.expired_jobs(pool, batch):
+                report.objects += await purge_job(pool, store, job_id)
                 report.jobs += 1
-            uploads = await pool.fetch(
-                "SELECT id, object_key FROM uploads WHERE expires_at < now() LIMIT $1", batch
-            )
-            for row in uploads:
+            for row in await retention_db.expired_uploads(pool, batch):
                 report.objects += await _delete_all(store, row["object_key"])
-                await pool.execute("DELETE FROM uploads WHERE id = $1", row["id"])
+                await jobs_db.delete_upload(pool, row["id"])
                 report.uploads += 1
-            status = await pool.execute(
-                "DELETE FROM outbox WHERE published_at < now() - interval '1 day'"
-            )
-            report.outbox_rows = int(status.split()[-1])
+            report.outbox_rows = await retention_db.delete_old_outbox_rows(pool)
         finally:
-            await lock_conn.execute("SELECT pg_advisory_unlock($1)", _PURGE_LOCK)
+            await retention_db.release_purge_lock(lock_conn)
     return report
 
 

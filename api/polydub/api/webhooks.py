@@ -4,8 +4,8 @@ Deliveries are rows of ``webhook_deliveries`` (unique per job and state, written
 transaction as the state change by whoever makes it: the orchestrator or the API's cancel), so a
 state is delivered once however many replicas run this worker. A worker leases due rows with
 ``FOR UPDATE SKIP LOCKED`` (pushing next_attempt_at past the request timeout), POSTs, and marks
-the row delivered, or schedules the next attempt with exponential backoff and full jitter, or
-gives up after ``api_webhook_max_attempts``.
+the row delivered, or schedules the next attempt with exponential backoff (equal jitter), or
+gives up after ``api_webhook_max_attempts``. The statements are ``polydub.api.db.webhooks``'s.
 
 Signature (verify with the secret shown by ``polydub keys create``)::
 
@@ -21,19 +21,19 @@ import hmac
 import ipaddress
 import json
 import logging
-import random
 import socket
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
 
-from polydub.api.jobs_db import _JOB_COLUMNS, job_json
+from polydub.api.db import jobs as jobs_db
+from polydub.api.db import webhooks as webhooks_db
+from polydub.api.job_view import job_json
 from polydub.errors import InvalidInput
+from polydub.retry import Backoff
 from polydub.settings import Settings
 
 log = logging.getLogger("polydub.api.webhooks")
@@ -87,11 +87,12 @@ async def _resolves_public(url: str) -> bool:
 
 
 def backoff_seconds(attempt: int, settings: Settings) -> float:
-    ceiling = min(
+    backoff = Backoff(
+        settings.api_webhook_backoff_base_seconds,
         settings.api_webhook_backoff_max_seconds,
-        settings.api_webhook_backoff_base_seconds * 2 ** max(attempt - 1, 0),
+        jitter="equal",
     )
-    return random.uniform(ceiling / 2, ceiling)
+    return backoff.delay(attempt)
 
 
 class WebhookSender:
@@ -109,26 +110,10 @@ class WebhookSender:
 
     async def _claim(self, batch: int) -> list[asyncpg.Record]:
         lease = timedelta(seconds=self.settings.api_webhook_timeout_seconds * 3 + 5)
-        rows: list[asyncpg.Record] = await self.pool.fetch(
-            """
-            UPDATE webhook_deliveries d
-               SET attempts = d.attempts + 1, next_attempt_at = now() + $2::interval
-             WHERE d.id IN (SELECT id FROM webhook_deliveries
-                             WHERE status = 'pending' AND next_attempt_at <= now()
-                             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-         RETURNING d.id, d.job_id, d.state, d.url, d.attempts
-            """,
-            batch,
-            lease,
-        )
-        return rows
+        return await webhooks_db.claim_due(self.pool, batch, lease)
 
     async def _payload(self, delivery: asyncpg.Record) -> tuple[bytes, str | None] | None:
-        row = await self.pool.fetchrow(
-            f"SELECT {_JOB_COLUMNS}, k.webhook_secret FROM jobs j"
-            " JOIN api_keys k ON k.id = j.owner_id WHERE j.id = $1",
-            delivery["job_id"],
-        )
+        row = await jobs_db.job_for_webhook(self.pool, delivery["job_id"])
         if row is None:
             return None
         body = {
@@ -144,21 +129,12 @@ class WebhookSender:
         self, delivery: asyncpg.Record, ok: bool, error: str | None, *, final: bool = False
     ) -> None:
         if ok:
-            await self.pool.execute(
-                "UPDATE webhook_deliveries SET status = 'delivered', delivered_at = now(),"
-                " last_error = NULL WHERE id = $1",
-                delivery["id"],
-            )
+            await webhooks_db.mark_delivered(self.pool, delivery["id"])
             return
         give_up = final or delivery["attempts"] >= self.settings.api_webhook_max_attempts
         delay = timedelta(seconds=backoff_seconds(delivery["attempts"], self.settings))
-        await self.pool.execute(
-            "UPDATE webhook_deliveries SET status = $2, last_error = $3,"
-            " next_attempt_at = now() + $4::interval WHERE id = $1",
-            delivery["id"],
-            "failed" if give_up else "pending",
-            (error or "")[:500],
-            delay,
+        await webhooks_db.mark_attempt_failed(
+            self.pool, delivery["id"], give_up=give_up, error=(error or "")[:500], retry_in=delay
         )
 
     async def deliver(self, delivery: asyncpg.Record) -> bool:
@@ -217,12 +193,3 @@ class WebhookSender:
             except Exception as exc:
                 log.warning("webhook pass failed", extra={"error": str(exc)})
             await asyncio.sleep(self.settings.api_webhook_poll_seconds)
-
-
-async def deliveries_for(pool: asyncpg.Pool, job_id: uuid.UUID) -> list[dict[str, Any]]:
-    rows = await pool.fetch(
-        "SELECT id, state, url, status, attempts, last_error, delivered_at"
-        " FROM webhook_deliveries WHERE job_id = $1 ORDER BY id",
-        job_id,
-    )
-    return [dict(r) for r in rows]

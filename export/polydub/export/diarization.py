@@ -41,7 +41,7 @@ from polydub.export.onnx_tools import (
     quantize_int8,
     run_onnx,
 )
-from polydub.export.repository import copy_committed, version_dir
+from polydub.export.repository import version_dir
 from polydub.export.spec import (
     RANDOM,
     Checkpoint,
@@ -52,9 +52,11 @@ from polydub.export.spec import (
     Target,
     TensorSpec,
 )
+from polydub.serving import names
+from polydub.serving.names import EmbeddingIn, EmbeddingOut, SegmentationIn, SegmentationOut
 
-SEGMENTATION = "pyannote_segmentation"
-EMBEDDING = "speaker_embedding"
+SEGMENTATION = names.PYANNOTE_SEGMENTATION
+EMBEDDING = names.SPEAKER_EMBEDDING
 SAMPLE_RATE = 16000
 WINDOW_SAMPLES = 160000  # pyannote segmentation-3.0 was trained on 10 s chunks
 EMBED_DIM = 256
@@ -64,18 +66,20 @@ EMBEDDING_CHECKPOINT = Checkpoint("pyannote/wespeaker-voxceleb-resnet34-LM", lic
 
 SEGMENTATION_SPEC = GraphSpec(
     name=SEGMENTATION,
-    inputs=(TensorSpec("waveform", "float32", ("batch", 1, "samples")),),
-    outputs=(TensorSpec("log_probs", "float32", ("batch", "frames", len(seg.POWERSET))),),
+    inputs=(TensorSpec(SegmentationIn.WAVEFORM, "float32", ("batch", 1, "samples")),),
+    outputs=(
+        TensorSpec(SegmentationOut.LOG_PROBS, "float32", ("batch", "frames", len(seg.POWERSET))),
+    ),
     fp32_atol=1e-3,  # log-probabilities; unlikely classes reach -20, where float error grows
     int8_atol=5e-2,
 )
 EMBEDDING_SPEC = GraphSpec(
     name=EMBEDDING,
     inputs=(
-        TensorSpec("waveform", "float32", ("batch", 1, "samples")),
-        TensorSpec("weights", "float32", ("batch", "weight_frames")),
+        TensorSpec(EmbeddingIn.WAVEFORM, "float32", ("batch", 1, "samples")),
+        TensorSpec(EmbeddingIn.WEIGHTS, "float32", ("batch", "weight_frames")),
     ),
-    outputs=(TensorSpec("embedding", "float32", ("batch", EMBED_DIM)),),
+    outputs=(TensorSpec(EmbeddingOut.EMBEDDING, "float32", ("batch", EMBED_DIM)),),
     fp32_atol=1e-3,
     # An embedding's scale is the checkpoint's and clustering compares directions: int8 is
     # judged relative to the largest |component|, not in absolute units.
@@ -323,7 +327,6 @@ class DiarizationExporter:
             report,
         )
         report.models.append(EMBEDDING)
-        copy_committed(repository, report.models)
         report.notes.append(f"diarization export {time.perf_counter() - started:.1f}s")
         if any(c.random for c in checkpoints.values()):
             report.notes.append(

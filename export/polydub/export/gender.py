@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 
 from polydub.export import speech_clips
 from polydub.export.onnx_tools import check_parity, export_module, max_abs_diff, run_onnx
-from polydub.export.repository import copy_committed, version_dir
+from polydub.export.repository import version_dir
 from polydub.export.spec import (
     Checkpoint,
     Checkpoints,
@@ -42,8 +42,10 @@ from polydub.export.spec import (
     Target,
     TensorSpec,
 )
+from polydub.serving import names
+from polydub.serving.names import GenderIn, GenderOut
 
-MODEL = "gender"
+MODEL = names.GENDER
 SAMPLE_RATE = 16000
 FRAME = 640  # 40 ms: two periods of a 50 Hz voice
 HOP = 160  # 10 ms
@@ -55,11 +57,11 @@ PEAK_RATIO = 0.85  # first peak within 15% of the best one
 
 SPEC = GraphSpec(
     name=MODEL,
-    inputs=(TensorSpec("waveform", "float32", ("batch", "samples")),),
+    inputs=(TensorSpec(GenderIn.WAVEFORM, "float32", ("batch", "samples")),),
     outputs=(
-        TensorSpec("f0_hz", "float32", ("batch", "frames")),
-        TensorSpec("periodicity", "float32", ("batch", "frames")),
-        TensorSpec("energy_db", "float32", ("batch", "frames")),
+        TensorSpec(GenderOut.F0_HZ, "float32", ("batch", "frames")),
+        TensorSpec(GenderOut.PERIODICITY, "float32", ("batch", "frames")),
+        TensorSpec(GenderOut.ENERGY_DB, "float32", ("batch", "frames")),
     ),
     fp32_atol=1e-2,  # f0 in Hz after a parabolic fit: 0.01 Hz
     quantize=False,  # no weights to quantize; peak picking needs fp32
@@ -189,7 +191,6 @@ class GenderExporter:
         report.max_abs_diff[MODEL] = check_parity(MODEL, max(diffs), *SPEC.tolerance("fp32"))
         if spoken is None:
             report.notes.append(f"{MODEL}: checked on synthetic signals: espeak-ng not installed")
-        copy_committed(repository, [MODEL])
         report.notes.append(
             f"{MODEL}: pitch features (no weights; same fp32 graph for CPU and GPU), rule "
             f"median F0 >= 165 Hz -> female; {time.perf_counter() - started:.1f}s"

@@ -24,10 +24,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from polydub.export.spec import GraphSpec, TensorSpec
+from polydub.serving import names
+from polydub.serving.names import MmsTtsIn, MmsTtsOut
+
 MODULUS = 2_147_483_647  # 2**31 - 1, prime; every intermediate product stays below 2**62
 MULTIPLIER = 48_271  # MINSTD multiplier
 STREAM_DURATION = 1  # noise of the stochastic duration predictor, [B, 2, T]
 STREAM_PRIOR = 2  # noise of the prior latents, [B, flow_size, frames]
+INPUT_NAMES = tuple(MmsTtsIn)
+OUTPUT_NAMES = tuple(MmsTtsOut)
+FP32_ATOL = 1e-3  # waveform / durations vs PyTorch (observed ~1e-4 on values of order 1-10)
+INT8_ATOL = 5e-2
 
 
 def _permute(x: torch.Tensor) -> torch.Tensor:
@@ -211,4 +219,28 @@ def reference_noise(
     return (
         gaussian_noise(seed, STREAM_DURATION, 2, input_length),
         gaussian_noise(seed, STREAM_PRIOR, flow_size, frames),
+    )
+
+
+def graph_spec(language: str) -> GraphSpec:
+    batch, tokens, samples = "batch", "tokens", "samples"
+    return GraphSpec(
+        name=names.mms_tts(language),
+        inputs=(
+            TensorSpec(MmsTtsIn.INPUT_IDS, "int64", (batch, tokens)),
+            TensorSpec(MmsTtsIn.ATTENTION_MASK, "int64", (batch, tokens)),
+            TensorSpec(MmsTtsIn.LENGTH_SCALE, "float32", (batch, 1)),
+            TensorSpec(MmsTtsIn.NOISE_SCALE, "float32", (batch, 1)),
+            TensorSpec(MmsTtsIn.NOISE_SCALE_DURATION, "float32", (batch, 1)),
+            TensorSpec(MmsTtsIn.SEED, "int64", (batch, 1)),
+        ),
+        outputs=(
+            TensorSpec(MmsTtsOut.WAVEFORM, "float32", (batch, samples)),
+            TensorSpec(MmsTtsOut.WAVEFORM_LENGTHS, "int64", (batch, 1)),
+            TensorSpec(MmsTtsOut.DURATIONS, "float32", (batch, tokens)),
+        ),
+        opset=17,
+        fp32_atol=FP32_ATOL,
+        int8_atol=INT8_ATOL,
+        quantize=False,  # int8 measured, not served (see MmsTtsExporter._measure_int8)
     )

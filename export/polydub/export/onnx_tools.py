@@ -1,4 +1,5 @@
-"""Generic ONNX steps shared by every family: export, int8 / fp16 conversion, and parity checks."""
+"""Generic ONNX steps shared by every family: export, external data, int8 / fp16 conversion,
+tied weights, and parity checks."""
 
 from __future__ import annotations
 
@@ -11,41 +12,119 @@ from numpy.typing import NDArray
 
 from polydub.export.spec import GraphSpec
 
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf cannot hold a graph over 2 GB: weights go beside
+
 
 def export_module(module: Any, args: tuple[Any, ...], spec: GraphSpec, path: Path) -> Path:
     """torch.onnx.export with names and dynamic axes taken from the spec.
 
     The TorchScript-based exporter (dynamo=False) is used: it handles the data-dependent control
-    flow of the HF models we export and gives stable graphs across torch releases.
+    flow of the HF models we export and gives stable graphs across torch releases. A graph over
+    2 GB, which torch writes with one external file per weight, ends with one ``<name>.data``.
     """
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    before = set(path.parent.iterdir())
     module.eval()
     with torch.inference_mode():
         torch.onnx.export(
             module,
             args,
             str(path),
-            input_names=[t.name for t in spec.inputs],
-            output_names=[t.name for t in spec.outputs],
+            input_names=[str(t.name) for t in spec.inputs],
+            output_names=[str(t.name) for t in spec.outputs],
             dynamic_axes=spec.dynamic_axes(),
             opset_version=spec.opset,
             dynamo=False,
             do_constant_folding=True,
         )
+    pieces = set(path.parent.iterdir()) - before - {path}
+    if pieces:
+        consolidate_external_data(path, pieces)
     return path
 
 
-def quantize_int8(src: Path, dst: Path, external_data: bool = False) -> Path:
+# ------------------------------------------------------------------ files and external data
+
+
+def data_file(path: Path) -> Path:
+    """Where a graph's weights go when they are stored beside it: ``<name>.data``."""
+    return path.with_name(path.name + ".data")
+
+
+def graph_bytes(path: Path) -> int:
+    """The graph file and its external data."""
+    data = data_file(path)
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def save_graph(model: Any, dst: Path, large: bool) -> Path:
+    """Save a graph (an onnx.ModelProto); ``large``: its weights go to one ``<name>.data`` file
+    beside it, as protobuf cannot hold more than 2 GB."""
+    import onnx
+
+    for old in (dst, data_file(dst)):
+        old.unlink(missing_ok=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(
+        model,
+        str(dst),
+        save_as_external_data=large,
+        all_tensors_to_one_file=True,
+        location=data_file(dst).name,
+        size_threshold=1024,
+    )
+    return dst
+
+
+def consolidate_external_data(path: Path, pieces: set[Path]) -> None:
+    """Graphs over 2 GB (whisper-large, NLLB-3.3B) are written by torch with one external file
+    per weight; keep one ``<name>.data`` beside the graph instead."""
+    import onnx
+
+    model = onnx.load(str(path))  # reads the external pieces
+    for piece in pieces:
+        piece.unlink()
+    save_graph(model, path, large=True)
+
+
+def copy_graph(src: Path, dst: Path) -> Path:
+    """A graph and its weights under another name (the weights' file is named after it)."""
+    import onnx
+
+    return save_graph(onnx.load(str(src)), dst, graph_bytes(src) > EXTERNAL_DATA_BYTES)
+
+
+def tie_graph(path: Path) -> int:
+    """Store a decoder's tied output projection once (``tie_transposed_weights``): its token
+    embedding transposed, which the exporter's constant folding stores a second time (106 MB of
+    whisper-base's 302 MB decoder, 1 GB of NLLB-600M's). Rewrites the graph in place; returns
+    the bytes saved."""
+    import onnx
+
+    model = onnx.load(str(path))
+    saved = tie_transposed_weights(model)
+    if saved:
+        save_graph(model, path, graph_bytes(path) - saved > EXTERNAL_DATA_BYTES)
+    return saved
+
+
+# ------------------------------------------------------------------ int8 and fp16
+
+
+def quantize_int8(src: Path, dst: Path, external_data: bool | None = None) -> Path:
     """Dynamic int8 quantization of the weights of MatMul/Gemm; activations are quantized at
     run time with one scale per tensor, i.e. per batch: a row's result depends on the other rows
     (see ``quantize_weights_int8`` for a batch-invariant recipe). A tied output projection
     (``tie_transposed_weights``) is quantized too, from a transposed copy.
-    ``external_data``: write the weights beside the graph (over protobuf's 2 GB)."""
+    ``external_data``: write the weights beside the graph (over protobuf's 2 GB); None: when
+    the fp32 graph is that large."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    if external_data is None:
+        external_data = graph_bytes(src) > EXTERNAL_DATA_BYTES
     model = onnx.load(str(src))
     source: Any = model if untie_for_quantization(model) else str(src)
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -93,21 +172,24 @@ def quantize_weights_int8(
     finally:
         quantizer_log.setLevel(level)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    large = src.with_name(src.name + ".data").exists()  # consolidated external weights (> 2 GB)
+    large = data_file(src).exists()  # consolidated external weights (> 2 GB)
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=large)
     return dst
 
 
 def convert_fp16(src: Path, dst: Path) -> Path:
-    """fp16 weights and activations for GPUs, inputs and outputs kept fp32 for the clients."""
-    import onnx
-    from onnxconverter_common import float16
+    """fp16 weights and activations for GPUs, inputs and outputs kept fp32 for the clients.
 
-    model = onnx.load(str(src))
-    model16 = float16.convert_float_to_float16(model, keep_io_types=True)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model16, str(dst))
-    return dst
+    onnxruntime's converter: onnxconverter-common's leaves a graph's own Cast-to-float nodes
+    typed float32 behind float16 consumers (NLLB: onnxruntime refuses the result) and breaks
+    Whisper's encoder, whose last_hidden_state is both an output and the K/V projections' input
+    (a MatMul left with mixed fp32/fp16 inputs).
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    return save_graph(model, dst, large=graph_bytes(src) > 2 * EXTERNAL_DATA_BYTES)
 
 
 def run_onnx(

@@ -2,7 +2,9 @@
 
 1. ``inspect`` each checkpoint (exists, of its family, fits memory and disk) before any file is
    written: a wrong choice fails in seconds, not after an hour of exporting the others;
-2. each family exports into a staging folder beside the repository;
+2. each family exports into a staging folder beside the repository, and the committed files of
+   the models it exported (configs, python models) are copied there from the templates: a copy
+   of polydub's model_repository/, by default the repository itself;
 3. only when every family passed are the staged model folders swapped in, one rename each, and
    the manifest (``polydub.manifest``) updated. A failed export leaves the repository serving
    what it served before.
@@ -22,7 +24,7 @@ from polydub.errors import ConfigurationError
 from polydub.export.hub import Expected, Inspected, explain, inspect
 from polydub.export.plan import Plan, make_plan
 from polydub.export.registry import get_family, model_source
-from polydub.export.repository import copy_committed
+from polydub.export.repository import copy_templates, require_configs, require_templates
 from polydub.export.spec import RANDOM, Checkpoint, ExportReport, Preset, Target
 from polydub.manifest import MANIFEST_MODEL, Manifest, ServedModel, manifest_path, read_manifest
 
@@ -74,9 +76,16 @@ def check_plan(plan: Plan) -> tuple[Plan, dict[str, Inspected]]:
     return replace(plan, families=families), found
 
 
-def export_all(plan: Plan, target: Target, repository: Path) -> ExportResult:
+def export_all(
+    plan: Plan, target: Target, repository: Path, templates: Path | None = None
+) -> ExportResult:
+    """Export ``plan`` into ``repository``; ``templates``: where the committed configs and
+    python models come from (None: the repository itself, a copy of polydub's
+    model_repository/)."""
     repository = repository.resolve()
+    templates = repository if templates is None else templates.resolve()
     plan, inspected = check_plan(plan)
+    require_templates(templates, MANIFEST_MODEL)
     repository.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{repository.name}.staging-", dir=repository.parent))
     try:
@@ -84,17 +93,20 @@ def export_all(plan: Plan, target: Target, repository: Path) -> ExportResult:
         for family, checkpoints in plan.families.items():
             log.info("exporting %s: %s", family, {m: c.describe() for m, c in checkpoints.items()})
             try:
-                reports.append(get_family(family).export(checkpoints, target, staging))
+                report = get_family(family).export(checkpoints, target, staging)
             except Exception as exc:
                 explained = explain(exc)
                 if explained is None:
                     raise
                 raise explained from exc
+            copy_templates(templates, staging, report.models)
+            require_configs(staging, report.models, templates)
+            reports.append(report)
         stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         manifest = _manifest(plan, reports, inspected, stamp)
         retired = tuple(m for r in reports for m in r.retired)
         merged = read_manifest(repository).merged(manifest, retired)
-        copy_committed(staging, [MANIFEST_MODEL])
+        copy_templates(templates, staging, [MANIFEST_MODEL])
         path = manifest_path(staging)
         path.write_text(merged.to_json() + "\n", encoding="utf-8")
         _swap_in(staging, repository, retired)
@@ -189,7 +201,11 @@ def require_writable(repository: Path) -> None:
 
 
 def export_preset(
-    preset: Preset, target: Target, repository: Path, families: list[str] | None = None
+    preset: Preset,
+    target: Target,
+    repository: Path,
+    families: list[str] | None = None,
+    templates: Path | None = None,
 ) -> ExportResult:
     """A preset's defaults, no choices: what the tests, the benchmarks and the load harness use."""
-    return export_all(make_plan(preset, families=families), target, repository)
+    return export_all(make_plan(preset, families=families), target, repository, templates)

@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 
 from polydub.export import speech_clips
 from polydub.export.onnx_tools import check_parity, export_module, max_abs_diff, run_onnx
-from polydub.export.repository import copy_committed, version_dir
+from polydub.export.repository import version_dir
 from polydub.export.spec import (
     Checkpoint,
     Checkpoints,
@@ -44,8 +44,10 @@ from polydub.export.spec import (
     Target,
     TensorSpec,
 )
+from polydub.serving import names
+from polydub.serving.names import VadIn, VadOut
 
-MODEL = "silero_vad"
+MODEL = names.SILERO_VAD
 SAMPLE_RATE = 16000
 WINDOW = 512  # samples per window at 16 kHz
 CONTEXT = 64  # samples of the previous window the model sees before each window
@@ -56,12 +58,12 @@ CHECKPOINT = Checkpoint(ref="faster-whisper:assets/silero_vad_v6.onnx", license=
 SPEC = GraphSpec(
     name=MODEL,
     inputs=(
-        TensorSpec("audio", "float32", ("batch", "samples")),
-        TensorSpec("state", "float32", ("batch", 2, HIDDEN)),
+        TensorSpec(VadIn.AUDIO, "float32", ("batch", "samples")),
+        TensorSpec(VadIn.STATE, "float32", ("batch", 2, HIDDEN)),
     ),
     outputs=(
-        TensorSpec("speech_probs", "float32", ("batch", "windows")),
-        TensorSpec("state_out", "float32", ("batch", 2, HIDDEN)),
+        TensorSpec(VadOut.SPEECH_PROBS, "float32", ("batch", "windows")),
+        TensorSpec(VadOut.STATE_OUT, "float32", ("batch", 2, HIDDEN)),
     ),
     opset=17,
     fp32_atol=1e-4,
@@ -215,7 +217,6 @@ class VadExporter:
         if spoken is None:
             report.notes.append(f"{MODEL}: checked on synthetic signals: espeak-ng not installed")
         shutil.copy2(src, out / "silero_vad_v6_source.onnx")  # kept for checks, not served
-        copy_committed(repository, [MODEL])
         report.notes.append(
             f"{MODEL}: real Silero VAD v6 weights from the faster-whisper wheel (MIT); one graph "
             f"for CPU and GPU (fp32: Conv+LSTM, nothing for dynamic int8); "

@@ -19,15 +19,26 @@ Tensor names (``i`` = decoder layer):
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from polydub.export.spec import GraphSpec, TensorSpec
+from polydub.serving import names
+from polydub.serving.names import (
+    WhisperDecoderIn,
+    WhisperDecoderOut,
+    WhisperEncoderIn,
+    WhisperEncoderOut,
+    layer_tensors,
+)
 
-ENCODER_MODEL = "whisper_encoder"
+BLS_MODEL = names.WHISPER  # the one served model: the graphs are files in its version folder
+ENCODER_MODEL = "whisper_encoder"  # graph names (GraphSpec.name), not served models
 DECODER_MODEL = "whisper_decoder"
+GRAPH_FILES = {ENCODER_MODEL: "encoder", DECODER_MODEL: "decoder"}  # graph -> file stem
 # int8 vs the fp32 graph: the error's RMS over each output's RMS (onnx_tools.rms_rel_diff). On
 # real whisper-base, speech: weight-only int8 0.03-0.05, onnxruntime's dynamic int8 up to 0.26.
 INT8_RMS_RTOL = 0.1
@@ -129,18 +140,21 @@ class DecoderGraph(nn.Module):
 
 
 def encoder_spec(n_mels: int, d_model: int, layers: int, heads: int) -> GraphSpec:
+    dh = d_model // heads
     cross = tuple(
-        TensorSpec(f"cross_{kind}.{i}", "float32", ("batch", heads, 1500, d_model // heads))
-        for i in range(layers)
-        for kind in ("key", "value")
+        TensorSpec(name, "float32", ("batch", heads, 1500, dh))
+        for name in layer_tensors("cross", layers)
     )
     return GraphSpec(
         name=ENCODER_MODEL,
-        inputs=(TensorSpec("input_features", "float32", ("batch", n_mels, 3000)),),
-        outputs=(TensorSpec("last_hidden_state", "float32", ("batch", 1500, d_model)), *cross),
-        # Relative to each output's scale (whisper.check_graphs): real whisper-base's fp32 graph
-        # is within 2e-5 of PyTorch on values that reach 24. int8 also has to pass the
-        # task-level check on speech (whisper_int8.judge).
+        inputs=(TensorSpec(WhisperEncoderIn.INPUT_FEATURES, "float32", ("batch", n_mels, 3000)),),
+        outputs=(
+            TensorSpec(WhisperEncoderOut.LAST_HIDDEN_STATE, "float32", ("batch", 1500, d_model)),
+            *cross,
+        ),
+        # Relative to each output's scale (whisper_reference.check_graphs): real whisper-base's
+        # fp32 graph is within 2e-5 of PyTorch on values that reach 24. int8 also has to pass
+        # the task-level check on speech (whisper_int8.judge).
         fp32_atol=None,
         fp32_rtol=1e-4,
         int8_atol=None,
@@ -150,27 +164,31 @@ def encoder_spec(n_mels: int, d_model: int, layers: int, heads: int) -> GraphSpe
 
 def decoder_spec(d_model: int, layers: int, heads: int, vocab: int) -> GraphSpec:
     dh = d_model // heads
-    past = tuple(
-        TensorSpec(f"past_{kind}.{i}", "float32", ("batch", heads, "past", dh))
-        for i in range(layers)
-        for kind in ("key", "value")
-    )
-    cross = tuple(
-        TensorSpec(f"cross_{kind}.{i}", "float32", ("batch", heads, 1500, dh))
-        for i in range(layers)
-        for kind in ("key", "value")
-    )
-    present = tuple(
-        TensorSpec(f"present_{kind}.{i}", "float32", ("batch", heads, "total", dh))
-        for i in range(layers)
-        for kind in ("key", "value")
-    )
+
+    def kv(kind: str, length: int | str) -> tuple[TensorSpec, ...]:
+        return tuple(
+            TensorSpec(name, "float32", ("batch", heads, length, dh))
+            for name in layer_tensors(kind, layers)
+        )
+
     return GraphSpec(
         name=DECODER_MODEL,
-        inputs=(TensorSpec("input_ids", "int64", ("batch", "tokens")), *past, *cross),
-        outputs=(TensorSpec("logits", "float32", ("batch", vocab)), *present),
+        inputs=(
+            TensorSpec(WhisperDecoderIn.INPUT_IDS, "int64", ("batch", "tokens")),
+            *kv("past", "past"),
+            *kv("cross", 1500),
+        ),
+        outputs=(
+            TensorSpec(WhisperDecoderOut.LOGITS, "float32", ("batch", vocab)),
+            *kv("present", "total"),
+        ),
         fp32_atol=None,
         fp32_rtol=1e-4,
         int8_atol=None,
         int8_rms_rtol=INT8_RMS_RTOL,
     )
+
+
+def graph_path(repository: Path, graph: str, variant: str = "") -> Path:
+    """``<repository>/whisper/1/<encoder|decoder><variant>.onnx``; variant "", "_fp32", "_fp16"."""
+    return repository / BLS_MODEL / "1" / f"{GRAPH_FILES[graph]}{variant}.onnx"

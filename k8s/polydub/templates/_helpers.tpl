@@ -34,6 +34,63 @@
 {{- default (include "polydub.fullname" .) .Values.secrets.existingSecret -}}
 {{- end -}}
 
+{{/* Credentials ------------------------------------------------------------------------- */}}
+
+{{/* One credential of the chart's Secret: the value given, else derived (dev installs only):
+the first .length hex digits of sha256(namespace/release/salt/key). Deterministic, so every
+render (helm template, upgrade, a GitOps controller) writes the same value without `lookup`. */}}
+{{- define "polydub.credential" -}}
+{{- $s := .root.Values.secrets -}}
+{{- if .value -}}
+{{- .value -}}
+{{- else if $s.allowDerived -}}
+{{- printf "%s/%s/%s/%s" .root.Release.Namespace .root.Release.Name $s.derivationSalt .key | sha256sum | trunc (int .length) -}}
+{{- else -}}
+{{- fail (printf "secrets.%s is empty and secrets.allowDerived is false: name a Secret in secrets.existingSecret (production) or give the value" .name) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "polydub.postgresPassword" -}}
+{{- include "polydub.credential" (dict "root" . "value" .Values.secrets.postgresPassword "name" "postgresPassword" "key" "POSTGRES_PASSWORD" "length" 32) -}}
+{{- end -}}
+
+{{- define "polydub.s3AccessKey" -}}
+{{- if .Values.secrets.s3AccessKey -}}
+{{- .Values.secrets.s3AccessKey -}}
+{{- else -}}
+{{- printf "polydub-%s" (include "polydub.credential" (dict "root" . "value" "" "name" "s3AccessKey" "key" "POLYDUB_S3_ACCESS_KEY" "length" 12)) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "polydub.s3SecretKey" -}}
+{{- include "polydub.credential" (dict "root" . "value" .Values.secrets.s3SecretKey "name" "s3SecretKey" "key" "POLYDUB_S3_SECRET_KEY" "length" 40) -}}
+{{- end -}}
+
+{{- define "polydub.postgresDsn" -}}
+{{- if .Values.postgresql.bundled -}}
+{{- printf "postgresql://%s:%s@%s:5432/%s" .Values.postgresql.user (urlquery (include "polydub.postgresPassword" .)) (include "polydub.componentName" (dict "root" . "component" "postgresql")) .Values.postgresql.database -}}
+{{- else -}}
+{{- .Values.postgresql.external.dsn -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The migration Job's hook phases: after the install when PostgreSQL is bundled (it does not
+exist before), else before it; before every upgrade. */}}
+{{- define "polydub.migrateHooks" -}}
+{{- ternary "post-install,pre-upgrade" "pre-install,pre-upgrade" (and .Values.postgresql.bundled true) -}}
+{{- end -}}
+
+{{/* The Secret the migration Job reads its DSN from: a hook's own copy when the chart writes the
+credentials (the release's Secret does not exist yet before an install, nor holds the new values
+before an upgrade). */}}
+{{- define "polydub.migrateSecretName" -}}
+{{- if .Values.secrets.existingSecret -}}
+{{- .Values.secrets.existingSecret -}}
+{{- else -}}
+{{- include "polydub.componentName" (dict "root" . "component" "migrate") -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Labels ------------------------------------------------------------------------------ */}}
 
 {{- define "polydub.selectorLabels" -}}
@@ -98,6 +155,23 @@ after their pods, so the endpoint is the headless service's fully qualified name
 {{- if .Values.s3.bundled -}}false{{- else -}}{{ .Values.s3.external.secure }}{{- end -}}
 {{- end -}}
 
+{{/* What Triton's --model-repository gets: the polydub bucket under modelRepositoryPrefix
+(s3://[https://]host:port/bucket/prefix, Triton's form for an S3 endpoint) or the value as is. */}}
+{{- define "polydub.tritonModelRepository" -}}
+{{- $v := .Values.triton -}}
+{{- if $v.modelRepository -}}
+{{- $v.modelRepository -}}
+{{- else -}}
+{{- $scheme := ternary "https://" "" (eq (include "polydub.s3Secure" .) "true") -}}
+{{- printf "s3://%s%s/%s/%s" $scheme (include "polydub.s3Endpoint" .) .Values.s3.bucket (trimAll "/" $v.modelRepositoryPrefix) | trimSuffix "/" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when Triton reads its models from the polydub bucket (credentials and egress). */}}
+{{- define "polydub.tritonReadsBucket" -}}
+{{- if not .Values.triton.modelRepository -}}true{{- end -}}
+{{- end -}}
+
 {{- define "polydub.tritonUrl" -}}
 {{- printf "%s:%v" (include "polydub.componentName" (dict "root" . "component" "triton")) .Values.triton.ports.grpc -}}
 {{- end -}}
@@ -110,6 +184,17 @@ after their pods, so the endpoint is the headless service's fully qualified name
 - name: POLYDUB_POSTGRES_DSN
   valueFrom:
     secretKeyRef: {name: {{ $secret }}, key: POLYDUB_POSTGRES_DSN}
+- name: POLYDUB_S3_ACCESS_KEY
+  valueFrom:
+    secretKeyRef: {name: {{ $secret }}, key: POLYDUB_S3_ACCESS_KEY}
+- name: POLYDUB_S3_SECRET_KEY
+  valueFrom:
+    secretKeyRef: {name: {{ $secret }}, key: POLYDUB_S3_SECRET_KEY}
+{{ include "polydub.settingsEnv" . }}
+{{- end -}}
+
+{{/* The settings that are not credentials. */}}
+{{- define "polydub.settingsEnv" -}}
 - name: POLYDUB_NATS_URL
   value: {{ include "polydub.natsUrl" . | quote }}
 - name: POLYDUB_JOBS_STREAM_REPLICAS
@@ -120,20 +205,12 @@ after their pods, so the endpoint is the headless service's fully qualified name
   value: {{ include "polydub.s3Secure" . | quote }}
 - name: POLYDUB_S3_BUCKET
   value: {{ .Values.s3.bucket | quote }}
+- name: POLYDUB_S3_REGION
+  value: {{ .Values.s3.region | quote }}
 {{- with .Values.s3.publicEndpoint }}
 - name: POLYDUB_S3_PUBLIC_ENDPOINT
   value: {{ . | quote }}
 {{- end }}
-- name: POLYDUB_S3_ACCESS_KEY
-  valueFrom:
-    secretKeyRef: {name: {{ $secret }}, key: POLYDUB_S3_ACCESS_KEY}
-- name: POLYDUB_S3_SECRET_KEY
-  valueFrom:
-    secretKeyRef: {name: {{ $secret }}, key: POLYDUB_S3_SECRET_KEY}
-# optional: today each API key has its own webhook signing secret (in PostgreSQL)
-- name: POLYDUB_WEBHOOK_SECRET
-  valueFrom:
-    secretKeyRef: {name: {{ $secret }}, key: POLYDUB_WEBHOOK_SECRET, optional: true}
 - name: POLYDUB_TRITON_URL
   value: {{ include "polydub.tritonUrl" . | quote }}
 - name: POLYDUB_TRITON_HTTP_PORT
@@ -212,6 +289,9 @@ topologySpreadConstraints:
 {{- if and (not .Values.secrets.existingSecret) (not .Values.postgresql.bundled) (not .Values.postgresql.external.dsn) -}}
 {{- fail "external PostgreSQL needs postgresql.external.dsn or secrets.existingSecret" -}}
 {{- end -}}
+{{- if and (not .Values.secrets.existingSecret) (not .Values.s3.bundled) (not (and .Values.secrets.s3AccessKey .Values.secrets.s3SecretKey)) -}}
+{{- fail "an external S3 needs secrets.s3AccessKey and secrets.s3SecretKey, or secrets.existingSecret" -}}
+{{- end -}}
 {{- if and .Values.triton.gpu.enabled (ne .Values.triton.modelConfigName "gpu") -}}
 {{- fail "triton.gpu.enabled needs triton.modelConfigName: gpu (the fp16 / TensorRT profile)" -}}
 {{- end -}}
@@ -260,18 +340,20 @@ topologySpreadConstraints:
   ports:
     - {protocol: TCP, port: {{ .Values.triton.ports.grpc }}}
     - {protocol: TCP, port: {{ .Values.triton.ports.http }}}
-{{- if .Values.networkPolicy.webhooks.enabled }}
-- to:
-    - ipBlock:
-        cidr: 0.0.0.0/0
-        except:
-          {{- toYaml .Values.networkPolicy.webhooks.exceptCIDRs | nindent 10 }}
-  ports:
-    {{- range .Values.networkPolicy.webhooks.ports }}
-    - {protocol: TCP, port: {{ . }}}
-    {{- end }}
-{{- end }}
 {{- with .Values.networkPolicy.extraEgress }}
 {{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Client webhooks (the API sends them): the configured destinations and ports only. */}}
+{{- define "polydub.egressWebhooks" -}}
+{{- $w := .Values.networkPolicy.webhooks -}}
+{{- if and $w.enabled $w.to $w.ports }}
+- to:
+    {{- toYaml $w.to | nindent 4 }}
+  ports:
+    {{- range $w.ports }}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
 {{- end }}
 {{- end -}}

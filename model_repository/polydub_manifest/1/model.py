@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import triton_python_backend_utils as pb_utils
+
+from polydub.serving.files import CachedFile
+from polydub.serving.names import ManifestOut
+
+if TYPE_CHECKING:
+    from polydub.serving import triton_utils as pb_utils
+else:
+    import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
-        self.path = os.path.join(args["model_repository"], args["model_version"], "manifest.json")
-        self.cached: tuple[float, bytes] = (-1.0, b"{}")
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.manifest = CachedFile(version_dir / "manifest.json")
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        body = self._read()
-        out = pb_utils.Tensor("manifest", np.array([body], dtype=np.object_))
+    def execute(
+        self, requests: list[pb_utils.InferenceRequest]
+    ) -> list[pb_utils.InferenceResponse]:
+        body = self.manifest.read() or b"{}"
+        out = pb_utils.Tensor(ManifestOut.MANIFEST, np.array([body], dtype=np.object_))
         return [pb_utils.InferenceResponse(output_tensors=[out]) for _ in requests]
-
-    def _read(self) -> bytes:
-        try:
-            mtime = os.stat(self.path).st_mtime
-        except FileNotFoundError:
-            return b"{}"
-        if mtime != self.cached[0]:
-            with open(self.path, "rb") as handle:
-                self.cached = (mtime, handle.read())
-        return self.cached[1]

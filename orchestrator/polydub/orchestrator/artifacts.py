@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from polydub.clients.storage import ObjectStore, sha256_file
-from polydub.orchestrator.media.pcm import read_wav, write_wav
+from polydub.media.pcm import read_wav, write_wav
 
 
 class Artifacts:

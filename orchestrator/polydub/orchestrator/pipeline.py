@@ -12,18 +12,67 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from polydub.errors import PermanentError, classify
-from polydub.orchestrator.state import Cancelled, Fenced, FinishedStages, JobRecord, JobStore
+from polydub.errors import PermanentError, PolydubError, classify
+from polydub.jobs import JobKeys
+from polydub.orchestrator.services import Services
+from polydub.orchestrator.state import Cancelled, Fenced, FinishedStages, JobRecord
 from polydub.telemetry.metrics import time_stage
 from polydub.telemetry.tracing import span
 
 Scope = Literal["job", "target"]
 Publish = Callable[[JobRecord, dict[str, Any]], Awaitable[None]]
+
+
+class StageStore(Protocol):
+    """Where the runner records stages, targets and progress (``state.JobStore`` in a worker)."""
+
+    async def finished_stages(self, job_id: uuid.UUID) -> FinishedStages: ...
+
+    async def cancel_requested(self, job_id: uuid.UUID) -> bool: ...
+
+    async def target_statuses(self, job_id: uuid.UUID) -> dict[str, str]: ...
+
+    async def start_stage(self, job: JobRecord, stage: str, language: str = "") -> None: ...
+
+    async def finish_stage(
+        self,
+        job: JobRecord,
+        stage: str,
+        language: str,
+        outputs: dict[str, Any],
+        metrics: dict[str, Any],
+        warnings: list[dict[str, str]] | None = None,
+    ) -> None: ...
+
+    async def progress(
+        self,
+        job: JobRecord,
+        stage: str,
+        fraction: float,
+        eta_seconds: float | None,
+        language: str = "",
+        target_fraction: float | None = None,
+        stage_fraction: float | None = None,
+    ) -> dict[str, Any]: ...
+
+    async def finish_target(
+        self, job: JobRecord, language: str, status: str, error: PolydubError | None = None
+    ) -> dict[str, Any]: ...
+
+    async def finish_job(
+        self,
+        job: JobRecord | uuid.UUID,
+        status: str,
+        error: PolydubError | None = None,
+        *,
+        fenced: bool = True,
+    ) -> dict[str, Any] | None: ...
 
 
 @dataclass
@@ -40,15 +89,14 @@ class StageContext:
     stage: str
     language: str  # "" for job-scope stages
     finished: FinishedStages
-    services: Any  # the worker's Services (store, inference clients, settings)
+    services: Services  # the worker's store, inference clients and settings
     workdir: Path  # this stage's scratch folder
     cache_dir: Path  # objects fetched from S3 during this attempt, shared by its stages
     report: Callable[[int, int], Awaitable[None]]  # the progress hook: (completed, total)
 
     def key(self, filename: str) -> str:
         """The deterministic object key of one of this stage's outputs."""
-        scope = self.language or "_"
-        return f"jobs/{self.job.id}/{self.stage}/{scope}/{filename}"
+        return JobKeys(self.job.id).stage(self.stage, self.language, filename)
 
     def outputs_of(self, stage: str, language: str | None = None) -> dict[str, Any]:
         """Outputs of an earlier stage: job-scope ones, or this context's language by default."""
@@ -73,8 +121,8 @@ class PipelineRunner:
     def __init__(
         self,
         stages: Sequence[Stage],
-        store: JobStore,
-        services: Any,
+        store: StageStore,
+        services: Services,
         publish: Publish,
         workdir: Path,
     ) -> None:

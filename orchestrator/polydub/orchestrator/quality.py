@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .records import Transcribed, Translated
 from .timing import SegmentTiming
 
 
@@ -44,6 +45,16 @@ def asr_stats(
     return AsrStats(len(durations), round(total, 3), round(weighted, 4), round(silent / total, 4))
 
 
+def transcript_stats(segments: Sequence[Transcribed]) -> AsrStats:
+    """``asr_stats`` of transcribed segments; one that was never decoded counts as unsure
+    silence (log-probability 0, no-speech probability 1)."""
+    return asr_stats(
+        [s.duration for s in segments],
+        [0.0 if s.avg_logprob is None else s.avg_logprob for s in segments],
+        [1.0 if s.no_speech_prob is None else s.no_speech_prob for s in segments],
+    )
+
+
 @dataclass(frozen=True)
 class TranslationStats:
     segments: int
@@ -73,6 +84,11 @@ def translation_stats(sources: Sequence[str], targets: Sequence[str]) -> Transla
         empty_translations=sum(1 for s, t in pairs if s > 0 and t == 0),
         spoken_segments=sum(1 for s, _ in pairs if s > 0),
     )
+
+
+def translated_stats(segments: Sequence[Translated]) -> TranslationStats:
+    """``translation_stats`` of translated segments: what was said against what the dub says."""
+    return translation_stats([s.text for s in segments], [s.translation for s in segments])
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from polydub.orchestrator.records import Segment
+
 
 class Interval(Protocol):
     @property
@@ -23,21 +25,6 @@ class Interval(Protocol):
 class Turn(Interval, Protocol):
     @property
     def speaker(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class Segment:
-    id: int
-    start: float
-    end: float
-    speaker: str
-
-    @property
-    def duration(self) -> float:
-        return self.end - self.start
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "start": self.start, "end": self.end, "speaker": self.speaker}
 
 
 @dataclass(frozen=True)

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from polydub.clients.storage import ObjectStore
 from polydub.clients.triton import InferenceClient
 from polydub.manifest import Manifest, fetch_manifest
+from polydub.media.mix import BackgroundSeparator, MixPolicy
+from polydub.media.probe import Limits
 from polydub.orchestrator.inference.asr import AsrClient
 from polydub.orchestrator.inference.diarization import DiarizationClient
 from polydub.orchestrator.inference.gender import GenderClient
 from polydub.orchestrator.inference.translation import TranslationClient
 from polydub.orchestrator.inference.tts import TtsClient
 from polydub.orchestrator.inference.vad import VadClient
-from polydub.orchestrator.media.mix import BackgroundSeparator, MixPolicy
-from polydub.orchestrator.media.probe import Limits
 from polydub.orchestrator.state import JobStore
 from polydub.orchestrator.timing import TimingPolicy
+from polydub.orchestrator.voices import Voice
 from polydub.settings import Settings
 
 MANIFEST_TTL_SECONDS = 60.0
@@ -40,8 +40,8 @@ class Services:
     timing: TimingPolicy = field(default_factory=TimingPolicy)
     mix: MixPolicy = field(default_factory=MixPolicy)
     separator: BackgroundSeparator | None = None  # a source-separation model, when deployed
-    # Per-language facts measured once per process (e.g. a voice's own pitch).
-    voice_cache: dict[str, Any] = field(default_factory=dict)
+    # Each language's voice with its own pitch, measured once per process: "voice:<language>".
+    voice_cache: dict[str, Voice] = field(default_factory=dict)
     manifest_cache: tuple[float, Manifest] | None = None
 
     async def manifest(self) -> Manifest:

@@ -15,9 +15,14 @@ from typing import Any
 import asyncpg
 
 from polydub.errors import PolydubError
+from polydub.jobs import (
+    TERMINAL,
+    ArtifactKind,
+    JobStatus,
+    record_event,
+    record_webhook_delivery,
+)
 from polydub.telemetry.metrics import job_transition
-
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class Fenced(Exception):
@@ -78,8 +83,8 @@ class JobStore:
             targets = await conn.fetch(
                 "SELECT language FROM job_targets WHERE job_id = $1 ORDER BY language", job_id
             )
-            await self._event(
-                conn, job_id, "state", {"status": "running", "attempt": row["attempt"]}
+            await record_event(
+                conn, job_id, "state", {"status": JobStatus.RUNNING, "attempt": row["attempt"]}
             )
         job_transition("running")
         return JobRecord(
@@ -100,6 +105,17 @@ class JobStore:
             job_id,
         )
         return FinishedStages({(r["stage"], r["language"]): r["outputs"] for r in rows})
+
+    async def stage_metrics(self, job_id: uuid.UUID, language: str) -> dict[str, Any]:
+        """stage -> metrics of the succeeded stages of the job and of this language, in the
+        order they ran (the quality report's figures)."""
+        rows = await self.pool.fetch(
+            "SELECT stage, metrics FROM job_stages WHERE job_id = $1 AND status = 'succeeded'"
+            " AND language IN ('', $2) ORDER BY started_at",
+            job_id,
+            language,
+        )
+        return {r["stage"]: r["metrics"] for r in rows}
 
     async def cancel_requested(self, job_id: uuid.UUID) -> bool:
         return bool(
@@ -184,7 +200,7 @@ class JobStore:
                 )
 
     async def record_media(
-        self, job: JobRecord, media: dict[str, Any], detected: str | None = None
+        self, job: JobRecord, media: dict[str, Any] | None, detected: str | None = None
     ) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             await self._fence(conn, job)
@@ -233,14 +249,13 @@ class JobStore:
                     language,
                     min(max(target_fraction, 0.0), 1.0),
                 )
-            event_id = await self._event(conn, job.id, "progress", event)
-        return {"id": event_id, "type": "progress", **event}
+            return await record_event(conn, job.id, "progress", event)
 
     async def add_artifact(
         self,
         job: JobRecord,
         language: str,
-        kind: str,
+        kind: ArtifactKind,
         key: str,
         content_type: str,
         size: int,
@@ -286,8 +301,7 @@ class JobStore:
             data: dict[str, Any] = {"language": language, "status": status}
             if error:
                 data["error"] = error.to_dict()
-            event_id = await self._event(conn, job.id, "target", data)
-        return {"id": event_id, "type": "target", **data}
+            return await record_event(conn, job.id, "target", data)
 
     async def target_statuses(self, job_id: uuid.UUID) -> dict[str, str]:
         rows = await self.pool.fetch(
@@ -343,16 +357,12 @@ class JobStore:
             if error:
                 data["error"] = error.to_dict()
             if updated["callback_url"]:
-                await conn.execute(
-                    "INSERT INTO webhook_deliveries (job_id, state, url) VALUES ($1, $2, $3)"
-                    " ON CONFLICT (job_id, state) DO NOTHING",
-                    job_id,
-                    status,
-                    updated["callback_url"],
+                await record_webhook_delivery(
+                    conn, job_id, JobStatus(status), updated["callback_url"]
                 )
-            event_id = await self._event(conn, job_id, "state", data)
+            event = await record_event(conn, job_id, "state", data)
         job_transition(status)  # committed: counted once per job and state
-        return {"id": event_id, "type": "state", **data}
+        return event
 
     @staticmethod
     async def _fence(conn: asyncpg.Connection, job: JobRecord) -> None:
@@ -360,15 +370,3 @@ class JobStore:
         current = await conn.fetchval("SELECT attempt FROM jobs WHERE id = $1 FOR UPDATE", job.id)
         if current != job.attempt:
             raise Fenced(f"job {job.id}: attempt {job.attempt} was superseded by attempt {current}")
-
-    @staticmethod
-    async def _event(
-        conn: asyncpg.Connection, job_id: uuid.UUID, type_: str, data: dict[str, Any]
-    ) -> int:
-        event_id: int = await conn.fetchval(
-            "INSERT INTO job_events (job_id, type, data) VALUES ($1, $2, $3) RETURNING id",
-            job_id,
-            type_,
-            data,
-        )
-        return event_id

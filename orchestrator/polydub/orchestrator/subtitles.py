@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from polydub.orchestrator.records import Translated
+
 
 class TextSpan(Protocol):
     @property
@@ -69,14 +71,27 @@ def clean_text(text: str) -> str:
 
 def make_cues(segments: Iterable[TextSpan], policy: SubtitlePolicy = SubtitlePolicy()) -> list[Cue]:
     """Readable cues from segments (each with ``start``, ``end``, ``text`` and optionally
-    ``speaker``), sorted by start."""
+    ``speaker``), sorted by start; a ``records.Transcribed`` gives the source-language cues."""
+    return _cues(((s.start, s.end, s.text, getattr(s, "speaker", None)) for s in segments), policy)
+
+
+def dub_cues(
+    segments: Iterable[Translated], policy: SubtitlePolicy = SubtitlePolicy()
+) -> list[Cue]:
+    """Cues of what the dub says (each segment's translation) on the segments' own times."""
+    return _cues(((s.start, s.end, s.translation, s.speaker) for s in segments), policy)
+
+
+def _cues(
+    texts: Iterable[tuple[float, float, str, str | None]], policy: SubtitlePolicy
+) -> list[Cue]:
+    """Cues of (start, end, text, speaker) tuples."""
     pieces: list[Cue] = []
-    for seg in segments:
-        text = clean_text(seg.text)
-        if not text or seg.end <= seg.start:
+    for seg_start, seg_end, raw, speaker in texts:
+        text = clean_text(raw)
+        if not text or seg_end <= seg_start:
             continue
-        speaker = getattr(seg, "speaker", None)
-        for start, end, part in _split(text, seg.start, seg.end, policy):
+        for start, end, part in _split(text, seg_start, seg_end, policy):
             lines = wrap(part, policy.max_chars, policy.max_lines) or [part]
             pieces.append(Cue(start, end, "\n".join(lines), speaker))
     pieces.sort(key=lambda c: (c.start, c.end))

@@ -30,11 +30,13 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from opentelemetry.trace import SpanKind
 
-from polydub.clients.queue import WORKER_CONSUMER, ConsumerPolicy, progress_subject
-from polydub.errors import PermanentError, classify
+from polydub.clients.queue import WORKER_CONSUMER, ConsumerPolicy
+from polydub.errors import InvalidInput, PermanentError, classify
+from polydub.jobs import JobMessage, publish_event
 from polydub.logging import log_context
 from polydub.orchestrator.pipeline import PipelineRunner
 from polydub.orchestrator.state import Cancelled, Fenced, JobRecord, JobStore
+from polydub.retry import Backoff
 from polydub.settings import Settings
 from polydub.telemetry.metrics import JOBS_IN_FLIGHT, job_transition
 from polydub.telemetry.propagation import extract_context
@@ -56,7 +58,7 @@ class WorkerOptions:
     policy: ConsumerPolicy = field(default_factory=ConsumerPolicy)
 
     def retry_delay(self, delivered: int) -> float:
-        return float(min(self.retry_max_delay, self.retry_base_delay * 2 ** max(delivered - 1, 0)))
+        return Backoff(self.retry_base_delay, self.retry_max_delay).delay(delivered)
 
 
 class Worker:
@@ -79,12 +81,7 @@ class Worker:
         self.in_flight: set[asyncio.Task[None]] = set()
 
     async def publish(self, job: JobRecord, event: dict[str, Any]) -> None:
-        # Progress on NATS is best effort: PostgreSQL already holds the event for SSE replay.
-        with contextlib.suppress(Exception):
-            await self.nc.publish(
-                progress_subject(self.settings, str(job.id)),
-                json.dumps({"job_id": str(job.id), **event}, default=str).encode(),
-            )
+        await publish_event(self.nc, self.settings, job.id, event)
 
     async def run(self) -> None:
         sub = await self.js.pull_subscribe_bind(WORKER_CONSUMER, stream=self.settings.jobs_stream)
@@ -146,7 +143,7 @@ class Worker:
             info = json.loads(advisory.data)
             seq = int(info["stream_seq"])
             stored = await self.js.get_msg(self.settings.jobs_stream, seq)
-            job_id = uuid.UUID(json.loads(stored.data or b"{}")["job_id"])
+            job_id = JobMessage.from_bytes(stored.data).job_id
         except Exception as exc:
             log.warning("unreadable max-deliveries advisory", extra={"error": str(exc)})
             return
@@ -163,11 +160,7 @@ class Worker:
                 return
             if event:
                 log.error("job failed", extra={"code": error.code, "error": error.message})
-                with contextlib.suppress(Exception):
-                    await self.nc.publish(
-                        progress_subject(self.settings, str(job_id)),
-                        json.dumps({"job_id": str(job_id), **event}, default=str).encode(),
-                    )
+                await publish_event(self.nc, self.settings, job_id, event)
             with contextlib.suppress(Exception):  # another worker may have deleted it first
                 await self.js.delete_msg(self.settings.jobs_stream, seq)
 
@@ -186,8 +179,8 @@ class Worker:
 
     async def handle(self, msg: Msg) -> None:
         try:
-            job_id = uuid.UUID(json.loads(msg.data)["job_id"])
-        except (ValueError, KeyError, TypeError):
+            job_id = JobMessage.from_bytes(msg.data).job_id
+        except InvalidInput:
             log.error(
                 "malformed job message; terminating it",
                 extra={"data": msg.data[:200].decode(errors="replace")},

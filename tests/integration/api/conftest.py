@@ -17,10 +17,10 @@ from polydub.api.app import create_app
 from polydub.api.auth import NewKey, create_key
 from polydub.clients.queue import connect
 from polydub.clients.storage import ObjectStore
-from polydub.export.repository import copy_committed
 from polydub.manifest import MANIFEST_MODEL, Manifest, ServedModel, manifest_path
 from polydub.settings import Settings
 from polydub.stack import Stack
+from tests.checkout import place_templates
 from tests.integration.api.helpers import FakeWorker, Media, Served, free_port, make_media
 
 # Models whose folders make up the repository index; none is ever loaded.
@@ -45,7 +45,7 @@ def api_triton(stack_settings: Settings) -> Iterator[Settings]:
         (repo / name).mkdir(parents=True)
         (repo / name / "config.pbtxt").write_text('backend: "python"\n')
     # The one model loaded: the manifest, so /languages can name where the weights come from.
-    copy_committed(repo, [MANIFEST_MODEL])
+    place_templates(repo, [MANIFEST_MODEL])
     manifest_path(repo).write_text(INDEX_MANIFEST.to_json())
     settings = stack_settings.model_copy(
         update={

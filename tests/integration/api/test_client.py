@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from polydub.client import ApiError, AsyncClient, Client, JobEvent
+from polydub.client import ApiError, AsyncClient, Client, JobEvent, JobStatus
 from polydub.clients.storage import ObjectStore
 from tests.integration.api.conftest import Clients
 from tests.integration.api.helpers import FakeWorker, Media, Served, wait_for
@@ -103,7 +103,7 @@ async def test_async_client_submits_follows_and_downloads(
         )
         assert [p.name for p in only["spa"]] == ["clip.spa.srt"]
 
-        listed = [j.id async for j in client.iter_jobs(status="succeeded", page_size=1)]
+        listed = [j.id async for j in client.iter_jobs(status=JobStatus.SUCCEEDED, page_size=1)]
         assert job.id in listed
 
 

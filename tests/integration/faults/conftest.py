@@ -20,12 +20,11 @@ import pytest
 from loadtests.harness import Deployment
 from polydub.api.auth import NewKey, create_key
 from polydub.clients.storage import make_minio
+from polydub.jobs import TERMINAL
 from polydub.settings import Settings
 from polydub.stack.isolated import free_port
 from tests.integration.api.helpers import Receiver, Served
 from tests.media import DEFAULT_TURNS, make_two_speaker_clip
-
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 # Queue timings of the drills: a job left without heartbeats is redelivered after ACK_WAIT.
 ACK_WAIT = 3.0

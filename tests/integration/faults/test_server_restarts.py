@@ -26,13 +26,13 @@ import pytest
 
 from loadtests.harness import Deployment, deployment
 from polydub.api.auth import create_key
+from polydub.jobs import TERMINAL
 from polydub.settings import Settings
 from tests.integration.api.helpers import Receiver, Served
 from tests.integration.faults.conftest import (
     ACK_WAIT,
     MAX_DELIVER,
     RETRY_DELAY,
-    TERMINAL,
     fault_settings,
     wait_until,
     webhook_counts,

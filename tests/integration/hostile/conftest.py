@@ -3,7 +3,6 @@ with a stream of its own, a key, and recorders of every ffprobe/ffmpeg command l
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -105,13 +104,12 @@ class _Proxy:
 
 @pytest.fixture
 def commands(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """Every ffprobe/ffmpeg command the API's probe and the worker's media code run."""
-    from polydub.api import media_probe
-    from polydub.orchestrator.media import ffmpeg
-
-    calls: list[list[str]] = []
-    monkeypatch.setattr(media_probe, "asyncio", _Proxy(asyncio, "create_subprocess_exec", calls))
+    """Every ffprobe/ffmpeg command run in this process (the API's and the worker's alike): all of
+    them go through polydub.media's runner."""
     import subprocess
 
-    monkeypatch.setattr(ffmpeg, "subprocess", _Proxy(subprocess, "run", calls))
+    from polydub.media import runner
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(runner, "subprocess", _Proxy(subprocess, "run", calls))
     return calls

@@ -1,6 +1,6 @@
 """The hostile-input corpus, generated on the fly: each case is bytes, a file name, and what the
-API's probe (``polydub.api.media_probe``) and the worker's probe
-(``polydub.orchestrator.media.probe``) must answer.
+API (``POST /jobs``) and the worker's validate stage must answer. Both run the one
+``polydub.media.probe``, so a refusal has one code (``api.code == worker``).
 
 Nothing here is downloaded: crafted files are written byte by byte (RIFF/AVI chunks, MP4 boxes
 patched in place), the rest comes from ffmpeg's test sources. Local-file references point at
@@ -319,8 +319,8 @@ class Case:
     name: str
     make: Callable[[Material], bytes]
     filename: bytes
-    api: Expect  # what POST /jobs answers (multipart; the presigned path agrees but for "")
-    worker: str | None  # the worker probe's refusal code; None when it accepts the file
+    api: Expect  # what POST /jobs answers (multipart and presigned alike)
+    worker: str | None  # the validate stage's refusal code; None when it accepts the file
     note: str = ""
 
 
@@ -345,13 +345,14 @@ CASES: list[Case] = [
     Case("mp4 without its moov (cut before it)", _cut_before_moov, b"a.mp4",
          Expect(422, "corrupt_media"), "corrupt_media"),
     Case("mp4 with a garbage moov", lambda m: corrupt_box(m.base.faststart, [b"moov"]), b"a.mp4",
-         Expect(422, "no_audio_stream"), "corrupt_media", "both refuse, with different codes"),
+         Expect(422, "corrupt_media"), "corrupt_media",
+         "no known duration (the API's own probe used to say no_audio_stream)"),
     Case("mp4 with a garbage stbl (first track)", lambda m: corrupt_box(m.base.mp4, STBL),
-         b"a.mp4", ACCEPTED, "corrupt_media",
-         "the API accepts a video stream without a size; the worker refuses it"),
+         b"a.mp4", Expect(422, "corrupt_media"), "corrupt_media",
+         "a video stream without a size (the API's own probe used to accept it)"),
     # Zero length and wrong extensions
     Case("zero-length file", lambda m: b"", b"empty.mp4", Expect(422, "empty_file"),
-         "corrupt_media"),
+         "empty_file"),
     Case("shell script named .mp4", lambda m: b"#!/bin/sh\ncat /etc/passwd\n" * 4, b"run.mp4",
          Expect(415, "unsupported_media_type"), "unsupported_media_type"),
     Case("HTML named .mkv",
@@ -389,14 +390,14 @@ CASES: list[Case] = [
     Case("AVI declaring 30000x20000 video", lambda m: avi(width=30000, height=20000), b"a.avi",
          Expect(422, "resolution_too_large"), "resolution_too_large"),
     Case("AVI declaring 5000x2000 video", lambda m: avi(width=5000, height=2000), b"a.avi",
-         ACCEPTED, None, "within the one limit both tiers apply (7680x4320)"),
+         ACCEPTED, None, "within the one limit of the one probe (7680x4320)"),
     Case("AVI declaring 100 hours", lambda m: avi(declared_frames=3_600_000), b"a.avi",
          Expect(422, "media_too_long"), "media_too_long"),
     Case("MP4 declaring 65535x65535 in tkhd/avc1",
          lambda m: patch_dimensions(m.base.faststart, 65535, 65535), b"a.mp4",
-         Expect(422, "corrupt_media"), None,
-         "the API's -count_packets parse logs the decoder's refusal (its probe fails on any "
-         "error output); the worker reads the SPS's 64x48 and accepts"),
+         Expect(422, "corrupt_media"), "corrupt_media",
+         "the -count_packets parse logs the decoder's refusal and the probe fails on any error "
+         "output (the worker's own probe used to read the SPS's 64x48 and accept)"),
     Case("MP4 declaring 100 hours in mvhd/tkhd/mdhd",
          lambda m: patch_durations(m.base.faststart, 360_000.0), b"a.mp4",
          Expect(422, "media_too_long"), "media_too_long"),
@@ -407,5 +408,5 @@ CASES: list[Case] = [
     Case("MKV with 40 audio streams", lambda m: m.base.mkv_streams[40], b"a.mkv",
          Expect(422, "too_many_streams"), "too_many_streams"),
     Case("MKV with 12 audio streams", lambda m: m.base.mkv_streams[12], b"a.mkv", ACCEPTED,
-         None, "within the one limit both tiers apply (16 streams)"),
+         None, "within the one limit of the one probe (16 streams)"),
 ]  # fmt: skip

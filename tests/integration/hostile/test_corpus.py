@@ -20,57 +20,45 @@ import asyncpg
 import httpx
 import pytest
 
-from polydub.api import media_probe as api_probe
 from polydub.api.auth import NewKey
 from polydub.clients.storage import ObjectStore
 from polydub.errors import PolydubError
+from polydub.jobs import TERMINAL
+from polydub.media.probe import Limits, probe
 from polydub.orchestrator.main import run_worker
-from polydub.orchestrator.media.probe import probe as worker_probe
 from polydub.orchestrator.worker import WorkerOptions
 from polydub.settings import Settings
 from tests.integration.api.helpers import Served, multipart_body
-from tests.integration.hostile.corpus import ACCEPTED, CASES, Canary, Case, Expect, Material
+from tests.integration.hostile.corpus import ACCEPTED, CASES, Canary, Case, Material
 
 pytestmark = pytest.mark.integration
 
 FIELDS = [("target_languages", "spa"), ("source_language", "eng")]
 PASSWD_MARK = "root:x:0:0"
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 CASES_BY_NAME = {case.name: case for case in CASES}
 NAMES = list(CASES_BY_NAME)
 
 
-async def _api_answer(path: Path, data: bytes, settings: Settings) -> Expect:
-    try:
-        container = api_probe.sniff(data[: api_probe.SNIFF_BYTES])
-        await api_probe.probe(path, container, settings)
-    except PolydubError as exc:
-        return Expect(0, exc.code)
-    return ACCEPTED
-
-
 @pytest.mark.parametrize("name", NAMES)
-async def test_probes_answer_as_documented(
+async def test_probe_answers_as_documented(
     name: str, material: Material, canary: Canary, tmp_path: Path
 ) -> None:
-    """Both probes on each file, directly: the codes the corpus documents, and where the API's
-    probe and the worker's disagree (the corpus notes say which limit differs)."""
+    """The one probe (what POST /jobs and the validate stage both run) on each file, directly:
+    the code the corpus documents, the same for the API and the worker."""
     case = CASES_BY_NAME[name]
     data = case.make(material)
     path = tmp_path / "upload"
     path.write_bytes(data)
-    if data:  # an empty upload never reaches the probe (multipart.py: empty_file)
-        answer = await _api_answer(path, data, Settings())
-        assert answer.code == case.api.code, answer
     try:
-        info = await asyncio.to_thread(worker_probe, path)
-        worker = None
+        info = await asyncio.to_thread(probe, path, Limits.from_settings(Settings()))
+        answer = None
         assert info.duration > 0 and info.audio
     except PolydubError as exc:
-        worker = exc.code
-    assert worker == case.worker
+        answer = exc.code
+    assert answer == case.worker
+    assert answer == case.api.code and (answer is None) == (case.api == ACCEPTED)
     assert canary.touched() == []
 
 
@@ -169,11 +157,7 @@ async def test_presigned_upload(
             "source_language": "eng",
         },
     )
-    expected = case.api
-    if not data:
-        # A presigned empty object is sniffed like any other (the multipart parser says
-        # empty_file): the same refusal under another code.
-        expected = Expect(415, "unsupported_media_type")
+    expected = case.api  # the multipart answer: both paths run the one sniff and probe
     assert response.status_code == expected.status, response.text
     assert canary.marker not in response.text and PASSWD_MARK not in response.text
     key = f"inputs/{upload['upload_id']}/source"

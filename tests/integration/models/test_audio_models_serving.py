@@ -27,6 +27,7 @@ from polydub.orchestrator.inference.diarization import DiarizationClient
 from polydub.orchestrator.inference.gender import GenderClient
 from polydub.orchestrator.inference.vad import VadClient
 from polydub.settings import Settings
+from tests.checkout import place_templates
 from tests.unit.export.speech_audio import FEMALE, MALE, speak, with_gaps
 
 pytestmark = pytest.mark.integration
@@ -44,7 +45,8 @@ def tiny_checkpoints(exporter: FamilyExporter) -> Checkpoints:
 async def served(triton: InferenceClient, stack_settings: Settings) -> Path:
     repository = stack_settings.model_repository
     for exporter in (VadExporter(), DiarizationExporter(), GenderExporter()):
-        exporter.export(tiny_checkpoints(exporter), Target.CPU, repository)
+        report = exporter.export(tiny_checkpoints(exporter), Target.CPU, repository)
+        place_templates(repository, report.models)
     for model in MODELS:
         await triton.load_model(model)
         assert await triton.is_model_ready(model)

@@ -20,11 +20,15 @@ from numpy.typing import NDArray
 
 from polydub.clients.triton import InferenceClient
 from polydub.errors import InvalidInput, PermanentError
-from polydub.export.nllb import BLS, DECODER, ENCODER, TOKENIZER_DIR, NllbExporter, load_search
+from polydub.export.nllb import NllbExporter
+from polydub.export.nllb_graphs import BLS, DECODER, ENCODER
 from polydub.export.spec import Preset, Target
 from polydub.languages import LANGUAGES
 from polydub.orchestrator.inference.translation import TranslationClient
+from polydub.serving import nllb_search, nllb_translate
+from polydub.serving.nllb_service import TOKENIZER_DIR
 from polydub.settings import Settings
+from tests.checkout import place_templates
 
 pytestmark = pytest.mark.integration
 MODELS = (ENCODER, DECODER, BLS)
@@ -41,7 +45,8 @@ TEXTS = [
 async def served(triton: InferenceClient, stack_settings: Settings) -> Path:
     repository = stack_settings.model_repository
     exporter = NllbExporter()
-    exporter.export(exporter.defaults(Preset.TINY), Target.CPU, repository)
+    report = exporter.export(exporter.defaults(Preset.TINY), Target.CPU, repository)
+    place_templates(repository, report.models)
     for model in MODELS:
         await triton.load_model(model)
         assert await triton.is_model_ready(model)
@@ -51,14 +56,18 @@ async def served(triton: InferenceClient, stack_settings: Settings) -> Path:
 @pytest.fixture(scope="module")
 def local(served: Path) -> Any:
     """The BLS model's Translator, run in-process on the served (int8) files."""
-    search = load_search()
     tokenizer = served / BLS / "1" / TOKENIZER_DIR
-    model = search.OnnxRuntimeModel(
+    model = nllb_translate.OnnxRuntimeModel(
         served / ENCODER / "1" / "model.onnx", served / DECODER / "1" / "model.onnx"
     )
-    limits = search.Limits(max_source_tokens=256, max_length_cap=256, max_len_a=2.0, max_len_b=16)
-    return search.Translator(
-        search.NllbCodec(tokenizer), model, search.GenerationConfig.load(tokenizer), limits
+    limits = nllb_translate.TranslationLimits(
+        max_source_tokens=256, max_length_cap=256, max_len_a=2.0, max_len_b=16
+    )
+    return nllb_translate.Translator(
+        nllb_translate.NllbCodec(tokenizer),
+        model,
+        nllb_search.GenerationConfig.load(tokenizer),
+        limits,
     )
 
 
@@ -119,7 +128,6 @@ async def _counts_after(
 async def test_served_tokens_equal_in_process_search(
     triton: InferenceClient, served: Path, local: Any
 ) -> None:
-    search = load_search()
     text, n_best, max_length = TEXTS[1], 3, 40
     result = await triton.infer(
         BLS,
@@ -127,7 +135,11 @@ async def test_served_tokens_equal_in_process_search(
         ["translations", "scores", "token_ids"],
     )
     expected = local.translate(
-        [search.TranslationItem(text, "eng_Latn", "fra_Latn", DEFAULT_BEAMS, n_best, max_length)]
+        [
+            nllb_translate.TranslationItem(
+                text, "eng_Latn", "fra_Latn", DEFAULT_BEAMS, n_best, max_length
+            )
+        ]
     )[0]
     assert result["translations"].shape == (1, n_best)
     assert _sequences(result["token_ids"][0]) == [list(c.tokens) for c in expected]
@@ -139,7 +151,6 @@ async def test_one_batch_with_mixed_target_languages(
     triton: InferenceClient, served: Path, local: Any
 ) -> None:
     """Rows of one request are one BLS execution: its composition is known, results exact."""
-    search = load_search()
     targets = ["fra_Latn", "rus_Cyrl", "kor_Hang", "spa_Latn"]
     sources = ["eng_Latn", "eng_Latn", "deu_Latn", "eng_Latn"]
     before = await _counts(triton, BLS)
@@ -149,7 +160,7 @@ async def test_one_batch_with_mixed_target_languages(
     assert await _counts_after(triton, BLS, before, 4) == (4, 1)  # 4 rows, one execution
 
     items = [
-        search.TranslationItem(t, s, g, DEFAULT_BEAMS, 2, 30)
+        nllb_translate.TranslationItem(t, s, g, DEFAULT_BEAMS, 2, 30)
         for t, s, g in zip(TEXTS, sources, targets, strict=True)
     ]
     expected = local.translate(items)

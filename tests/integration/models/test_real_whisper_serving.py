@@ -28,9 +28,11 @@ from polydub.clients.triton import InferenceClient
 from polydub.export.ct2_whisper import bundled_checkpoint, locate_bundled
 from polydub.export.spec import Checkpoint, ExportReport, Target
 from polydub.export.wer import pooled_word_error_rate, word_error_rate
-from polydub.export.whisper import BLS_MODEL, WhisperExporter
+from polydub.export.whisper import WhisperExporter
+from polydub.export.whisper_graphs import BLS_MODEL
 from polydub.orchestrator.inference.asr import AsrClient, AudioRegion, Transcription, cut_regions
 from polydub.settings import Settings
+from tests.checkout import place_templates
 from tests.unit.export.speech_audio import FEMALE, MALE, speak, with_gaps
 
 pytestmark = pytest.mark.integration
@@ -78,6 +80,7 @@ async def served(
         report = await asyncio.to_thread(
             WhisperExporter().export, {BLS_MODEL: checkpoint}, Target.CPU, repository
         )
+        place_templates(repository, report.models)
         await triton.load_model(BLS_MODEL)
         yield report
     finally:

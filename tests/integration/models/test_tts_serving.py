@@ -13,11 +13,13 @@ import pytest
 
 from polydub.clients.triton import InferenceClient
 from polydub.errors import ConfigurationError, InvalidInput
-from polydub.export.mms_tts import OUTPUT_NAMES, TOKENIZER_MODEL, MmsTtsExporter, model_name
+from polydub.export.mms_tts import TOKENIZER_MODEL, MmsTtsExporter, model_name
+from polydub.export.mms_tts_graph import OUTPUT_NAMES
 from polydub.export.onnx_tools import run_onnx
 from polydub.export.spec import Preset, Target
 from polydub.orchestrator.inference.tts import ModelPool, TtsClient, request_inputs
 from polydub.settings import Settings
+from tests.checkout import place_templates
 from tests.conftest import own_triton
 
 pytestmark = pytest.mark.integration
@@ -49,7 +51,8 @@ def repository(triton: InferenceClient, tts_triton_settings: Settings) -> Path:
     repo = tts_triton_settings.model_repository
     exporter = MmsTtsExporter(languages=LANGUAGES)
     report = exporter.export(exporter.defaults(Preset.TINY), Target.CPU, repo)
-    assert report.models == [ENG, SPA]
+    assert report.models == [TOKENIZER_MODEL, ENG, SPA]
+    place_templates(repo, report.models)
     return repo
 
 

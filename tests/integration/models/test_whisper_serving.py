@@ -20,10 +20,14 @@ import pytest
 from polydub.clients.triton import InferenceClient
 from polydub.errors import InvalidInput, PermanentError
 from polydub.export.spec import Preset, Target
-from polydub.export.whisper import BLS_MODEL, OrtWhisper, WhisperExporter, runtime
+from polydub.export.whisper import WhisperExporter
+from polydub.export.whisper_graphs import BLS_MODEL
+from polydub.export.whisper_reference import OrtWhisper
 from polydub.languages import LANGUAGES
 from polydub.orchestrator.inference.asr import AsrClient, AudioRegion, Transcription
+from polydub.serving import whisper_decode, whisper_features, whisper_text
 from polydub.settings import Settings
+from tests.checkout import place_templates
 from tests.unit.export.speech_audio import FEMALE, MALE, speak
 
 pytestmark = pytest.mark.integration
@@ -36,6 +40,7 @@ async def served(triton: InferenceClient, stack_settings: Settings) -> Path:
     repository = stack_settings.model_repository
     exporter = WhisperExporter()
     report = exporter.export(exporter.defaults(Preset.TINY), Target.CPU, repository)
+    place_templates(repository, report.models)
     assert report.token_match == {BLS_MODEL: True} and report.models == [BLS_MODEL]
     await triton.load_model(BLS_MODEL)
     assert await triton.is_model_ready(BLS_MODEL)
@@ -56,12 +61,11 @@ async def _counts(triton: InferenceClient, model: str) -> tuple[int, int]:
 async def test_transcribe_equals_in_process_loop(
     triton: InferenceClient, local: OrtWhisper
 ) -> None:
-    rt = runtime()
     client = AsrClient(triton, max_new_tokens=MAX_NEW_TOKENS)
     speech = speak("The served loop and the local loop agree token for token.", MALE)
     for language, whisper in (("eng", "en"), (None, None)):
         result = await client.transcribe(speech, language=language)
-        [expected] = local.decode([speech], [rt.DecodeOptions(whisper)], MAX_NEW_TOKENS)
+        [expected] = local.decode([speech], [whisper_decode.DecodeOptions(whisper)], MAX_NEW_TOKENS)
         assert isinstance(result, Transcription)
         assert list(result.tokens) == expected.tokens and len(expected.tokens) > 0
         assert result.language == (language or LANGUAGES_BY_WHISPER[expected.language])
@@ -69,8 +73,8 @@ async def test_transcribe_equals_in_process_loop(
         assert result.duration == pytest.approx(speech.size / SR)
         # Segments are the BLS's cut of exactly those tokens, inside the audio.
         assert local.tokenizer_dir is not None
-        detok = rt.Detokenizer.load(local.tokenizer_dir, local.facts.eot)
-        segments = rt.build_segments(
+        detok = whisper_text.Detokenizer.load(local.tokenizer_dir, local.facts.eot)
+        segments = whisper_text.build_segments(
             expected.tokens, expected.logprobs, local.facts, detok, speech.size / SR
         )
         assert len(result.segments) == len(segments) > 0
@@ -78,13 +82,15 @@ async def test_transcribe_equals_in_process_loop(
             assert served_segment.text == segment.text
             assert served_segment.start == pytest.approx(segment.start, abs=1e-3)
             assert served_segment.end == pytest.approx(segment.end, abs=1e-3)
-        for segment in result.segments:
-            assert 0.0 <= segment.start <= segment.end <= result.duration
-            assert math.isfinite(segment.avg_logprob) and segment.avg_logprob <= 0
-            assert segment.no_speech_prob == pytest.approx(expected.no_speech_prob, abs=1e-5)
+        for served in result.segments:
+            assert 0.0 <= served.start <= served.end <= result.duration
+            assert math.isfinite(served.avg_logprob) and served.avg_logprob <= 0
+            assert served.no_speech_prob == pytest.approx(expected.no_speech_prob, abs=1e-5)
 
     code, probability = await client.detect_language(speech)
-    [detected] = local.decode([speech], [rt.DecodeOptions(None, "detect")], MAX_NEW_TOKENS)
+    [detected] = local.decode(
+        [speech], [whisper_decode.DecodeOptions(None, "detect")], MAX_NEW_TOKENS
+    )
     assert code == LANGUAGES_BY_WHISPER[detected.language] and code in LANGUAGES
     assert probability == pytest.approx(detected.language_probability, 1e-4)
 
@@ -104,7 +110,7 @@ async def test_zero_length_and_silence_do_not_crash(
     assert silence.language in LANGUAGES and 0.0 < silence.language_probability <= 1.0
     assert all(0.0 <= s.start <= s.end <= 3.0 for s in silence.segments)
     [expected] = local.decode(
-        [np.zeros(3 * SR, np.float32)], [runtime().DecodeOptions()], MAX_NEW_TOKENS
+        [np.zeros(3 * SR, np.float32)], [whisper_decode.DecodeOptions()], MAX_NEW_TOKENS
     )
     assert list(silence.tokens) == expected.tokens
     assert silence.segments  # random weights hallucinate on silence too
@@ -152,9 +158,8 @@ async def test_concurrent_calls_share_batches(
     # Each execution runs the encoder once and every decoder step once for all its requests.
     assert inferences == 16 and executions < inferences
     # Batch mates never change a row's tokens.
-    rt = runtime()
     k = 3
-    [alone] = local.decode([clips[k]], [rt.DecodeOptions("en")], MAX_NEW_TOKENS)
+    [alone] = local.decode([clips[k]], [whisper_decode.DecodeOptions("en")], MAX_NEW_TOKENS)
     assert list(results[k].tokens) == alone.tokens
 
 
@@ -162,14 +167,13 @@ async def test_min_new_tokens_forces_the_decoded_length(
     triton: InferenceClient, local: OrtWhisper
 ) -> None:
     """What the ASR benchmark uses to decode the same number of tokens in every system."""
-    rt = runtime()
     speech = speak("Exactly this many tokens.", FEMALE)
     client = AsrClient(triton, max_new_tokens=20, min_new_tokens=20)
     result = await client.transcribe(speech, language="eng")
-    [expected] = rt.greedy_decode(
+    [expected] = whisper_decode.greedy_decode(
         local,
-        rt.log_mel_spectrogram([speech], local.facts.n_mels),
-        [rt.DecodeOptions("en")],
+        whisper_features.log_mel_spectrogram([speech], local.facts.n_mels),
+        [whisper_decode.DecodeOptions("en")],
         local.facts,
         20,
         min_new_tokens=20,

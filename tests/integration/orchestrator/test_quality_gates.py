@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,11 @@ import asyncpg
 import numpy as np
 import pytest
 
-from polydub.api.jobs_db import get_job, job_json
-from polydub.api.schemas import JobOut
+from polydub.api.db.jobs import get_job
+from polydub.api.job_view import job_json
 from polydub.clients.storage import ObjectStore
 from polydub.clients.triton import InferenceClient
+from polydub.media.pcm import read_wav
 from polydub.orchestrator.artifacts import Artifacts
 from polydub.orchestrator.gates import GateThresholds, stage_warnings
 from polydub.orchestrator.inference.translation import (
@@ -32,15 +33,16 @@ from polydub.orchestrator.inference.translation import (
     TranslationClient,
 )
 from polydub.orchestrator.inference.tts import model_name
-from polydub.orchestrator.media.pcm import read_wav
 from polydub.orchestrator.pipeline import PipelineRunner, Stage, StageContext, StageResult
-from polydub.orchestrator.quality import asr_stats
+from polydub.orchestrator.quality import transcript_stats
+from polydub.orchestrator.records import Segment, Speaker, Speakers, Transcribed, Transcript
 from polydub.orchestrator.services import Services
 from polydub.orchestrator.stages import STAGES
 from polydub.orchestrator.stages.ingest import extract_audio, validate
 from polydub.orchestrator.state import JobStore
 from polydub.orchestrator.subtitles import parse_srt
 from polydub.orchestrator.voices import Voice
+from polydub.schemas import JobOut
 from polydub.settings import Settings
 from tests.factories import create_job, create_owner
 from tests.media import make_audio, tone
@@ -48,8 +50,12 @@ from tests.media import make_audio, tone
 pytestmark = pytest.mark.integration
 
 HEARD = [
-    {"id": 0, "start": 0.4, "end": 1.6, "speaker": "SPEAKER_00", "text": "Hello there."},
-    {"id": 1, "start": 2.0, "end": 3.4, "speaker": "SPEAKER_00", "text": "How are you today?"},
+    Segment(0, 0.4, 1.6, "SPEAKER_00").with_text(
+        "Hello there.", avg_logprob=-0.3, no_speech_prob=0.01
+    ),
+    Segment(1, 2.0, 3.4, "SPEAKER_00").with_text(
+        "How are you today?", avg_logprob=-0.3, no_speech_prob=0.01
+    ),
 ]
 
 
@@ -72,26 +78,18 @@ class ScriptedTranslations(TranslationClient):
 class Heard:
     """transcribe and gender as if the models had heard ``segments`` in ``language``."""
 
-    def __init__(self, segments: list[dict[str, Any]], probability: float) -> None:
-        self.segments = [{**s, "avg_logprob": -0.3, "no_speech_prob": 0.01} for s in segments]
-        self.probability = probability
+    def __init__(self, segments: Sequence[Transcribed], probability: float) -> None:
+        self.transcript = Transcript("eng", probability, tuple(segments))
 
     async def transcribe(self, ctx: StageContext) -> StageResult:
         artifacts = Artifacts(ctx.services.store, ctx.cache_dir)
-        data = {"language": "eng", "language_probability": self.probability}
-        key = await artifacts.put_json(
-            ctx.key("transcript.json"), {**data, "segments": self.segments}
-        )
-        stats = asr_stats(
-            [s["end"] - s["start"] for s in self.segments],
-            [s["avg_logprob"] for s in self.segments],
-            [s["no_speech_prob"] for s in self.segments],
-        )
+        key = await artifacts.put_json(ctx.key("transcript.json"), self.transcript.to_json())
         metrics = {
-            **data,
+            "language": "eng",
+            "language_probability": self.transcript.language_probability,
             "language_detected": ctx.job.source_language is None,
-            **stats.to_dict(),
-            "spoken_segments": sum(1 for s in self.segments if s["text"].strip()),
+            **transcript_stats(self.transcript.segments).to_dict(),
+            "spoken_segments": sum(1 for s in self.transcript.segments if s.text.strip()),
         }
         limits = GateThresholds.from_settings(ctx.services.settings)
         warnings = [w.to_dict() for w in stage_warnings("transcribe", metrics, limits)]
@@ -99,9 +97,9 @@ class Heard:
 
     async def gender(self, ctx: StageContext) -> StageResult:
         artifacts = Artifacts(ctx.services.store, ctx.cache_dir)
-        speakers = sorted({s["speaker"] for s in self.segments})
-        profiles = [{"speaker": s, "gender": "male", "median_f0": 120.0} for s in speakers]
-        key = await artifacts.put_json(ctx.key("speakers.json"), {"speakers": profiles})
+        names = sorted({s.speaker for s in self.transcript.segments})
+        speakers = Speakers(tuple(Speaker(s, "male", 120.0, 1.0, 1.0) for s in names))
+        key = await artifacts.put_json(ctx.key("speakers.json"), speakers.to_json())
         return StageResult({"speakers": key}, {})
 
     def stages(self) -> list[Stage]:
@@ -211,7 +209,7 @@ async def test_every_translation_empty_fails_each_language_with_the_reason(
 async def test_an_empty_language_fails_alone_and_partial_ones_warn(
     run: Run, speech_wav: Path, tmp_path: Path
 ) -> None:
-    replies = {"spa": {"Hello there.": "Hola."}, "deu": {t["text"]: "Ja." for t in HEARD}}
+    replies = {"spa": {"Hello there.": "Hola."}, "deu": {t.text: "Ja." for t in HEARD}}
     run.services.translation = ScriptedTranslations(run.services.triton, replies)
     heard = Heard(HEARD, probability=1.0)
     job_id = await run.job(

@@ -7,7 +7,6 @@ so each delivery rule (resume, fencing, MaxDeliver, cancel, drain) is checked ex
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -19,6 +18,7 @@ import pytest
 
 from polydub.clients.queue import ConsumerPolicy, connect, ensure_jobs_stream
 from polydub.errors import InvalidInput, ServiceUnavailable
+from polydub.jobs import JobMessage
 from polydub.orchestrator.pipeline import PipelineRunner, Stage, StageContext, StageResult
 from polydub.orchestrator.state import JobStore
 from polydub.orchestrator.worker import Worker, WorkerOptions
@@ -89,12 +89,13 @@ def make_worker(env: dict[str, object], pool: asyncpg.Pool, script: Script, tmp:
         drain_seconds=0.5,
         retry_base_delay=0.1,
         retry_max_delay=0.2,
-        policy=env["policy"],
-    )  # type: ignore[arg-type]
+        policy=env["policy"],  # type: ignore[arg-type]
+    )
     worker: Worker
 
     def runner() -> PipelineRunner:
-        return PipelineRunner(script.stages(), store, None, worker.publish, tmp)
+        # The toy stages use no services.
+        return PipelineRunner(script.stages(), store, None, worker.publish, tmp)  # type: ignore[arg-type]
 
     worker = Worker(settings, env["nc"], env["js"], store, runner, options)  # type: ignore[arg-type]
     return worker
@@ -104,10 +105,9 @@ async def submit(env: dict[str, object], pool: asyncpg.Pool, targets: list[str])
     settings = env["settings"]
     assert isinstance(settings, Settings)
     job_id = await create_job(pool, await create_owner(pool), targets)
-    await env["js"].publish(
-        settings.jobs_subject,
-        json.dumps({"job_id": str(job_id)}).encode(),  # type: ignore[attr-defined]
-        headers={"Nats-Msg-Id": str(job_id)},
+    message = JobMessage(job_id)
+    await env["js"].publish(  # type: ignore[attr-defined]
+        settings.jobs_subject, message.to_bytes(), headers={"Nats-Msg-Id": message.msg_id}
     )
     return job_id
 
@@ -207,8 +207,8 @@ async def test_one_failing_language_fails_alone(env, db_pool, tmp_path) -> None:
 
 
 async def test_retryable_error_resumes_after_the_last_finished_stage(
-    env, db_pool, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+    env: dict[str, object], db_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
     script = Script(fail={("mux", "fra"): [ServiceUnavailable("triton restarting")]})
     worker = make_worker(env, db_pool, script, tmp_path)
     task = await running(worker)
@@ -256,8 +256,8 @@ async def test_cancel_stops_at_the_next_stage_boundary(env, db_pool, tmp_path) -
 
 
 async def test_a_stale_attempt_is_fenced_out_and_the_newer_one_finishes(
-    env, db_pool, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+    env: dict[str, object], db_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
     slow = Script(gate=asyncio.Event())
     stale = make_worker(env, db_pool, slow, tmp_path / "a")
     stale.options = WorkerOptions(
@@ -265,7 +265,7 @@ async def test_a_stale_attempt_is_fenced_out_and_the_newer_one_finishes(
         drain_seconds=5,
         stall_seconds=0.1,  # stops heartbeating
         retry_base_delay=0.1,
-        policy=env["policy"],
+        policy=env["policy"],  # type: ignore[arg-type]
     )
     stale_task = await running(stale)
     job_id = await submit(env, db_pool, ["fra"])
@@ -288,12 +288,12 @@ async def test_a_stale_attempt_is_fenced_out_and_the_newer_one_finishes(
 
 
 async def test_sigterm_drain_naks_the_running_job_for_another_worker(
-    env, db_pool, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+    env: dict[str, object], db_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
     stuck = Script(gate=asyncio.Event())
     first = make_worker(env, db_pool, stuck, tmp_path / "a")
     # Every slot busy: stop() must still reach the drain, not wait for the job to end.
-    first.options = WorkerOptions(concurrency=1, drain_seconds=0.5, policy=env["policy"])
+    first.options = WorkerOptions(concurrency=1, drain_seconds=0.5, policy=env["policy"])  # type: ignore[arg-type]
     first_task = await running(first)
     job_id = await submit(env, db_pool, ["fra"])
     await asyncio.wait_for(stuck.entered_slow.wait(), 10)

@@ -1,4 +1,4 @@
-"""Pure logic of the API tier: sniffing, file names, options, cursors, signatures, languages,
+"""Pure logic of the API tier: file names, options, cursors, signatures, languages,
 error statuses."""
 
 from __future__ import annotations
@@ -11,58 +11,17 @@ import pytest
 from pydantic import ValidationError
 
 from polydub.api.auth import KEY_RE, generate_key, hash_key, key_from_headers
+from polydub.api.db.jobs import decode_cursor, encode_cursor
 from polydub.api.errors import PayloadTooLarge, TooManyRequests, status_for
-from polydub.api.jobs_db import decode_cursor, encode_cursor, job_message
-from polydub.api.media_probe import sniff
 from polydub.api.multipart import InvalidFilename, check_content_length, validate_filename
 from polydub.api.routes.languages import supported
-from polydub.api.schemas import JobOptions
 from polydub.api.webhooks import backoff_seconds, check_callback_url, sign, verify
 from polydub.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
+from polydub.jobs import JobMessage
+from polydub.schemas import JobOptions
 from polydub.settings import Settings
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.mark.parametrize(
-    ("head", "container"),
-    [
-        (b"\0\0\0\x18ftypisom\0\0\0\0", "mp4"),
-        (b"\0\0\0\x14ftypqt  \0\0\0\0", "mov"),
-        (b"\0\0\0\x1cftypM4A \0\0\0\0", "m4a"),
-        (b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81", "matroska"),
-        (b"RIFF\x10\0\0\0AVI LIST", "avi"),
-        (b"RIFF\x10\0\0\0WAVEfmt ", "wav"),
-        (b"ID3\x04\0\0\0\0\0\0", "mp3"),
-        (b"\xff\xfb\x90\x00", "mp3"),
-        (b"fLaC\0\0\0\x22", "flac"),
-        (b"OggS\0\x02\0\0", "ogg"),
-    ],
-)
-def test_sniff_accepts_the_allowed_containers(head: bytes, container: str) -> None:
-    assert sniff(head + b"\0" * 64).name == container
-
-
-@pytest.mark.parametrize(
-    ("head", "code"),
-    [
-        (b"#EXTM3U\n#EXTINF:1,\nhttp://x/a.ts", "playlist_not_allowed"),
-        (b"\xef\xbb\xbf#EXTM3U\n", "playlist_not_allowed"),
-        (b"ffconcat version 1.0\nfile 'a.mp4'", "playlist_not_allowed"),
-        (b"file '/etc/passwd'\n", "playlist_not_allowed"),
-        (b"<?xml version='1.0'?><MPD>", "playlist_not_allowed"),
-        (b"[playlist]\nFile1=http://x", "playlist_not_allowed"),
-        (b"\x89PNG\r\n\x1a\n\0\0", "unsupported_media_type"),
-        (b"\x7fELF\x02\x01\x01\0", "unsupported_media_type"),
-        (b"%PDF-1.7\n", "unsupported_media_type"),
-        (b"PK\x03\x04", "unsupported_media_type"),
-    ],
-)
-def test_sniff_refuses_the_rest_with_415(head: bytes, code: str) -> None:
-    with pytest.raises(InvalidInput) as caught:
-        sniff(head)
-    assert caught.value.code == code
-    assert status_for(caught.value) == 415
 
 
 @pytest.mark.parametrize(
@@ -127,8 +86,9 @@ def test_cursor_round_trip_and_garbage() -> None:
 
 def test_job_message_ids() -> None:
     job = uuid.UUID("12345678-1234-5678-1234-567812345678")
-    assert job_message(job, 0) == (str(job), {"job_id": str(job), "attempt_hint": 0})
-    assert job_message(job, 3)[0] == f"{job}:retry:3"
+    first = JobMessage(job, 0)
+    assert (first.msg_id, first.to_json()) == (str(job), {"job_id": str(job), "attempt_hint": 0})
+    assert JobMessage(job, 3).msg_id == f"{job}:retry:3"
 
 
 def test_keys_format_and_headers() -> None:

@@ -12,9 +12,9 @@ import pytest
 from python_multipart.multipart import parse_options_header
 
 from polydub.api.multipart import validate_filename
-from polydub.api.schemas import JobOut
 from polydub.client import JobEvent
 from polydub.client._common import MultipartFile, job_fields, output_path, polled_events
+from polydub.schemas import JobOut
 
 pytestmark = pytest.mark.unit
 

@@ -23,8 +23,11 @@ SUFFIXES = {
     "gauge": ("",),
     "histogram": ("_bucket", "_sum", "_count"),
 }
-# Labels Prometheus adds to every scraped series, and the histogram bucket bound.
-TARGET_LABELS = {"instance", "job", "namespace", "pod", "le"}
+# Labels Prometheus adds to every scraped series (app_kubernetes_io_instance: the release, copied
+# from the pod label by the chart's ServiceMonitor), and the histogram bucket bound.
+TARGET_LABELS = {"instance", "job", "namespace", "pod", "le", "app_kubernetes_io_instance"}
+# The selector every query carries: one release in one namespace (the dashboard's variables).
+SCOPE = {"namespace": '="$namespace"', "app_kubernetes_io_instance": '=~"$release"'}
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or"}
 KEYWORDS |= {"unless", "bool", "offset", "inf", "nan"}
 
@@ -140,3 +143,48 @@ def test_registry_serves_what_the_dashboard_expects() -> None:
         "polydub_http_requests",
     ):
         assert family in described
+
+
+MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*("[^"]*")')
+
+
+def selectors(expr: str) -> list[tuple[str, dict[str, str]]]:
+    """Every series selector of a query: (metric name, {label: operator + quoted value})."""
+    bare = re.sub(r"\[[^\]]*\]", "", expr)  # ranges
+    return [
+        (name, {label: op + value for label, op, value in MATCHER.findall(body)})
+        for name, body in re.findall(r"\b(polydub_\w+)(\{[^}]*\})?", bare)
+    ]
+
+
+def test_namespace_and_release_variables_scope_every_panel_query() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    for name in ("namespace", "release"):
+        var = variables[name]
+        assert var["type"] == "query"
+        assert var["datasource"]["uid"] == "${datasource}"
+        assert var["definition"] == var["query"]["query"]
+        assert var["definition"].startswith('label_values({__name__=~"polydub_.+"')
+    assert variables["namespace"]["definition"].endswith(", namespace)")
+    # the release list follows the namespace chosen, and "All" also matches series without the label
+    release = variables["release"]
+    assert 'namespace="$namespace"' in release["definition"]
+    assert release["definition"].endswith(", app_kubernetes_io_instance)")
+    assert release["includeAll"] is True and release["allValue"] == ".*"
+    checked = 0
+    for title, expr in expressions():
+        found = selectors(expr)
+        assert found, (title, expr)
+        for name, matchers in found:
+            for label, matcher in SCOPE.items():
+                assert matchers.get(label) == matcher, f"{title}: {name} lacks {label}{matcher}"
+            checked += 1
+    assert checked >= len(expressions())
+
+
+def test_scope_check_catches_an_unscoped_selector() -> None:
+    ((_, matchers),) = selectors('sum(rate(polydub_http_requests_total{status=~"5.."}[5m]))')
+    assert matchers == {"status": '=~"5.."'}
+    ((_, bare),) = selectors("sum(polydub_jobs_in_flight)")
+    assert bare == {}

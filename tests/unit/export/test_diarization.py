@@ -24,6 +24,7 @@ from polydub.export.diarization import (
 from polydub.export.onnx_tools import run_onnx
 from polydub.export.spec import RANDOM, Checkpoint, ExportReport, Preset, Target
 from polydub.orchestrator.inference.diarization import DiarizationClient
+from tests.checkout import place_templates
 from tests.unit.export.speech_audio import FEMALE, MALE, speak
 
 pytestmark = pytest.mark.unit
@@ -48,7 +49,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ExportRepo
     exporter = DiarizationExporter()
     # Segmentation is optional (gated on the Hub): named here so both graphs are tested.
     checkpoints = {**exporter.defaults(Preset.TINY), SEGMENTATION: Checkpoint(RANDOM, "MIT")}
-    return repository, exporter.export(checkpoints, Target.CPU, repository)
+    report = exporter.export(checkpoints, Target.CPU, repository)
+    place_templates(repository, report.models)
+    return repository, report
 
 
 def test_export_parity_and_files(exported: tuple[Path, ExportReport]) -> None:

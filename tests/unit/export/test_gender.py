@@ -14,6 +14,7 @@ from polydub.export.gender import MODEL, GenderExporter, num_frames, parity_wave
 from polydub.export.onnx_tools import run_onnx
 from polydub.export.spec import ExportReport, Preset, Target
 from polydub.orchestrator.inference.gender import GenderClient, GenderEstimate, decide
+from tests.checkout import place_templates
 from tests.unit.export.speech_audio import FEMALE, MALE, speak
 
 pytestmark = pytest.mark.unit
@@ -38,7 +39,9 @@ class LocalInfer:
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ExportReport]:
     repository = tmp_path_factory.mktemp("repo")
     exporter = GenderExporter()
-    return repository, exporter.export(exporter.defaults(Preset.TINY), Target.CPU, repository)
+    report = exporter.export(exporter.defaults(Preset.TINY), Target.CPU, repository)
+    place_templates(repository, report.models)
+    return repository, report
 
 
 def test_export(exported: tuple[Path, ExportReport]) -> None:

@@ -20,24 +20,25 @@ from tritonclient.grpc import model_config_pb2
 from polydub.errors import ConfigurationError, InvalidInput
 from polydub.export.mms_tts import (
     DEFAULT_LANGUAGES,
-    FP32_ATOL,
-    INPUT_NAMES,
     LICENSE,
-    OUTPUT_NAMES,
     TOKENIZER_MODEL,
     MmsTtsExporter,
     build_tiny,
-    example_feeds,
-    hf_reference,
     model_name,
-    render_config,
-    run_torch,
     tiny_tokenizer,
     tiny_vocab,
 )
-from polydub.export.mms_tts_graph import VitsSynthesizer, fold_weight_norm, gaussian_noise
+from polydub.export.mms_tts_configs import render_config
+from polydub.export.mms_tts_graph import (
+    FP32_ATOL,
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    VitsSynthesizer,
+    fold_weight_norm,
+    gaussian_noise,
+)
+from polydub.export.mms_tts_reference import example_feeds, hf_reference, run_torch
 from polydub.export.onnx_tools import max_abs_diff
-from polydub.export.repository import SOURCE_REPOSITORY
 from polydub.export.spec import ExportReport, Preset, Target
 from polydub.orchestrator.inference.tts import (
     ModelPool,
@@ -46,7 +47,8 @@ from polydub.orchestrator.inference.tts import (
     request_inputs,
     solve_length_scale,
 )
-from polydub.orchestrator.text_normalize import TtsTokenizer
+from polydub.serving.tts_tokenizer import TtsTokenizer
+from tests.checkout import TEMPLATES, place_templates
 
 pytestmark = pytest.mark.unit
 
@@ -60,6 +62,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ExportRepo
     repository = tmp_path_factory.mktemp("repo")
     exporter = MmsTtsExporter(languages=(LANGUAGE,))
     report = exporter.export(exporter.defaults(Preset.TINY), Target.CPU, repository)
+    place_templates(repository, report.models)
     return repository, report
 
 
@@ -151,7 +154,7 @@ def test_noise_is_a_deterministic_standard_normal_per_seed() -> None:
 
 def test_export_writes_model_configs_and_tokenizers(exported: tuple[Path, ExportReport]) -> None:
     repository, report = exported
-    assert report.models == [MODEL]
+    assert report.models == [TOKENIZER_MODEL, MODEL]
     assert report.max_abs_diff[MODEL] <= FP32_ATOL
     assert onnx_path(repository).is_file()
     assert not (repository / MODEL / "1" / "model_int8.onnx").exists()
@@ -231,7 +234,7 @@ def test_seed_and_noise_scale_change_the_speech(
 
 @pytest.mark.parametrize("language", DEFAULT_LANGUAGES)
 def test_committed_configs_are_the_rendered_template(language: str) -> None:
-    folder = SOURCE_REPOSITORY / model_name(language)
+    folder = TEMPLATES / model_name(language)
     for path, gpu in ((folder / "config.pbtxt", False), (folder / "configs" / "gpu.pbtxt", True)):
         assert path.read_text() == render_config(language, gpu=gpu)
         config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
@@ -252,7 +255,7 @@ def test_committed_configs_are_the_rendered_template(language: str) -> None:
 
 
 def test_tokenizer_model_config_is_a_python_model() -> None:
-    text = (SOURCE_REPOSITORY / TOKENIZER_MODEL / "config.pbtxt").read_text()
+    text = (TEMPLATES / TOKENIZER_MODEL / "config.pbtxt").read_text()
     config = text_format.Parse(text, model_config_pb2.ModelConfig())
     assert config.backend == "python" and config.max_batch_size == 0
     assert [i.name for i in config.input] == ["language"]

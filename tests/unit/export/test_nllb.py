@@ -7,7 +7,6 @@ the module; its PyTorch original is the reference for every check.
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from polydub.export import nllb
-from polydub.export.nllb import (
+from polydub.export import nllb, nllb_reference
+from polydub.export.nllb import NllbExporter
+from polydub.export.nllb_graphs import (
     BLS,
     DECODER,
     DECODER_SPEC,
@@ -26,15 +26,15 @@ from polydub.export.nllb import (
     ENCODER_SPEC,
     FP32_ATOL,
     INT8_RTOL,
-    TOKENIZER_DIR,
-    NllbExporter,
-    load_search,
+    generation_config,
 )
 from polydub.export.onnx_tools import max_abs_diff, run_onnx
 from polydub.export.registry import get_family
-from polydub.export.repository import SOURCE_REPOSITORY
 from polydub.export.spec import ExportReport, Preset, Target
 from polydub.languages import LANGUAGES
+from polydub.serving import nllb_search, nllb_translate
+from polydub.serving.nllb_service import PARAMETERS, TOKENIZER_DIR
+from tests.checkout import TEMPLATES, place_templates
 
 pytestmark = pytest.mark.unit
 
@@ -52,7 +52,7 @@ class Tiny:
     tokenizer: Any
     repository: Path
     report: ExportReport
-    config: Any  # nllb_search.GenerationConfig
+    config: nllb_search.GenerationConfig
     encoder_fp32: Path
     decoder_fp32: Path
     encoder_int8: Path
@@ -64,12 +64,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     model, tokenizer = nllb.build_tiny()
     repository = tmp_path_factory.mktemp("nllb_repository")
     report = NllbExporter().export_model(model, tokenizer, Target.CPU, repository, "tiny")
+    place_templates(repository, report.models)
     return Tiny(
         model,
         tokenizer,
         repository,
         report,
-        nllb.generation_config(model),
+        generation_config(model),
         repository / ENCODER / "1" / "model_fp32.onnx",
         repository / DECODER / "1" / "model_fp32.onnx",
         repository / ENCODER / "1" / "model.onnx",
@@ -93,7 +94,7 @@ def _batch(tokenizer: Any, sentences: list[tuple[str, str, str]]) -> tuple[Any, 
 
 
 def test_tokenizer_has_every_language_code_as_one_special_token(tiny: Tiny) -> None:
-    codec = load_search().NllbCodec(tiny.repository / BLS / "1" / TOKENIZER_DIR)
+    codec = nllb_translate.NllbCodec(tiny.repository / BLS / "1" / TOKENIZER_DIR)
     vocab = tiny.tokenizer.get_vocab()
     ids = {lang.nllb: codec.language_id(lang.nllb) for lang in LANGUAGES.values()}
     assert all(vocab[code] == token_id for code, token_id in ids.items())
@@ -105,8 +106,7 @@ def test_tokenizer_has_every_language_code_as_one_special_token(tiny: Tiny) -> N
 
 
 def test_codec_encodes_like_the_nllb_tokenizer(tiny: Tiny) -> None:
-    search = load_search()
-    codec = search.NllbCodec(tiny.repository / BLS / "1" / TOKENIZER_DIR)
+    codec = nllb_translate.NllbCodec(tiny.repository / BLS / "1" / TOKENIZER_DIR)
     for text, src, _ in SENTENCES:
         tiny.tokenizer.src_lang = src
         expected = tiny.tokenizer(text).input_ids
@@ -117,7 +117,7 @@ def test_codec_encodes_like_the_nllb_tokenizer(tiny: Tiny) -> None:
     assert codec.encode("Hello there, how are you?", "eng_Latn", 5)[-1] == 2  # cut, still closed
     assert len(codec.encode("Hello there, how are you?", "eng_Latn", 5)) == 5
     for bad in ("eng", "xx_Latn", "english", "fra_latn_x", "<mask>"):
-        with pytest.raises(search.UnknownLanguage, match="FLORES-200"):
+        with pytest.raises(nllb_translate.UnknownLanguage, match="FLORES-200"):
             codec.language_id(bad)
 
 
@@ -138,12 +138,11 @@ def test_export_report_and_files(tiny: Tiny) -> None:
     version = tiny.repository / BLS / "1"
     for name in (
         "model.py",
-        "nllb_search.py",
         "tokenizer/tokenizer.json",
         "tokenizer/generation.json",
     ):
         assert (version / name).is_file(), name
-    generation = load_search().GenerationConfig.load(version / TOKENIZER_DIR)
+    generation = nllb_search.GenerationConfig.load(version / TOKENIZER_DIR)
     assert generation == tiny.config
     assert (generation.decoder_layers, generation.decoder_heads, generation.head_dim) == (2, 4, 16)
 
@@ -177,7 +176,7 @@ def test_exporter_registry_and_checkpoints() -> None:
 
 def test_encoder_matches_transformers(tiny: Tiny) -> None:
     ids, mask, _ = _batch(tiny.tokenizer, SENTENCES)
-    expected = nllb.torch_encoder_outputs(tiny.model, ids, mask)
+    expected = nllb_reference.torch_encoder_outputs(tiny.model, ids, mask)
     actual = run_onnx(tiny.encoder_fp32, {"input_ids": ids, "attention_mask": mask})
     assert [a.shape for a in actual] == [e.shape for e in expected]
     assert actual[1].shape == (len(SENTENCES), 2, 4, ids.shape[1], 16)
@@ -189,15 +188,17 @@ def test_cached_decoder_steps_match_transformers_full_forward(tiny: Tiny) -> Non
     rng = np.random.default_rng(3)
     prefix = rng.integers(4, 700, size=(len(SENTENCES), 12)).astype(np.int64)
     prefix[:, 0], prefix[:, 1] = 2, targets  # decoder start, language code
-    expected = nllb.torch_logits(tiny.model, ids, mask, prefix)
-    actual = nllb.onnx_step_logits(
+    expected = nllb_reference.torch_logits(tiny.model, ids, mask, prefix)
+    actual = nllb_reference.onnx_step_logits(
         tiny.decoder_fp32, tiny.encoder_fp32, ids, mask, prefix, tiny.config
     )
     assert actual.shape == expected.shape == (len(SENTENCES), 12, tiny.model.config.vocab_size)
     assert max_abs_diff([expected], [actual]) <= FP32_ATOL
 
     # top_log_probs / top_ids are log_softmax of the last position, sorted, as transformers'.
-    feeds = nllb.sample_decoder_feeds(tiny.encoder_fp32, ids, mask, targets, tiny.config, 0)
+    feeds = nllb_reference.sample_decoder_feeds(
+        tiny.encoder_fp32, ids, mask, targets, tiny.config, 0
+    )
     logits, top_lp, top_ids, present_key, _ = run_onnx(tiny.decoder_fp32, feeds)
     last = logits[:, -1].astype(np.float64)
     shifted = last - last.max(axis=1, keepdims=True)
@@ -209,7 +210,9 @@ def test_cached_decoder_steps_match_transformers_full_forward(tiny: Tiny) -> Non
 
 def test_int8_graphs_within_stated_tolerance(tiny: Tiny) -> None:
     ids, mask, targets = _batch(tiny.tokenizer, SENTENCES)
-    feeds = nllb.sample_decoder_feeds(tiny.encoder_fp32, ids, mask, targets, tiny.config, 5)
+    feeds = nllb_reference.sample_decoder_feeds(
+        tiny.encoder_fp32, ids, mask, targets, tiny.config, 5
+    )
     for spec, fp32, int8, graph_feeds in (
         (
             ENCODER_SPEC,
@@ -219,7 +222,7 @@ def test_int8_graphs_within_stated_tolerance(tiny: Tiny) -> None:
         ),
         (DECODER_SPEC, tiny.decoder_fp32, tiny.decoder_int8, feeds),
     ):
-        diff, relative = nllb.float_diff(
+        diff, relative = nllb_reference.float_diff(
             spec, run_onnx(fp32, graph_feeds), run_onnx(int8, graph_feeds)
         )
         assert diff > 0 and relative <= INT8_RTOL, (spec.name, diff, relative)
@@ -230,8 +233,8 @@ def test_int8_graphs_within_stated_tolerance(tiny: Tiny) -> None:
 
 def test_greedy_tokens_identical_to_transformers_generate(tiny: Tiny) -> None:
     ids, mask, targets = _batch(tiny.tokenizer, SENTENCES)
-    expected = nllb.hf_generate(tiny.model, ids, mask, targets, max_length=40)
-    found = nllb.onnx_search(
+    expected = nllb_reference.hf_generate(tiny.model, ids, mask, targets, max_length=40)
+    found = nllb_reference.onnx_search(
         tiny.encoder_fp32, tiny.decoder_fp32, ids, mask, targets, tiny.config, 40, num_beams=1
     )
     assert [list(h[0].tokens) for h in found] == [e[0] for e in expected]
@@ -246,7 +249,7 @@ def test_beam_search_identical_to_transformers_generate(
 
     ids, mask, targets = _batch(tiny.tokenizer, SENTENCES)
     config = dataclasses.replace(tiny.config, forced_eos_token_id=2 if forced_eos else None)
-    found = nllb.onnx_search(
+    found = nllb_reference.onnx_search(
         tiny.encoder_fp32, tiny.decoder_fp32, ids, mask, targets, config, max_length, num_beams
     )
     lengths: set[int] = set()
@@ -265,7 +268,7 @@ def test_beam_search_identical_to_transformers_generate(
                 output_scores=True,
                 return_dict_in_generate=True,
             )
-        expected = [nllb._strip(s.tolist(), 1) for s in out.sequences]
+        expected = [nllb_reference._strip(s.tolist(), 1) for s in out.sequences]
         assert [list(h.tokens) for h in found[row]] == expected
         np.testing.assert_allclose([h.score for h in found[row]], out.sequences_scores, atol=1e-4)
         lengths.update(len(s) for s in expected)
@@ -275,15 +278,17 @@ def test_beam_search_identical_to_transformers_generate(
 
 
 def _translator(tiny: Tiny, encoder: Path, decoder: Path) -> Any:
-    search = load_search()
-    codec = search.NllbCodec(tiny.repository / BLS / "1" / TOKENIZER_DIR)
-    return search.Translator(codec, search.OnnxRuntimeModel(encoder, decoder), tiny.config)
+    codec = nllb_translate.NllbCodec(tiny.repository / BLS / "1" / TOKENIZER_DIR)
+    return nllb_translate.Translator(
+        codec, nllb_translate.OnnxRuntimeModel(encoder, decoder), tiny.config
+    )
 
 
 def test_n_best_candidates_are_distinct_and_sorted(tiny: Tiny) -> None:
-    search = load_search()
     translator = _translator(tiny, tiny.encoder_int8, tiny.decoder_int8)  # as served on CPU
-    items = [search.TranslationItem(text, src, tgt, 4, 3, 30) for text, src, tgt in SENTENCES]
+    items = [
+        nllb_translate.TranslationItem(text, src, tgt, 4, 3, 30) for text, src, tgt in SENTENCES
+    ]
     codec = translator.codec
     for (_, _, tgt), candidates in zip(SENTENCES, translator.translate(items), strict=True):
         assert len(candidates) == 3
@@ -298,13 +303,12 @@ def test_n_best_candidates_are_distinct_and_sorted(tiny: Tiny) -> None:
 
 def test_a_batch_gives_each_request_its_own_result(tiny: Tiny) -> None:
     """Mixed targets, beam sizes and lengths in one batch = each request alone (fp32 graphs)."""
-    search = load_search()
     translator = _translator(tiny, tiny.encoder_fp32, tiny.decoder_fp32)
     items = [
-        search.TranslationItem(SENTENCES[0][0], "eng_Latn", "fra_Latn", 4, 2, 40),
-        search.TranslationItem(SENTENCES[1][0], "deu_Latn", "rus_Cyrl", 1, 1, 20),
-        search.TranslationItem(SENTENCES[2][0], "rus_Cyrl", "tha_Thai", 6, 5, 0),
-        search.TranslationItem("", "eng_Latn", "spa_Latn", 2, 2, 8),
+        nllb_translate.TranslationItem(SENTENCES[0][0], "eng_Latn", "fra_Latn", 4, 2, 40),
+        nllb_translate.TranslationItem(SENTENCES[1][0], "deu_Latn", "rus_Cyrl", 1, 1, 20),
+        nllb_translate.TranslationItem(SENTENCES[2][0], "rus_Cyrl", "tha_Thai", 6, 5, 0),
+        nllb_translate.TranslationItem("", "eng_Latn", "spa_Latn", 2, 2, 8),
     ]
     together = translator.translate(items)
     alone = [translator.translate([item])[0] for item in items]
@@ -316,14 +320,13 @@ def test_a_batch_gives_each_request_its_own_result(tiny: Tiny) -> None:
 
 
 def test_search_rejects_bad_requests(tiny: Tiny) -> None:
-    search = load_search()
     translator = _translator(tiny, tiny.encoder_int8, tiny.decoder_int8)
-    with pytest.raises(search.UnknownLanguage, match="'xx_Latn'"):
-        translator.check(search.TranslationItem("Hi", "eng_Latn", "xx_Latn", 4, 1))
+    with pytest.raises(nllb_translate.UnknownLanguage, match="'xx_Latn'"):
+        translator.check(nllb_translate.TranslationItem("Hi", "eng_Latn", "xx_Latn", 4, 1))
     with pytest.raises(ValueError, match="num_beams <= 8"):
-        translator.check(search.TranslationItem("Hi", "eng_Latn", "fra_Latn", 9, 9))
+        translator.check(nllb_translate.TranslationItem("Hi", "eng_Latn", "fra_Latn", 9, 9))
     with pytest.raises(ValueError, match="n_best"):
-        translator.check(search.TranslationItem("Hi", "eng_Latn", "fra_Latn", 2, 3))
+        translator.check(nllb_translate.TranslationItem("Hi", "eng_Latn", "fra_Latn", 2, 3))
 
 
 # ----------------------------------------------------------------------------- configs
@@ -337,7 +340,7 @@ def _config(path: Path) -> Any:
 def test_committed_configs_match_the_graphs(tiny: Tiny, profile: str) -> None:
     """Standard Triton configs whose tensors are the graphs' (all non-batch dims -1)."""
     for spec, path in ((ENCODER_SPEC, tiny.encoder_fp32), (DECODER_SPEC, tiny.decoder_fp32)):
-        config = _config(SOURCE_REPOSITORY / spec.name / profile)
+        config = _config(TEMPLATES / spec.name / profile)
         graph = onnx.load(str(path)).graph
         graph_inputs = {i.name: i for i in graph.input}
         graph_outputs = {o.name: o for o in graph.output}
@@ -350,14 +353,13 @@ def test_committed_configs_match_the_graphs(tiny: Tiny, profile: str) -> None:
             assert len(tensor.dims) == len(dims) - 1 and set(tensor.dims) == {-1}
             assert all(d.dim_param for d in dims), f"{tensor.name}: a fixed axis in the graph"
         assert config.dynamic_batching.default_queue_policy.max_queue_size > 0
-    bls = _config(SOURCE_REPOSITORY / BLS / profile)
+    bls = _config(TEMPLATES / BLS / profile)
     assert bls.backend == "python" and bls.max_batch_size > 0 and bls.dynamic_batching
     assert [i.name for i in bls.input] == ["text", "src_lang", "tgt_lang", "n_best", "max_length"]
     assert [o.name for o in bls.output] == ["translations", "scores", "token_ids"]
     params = {k: v.string_value for k, v in bls.parameters.items()}
-    decoder = _config(SOURCE_REPOSITORY / DECODER / profile)
+    decoder = _config(TEMPLATES / DECODER / profile)
     assert int(params["decoder_max_batch_size"]) <= decoder.max_batch_size
     assert bls.max_batch_size * tiny.config.max_beams <= decoder.max_batch_size
-    # The BLS model reads exactly the parameters it is given.
-    model_py = (SOURCE_REPOSITORY / BLS / "1" / "model.py").read_text()
-    assert set(params) <= set(re.findall(r'params\.get\("(\w+)"', model_py))
+    # The BLS model knows every parameter it is given.
+    assert set(params) <= set(PARAMETERS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from polydub.export.plan import ModelChoice, make_plan
 from polydub.export.run import export_all
 from polydub.export.spec import RANDOM, Preset, Target
 from polydub.manifest import MANIFEST_MODEL, manifest_path, read_manifest
+from tests.checkout import TEMPLATES
 
 pytestmark = pytest.mark.unit
 
@@ -84,7 +86,7 @@ def _snapshot(repository: Path) -> dict[str, tuple[int, int]]:
 def test_export_stages_swaps_and_writes_the_manifest(tmp_path: Path) -> None:
     repository = tmp_path / "repo"
     plan = make_plan(Preset.TINY, families=["vad", "gender"])
-    result = export_all(plan, Target.CPU, repository)
+    result = export_all(plan, Target.CPU, repository, TEMPLATES)
     assert sorted(result.manifest.models) == ["gender", "silero_vad"]
     manifest = read_manifest(repository)
     vad = manifest.models["silero_vad"]
@@ -94,7 +96,7 @@ def test_export_stages_swaps_and_writes_the_manifest(tmp_path: Path) -> None:
     assert (repository / MANIFEST_MODEL / "1" / "model.py").is_file()
     assert json.loads(manifest_path(repository).read_text())["format"] == 1
     # A family's parts share its checkpoint: NLLB's graphs are as random as its search model.
-    nllb = export_all(make_plan(Preset.TINY, families=["nllb"]), Target.CPU, repository)
+    nllb = export_all(make_plan(Preset.TINY, families=["nllb"]), Target.CPU, repository, TEMPLATES)
     assert {m.name: m.random for m in nllb.manifest.models.values() if m.family == "nllb"} == {
         "nllb": True,
         "nllb_encoder": True,
@@ -110,12 +112,40 @@ def test_export_stages_swaps_and_writes_the_manifest(tmp_path: Path) -> None:
     (not_nllb / "config.json").write_text(json.dumps({"model_type": "bert"}))
     bad = make_plan(Preset.TINY, [ModelChoice.parse(f"nllb={not_nllb}")], families=["nllb"])
     with pytest.raises(ConfigurationError, match="'bert' checkpoint, not 'm2m_100'"):
-        export_all(bad, Target.CPU, repository)
+        export_all(bad, Target.CPU, repository, TEMPLATES)
     missing = make_plan(Preset.TINY, [ModelChoice.parse("whisper=/no/such/dir")], ["whisper"])
     with pytest.raises(ConfigurationError, match="no such directory"):
-        export_all(missing, Target.CPU, repository)
+        export_all(missing, Target.CPU, repository, TEMPLATES)
     assert _snapshot(repository) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "repo"]
+
+
+def test_the_committed_files_come_from_the_templates(tmp_path: Path) -> None:
+    """Configs and python models are copied from the templates (by default the repository
+    itself); a model that ends without a config is an error that names the fix, and nothing
+    is written."""
+    plan = make_plan(Preset.TINY, families=["vad"])
+    empty = tmp_path / "empty"
+    with pytest.raises(ConfigurationError, match="a copy of polydub's model_repository") as raised:
+        export_all(plan, Target.CPU, empty)
+    assert raised.value.code == "model_templates_missing" and not empty.exists()
+
+    partial = tmp_path / "partial"
+    shutil.copytree(TEMPLATES / MANIFEST_MODEL, partial / MANIFEST_MODEL)
+    with pytest.raises(ConfigurationError, match=r"no config\.pbtxt for silero_vad") as raised:
+        export_all(plan, Target.CPU, partial)
+    assert raised.value.code == "model_config_missing"
+    assert sorted(p.name for p in partial.iterdir()) == [MANIFEST_MODEL]
+
+    (partial / "silero_vad" / "configs").mkdir(parents=True)
+    shutil.copy2(TEMPLATES / "silero_vad" / "config.pbtxt", partial / "silero_vad")
+    (partial / "silero_vad" / "configs" / "gpu.pbtxt").write_text("# this deployment's own\n")
+    export_all(plan, Target.CPU, partial)  # into the templates themselves: kept as they are
+    assert (
+        partial / "silero_vad" / "configs" / "gpu.pbtxt"
+    ).read_text() == "# this deployment's own\n"
+    assert (partial / "silero_vad" / "1" / "model.onnx").is_file()
+    assert (partial / MANIFEST_MODEL / "1" / "model.py").is_file()
 
 
 def test_cli_prints_one_line_for_a_foreseeable_error(tmp_path: Path) -> None:
@@ -154,13 +184,14 @@ def test_a_checkpoint_too_large_for_this_machine_is_refused_before_writing(
     plan = make_plan(Preset.TINY, choice, families=["whisper"])
     monkeypatch.setattr(hub, "available_memory", lambda: 1024)
     with pytest.raises(ConfigurationError, match=r"needs about .* GiB of memory") as raised:
-        export_all(plan, Target.CPU, tmp_path / "repo")
+        export_all(plan, Target.CPU, tmp_path / "repo", TEMPLATES)
     assert raised.value.code == "checkpoint_too_large"
     monkeypatch.setattr(hub, "available_memory", lambda: 1 << 40)
     monkeypatch.setattr(
-        hub.shutil, "disk_usage", lambda _: type("U", (), {"free": 100, "total": 1, "used": 0})()
+        "polydub.export.hub.shutil.disk_usage",
+        lambda _: type("U", (), {"free": 100, "total": 1, "used": 0})(),
     )
     with pytest.raises(ConfigurationError, match="of disk") as raised:
-        export_all(plan, Target.CPU, tmp_path / "repo")
+        export_all(plan, Target.CPU, tmp_path / "repo", TEMPLATES)
     assert raised.value.code == "no_disk_space"
     assert not (tmp_path / "repo").exists()

@@ -23,6 +23,7 @@ from polydub.orchestrator.inference.vad import (
     chunk_requests,
     regions_from_probs,
 )
+from tests.checkout import place_templates
 from tests.unit.export.speech_audio import FEMALE, MALE, speak, with_gaps
 
 pytestmark = pytest.mark.unit
@@ -47,7 +48,9 @@ class LocalInfer:
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ExportReport]:
     repository = tmp_path_factory.mktemp("repo")
     exporter = VadExporter()
-    return repository, exporter.export(exporter.defaults(Preset.TINY), Target.CPU, repository)
+    report = exporter.export(exporter.defaults(Preset.TINY), Target.CPU, repository)
+    place_templates(repository, report.models)
+    return repository, report
 
 
 def test_export_writes_model_and_config(exported: tuple[Path, ExportReport]) -> None:

@@ -16,51 +16,53 @@ from numpy.typing import NDArray
 
 from polydub.errors import InvalidInput
 from polydub.export import whisper_int8
-from polydub.export.onnx_tools import max_abs_diff, run_onnx
+from polydub.export.onnx_tools import consolidate_external_data, max_abs_diff, run_onnx
 from polydub.export.spec import ExportReport, Preset, Target
 from polydub.export.wer import pooled_word_error_rate
-from polydub.export.whisper import (
+from polydub.export.whisper import FP16_RTOL, WhisperExporter
+from polydub.export.whisper_graphs import (
     BLS_MODEL,
     DECODER_MODEL,
     ENCODER_MODEL,
-    FP16_RTOL,
-    TOKENIZER_DIR,
+    INT8_RMS_RTOL,
+    decoder_spec,
+    encoder_spec,
+    graph_path,
+)
+from polydub.export.whisper_reference import (
     OrtWhisper,
-    WhisperExporter,
     check_audio,
     check_graphs,
-    consolidate_external_data,
-    graph_path,
     hf_greedy_tokens,
     reference_audio,
-    runtime,
     torch_references,
 )
-from polydub.export.whisper_graphs import INT8_RMS_RTOL, decoder_spec, encoder_spec
 from polydub.languages import LANGUAGES
 from polydub.orchestrator.inference.asr import (
     AsrClient,
     AudioRegion,
-    Placement,
     TranscriptSegment,
     as_audio16k,
     cut_regions,
     merge_windows,
-    pack_regions,
     plan_windows,
     unpack_segments,
 )
+from polydub.orchestrator.inference.asr_packing import Placement, pack_regions
+from polydub.serving import whisper_decode, whisper_features, whisper_text
+from polydub.serving.whisper_service import TOKENIZER_DIR
+from tests.checkout import place_templates
 
 pytestmark = pytest.mark.unit
-
-rt = runtime()
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ExportReport]:
     repository = tmp_path_factory.mktemp("repo")
     exporter = WhisperExporter()
-    return repository, exporter.export(exporter.defaults(Preset.TINY), Target.CPU, repository)
+    report = exporter.export(exporter.defaults(Preset.TINY), Target.CPU, repository)
+    place_templates(repository, report.models)
+    return repository, report
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ def tiny(exported: tuple[Path, ExportReport]) -> tuple[Any, Any, Any]:
     tokenizer_dir = repository / BLS_MODEL / "1" / TOKENIZER_DIR
     tokenizer = WhisperTokenizer.from_pretrained(str(tokenizer_dir))
     model, _ = whisper_tiny.build_model(tokenizer)
-    facts = rt.WhisperFacts.load(tokenizer_dir / rt.FACTS_FILE)
+    facts = whisper_text.WhisperFacts.load(tokenizer_dir / whisper_text.FACTS_FILE)
     return model, tokenizer, facts
 
 
@@ -87,15 +89,17 @@ def test_log_mel_matches_transformers(n_mels: int) -> None:
 
     hf: Any = transformers  # untyped
     extractor = hf.WhisperFeatureExtractor(feature_size=n_mels)
-    np.testing.assert_allclose(rt.mel_filters(n_mels), extractor.mel_filters.T, atol=1e-12)
+    np.testing.assert_allclose(
+        whisper_features.mel_filters(n_mels), extractor.mel_filters.T, atol=1e-12
+    )
     rng = np.random.default_rng(3)
     clips = [*check_audio()[:2], (0.3 * rng.standard_normal(31 * 16000)).astype(np.float32)]
-    ours = rt.log_mel_spectrogram(clips, n_mels)
+    ours = whisper_features.log_mel_spectrogram(clips, n_mels)
     assert ours.shape == (3, n_mels, 3000) and ours.dtype == np.float32
     for clip, features in zip(clips, ours, strict=True):
         # transformers' numpy path (float64 STFT, as ours) and its default (float32 torch STFT).
-        padded = np.zeros((1, rt.N_SAMPLES), np.float32)
-        padded[0, : min(clip.size, rt.N_SAMPLES)] = clip[: rt.N_SAMPLES]
+        padded = np.zeros((1, whisper_features.N_SAMPLES), np.float32)
+        padded[0, : min(clip.size, whisper_features.N_SAMPLES)] = clip[: whisper_features.N_SAMPLES]
         reference = extractor._np_extract_fbank_features(padded, "cpu")[0]
         np.testing.assert_allclose(features, reference, atol=5e-7)
         default = extractor(clip, sampling_rate=16000, return_tensors="np").input_features[0]
@@ -103,7 +107,9 @@ def test_log_mel_matches_transformers(n_mels: int) -> None:
 
 
 def test_log_mel_of_empty_and_silent_audio() -> None:
-    empty, silence = rt.log_mel_spectrogram([np.zeros(0, np.float32), np.zeros(8000)], 80)
+    empty, silence = whisper_features.log_mel_spectrogram(
+        [np.zeros(0, np.float32), np.zeros(8000)], 80
+    )
     # log10(1e-10) = -10 everywhere, floor at max - 8 keeps it, then (x + 4) / 4 = -1.5.
     np.testing.assert_array_equal(empty, np.full((80, 3000), -1.5, np.float32))
     np.testing.assert_array_equal(silence, empty)
@@ -140,7 +146,7 @@ def test_tiny_tokenizer_has_whispers_special_layout(tiny: tuple[Any, Any, Any]) 
 
 def test_detokenizer_matches_whisper_tokenizer(tiny: tuple[Any, Any, Any], tmp_path: Path) -> None:
     _, tokenizer, facts = tiny
-    detok = rt.Detokenizer.load(tokenizer.name_or_path, facts.eot)
+    detok = whisper_text.Detokenizer.load(tokenizer.name_or_path, facts.eot)
     texts = [" hello world", " olá mundo, ciao!", "日本語 ♪ 🎵", " x"]
     for text in texts:
         ids = tokenizer.encode(text, add_special_tokens=False)
@@ -191,7 +197,7 @@ def test_logit_rules_match_transformers_processors(tiny: tuple[Any, Any, Any]) -
                 WhisperTimeStampLogitsProcessor(generation, begin_index=3),
             ):
                 scores = processor(ids, scores)
-            ours = rt.apply_logit_rules(logits, [history], facts, first=not history)
+            ours = whisper_decode.apply_logit_rules(logits, [history], facts, first=not history)
             np.testing.assert_array_equal(ours, scores.numpy())
             assert int(np.argmax(ours)) == int(scores.argmax())
             checked += 1
@@ -202,7 +208,7 @@ def test_logit_rules_match_transformers_processors(tiny: tuple[Any, Any, Any]) -
 
 
 def _facts_for_segments() -> Any:
-    return rt.WhisperFacts(
+    return whisper_text.WhisperFacts(
         checkpoint="t",
         n_mels=80,
         decoder_layers=1,
@@ -225,12 +231,12 @@ def _facts_for_segments() -> Any:
 
 def test_build_segments_from_timestamp_pairs() -> None:
     facts = _facts_for_segments()
-    detok = rt.Detokenizer({chr(ord("a") + i): i for i in range(26)}, facts.eot)
+    detok = whisper_text.Detokenizer({chr(ord("a") + i): i for i in range(26)}, facts.eot)
     tb = facts.timestamp_begin
     # <|0.00|> ab <|1.50|><|1.50|> c <|3.00|> d   (last one left open: ends at the duration)
     tokens = [tb, 0, 1, tb + 75, tb + 75, 2, tb + 150, 3]
     logprobs = [-1.0, -2.0, -3.0, -4.0, -0.5, -0.5, -0.5, -2.0]
-    segments = rt.build_segments(tokens, logprobs, facts, detok, duration=4.2)
+    segments = whisper_text.build_segments(tokens, logprobs, facts, detok, duration=4.2)
     assert [(s.start, s.end, s.text) for s in segments] == [
         (0.0, 1.5, "ab"),
         (1.5, 3.0, "c"),
@@ -240,11 +246,13 @@ def test_build_segments_from_timestamp_pairs() -> None:
     assert segments[0].avg_logprob == pytest.approx(-2.5)
     assert segments[2].tokens == (3,)
     # No timestamps at all: one segment over the window; times clamp to the duration.
-    plain = rt.build_segments([0, 1], [-1.0, -1.0], facts, detok, duration=2.0)
+    plain = whisper_text.build_segments([0, 1], [-1.0, -1.0], facts, detok, duration=2.0)
     assert [(s.start, s.end, s.text) for s in plain] == [(0.0, 2.0, "ab")]
-    late = rt.build_segments([tb + 100, 4, tb + 200], [0.0] * 3, facts, detok, duration=2.5)
+    late = whisper_text.build_segments(
+        [tb + 100, 4, tb + 200], [0.0] * 3, facts, detok, duration=2.5
+    )
     assert [(s.start, s.end, s.text) for s in late] == [(2.0, 2.5, "e")]
-    assert rt.build_segments([], [], facts, detok, duration=1.0) == []
+    assert whisper_text.build_segments([], [], facts, detok, duration=1.0) == []
 
 
 # ------------------------------------------------------------------------------- export
@@ -268,8 +276,8 @@ def test_export_writes_the_bls_model_with_its_graphs(
     assert 'backend: "python"' in config
     for key, value in (("encoder_file", "encoder.onnx"), ("decoder_file", "decoder.onnx")):
         assert f'key: "{key}" value {{ string_value: "{value}" }}' in config
-    assert (bls / "1" / "model.py").is_file() and (bls / "1" / "whisper_runtime.py").is_file()
-    facts_json = json.loads((bls / "1" / TOKENIZER_DIR / rt.FACTS_FILE).read_text())
+    assert (bls / "1" / "model.py").is_file()
+    facts_json = json.loads((bls / "1" / TOKENIZER_DIR / whisper_text.FACTS_FILE).read_text())
     assert facts_json["n_mels"] == 80 and facts_json["decoder_layers"] == 2
 
     def io(path: Path) -> dict[str, list[int | str]]:
@@ -346,7 +354,9 @@ def test_accepted_int8_is_served_weight_only_and_batch_invariant(
         ENCODER_MODEL: encoder_spec(80, 64, 2, 4),
         DECODER_MODEL: decoder_spec(64, 2, 4, facts.vocab_size),
     }
-    refs = torch_references(model, facts, rt.log_mel_spectrogram(check_audio(), facts.n_mels))
+    refs = torch_references(
+        model, facts, whisper_features.log_mel_spectrogram(check_audio(), facts.n_mels)
+    )
     report = ExportReport(family="whisper", checkpoint="tiny")
     verdict = WhisperExporter()._place_int8(paths, specs, refs, facts, report)
     assert verdict.accepted and report.precision == {BLS_MODEL: "int8"}
@@ -359,7 +369,7 @@ def test_accepted_int8_is_served_weight_only_and_batch_invariant(
         assert served.stat().st_nlink == 1 and paths[name].stat().st_nlink == 1
     served_model = OrtWhisper.from_repository(tmp_path)
     audio = [*whisper_int8.check_clips(5, start=10).audios, *check_audio()]
-    options = [rt.DecodeOptions("en")]
+    options = [whisper_decode.DecodeOptions("en")]
     together = served_model.decode(audio, options * len(audio), 24)
     for clip, result in zip(audio, together, strict=True):
         [alone] = served_model.decode([clip], options, 24)
@@ -374,7 +384,7 @@ def test_without_espeak_the_checks_fall_back_to_synthetic_clips(
     spoken = whisper_int8.check_clips(2)
     assert spoken.speech and spoken.texts == speech_clips.SENTENCES[:2]
     assert all(a.dtype == np.float32 and 2.0 < a.size / 16000 < 8.0 for a in spoken.audios)
-    monkeypatch.setattr(speech_clips.shutil, "which", lambda name: None)
+    monkeypatch.setattr("polydub.export.speech_clips.shutil.which", lambda name: None)
     clips = whisper_int8.check_clips(4)
     assert not clips.speech and clips.texts == ("",) * 4
     audio, note = reference_audio()
@@ -416,7 +426,9 @@ def test_gpu_fp16_graphs_stay_close_to_torch(
         paths[name] = graph_path(tmp_path, name, "_fp32")
         paths[name].parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(graph_path(repository, name, "_fp32"), paths[name])
-    refs = torch_references(model, facts, rt.log_mel_spectrogram(check_audio(), facts.n_mels))
+    refs = torch_references(
+        model, facts, whisper_features.log_mel_spectrogram(check_audio(), facts.n_mels)
+    )
     report = ExportReport(family="whisper", checkpoint="tiny")
     WhisperExporter()._place_fp16(paths, refs, facts, report)
     for name in (ENCODER_MODEL, DECODER_MODEL):
@@ -435,7 +447,7 @@ def test_gpu_fp16_graphs_stay_close_to_torch(
         graph_path(tmp_path, DECODER_MODEL, "_fp16"),
     )
     assert 0 < enc_diff <= FP16_RTOL and 0 < dec_diff <= FP16_RTOL
-    [result] = fp16.decode(check_audio()[:1], [rt.DecodeOptions("en")], 8)
+    [result] = fp16.decode(check_audio()[:1], [whisper_decode.DecodeOptions("en")], 8)
     assert len(result.tokens) == 8
 
 
@@ -472,9 +484,9 @@ def test_onnx_greedy_loop_equals_transformers(
     model, _, facts = tiny
     fp32 = OrtWhisper.from_repository(repository, "_fp32")
     audio = check_audio()
-    features = rt.log_mel_spectrogram(audio, facts.n_mels)
+    features = whisper_features.log_mel_spectrogram(audio, facts.n_mels)
     for language, task in (("de", "translate"), (None, "transcribe")):
-        ours = fp32.decode(audio, [rt.DecodeOptions(language, task)] * len(audio), 24)
+        ours = fp32.decode(audio, [whisper_decode.DecodeOptions(language, task)] * len(audio), 24)
         theirs = hf_greedy_tokens(model, features, language, task, 24, list(facts.languages))
         assert [r.tokens for r in ours] == theirs
         assert all(len(t) == 24 for t in theirs)  # the random model never says eot
@@ -482,7 +494,9 @@ def test_onnx_greedy_loop_equals_transformers(
     # Detection restricted to fewer languages (a real checkpoint knows 99; polydub serves 27).
     pair = {"de": facts.languages["de"], "ko": facts.languages["ko"]}
     narrow = dataclasses.replace(facts, languages=pair)
-    ours = rt.greedy_decode(fp32, features, [rt.DecodeOptions(None)] * 3, narrow, 12)
+    ours = whisper_decode.greedy_decode(
+        fp32, features, [whisper_decode.DecodeOptions(None)] * 3, narrow, 12
+    )
     theirs = hf_greedy_tokens(model, features, None, "transcribe", 12, list(pair))
     assert [r.tokens for r in ours] == theirs and {r.language for r in ours} <= set(pair)
 
@@ -497,9 +511,9 @@ def test_batched_loop_with_compaction_equals_one_by_one(
     fp32 = OrtWhisper.from_repository(repository, "_fp32")
     audio = check_audio()
     options = [
-        rt.DecodeOptions("en"),
-        rt.DecodeOptions(None, "detect"),
-        rt.DecodeOptions(None),
+        whisper_decode.DecodeOptions("en"),
+        whisper_decode.DecodeOptions(None, "detect"),
+        whisper_decode.DecodeOptions(None),
     ]
     batched = fp32.decode(audio, options, 16)
     for clip, opt, result in zip(audio, options, batched, strict=True):
@@ -531,21 +545,23 @@ def test_batched_loop_with_compaction_equals_one_by_one(
             return self.inner.select(state, rows)
 
     wrapped = EotAfter(fp32)
-    feats = rt.log_mel_spectrogram(audio, facts.n_mels)
-    three = [rt.DecodeOptions("en")] * 3
-    results = rt.greedy_decode(wrapped, feats, three, facts, 12, compact_below=0.7)
+    feats = whisper_features.log_mel_spectrogram(audio, facts.n_mels)
+    three = [whisper_decode.DecodeOptions("en")] * 3
+    results = whisper_decode.greedy_decode(wrapped, feats, three, facts, 12, compact_below=0.7)
     assert len(results[0].tokens) == 2  # eot at the 3rd sampled token
     assert [len(r.tokens) for r in results[1:]] == [12, 12]
     assert 2 in wrapped.rows_seen  # compacted from 3 rows to 2
     plain = fp32.decode(audio, three, 12)
     assert [r.tokens for r in results[1:]] == [r.tokens for r in plain[1:]]
     # One bound per row: a row with 0 only gets its language, the others stop at their own.
-    bounded = rt.greedy_decode(fp32, feats, three, facts, [3, 0, 12])
+    bounded = whisper_decode.greedy_decode(fp32, feats, three, facts, [3, 0, 12])
     assert [len(r.tokens) for r in bounded] == [3, 0, 12]
     assert bounded[0].tokens == plain[0].tokens[:3] and bounded[2].tokens == plain[2].tokens
     assert bounded[1].language == plain[1].language
     # min_new_tokens: eot is masked until a row has that many tokens (transformers' rule).
-    forced = rt.greedy_decode(EotAfter(fp32), feats, three, facts, 12, min_new_tokens=[6, 0, 0])
+    forced = whisper_decode.greedy_decode(
+        EotAfter(fp32), feats, three, facts, 12, min_new_tokens=[6, 0, 0]
+    )
     assert [len(r.tokens) for r in forced] == [6, 12, 12]
     assert forced[0].tokens[:2] == results[0].tokens
 
@@ -553,9 +569,9 @@ def test_batched_loop_with_compaction_equals_one_by_one(
 def test_unknown_language_or_task_is_rejected(tiny: tuple[Any, Any, Any]) -> None:
     _, _, facts = tiny
     with pytest.raises(ValueError, match=r"unsupported language 'xx'; supported: .*en"):
-        rt.validate_options(rt.DecodeOptions("xx"), facts)
+        whisper_decode.validate_options(whisper_decode.DecodeOptions("xx"), facts)
     with pytest.raises(ValueError, match="unknown task"):
-        rt.validate_options(rt.DecodeOptions("en", "summarize"), facts)
+        whisper_decode.validate_options(whisper_decode.DecodeOptions("en", "summarize"), facts)
 
 
 # ------------------------------------------------------------------- client: pure maths

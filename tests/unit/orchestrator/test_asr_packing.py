@@ -2,18 +2,14 @@
 must not move words into the wrong one.
 
 The decoded output is synthetic but goes through the served code: token sequences with
-timestamp tokens are cut into segments by ``whisper_runtime.build_segments`` (what the
+timestamp tokens are cut into segments by ``whisper_text.build_segments`` (what the
 ``whisper`` BLS model returns), then mapped back by ``asr_packing`` / ``AsrClient``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -28,23 +24,10 @@ from polydub.orchestrator.inference.asr_packing import (
     pack_regions,
     unpack_window,
 )
+from polydub.serving import whisper_text as wr
 
 pytestmark = pytest.mark.unit
 SR = 16000
-RUNTIME = Path(__file__).resolve().parents[3] / "model_repository/whisper/1/whisper_runtime.py"
-
-
-def _runtime() -> ModuleType:
-    name = "asr_packing_test_whisper_runtime"
-    spec = importlib.util.spec_from_file_location(name, RUNTIME)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-wr = _runtime()
 EOT, TB = 1000, 1006  # end of text, first timestamp token (<|0.00|>)
 FACTS = wr.WhisperFacts(
     checkpoint="synthetic", n_mels=80, decoder_layers=1, decoder_heads=1, head_dim=1,

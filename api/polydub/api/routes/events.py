@@ -22,13 +22,14 @@ from fastapi.responses import StreamingResponse
 from starlette.websockets import WebSocketState
 
 from polydub.api.auth import authenticate, key_from_headers
+from polydub.api.db.jobs import assert_owned, events_after, job_status
 from polydub.api.deps import AppState, Caller, State
 from polydub.api.errors import TooManyRequests
-from polydub.api.jobs_db import assert_owned
 from polydub.api.ratelimit import take_token
-from polydub.api.schemas import TERMINAL, ErrorEnvelope
 from polydub.clients.queue import progress_subject
 from polydub.errors import InvalidInput, PolydubError
+from polydub.jobs import TERMINAL
+from polydub.schemas import ErrorEnvelope
 
 router = APIRouter(tags=["progress"])
 BATCH = 500
@@ -53,20 +54,14 @@ async def follow(
         while True:
             # Status first: a terminal state commits with its event, so the events read next
             # include it, and nothing is left behind when the stream ends.
-            status = await state.pool.fetchval("SELECT status FROM jobs WHERE id = $1", job_id)
+            status = await job_status(state.pool, job_id)
             if status is None:
                 return  # purged meanwhile
-            rows = await state.pool.fetch(
-                "SELECT id, type, data FROM job_events WHERE job_id = $1 AND id > $2"
-                " ORDER BY id LIMIT $3",
-                job_id,
-                after,
-                BATCH,
-            )
-            for row in rows:
-                after = row["id"]
-                yield {"id": row["id"], "type": row["type"], **(row["data"] or {})}
-            if len(rows) == BATCH:
+            events = await events_after(state.pool, job_id, after, BATCH)
+            for event in events:
+                after = event["id"]
+                yield event
+            if len(events) == BATCH:
                 continue
             if status in TERMINAL:
                 return

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from polydub.api.deps import AppState, State
 from polydub.api.errors import envelope
-from polydub.api.schemas import CheckOut, ErrorEnvelope, HealthOut
+from polydub.schemas import CheckOut, ErrorEnvelope, HealthOut
 
 router = APIRouter(tags=["health"])
 CHECK_TIMEOUT = 2.0

@@ -14,10 +14,10 @@ import time
 from fastapi import APIRouter
 
 from polydub.api.deps import Caller, State
-from polydub.api.schemas import ErrorEnvelope, LanguageOut, LanguagesOut, ServedModelOut
 from polydub.errors import ServiceUnavailable
 from polydub.languages import LANGUAGES
 from polydub.manifest import MANIFEST_MODEL, Manifest, fetch_manifest
+from polydub.schemas import ErrorEnvelope, LanguageOut, LanguagesOut, ServedModelOut
 
 router = APIRouter(tags=["languages"])
 

@@ -8,24 +8,26 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from polydub.api.db import jobs as jobs_db
 from polydub.api.deps import Caller, State
 from polydub.api.errors import job_not_found
 from polydub.api.preview import make_preview
-from polydub.api.schemas import ErrorEnvelope, OutputFile, OutputsOut, PreviewOut
 from polydub.errors import Conflict, InvalidInput, NotFound
+from polydub.jobs import ArtifactKind
+from polydub.schemas import ErrorEnvelope, OutputFile, OutputsOut, PreviewOut
 
 router = APIRouter(tags=["outputs"])
 
 # kind -> (file name suffix, extension) for the Content-Disposition of each link
-_NAMES = {
-    "dubbed_video": ("", "mp4"),
-    "dubbed_audio": ("", "m4a"),
-    "subtitles_srt": ("", "srt"),
-    "subtitles_vtt": ("", "vtt"),
-    "source_subtitles_srt": (".source", "srt"),
-    "source_subtitles_vtt": (".source", "vtt"),
-    "transcript": (".transcript", "json"),
-    "quality_report": (".quality", "json"),
+_NAMES: dict[str, tuple[str, str]] = {
+    ArtifactKind.DUBBED_VIDEO: ("", "mp4"),
+    ArtifactKind.DUBBED_AUDIO: ("", "m4a"),
+    ArtifactKind.SUBTITLES_SRT: ("", "srt"),
+    ArtifactKind.SUBTITLES_VTT: ("", "vtt"),
+    ArtifactKind.SOURCE_SUBTITLES_SRT: (".source", "srt"),
+    ArtifactKind.SOURCE_SUBTITLES_VTT: (".source", "vtt"),
+    ArtifactKind.TRANSCRIPT: (".transcript", "json"),
+    ArtifactKind.QUALITY_REPORT: (".quality", "json"),
 }
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -52,24 +54,12 @@ async def outputs(
     preview_start: Annotated[float | None, Query(ge=0, description="seconds")] = None,
     preview_end: Annotated[float | None, Query(gt=0, description="seconds")] = None,
 ) -> OutputsOut:
-    job = await state.pool.fetchrow(
-        "SELECT j.input_filename, t.status FROM jobs j"
-        " LEFT JOIN job_targets t ON t.job_id = j.id AND t.language = $3"
-        " WHERE j.id = $1 AND j.owner_id = $2",
-        job_id,
-        key.id,
-        language,
-    )
+    job = await jobs_db.target_of(state.pool, key.id, job_id, language)
     if job is None:
         raise job_not_found(job_id)
     if job["status"] is None:
         raise NotFound(f"the job has no target language {language!r}", code="language_not_in_job")
-    rows = await state.pool.fetch(
-        "SELECT language, kind, object_key, content_type, size_bytes FROM artifacts"
-        " WHERE job_id = $1 AND language IN ($2, '') ORDER BY kind, language DESC",
-        job_id,
-        language,
-    )
+    rows = await jobs_db.artifacts_of(state.pool, job_id, language)
     # A language's own file wins over a job-wide one of the same kind (e.g. source subtitles).
     chosen: dict[str, Any] = {}
     for row in rows:
@@ -120,7 +110,7 @@ async def _preview(
             f"the preview range must be 0 < end - start <= {limit:.0f} s",
             code="invalid_preview_range",
         )
-    source = chosen.get("dubbed_video") or chosen.get("dubbed_audio")
+    source = chosen.get(ArtifactKind.DUBBED_VIDEO) or chosen.get(ArtifactKind.DUBBED_AUDIO)
     if source is None:
         raise Conflict("no dubbed media to preview yet", code="outputs_not_ready")
     clip = await make_preview(
@@ -129,7 +119,7 @@ async def _preview(
         job_id=job_id,
         language=language,
         source_key=source["object_key"],
-        is_video=source["kind"] == "dubbed_video",
+        is_video=source["kind"] == ArtifactKind.DUBBED_VIDEO,
         start=start,
         end=end,
     )

@@ -40,21 +40,14 @@ from polydub.orchestrator.inference.asr_packing import (
     unpack_window,
 )
 from polydub.orchestrator.inference.asr_packing import unpack_segments as unpack_segments
+from polydub.serving.names import WHISPER, WhisperOut
 
-MODEL = "whisper"
+MODEL = WHISPER
 SAMPLE_RATE = 16000
 WINDOW_SAMPLES = int(WINDOW_S * SAMPLE_RATE)
 OVERLAP_S = 5.0
 TASKS = ("transcribe", "translate")
-OUTPUTS = [
-    "text",
-    "tokens",
-    "segments",
-    "detected_language",
-    "language_probability",
-    "avg_logprob",
-    "no_speech_prob",
-]
+OUTPUTS = list(WhisperOut)
 
 
 class Infer(Protocol):

@@ -25,9 +25,10 @@ from numpy.typing import NDArray
 
 from polydub.errors import InvalidInput
 from polydub.orchestrator.inference.vad import Infer, as_audio
+from polydub.serving.names import PYANNOTE_SEGMENTATION, SPEAKER_EMBEDDING
 
-SEGMENTATION_MODEL = "pyannote_segmentation"
-EMBEDDING_MODEL = "speaker_embedding"
+SEGMENTATION_MODEL = PYANNOTE_SEGMENTATION
+EMBEDDING_MODEL = SPEAKER_EMBEDDING
 SAMPLE_RATE = 16000
 WINDOW_SAMPLES = 160000  # 10 s
 FRAME_STEP = 270  # samples between segmentation frames (16.875 ms)

@@ -21,8 +21,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from polydub.orchestrator.inference.vad import Infer, as_audio
+from polydub.serving.names import GENDER
 
-MODEL = "gender"
+MODEL = GENDER
 SAMPLE_RATE = 16000
 PIECE_SAMPLES = 160000  # 10 s per request; the last piece is zero-padded (unvoiced)
 FRAME_HOP_S = 0.01

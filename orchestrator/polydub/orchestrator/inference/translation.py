@@ -31,9 +31,10 @@ from numpy.typing import NDArray
 
 from polydub.errors import InvalidInput
 from polydub.languages import get_language
+from polydub.serving.names import NLLB, NllbOut
 
-MODEL = "nllb"
-OUTPUTS = ("translations", "scores")
+MODEL = NLLB
+OUTPUTS = (NllbOut.TRANSLATIONS, NllbOut.SCORES)
 MAX_N_BEST = 8  # the decoder graph returns 16 candidates per row: beams up to 8
 MAX_CHARACTERS = 2000  # one dubbing segment; the server keeps at most 256 source tokens
 

@@ -47,10 +47,11 @@ from numpy.typing import NDArray
 from polydub.errors import ConfigurationError, InvalidInput, PolydubError
 from polydub.languages import get_language
 from polydub.orchestrator.text_normalize import TtsTokenizer
+from polydub.serving.names import MMS_TTS_PREFIX, MMS_TTS_TOKENIZER, MmsTtsOut
 
-MODEL_PREFIX = "mms_tts_"
-TOKENIZER_MODEL = "mms_tts_tokenizer"
-OUTPUTS = ("waveform", "waveform_lengths", "durations")
+MODEL_PREFIX = MMS_TTS_PREFIX
+TOKENIZER_MODEL = MMS_TTS_TOKENIZER
+OUTPUTS = tuple(MmsTtsOut)
 TOKEN_BUCKET = 16
 MAX_CHARACTERS = 2000  # one dubbing segment; longer text is the caller's job to split
 DEFAULT_SAMPLE_RATE = 16_000

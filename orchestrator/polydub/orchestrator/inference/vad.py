@@ -23,8 +23,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from polydub.errors import InvalidInput
+from polydub.serving.names import SILERO_VAD
 
-MODEL = "silero_vad"
+MODEL = SILERO_VAD
 SAMPLE_RATE = 16000
 WINDOW = 512
 CONTEXT = 64

@@ -4,6 +4,10 @@ Once per job:   validate → extract_audio → diarize → transcribe → gender
 Per language:   translate → assign_voices → synthesize → mix → mux → subtitles
 Each stage reads earlier stages' outputs from S3 by key and writes its own to deterministic keys
 ``jobs/<job>/<stage>/<language or _>/...``; weights are rough relative costs for percent / ETA.
+The JSON those objects hold is read and written by ``polydub.orchestrator.records`` alone.
+
+A new stage is an async ``(StageContext) -> StageResult`` function in a module here and one line
+below; ``tests/unit/orchestrator/test_pipeline.py`` shows the runner's rules with toy stages.
 """
 
 from __future__ import annotations

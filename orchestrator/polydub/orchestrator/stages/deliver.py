@@ -1,34 +1,41 @@
-"""mix, mux and subtitles: the deliverables of one target language, registered as artifacts.
-
-Artifact kinds: dubbed_video, dubbed_audio, subtitles_srt, subtitles_vtt, source_subtitles_srt,
-source_subtitles_vtt, transcript, quality_report.
-"""
+"""mix, mux and subtitles: the deliverables of one target language, registered as artifacts
+(their kinds: polydub.jobs.ArtifactKind)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
+from polydub.jobs import ArtifactKind
+from polydub.media.mix import Placement, background_track, mix_to_wav, speech_intervals
+from polydub.media.mux import encode_audio
+from polydub.media.mux import mux as mux_media
+from polydub.media.pcm import create_wav, wav_info
 from polydub.orchestrator.artifacts import Artifacts
 from polydub.orchestrator.gates import GateThresholds, QualityIssue, no_speech, report_warnings
-from polydub.orchestrator.media.mix import Placement, background_track, mix_to_wav, speech_intervals
-from polydub.orchestrator.media.mux import encode_audio
-from polydub.orchestrator.media.mux import mux as mux_media
-from polydub.orchestrator.media.pcm import create_wav, wav_info
 from polydub.orchestrator.pipeline import StageContext, StageResult
 from polydub.orchestrator.quality import loudness_stats
+from polydub.orchestrator.records import Speakers, deliverable_transcript
 from polydub.orchestrator.stages.dub import (
     SKIPPED,
     quality_warnings,
+    read_timing,
+    read_translation,
     subtitles_only,
-    timing_from_dict,
 )
-from polydub.orchestrator.subtitles import make_cues, to_srt, to_vtt
+from polydub.orchestrator.subtitles import dub_cues, make_cues, to_srt, to_vtt
+
+# (of the source language?, format) -> the subtitles' kind
+_SUBTITLES = {
+    (True, "srt"): ArtifactKind.SOURCE_SUBTITLES_SRT,
+    (True, "vtt"): ArtifactKind.SOURCE_SUBTITLES_VTT,
+    (False, "srt"): ArtifactKind.SUBTITLES_SRT,
+    (False, "vtt"): ArtifactKind.SUBTITLES_VTT,
+}
 
 
 async def mix(ctx: StageContext) -> StageResult:
@@ -44,7 +51,7 @@ async def mix(ctx: StageContext) -> StageResult:
     if ctx.job.options.get("keep_background") is False:
         original = await asyncio.to_thread(_silence_like, original, ctx.workdir / "silence.wav")
     synth = ctx.outputs_of("synthesize")
-    timings = [timing_from_dict(t) for t in (await artifacts.get_json(synth["timing"]))["segments"]]
+    timings = (await read_timing(ctx, artifacts)).timings
     with np.load(await artifacts.fetch(synth["speech"])) as arrays:
         rendered = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
     placements = [Placement(t.start, r) for t, r in zip(timings, rendered, strict=True)]
@@ -94,8 +101,8 @@ async def mux(ctx: StageContext) -> StageResult:
     await asyncio.to_thread(
         encode_audio, dubbed, audio_path, language=ctx.language, duration=facts["audio_duration"]
     )
-    outputs["dubbed_audio"] = await _artifact(
-        ctx, artifacts, "dubbed_audio", "dubbed.m4a", audio_path, "audio/mp4"
+    outputs[ArtifactKind.DUBBED_AUDIO] = await _artifact(
+        ctx, artifacts, ArtifactKind.DUBBED_AUDIO, "dubbed.m4a", audio_path, "audio/mp4"
     )
     if facts["has_video"]:
         source = await artifacts.fetch(ctx.job.input_key)
@@ -115,8 +122,8 @@ async def mux(ctx: StageContext) -> StageResult:
             if result.container == "mp4"
             else ("dubbed.mkv", "video/x-matroska")
         )
-        outputs["dubbed_video"] = await _artifact(
-            ctx, artifacts, "dubbed_video", name, video_path, content_type
+        outputs[ArtifactKind.DUBBED_VIDEO] = await _artifact(
+            ctx, artifacts, ArtifactKind.DUBBED_VIDEO, name, video_path, content_type
         )
     return StageResult(outputs, {"has_video": facts["has_video"]})
 
@@ -124,56 +131,40 @@ async def mux(ctx: StageContext) -> StageResult:
 async def subtitles(ctx: StageContext) -> StageResult:
     """SRT and WebVTT (source and target), the transcript, and the quality report."""
     artifacts = Artifacts(ctx.services.store, ctx.cache_dir)
-    translation = await artifacts.get_json(ctx.outputs_of("translate")["translation"])
-    segments = translation["segments"]
+    script = await read_translation(ctx, artifacts)
     outputs: dict[str, Any] = {}
-    for prefix, field in (("source_", "source_text"), ("", "text")):
-        cues = make_cues(
-            [
-                SimpleNamespace(start=s["start"], end=s["end"], text=s[field], speaker=s["speaker"])
-                for s in segments
-            ]
-        )
+    for prefix, lang, cues in (
+        ("source_", script.source, make_cues(script.segments)),
+        ("", script.target, dub_cues(script.segments)),
+    ):
         for fmt, render, content_type in (
             ("srt", to_srt, "application/x-subrip"),
             ("vtt", to_vtt, "text/vtt"),
         ):
-            lang = translation["source"] if prefix else translation["target"]
             path = ctx.workdir / f"{prefix}{lang}.{fmt}"
             path.write_text(render(cues), encoding="utf-8")
-            kind = f"{prefix}subtitles_{fmt}"
+            kind = _SUBTITLES[(bool(prefix), fmt)]
             outputs[kind] = await _artifact(ctx, artifacts, kind, path.name, path, content_type)
 
-    transcript = {
-        "job_id": str(ctx.job.id),
-        "source_language": translation["source"],
-        "target_language": translation["target"],
-        "speakers": (await artifacts.get_json(ctx.outputs_of("gender")["speakers"]))["speakers"],
-        "segments": [
-            {k: s[k] for k in ("id", "start", "end", "speaker", "source_text", "text")}
-            for s in segments
-        ],
-    }
-    for kind, data in (("transcript", transcript), ("quality_report", await quality_report(ctx))):
+    speakers = Speakers.from_json(await artifacts.get_json(ctx.outputs_of("gender")["speakers"]))
+    transcript = deliverable_transcript(str(ctx.job.id), script, speakers)
+    for kind, data in (
+        (ArtifactKind.TRANSCRIPT, transcript),
+        (ArtifactKind.QUALITY_REPORT, await quality_report(ctx)),
+    ):
         path = ctx.workdir / f"{kind}.json"
         path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
         outputs[kind] = await _artifact(ctx, artifacts, kind, path.name, path, "application/json")
-    return StageResult(outputs, {"cues": len(segments)})
+    return StageResult(outputs, {"cues": len(script.segments)})
 
 
 async def quality_report(ctx: StageContext) -> dict[str, Any]:
     """Per-stage metrics of this job and language, as the stages recorded them, and the
     quality-gate warnings they raise (the job's and this language's)."""
-    rows = await ctx.services.jobs.pool.fetch(
-        "SELECT stage, language, metrics FROM job_stages WHERE job_id = $1 AND status = 'succeeded'"
-        " AND language IN ('', $2) ORDER BY started_at",
-        ctx.job.id,
-        ctx.language,
-    )
+    stages = await ctx.services.jobs.stage_metrics(ctx.job.id, ctx.language)
     artifacts = Artifacts(ctx.services.store, ctx.cache_dir)
-    synth = ctx.outputs_of("synthesize")
-    timing = await artifacts.get_json(synth["timing"]) if "timing" in synth else {"segments": []}
-    stages = {r["stage"]: r["metrics"] for r in rows}
+    # A subtitles-only job skipped synthesize: nothing was timed.
+    timed = await read_timing(ctx, artifacts) if "timing" in ctx.outputs_of("synthesize") else None
     limits = GateThresholds.from_settings(ctx.services.settings)
     models = (await ctx.services.manifest()).summary(served_models(ctx.language))
     warnings = [w.to_dict() for w in report_warnings(stages, limits)]
@@ -193,7 +184,7 @@ async def quality_report(ctx: StageContext) -> dict[str, Any]:
         "warnings": warnings,
         "models": models,
         "stages": stages,
-        "segments": timing["segments"],
+        "segments": [t.to_dict() for t in timed.timings] if timed else [],
     }
 
 
@@ -218,7 +209,12 @@ def _silence_like(wav: Path, out: Path) -> Path:
 
 
 async def _artifact(
-    ctx: StageContext, artifacts: Artifacts, kind: str, name: str, path: Any, content_type: str
+    ctx: StageContext,
+    artifacts: Artifacts,
+    kind: ArtifactKind,
+    name: str,
+    path: Any,
+    content_type: str,
 ) -> str:
     key = ctx.key(name)
     stored = await artifacts.put_file(key, path, content_type)

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from polydub.languages import get_language
+from polydub.media.mix import render_segments
 from polydub.orchestrator.artifacts import Artifacts
-from polydub.orchestrator.candidates import pick_candidate
+from polydub.orchestrator.candidates import Candidate, pick_candidate
 from polydub.orchestrator.gates import GateThresholds, enforce, stage_warnings
-from polydub.orchestrator.inference.translation import TranslationCandidate
 from polydub.orchestrator.inference.tts import model_name
-from polydub.orchestrator.media.mix import render_segments
 from polydub.orchestrator.pipeline import StageContext, StageResult
-from polydub.orchestrator.quality import fit_stats, translation_stats
-from polydub.orchestrator.timing import SegmentTiming, plan_timing
-from polydub.orchestrator.voices import Gender, SpeakerProfile, Voice, estimate_f0
+from polydub.orchestrator.quality import fit_stats, translated_stats
+from polydub.orchestrator.records import (
+    ScoredText,
+    Speakers,
+    TimedScript,
+    Transcript,
+    TranslatedTranscript,
+    VoiceCast,
+)
+from polydub.orchestrator.services import Services
+from polydub.orchestrator.timing import plan_timing
+from polydub.orchestrator.voices import Gender, Voice, estimate_f0
 from polydub.orchestrator.voices import assign_voices as assign
 
 N_BEST = 3
@@ -31,40 +39,26 @@ async def translate(ctx: StageContext) -> StageResult:
     services = ctx.services
     artifacts = Artifacts(services.store, ctx.cache_dir)
     target = get_language(ctx.language).code  # unknown: this language fails, the others go on
-    transcript = await artifacts.get_json(ctx.outputs_of("transcribe")["transcript"])
-    source = transcript["language"]
-    segments = transcript["segments"]
+    data = await artifacts.get_json(ctx.outputs_of("transcribe")["transcript"])
+    transcript = Transcript.from_json(data)
     results = await services.translation.translate_many(
-        [s["text"] for s in segments], source, target, N_BEST
+        [s.text for s in transcript.segments], transcript.language, target, N_BEST
     )
-    out = []
-    for segment, result in zip(segments, results, strict=True):
-        chosen = choose_candidate(result.candidates, segment["end"] - segment["start"])
-        out.append(
-            {
-                **segment,
-                "source_text": segment["text"],
-                "text": result.candidates[chosen].text,
-                "chosen": chosen,
-                "candidates": [{"text": c.text, "score": c.score} for c in result.candidates],
-            }
-        )
-    metrics = translation_stats([s["source_text"] for s in out], [s["text"] for s in out]).to_dict()
+    translated = []
+    for segment, result in zip(transcript.segments, results, strict=True):
+        candidates = [ScoredText(c.text, c.score) for c in result.candidates]
+        chosen = choose_candidate(candidates, segment.duration)
+        translated.append(segment.with_translation(candidates, chosen))
+    script = TranslatedTranscript(transcript.language, target, tuple(translated))
+    metrics = translated_stats(script.segments).to_dict()
     # Every translation empty: this language fails here (a warning on random weights).
     noise = enforce("translate", metrics, random_weights=await services.random_weights(["nllb"]))
-    key = await artifacts.put_json(
-        ctx.key("translation.json"),
-        {
-            "source": source,
-            "target": target,
-            "segments": out,
-        },
-    )
+    key = await artifacts.put_json(ctx.key("translation.json"), script.to_json())
     warnings = quality_warnings(ctx, "translate", metrics) + [w.to_dict() for w in noise]
     return StageResult({"translation": key}, metrics, warnings)
 
 
-def choose_candidate(candidates: list[TranslationCandidate], slot_seconds: float) -> int:
+def choose_candidate(candidates: Sequence[Candidate], slot_seconds: float) -> int:
     """The candidate to speak: an empty one is the model stopping at once (it happens on short or
     odd input), never a translation of spoken words, so any other candidate of the n-best wins."""
     worded = [i for i, c in enumerate(candidates) if c.text.strip()]
@@ -96,24 +90,17 @@ async def assign_voices(ctx: StageContext) -> StageResult:
         return SKIPPED
     services = ctx.services
     artifacts = Artifacts(services.store, ctx.cache_dir)
-    speakers = (await artifacts.get_json(ctx.outputs_of("gender")["speakers"]))["speakers"]
+    speakers = Speakers.from_json(await artifacts.get_json(ctx.outputs_of("gender")["speakers"]))
     voice = await _voice(ctx.services, ctx.language)
-    profiles = [SpeakerProfile(s["speaker"], s["gender"], s["median_f0"]) for s in speakers]
-    assignments = assign(profiles, [voice])
-    data = [dataclasses.asdict(a) for a in assignments]
-    key = await artifacts.put_json(
-        ctx.key("voices.json"),
-        {
-            "voices": [dataclasses.asdict(voice)],
-            "assignments": data,
-        },
-    )
+    assignments = assign(speakers.speakers, [voice])
+    cast = VoiceCast((voice,), tuple(assignments))
+    key = await artifacts.put_json(ctx.key("voices.json"), cast.to_json())
     return StageResult(
         {"voices": key}, {"assignments": {a.speaker: round(a.semitones, 2) for a in assignments}}
     )
 
 
-async def _voice(services: Any, language: str) -> Voice:
+async def _voice(services: Services, language: str) -> Voice:
     """The language's voice and its own pitch, measured once per worker process."""
     cache_key = f"voice:{language}"
     if cache_key not in services.voice_cache:
@@ -122,8 +109,7 @@ async def _voice(services: Any, language: str) -> Voice:
         f0 = f0 or 150.0  # no voiced frames (e.g. a script the probe text cannot cover)
         gender: Gender = "female" if f0 >= 165.0 else "male"
         services.voice_cache[cache_key] = Voice(model_name(language), gender, round(f0, 1))
-    voice: Voice = services.voice_cache[cache_key]
-    return voice
+    return services.voice_cache[cache_key]
 
 
 async def synthesize(ctx: StageContext) -> StageResult:
@@ -133,24 +119,21 @@ async def synthesize(ctx: StageContext) -> StageResult:
         return SKIPPED
     services = ctx.services
     artifacts = Artifacts(services.store, ctx.cache_dir)
-    segments = (await artifacts.get_json(ctx.outputs_of("translate")["translation"]))["segments"]
-    voices = await artifacts.get_json(ctx.outputs_of("assign_voices")["voices"])
-    shift = {a["speaker"]: a["semitones"] for a in voices["assignments"]}
+    segments = (await read_translation(ctx, artifacts)).segments
+    cast = VoiceCast.from_json(await artifacts.get_json(ctx.outputs_of("assign_voices")["voices"]))
     timeline_end = ctx.outputs_of("extract_audio")["duration"]
-    seeds = [_seed(ctx.job.id.hex, s["id"]) for s in segments]
+    seeds = [_seed(ctx.job.id.hex, s.id) for s in segments]
 
     async def speak(i: int, rate: float) -> np.ndarray:  # type: ignore[type-arg]
         speech = await services.tts.synthesize(
-            segments[i]["text"], ctx.language, speaking_rate=rate, seed=seeds[i]
+            segments[i].translation, ctx.language, speaking_rate=rate, seed=seeds[i]
         )
         return np.asarray(speech.samples, np.float32)
 
     first = await asyncio.gather(*(speak(i, 1.0) for i in range(len(segments))))
     await ctx.report(1, 3)
     natural = [a.size / TTS_RATE for a in first]
-    plan = plan_timing(
-        segments_as_spans(segments), natural, timeline_end=timeline_end, policy=services.timing
-    )
+    plan = plan_timing(segments, natural, timeline_end=timeline_end, policy=services.timing)
     audio = list(first)
     again = plan.to_resynthesize
     for i, samples in zip(
@@ -159,13 +142,13 @@ async def synthesize(ctx: StageContext) -> StageResult:
         audio[i] = samples
     await ctx.report(2, 3)
     final = plan_timing(
-        segments_as_spans(segments),
+        segments,
         natural,
         timeline_end=timeline_end,
         synthesized=[a.size / TTS_RATE for a in audio],
         policy=services.timing,
     )
-    spoken = [i for i, s in enumerate(segments) if s["text"].strip()]
+    spoken = [i for i, s in enumerate(segments) if s.translation.strip()]
     metrics = {
         **fit_stats(final.segments).to_dict(),
         "spoken_segments": len(spoken),
@@ -174,20 +157,19 @@ async def synthesize(ctx: StageContext) -> StageResult:
     # No second of speech to dub: this language fails here (a warning on random weights).
     voice = f"mms_tts_{ctx.language}"
     noise = enforce("synthesize", metrics, random_weights=await services.random_weights([voice]))
-    semitones = [float(shift.get(s["speaker"], 0.0)) for s in segments]
+    semitones = [cast.semitones(s.speaker) for s in segments]
     rendered = await asyncio.to_thread(render_segments, audio, TTS_RATE, final.segments, semitones)
     speech_path = ctx.workdir / "speech48k.npz"
     np.savez(speech_path, *rendered)
     speech = await artifacts.put_file(
         ctx.key("speech48k.npz"), speech_path, "application/octet-stream"
     )
-    timing_key = await artifacts.put_json(
-        ctx.key("timing.json"),
-        {
-            "segments": [t.to_dict() for t in final.segments],
-            "semitones": semitones,
-        },
+    timed = TimedScript(
+        tuple(
+            s.with_timing(t, p) for s, t, p in zip(segments, final.segments, semitones, strict=True)
+        )
     )
+    timing_key = await artifacts.put_json(ctx.key("timing.json"), timed.to_json())
     return StageResult(
         {"speech": speech["key"], "timing": timing_key},
         metrics,
@@ -195,19 +177,16 @@ async def synthesize(ctx: StageContext) -> StageResult:
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class _Span:
-    start: float
-    end: float
+async def read_translation(ctx: StageContext, artifacts: Artifacts) -> TranslatedTranscript:
+    """This language's translated segments (the translate stage's output)."""
+    data = await artifacts.get_json(ctx.outputs_of("translate")["translation"])
+    return TranslatedTranscript.from_json(data)
 
 
-def segments_as_spans(segments: list[dict[str, Any]]) -> list[_Span]:
-    return [_Span(s["start"], s["end"]) for s in segments]
-
-
-def timing_from_dict(data: dict[str, Any]) -> SegmentTiming:
-    names = {f.name for f in dataclasses.fields(SegmentTiming)}
-    return SegmentTiming(**{k: v for k, v in data.items() if k in names})
+async def read_timing(ctx: StageContext, artifacts: Artifacts) -> TimedScript:
+    """This language's timed segments (the synthesize stage's output, with its translation)."""
+    data = await artifacts.get_json(ctx.outputs_of("synthesize")["timing"])
+    return TimedScript.from_json(data, await read_translation(ctx, artifacts))
 
 
 def _seed(job: str, segment: int) -> int:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from polydub.errors import InvalidInput
+from polydub.media.extract import extract_mix_wav, extract_model_audio
+from polydub.media.probe import probe
 from polydub.orchestrator.artifacts import Artifacts
-from polydub.orchestrator.media.extract import extract_mix_wav, extract_model_audio
-from polydub.orchestrator.media.probe import probe
 from polydub.orchestrator.pipeline import StageContext, StageResult
 
 

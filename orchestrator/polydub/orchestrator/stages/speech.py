@@ -6,7 +6,6 @@ These run once per job; every target language reuses them.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import numpy as np
 
@@ -15,7 +14,16 @@ from polydub.orchestrator.diarize import diarize
 from polydub.orchestrator.gates import GateThresholds, stage_warnings
 from polydub.orchestrator.inference.asr import AudioRegion
 from polydub.orchestrator.pipeline import StageContext, StageResult
-from polydub.orchestrator.quality import asr_stats
+from polydub.orchestrator.quality import transcript_stats
+from polydub.orchestrator.records import (
+    Diarization,
+    Segment,
+    Span,
+    Speaker,
+    Speakers,
+    Transcript,
+    Turn,
+)
 from polydub.orchestrator.segments import make_segments
 from polydub.orchestrator.voices import estimate_f0
 
@@ -36,14 +44,12 @@ async def diarize_speakers(ctx: StageContext) -> StageResult:
     await ctx.report(2, 3)
     segments = make_segments(turns, regions, window=(window["start"], window["end"]))
     speakers = sorted({s.speaker for s in segments})
-    key = await artifacts.put_json(
-        ctx.key("segments.json"),
-        {
-            "speech": [{"start": r.start, "end": r.end} for r in regions],
-            "turns": [{"start": t.start, "end": t.end, "speaker": t.speaker} for t in turns],
-            "segments": [s.to_dict() for s in segments],
-        },
+    found = Diarization(
+        tuple(Span(float(r.start), float(r.end)) for r in regions),
+        tuple(Turn(float(t.start), float(t.end), t.speaker) for t in turns),
+        tuple(segments),
     )
+    key = await artifacts.put_json(ctx.key("segments.json"), found.to_json())
     speech_seconds = sum(s.duration for s in segments)
     return StageResult(
         {"segments": key, "speakers": speakers},
@@ -61,44 +67,32 @@ async def transcribe(ctx: StageContext) -> StageResult:
     services = ctx.services
     artifacts = Artifacts(services.store, ctx.cache_dir)
     audio, _ = await artifacts.get_wav(ctx.outputs_of("extract_audio")["speech16k"])
-    segments = (await artifacts.get_json(ctx.outputs_of("diarize")["segments"]))["segments"]
-    regions = [AudioRegion(s["start"], _cut(audio, s["start"], s["end"])) for s in segments]
+    segments = await _segments(ctx, artifacts)
+    regions = [AudioRegion(s.start, _cut(audio, s.start, s.end)) for s in segments]
     results = await services.asr.transcribe_packed(regions, ctx.job.source_language)
     language = results[0].language if results else (ctx.job.source_language or "eng")
     probability = results[0].language_probability if results else 0.0
-    transcript = []
+    transcribed = []
     for segment, result in zip(segments, results, strict=True):
         logprobs = [s.avg_logprob for s in result.segments]
         no_speech = [s.no_speech_prob for s in result.segments]
-        transcript.append(
-            {
-                **segment,
-                "text": result.text,
-                "avg_logprob": float(np.mean(logprobs)) if logprobs else None,
-                "no_speech_prob": float(np.max(no_speech)) if no_speech else None,
-            }
+        transcribed.append(
+            segment.with_text(
+                result.text,
+                avg_logprob=float(np.mean(logprobs)) if logprobs else None,
+                no_speech_prob=float(np.max(no_speech)) if no_speech else None,
+            )
         )
     if ctx.job.source_language is None:
         await services.jobs.record_media(ctx.job, None, detected=language)
-    key = await artifacts.put_json(
-        ctx.key("transcript.json"),
-        {
-            "language": language,
-            "language_probability": probability,
-            "segments": transcript,
-        },
-    )
-    stats = asr_stats(
-        [s["end"] - s["start"] for s in transcript],
-        [s["avg_logprob"] if s["avg_logprob"] is not None else 0.0 for s in transcript],
-        [s["no_speech_prob"] if s["no_speech_prob"] is not None else 1.0 for s in transcript],
-    )
+    transcript = Transcript(language, probability, tuple(transcribed))
+    key = await artifacts.put_json(ctx.key("transcript.json"), transcript.to_json())
     metrics = {
         "language": language,
         "language_probability": round(probability, 4),
         "language_detected": ctx.job.source_language is None,
-        **stats.to_dict(),
-        "spoken_segments": sum(1 for s in transcript if s["text"].strip()),
+        **transcript_stats(transcript.segments).to_dict(),
+        "spoken_segments": sum(1 for s in transcribed if s.text.strip()),
     }
     limits = GateThresholds.from_settings(services.settings)
     return StageResult(
@@ -113,36 +107,38 @@ async def detect_gender(ctx: StageContext) -> StageResult:
     services = ctx.services
     artifacts = Artifacts(services.store, ctx.cache_dir)
     audio, _ = await artifacts.get_wav(ctx.outputs_of("extract_audio")["speech16k"])
-    segments = (await artifacts.get_json(ctx.outputs_of("diarize")["segments"]))["segments"]
-    by_speaker: dict[str, list[dict[str, Any]]] = {}
-    for segment in segments:
-        by_speaker.setdefault(segment["speaker"], []).append(segment)
+    by_speaker: dict[str, list[Segment]] = {}
+    for segment in await _segments(ctx, artifacts):
+        by_speaker.setdefault(segment.speaker, []).append(segment)
 
-    async def profile(speaker: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    async def profile(speaker: str, items: list[Segment]) -> Speaker:
         clips, total = [], 0.0
-        for s in sorted(items, key=lambda s: s["end"] - s["start"], reverse=True):
+        for s in sorted(items, key=lambda s: s.duration, reverse=True):
             if total >= GENDER_SAMPLE_SECONDS:
                 break
-            clips.append(_cut(audio, s["start"], s["end"]))
-            total += s["end"] - s["start"]
+            clips.append(_cut(audio, s.start, s.end))
+            total += s.duration
         speech = np.concatenate(clips) if clips else np.zeros(0, np.float32)
         estimate = await services.gender.classify(speech)
         f0 = estimate.median_f0_hz or await asyncio.to_thread(estimate_f0, speech, SAMPLE_RATE)
-        return {
-            "speaker": speaker,
-            "gender": estimate.label,
-            "confidence": round(estimate.confidence, 3),
-            "median_f0": round(f0, 1) if f0 else None,
-            "speaking_seconds": round(sum(s["end"] - s["start"] for s in items), 3),
-        }
+        return Speaker(
+            speaker=speaker,
+            gender=estimate.label,
+            median_f0=round(f0, 1) if f0 else None,
+            confidence=round(estimate.confidence, 3),
+            speaking_seconds=round(sum(s.duration for s in items), 3),
+        )
 
     profiles = await asyncio.gather(*(profile(s, items) for s, items in by_speaker.items()))
-    profiles.sort(key=lambda p: p["speaking_seconds"], reverse=True)  # main speakers first
-    key = await artifacts.put_json(ctx.key("speakers.json"), {"speakers": profiles})
-    return StageResult(
-        {"speakers": key},
-        {"speakers": {p["speaker"]: p["gender"] for p in profiles}},
-    )
+    profiles.sort(key=lambda p: p.speaking_seconds, reverse=True)  # main speakers first
+    speakers = Speakers(tuple(profiles))
+    key = await artifacts.put_json(ctx.key("speakers.json"), speakers.to_json())
+    return StageResult({"speakers": key}, {"speakers": {p.speaker: p.gender for p in profiles}})
+
+
+async def _segments(ctx: StageContext, artifacts: Artifacts) -> tuple[Segment, ...]:
+    data = await artifacts.get_json(ctx.outputs_of("diarize")["segments"])
+    return Diarization.from_json(data).segments
 
 
 def _cut(audio: np.ndarray, start: float, end: float) -> np.ndarray:  # type: ignore[type-arg]

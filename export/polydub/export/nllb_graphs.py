@@ -1,0 +1,190 @@
+"""NLLB-200 (M2M100 architecture): the two ONNX graphs, each one Triton model, that the BLS model
+``nllb`` (``polydub.serving.nllb_service``) runs its beam search over.
+
+* ``nllb_encoder``: input_ids, attention_mask [batch, src_len] -> last_hidden_state
+  [batch, src_len, d_model] and the decoder's cross-attention keys/values, computed once per
+  source: cross_key, cross_value [batch, layers, heads, src_len, head_dim].
+* ``nllb_decoder``: one decoding step over a self-attention KV cache. input_ids [batch, dec_len],
+  encoder_attention_mask [batch, src_len], cross_key/value, past_key/value [batch, layers, heads,
+  past_len, head_dim] (past_len may be 0) -> logits [batch, dec_len, vocab], top_log_probs /
+  top_ids [batch, top_k] (log-softmax of the last position: all a beam search needs, instead of
+  a 256k-wide row per beam), present_key/value [batch, layers, heads, past_len + dec_len, head_dim].
+
+The layer stack is the checkpoint's own modules (layer norms, projections, feed-forward); the
+wrappers only route the cache tensors, which keeps the graphs free of transformers' Cache
+classes. optimum-onnx's M2M100 export was not used: it gives three decoder graphs (or a merged
+one with a scalar ``use_cache_branch`` input that has no batch axis, so Triton cannot batch it)
+and one input per layer and per K/V (96 for NLLB-3.3B) on every step.
+
+Model-structure axes (layers, heads, head_dim, d_model, vocab, top_k) are named dynamic too: the
+committed Triton configs declare them -1 and fit the tiny and the real checkpoints alike (the
+onnxruntime backend rejects a -1 in the config where the graph has a fixed size).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from polydub.export.spec import GraphSpec, TensorSpec
+from polydub.serving import names
+from polydub.serving.names import NllbDecoderIn, NllbDecoderOut, NllbEncoderIn, NllbEncoderOut
+from polydub.serving.nllb_search import GenerationConfig
+
+ENCODER = names.NLLB_ENCODER
+DECODER = names.NLLB_DECODER
+BLS = names.NLLB
+TOP_K = 16  # candidates per row from the decoder graph: beam sizes up to 8
+FP32_ATOL = 1e-3  # logits and hidden states vs PyTorch (real checkpoints have logits ~ +-20)
+# int8 (dynamic: int8 weights, per-tensor uint8 activations) and fp16 vs the fp32 graph, as a
+# fraction of the output's largest |value|: absolute errors scale with the checkpoint's logits.
+INT8_RTOL = 0.1
+FP16_RTOL = 0.02
+
+_F32, _I64 = "float32", "int64"
+_CACHE = ("batch", "layers", "heads", "src_len", "head_dim")
+
+ENCODER_SPEC = GraphSpec(
+    name=ENCODER,
+    inputs=(
+        TensorSpec(NllbEncoderIn.INPUT_IDS, _I64, ("batch", "src_len")),
+        TensorSpec(NllbEncoderIn.ATTENTION_MASK, _I64, ("batch", "src_len")),
+    ),
+    outputs=(
+        TensorSpec(NllbEncoderOut.LAST_HIDDEN_STATE, _F32, ("batch", "src_len", "d_model")),
+        TensorSpec(NllbEncoderOut.CROSS_KEY, _F32, _CACHE),
+        TensorSpec(NllbEncoderOut.CROSS_VALUE, _F32, _CACHE),
+    ),
+    fp32_atol=FP32_ATOL,
+    int8_atol=None,
+    int8_rtol=INT8_RTOL,
+)
+DECODER_SPEC = GraphSpec(
+    name=DECODER,
+    inputs=(
+        TensorSpec(NllbDecoderIn.INPUT_IDS, _I64, ("batch", "dec_len")),
+        TensorSpec(NllbDecoderIn.ENCODER_ATTENTION_MASK, _I64, ("batch", "src_len")),
+        TensorSpec(NllbDecoderIn.CROSS_KEY, _F32, _CACHE),
+        TensorSpec(NllbDecoderIn.CROSS_VALUE, _F32, _CACHE),
+        TensorSpec(
+            NllbDecoderIn.PAST_KEY, _F32, ("batch", "layers", "heads", "past_len", "head_dim")
+        ),
+        TensorSpec(
+            NllbDecoderIn.PAST_VALUE, _F32, ("batch", "layers", "heads", "past_len", "head_dim")
+        ),
+    ),
+    outputs=(
+        TensorSpec(NllbDecoderOut.LOGITS, _F32, ("batch", "dec_len", "vocab")),
+        TensorSpec(NllbDecoderOut.TOP_LOG_PROBS, _F32, ("batch", "top_k")),
+        TensorSpec(NllbDecoderOut.TOP_IDS, _I64, ("batch", "top_k")),
+        TensorSpec(
+            NllbDecoderOut.PRESENT_KEY, _F32, ("batch", "layers", "heads", "total_len", "head_dim")
+        ),
+        TensorSpec(
+            NllbDecoderOut.PRESENT_VALUE,
+            _F32,
+            ("batch", "layers", "heads", "total_len", "head_dim"),
+        ),
+    ),
+    fp32_atol=FP32_ATOL,
+    int8_atol=None,
+    int8_rtol=INT8_RTOL,
+)
+
+
+def wrappers(model: Any, top_k: int = TOP_K) -> tuple[Any, Any]:
+    """The encoder and the decoder graph as torch modules over the model's own layers."""
+    import torch
+    from torch import nn
+
+    decoder = model.model.decoder
+    heads = model.config.decoder_attention_heads
+    head_dim = model.config.d_model // heads
+    neg = torch.finfo(torch.float32).min
+
+    def split(x: Any) -> Any:  # [B, T, D] -> [B, H, T, Dh]
+        return x.reshape(x.shape[0], x.shape[1], heads, head_dim).transpose(1, 2)
+
+    def attend(attn: Any, x: Any, key: Any, value: Any, visible: Any) -> Any:
+        # As transformers' eager attention: (q k^T) * scaling, masked, softmax, @ v.
+        scores = torch.matmul(split(attn.q_proj(x)), key.transpose(2, 3)) * attn.scaling
+        weights = torch.softmax(scores.masked_fill(~visible, neg), dim=-1)
+        out = torch.matmul(weights, value).transpose(1, 2)
+        return attn.out_proj(out.reshape(out.shape[0], out.shape[1], -1))
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = model.model.encoder
+            self.layers = decoder.layers
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+            keys = [split(layer.encoder_attn.k_proj(hidden)) for layer in self.layers]
+            values = [split(layer.encoder_attn.v_proj(hidden)) for layer in self.layers]
+            return hidden, torch.stack(keys, 1), torch.stack(values, 1)
+
+    class Decoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.decoder = decoder
+            self.lm_head = model.lm_head
+
+        def forward(
+            self,
+            input_ids: Any,
+            encoder_attention_mask: Any,
+            cross_key: Any,
+            cross_value: Any,
+            past_key: Any,
+            past_value: Any,
+        ) -> Any:
+            past_len = past_key.shape[3]
+            new_len = input_ids.shape[1]
+            embeds = self.decoder.embed_tokens(input_ids)  # scaled by sqrt(d_model) inside
+            hidden = embeds + self.decoder.embed_positions(input_ids, embeds, past_len)
+            query_pos = torch.arange(new_len, device=input_ids.device) + past_len
+            key_pos = torch.arange(past_len + new_len, device=input_ids.device)
+            causal = (key_pos[None, :] <= query_pos[:, None])[None, None]  # [1, 1, T, P+T]
+            cross_visible = encoder_attention_mask[:, None, None, :].bool()  # [B, 1, 1, S]
+            keys, values = [], []
+            for i, layer in enumerate(self.decoder.layers):
+                x = layer.self_attn_layer_norm(hidden)
+                key = torch.cat([past_key[:, i], split(layer.self_attn.k_proj(x))], dim=2)
+                value = torch.cat([past_value[:, i], split(layer.self_attn.v_proj(x))], dim=2)
+                keys.append(key)
+                values.append(value)
+                hidden = hidden + attend(layer.self_attn, x, key, value, causal)
+                x = layer.encoder_attn_layer_norm(hidden)
+                hidden = hidden + attend(
+                    layer.encoder_attn, x, cross_key[:, i], cross_value[:, i], cross_visible
+                )
+                x = layer.final_layer_norm(hidden)
+                hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
+            logits = self.lm_head(self.decoder.layer_norm(hidden))
+            log_probs = torch.log_softmax(logits[:, -1, :], dim=-1)
+            top_log_probs, top_ids = torch.topk(log_probs, top_k, dim=-1)
+            return logits, top_log_probs, top_ids, torch.stack(keys, 1), torch.stack(values, 1)
+
+    return Encoder().eval(), Decoder().eval()
+
+
+def generation_config(model: Any, top_k: int = TOP_K) -> GenerationConfig:
+    """What the search needs of the checkpoint (saved beside the tokenizer, read by the BLS)."""
+    config = model.config
+    generation = model.generation_config
+    return GenerationConfig(
+        decoder_start_token_id=int(config.decoder_start_token_id),
+        eos_token_id=int(config.eos_token_id),
+        pad_token_id=int(config.pad_token_id),
+        decoder_layers=int(config.decoder_layers),
+        decoder_heads=int(config.decoder_attention_heads),
+        head_dim=int(config.d_model // config.decoder_attention_heads),
+        top_k=top_k,
+        max_position_embeddings=int(config.max_position_embeddings),
+        length_penalty=float(generation.length_penalty),
+        forced_eos_token_id=(
+            int(generation.forced_eos_token_id)
+            if generation.forced_eos_token_id is not None
+            else None
+        ),
+    )

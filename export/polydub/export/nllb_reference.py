@@ -1,0 +1,205 @@
+"""NLLB-200 references for the export's checks: PyTorch outputs and transformers' ``generate``
+on fixed sentences, and the same computations through the exported graphs (the served beam
+search, ``polydub.serving.nllb_search``, run in-process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polydub.export.onnx_tools import max_abs_diff, run_onnx
+from polydub.export.spec import GraphSpec
+from polydub.serving.nllb_search import GenerationConfig, Hypothesis, SearchRequest, beam_search
+from polydub.serving.nllb_translate import OnnxRuntimeModel
+
+PARITY_TEXTS = (
+    ("Hello, how are you today?", "eng_Latn", "fra_Latn"),
+    ("Das Wetter ist schön und der Film beginnt um acht.", "deu_Latn", "spa_Latn"),
+    ("Привет, как дела сегодня?", "rus_Cyrl", "eng_Latn"),
+)
+
+
+def sample_batch(tokenizer: Any) -> tuple[Any, Any, list[int]]:
+    """The parity sentences as one padded batch, and their target-language ids."""
+    rows = []
+    for text, src, _ in PARITY_TEXTS:
+        tokenizer.src_lang = src
+        rows.append(tokenizer(text).input_ids)
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), tokenizer.pad_token_id, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+        mask[i, : len(r)] = 1
+    targets = [int(tokenizer.convert_tokens_to_ids(tgt)) for _, _, tgt in PARITY_TEXTS]
+    return ids, mask, targets
+
+
+def sample_decoder_feeds(
+    encoder_path: Path, ids: Any, mask: Any, targets: list[int], config: Any, past_len: int
+) -> dict[str, Any]:
+    """Decoder feeds: real cross K/V, a random past of ``past_len`` steps, two new tokens."""
+    cross_key, cross_value = run_onnx(
+        encoder_path, {"input_ids": ids, "attention_mask": mask}, ["cross_key", "cross_value"]
+    )
+    rng = np.random.default_rng(0)
+    shape = (len(ids), config.decoder_layers, config.decoder_heads, past_len, config.head_dim)
+    return {
+        "input_ids": np.array([[t, 100 + i] for i, t in enumerate(targets)], dtype=np.int64),
+        "encoder_attention_mask": mask,
+        "cross_key": cross_key,
+        "cross_value": cross_value,
+        "past_key": rng.standard_normal(shape).astype(np.float32),
+        "past_value": rng.standard_normal(shape).astype(np.float32),
+    }
+
+
+def float_diff(spec: GraphSpec, expected: list[Any], actual: list[Any]) -> tuple[float, float]:
+    """(max |diff|, max |diff| / max |expected|) over the float outputs (token ids are not)."""
+    floats = [i for i, t in enumerate(spec.outputs) if t.dtype == "float32"]
+    diff = max_abs_diff([expected[i] for i in floats], [actual[i] for i in floats])
+    scale = max(float(np.max(np.abs(expected[i]))) for i in floats)
+    return diff, diff / scale if scale else diff
+
+
+def torch_encoder_outputs(model: Any, ids: Any, mask: Any) -> list[Any]:
+    """Reference: the transformers encoder and each decoder layer's own cross-attention K/V."""
+    import torch
+
+    with torch.inference_mode():
+        hidden = model.model.encoder(
+            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)
+        ).last_hidden_state
+        b, s, d = hidden.shape
+        heads = model.config.decoder_attention_heads
+        kv = [
+            torch.stack(
+                [
+                    getattr(layer.encoder_attn, proj)(hidden)
+                    .view(b, s, heads, d // heads)
+                    .transpose(1, 2)
+                    for layer in model.model.decoder.layers
+                ],
+                1,
+            )
+            for proj in ("k_proj", "v_proj")
+        ]
+    return [hidden.numpy(), kv[0].numpy(), kv[1].numpy()]
+
+
+def torch_logits(model: Any, ids: Any, mask: Any, decoder_ids: Any) -> Any:
+    """Reference: transformers' full forward (no cache) over the whole decoder prefix."""
+    import torch
+
+    with torch.inference_mode():
+        out = model(
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            decoder_input_ids=torch.from_numpy(decoder_ids),
+            use_cache=False,
+        )
+    return out.logits.numpy()
+
+
+def onnx_step_logits(
+    decoder_path: Path, encoder_path: Path, ids: Any, mask: Any, decoder_ids: Any, config: Any
+) -> Any:
+    """Logits for every prefix position, fed token by token through the KV cache."""
+    cross_key, cross_value = run_onnx(
+        encoder_path, {"input_ids": ids, "attention_mask": mask}, ["cross_key", "cross_value"]
+    )
+    shape = (len(ids), config.decoder_layers, config.decoder_heads, 0, config.head_dim)
+    past = (np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+    logits = []
+    # Two tokens on the first call (as the search does), then one per call.
+    chunks = [
+        decoder_ids[:, :2],
+        *(decoder_ids[:, i : i + 1] for i in range(2, decoder_ids.shape[1])),
+    ]
+    for chunk in chunks:
+        out, _, _, key, value = run_onnx(
+            decoder_path,
+            {
+                "input_ids": chunk,
+                "encoder_attention_mask": mask,
+                "cross_key": cross_key,
+                "cross_value": cross_value,
+                "past_key": past[0],
+                "past_value": past[1],
+            },
+        )
+        logits.append(out)
+        past = (key, value)
+    return np.concatenate(logits, axis=1)
+
+
+def hf_generate(
+    model: Any,
+    ids: Any,
+    mask: Any,
+    targets: list[int],
+    max_length: int,
+    num_beams: int = 1,
+    num_return: int = 1,
+) -> list[list[list[int]]]:
+    """transformers ``generate`` per source (no padding across sources): the reference tokens."""
+    import torch
+
+    results = []
+    with torch.inference_mode():
+        for row, target in enumerate(targets):
+            n = int(mask[row].sum())
+            out = model.generate(
+                input_ids=torch.from_numpy(ids[row : row + 1, :n]),
+                attention_mask=torch.from_numpy(mask[row : row + 1, :n]),
+                forced_bos_token_id=target,
+                num_beams=num_beams,
+                num_return_sequences=num_return,
+                do_sample=False,
+                max_length=max_length,
+                early_stopping=False,
+            )
+            results.append([_strip(seq.tolist(), model.config.pad_token_id) for seq in out])
+    return results
+
+
+def _strip(tokens: list[int], pad: int) -> list[int]:
+    while len(tokens) > 2 and tokens[-1] == pad:
+        tokens.pop()
+    return tokens
+
+
+def onnx_search(
+    encoder_path: Path,
+    decoder_path: Path,
+    ids: Any,
+    mask: Any,
+    targets: list[int],
+    config: GenerationConfig,
+    max_length: int,
+    num_beams: int = 1,
+) -> list[list[Hypothesis]]:
+    """The BLS model's beam search, in-process, on a batch of (already tokenised) sources."""
+    model = OnnxRuntimeModel(encoder_path, decoder_path)
+    cross_key, cross_value = model.encode(ids, mask)
+
+    def step(dec_ids: Any, source_index: Any, past: Any) -> Any:
+        if past is None:
+            shape = (len(dec_ids), config.decoder_layers, config.decoder_heads, 0, config.head_dim)
+            past = (np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+        top_log_probs, top_ids, key, value = model.decode(
+            {
+                "input_ids": dec_ids,
+                "encoder_attention_mask": mask[source_index],
+                "cross_key": cross_key[source_index],
+                "cross_value": cross_value[source_index],
+                "past_key": past[0],
+                "past_value": past[1],
+            }
+        )
+        return top_log_probs, top_ids, (key, value)
+
+    requests = [SearchRequest(t, num_beams, max_length) for t in targets]
+    return beam_search(requests, step, config)

@@ -1,1 +1,0 @@
-"""Media stages of the pipeline: probe, extract, stretch, mix and mux with ffmpeg, run safely."""

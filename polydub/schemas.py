@@ -1,0 +1,261 @@
+"""The API's wire models: its requests and responses, shared by the server (polydub.api) and
+the clients (polydub.client, the CLI), so both read one definition. Every request model forbids
+unknown fields (a typo is a 422, never a silently ignored option); the OpenAPI schema documents
+the responses from these."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from polydub.jobs import JobStatus
+from polydub.languages import LANGUAGES
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _language(code: str) -> str:
+    code = code.strip().lower()
+    if code not in LANGUAGES:
+        # A named error type: the envelope's code becomes "unsupported_language".
+        raise PydanticCustomError(
+            "unsupported_language",
+            "unsupported language {code!r}; supported: {supported}",
+            {"code": code, "supported": ", ".join(sorted(LANGUAGES))},
+        )
+    return code
+
+
+class JobOptions(Strict):
+    """What a job is asked to do. Languages are ISO 639-3 codes (``GET /api/v1/languages``)."""
+
+    source_language: str = Field(
+        default="auto", description="ISO 639-3 code of the spoken language, or 'auto' to detect"
+    )
+    target_languages: Annotated[list[str], Field(min_length=1)]
+    num_speakers: Annotated[int, Field(ge=1, le=20)] | None = None
+    keep_background: bool = True
+    subtitles_only: bool = False
+    start_time: Annotated[float, Field(ge=0)] | None = None
+    end_time: Annotated[float, Field(gt=0)] | None = None
+    callback_url: AnyHttpUrl | None = Field(default=None, max_length=2048)
+
+    @field_validator("source_language")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        return "auto" if value.strip().lower() == "auto" else _language(value)
+
+    @field_validator("target_languages")
+    @classmethod
+    def _targets(cls, value: list[str]) -> list[str]:
+        codes: list[str] = []
+        for item in value:
+            for code in item.split(","):
+                if code.strip():
+                    checked = _language(code)
+                    if checked not in codes:
+                        codes.append(checked)
+        if not codes:
+            raise PydanticCustomError("missing_target_language", "a target language is required")
+        return codes
+
+    @model_validator(mode="after")
+    def _coherent(self) -> JobOptions:
+        if self.source_language in self.target_languages:
+            raise PydanticCustomError(
+                "same_language", "a target language equals the source language"
+            )
+        if (
+            self.start_time is not None
+            and self.end_time is not None
+            and self.end_time <= self.start_time
+        ):
+            raise PydanticCustomError("invalid_time_range", "end_time must be after start_time")
+        return self
+
+    def options_json(self) -> dict[str, Any]:
+        """The options column the orchestrator reads."""
+        return {
+            "num_speakers": self.num_speakers,
+            "keep_background": self.keep_background,
+            "subtitles_only": self.subtitles_only,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+        }
+
+
+class JobFromUpload(JobOptions):
+    """JSON body of ``POST /jobs`` after a presigned upload (``POST /uploads``)."""
+
+    upload_id: uuid.UUID
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    detail: Any = None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorInfo
+
+
+class WarningInfo(BaseModel):
+    """A quality gate's warning: the job went on, but a figure of its quality report says
+    what to check (e.g. ``empty_translations``, ``low_language_probability``, ``no_speech``)."""
+
+    code: str
+    message: str
+    stage: str = Field(description="the stage whose figures raised it")
+    language: str | None = Field(
+        default=None, description="the target language; null for the whole job (transcription)"
+    )
+
+
+class TargetOut(BaseModel):
+    language: str
+    status: JobStatus
+    stage: str | None
+    progress: float
+    error: ErrorInfo | None = None
+    warnings: list[WarningInfo] = Field(default_factory=list)
+
+
+class InputOut(BaseModel):
+    filename: str | None
+    bytes: int | None
+    duration_seconds: float | None
+    has_video: bool | None
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+    progress: str
+    outputs: dict[str, str]
+
+
+class JobOut(BaseModel):
+    id: uuid.UUID
+    status: JobStatus
+    stage: str | None
+    progress: float = Field(description="0..1 over the whole job")
+    percent: int
+    eta_seconds: float | None
+    source_language: str
+    detected_language: str | None
+    target_languages: list[str]
+    targets: list[TargetOut]
+    options: dict[str, Any]
+    input: InputOut
+    callback_url: str | None
+    cancel_requested: bool
+    retries: int
+    error: ErrorInfo | None
+    warnings: list[WarningInfo] = Field(
+        default_factory=list, description="the job's own, then each target language's"
+    )
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    expires_at: datetime | None
+    links: JobLinks
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at end")
+
+
+class JobListQuery(Strict):
+    status: JobStatus | None = None
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+    cursor: Annotated[str, Field(max_length=200)] | None = None
+
+
+class UploadOut(BaseModel):
+    upload_id: uuid.UUID
+    url: str
+    method: Literal["PUT"]
+    expires_at: datetime
+    max_bytes: int
+
+
+class OutputFile(BaseModel):
+    # A str, not ArtifactKind: links to a kind a newer worker added still answer.
+    kind: str = Field(description="an ArtifactKind: dubbed_video, subtitles_srt, ...")
+    url: str
+    content_type: str
+    size_bytes: int
+    filename: str
+
+
+class PreviewOut(BaseModel):
+    start: float
+    end: float
+    url: str
+    content_type: str
+    size_bytes: int
+
+
+class OutputsOut(BaseModel):
+    job_id: uuid.UUID
+    language: str
+    status: JobStatus
+    expires_in_seconds: int
+    files: list[OutputFile]
+    preview: PreviewOut | None = None
+
+
+class PurgeOut(BaseModel):
+    job_id: uuid.UUID
+    deleted_objects: int
+
+
+class LanguageOut(BaseModel):
+    code: str
+    name: str
+    transcribe: bool = Field(description="speech recognition can take it as the source")
+    translate: bool = Field(description="the translation model covers it")
+    synthesize: bool = Field(description="a speech-synthesis voice is in the model repository")
+    dub_target: bool = Field(description="translate and synthesize: a full dub into it")
+
+
+class ServedModelOut(BaseModel):
+    name: str
+    family: str
+    checkpoint: str = Field(description="Hub id, local directory, or 'random weights (tiny)'")
+    revision: str | None = Field(description="the Hub commit, or a local checkpoint's sha256")
+    license: str
+    precision: str = Field(description="int8 | fp32 | fp16")
+    random_weights: bool = Field(description="random weights: this model's output is noise")
+
+
+class LanguagesOut(BaseModel):
+    auto_detect: bool
+    models: list[str]
+    served: list[ServedModelOut] = Field(
+        default_factory=list, description="where each served model's weights come from"
+    )
+    random_weights: list[str] = Field(
+        default_factory=list, description="model families served with random weights (noise)"
+    )
+    languages: list[LanguageOut]
+
+
+class CheckOut(BaseModel):
+    ok: bool
+    ms: float
+    error: str | None = None
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "ready"]
+    checks: dict[str, CheckOut] = Field(default_factory=dict)

@@ -1,0 +1,197 @@
+"""The names of polydub's Triton models and of their tensors: one spelling for the exporters'
+GraphSpecs, the python models and the orchestrator's clients.
+
+Tensor names are ``StrEnum`` members, so they are plain ``str`` wherever a name is expected and a
+model's inputs or outputs can be listed in order (``list(NllbIn)``): the committed configs are
+checked against these (``tests/unit/export/test_configs.py``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+# ------------------------------------------------------------------------------------ models
+
+WHISPER = "whisper"  # python: features, language detection, greedy decoding
+NLLB = "nllb"  # python: tokenisation and beam search over the two graphs below
+NLLB_ENCODER = "nllb_encoder"
+NLLB_DECODER = "nllb_decoder"
+MMS_TTS_PREFIX = "mms_tts_"  # one graph per language: mms_tts_<ISO 639-3>
+MMS_TTS_TOKENIZER = "mms_tts_tokenizer"  # python: serves each voice's TtsTokenizer spec
+SILERO_VAD = "silero_vad"
+PYANNOTE_SEGMENTATION = "pyannote_segmentation"
+SPEAKER_EMBEDDING = "speaker_embedding"
+GENDER = "gender"
+MANIFEST = "polydub_manifest"  # python: serves manifest.json (polydub.manifest)
+
+
+def mms_tts(language: str) -> str:
+    """The MMS-TTS voice of one language (ISO 639-3): ``mms_tts_eng``."""
+    return f"{MMS_TTS_PREFIX}{language}"
+
+
+# ----------------------------------------------------------------------- python (BLS) models
+
+
+class WhisperIn(StrEnum):
+    AUDIO = "audio"
+    LANGUAGE = "language"
+    TASK = "task"
+    MAX_NEW_TOKENS = "max_new_tokens"  # optional
+    MIN_NEW_TOKENS = "min_new_tokens"  # optional
+
+
+class WhisperOut(StrEnum):
+    TEXT = "text"
+    TOKENS = "tokens"
+    SEGMENTS = "segments"
+    DETECTED_LANGUAGE = "detected_language"
+    LANGUAGE_PROBABILITY = "language_probability"
+    AVG_LOGPROB = "avg_logprob"
+    NO_SPEECH_PROB = "no_speech_prob"
+
+
+class NllbIn(StrEnum):
+    TEXT = "text"
+    SRC_LANG = "src_lang"
+    TGT_LANG = "tgt_lang"
+    N_BEST = "n_best"  # optional
+    MAX_LENGTH = "max_length"  # optional
+
+
+class NllbOut(StrEnum):
+    TRANSLATIONS = "translations"
+    SCORES = "scores"
+    TOKEN_IDS = "token_ids"
+
+
+class TtsTokenizerIn(StrEnum):
+    LANGUAGE = "language"
+
+
+class TtsTokenizerOut(StrEnum):
+    TOKENIZER = "tokenizer"
+
+
+class ManifestIn(StrEnum):
+    FORMAT = "format"
+
+
+class ManifestOut(StrEnum):
+    MANIFEST = "manifest"
+
+
+# -------------------------------------------------------------------------------- ONNX graphs
+
+
+class NllbEncoderIn(StrEnum):
+    INPUT_IDS = "input_ids"
+    ATTENTION_MASK = "attention_mask"
+
+
+class NllbEncoderOut(StrEnum):
+    LAST_HIDDEN_STATE = "last_hidden_state"
+    CROSS_KEY = "cross_key"
+    CROSS_VALUE = "cross_value"
+
+
+class NllbDecoderIn(StrEnum):
+    INPUT_IDS = "input_ids"
+    ENCODER_ATTENTION_MASK = "encoder_attention_mask"
+    CROSS_KEY = "cross_key"
+    CROSS_VALUE = "cross_value"
+    PAST_KEY = "past_key"
+    PAST_VALUE = "past_value"
+
+
+class NllbDecoderOut(StrEnum):
+    LOGITS = "logits"  # every position: for checks; the search reads the top-k only
+    TOP_LOG_PROBS = "top_log_probs"
+    TOP_IDS = "top_ids"
+    PRESENT_KEY = "present_key"
+    PRESENT_VALUE = "present_value"
+
+
+class WhisperEncoderIn(StrEnum):
+    """The encoder graph (a file of the ``whisper`` model, run in its own onnxruntime session)."""
+
+    INPUT_FEATURES = "input_features"
+
+
+class WhisperEncoderOut(StrEnum):
+    LAST_HIDDEN_STATE = "last_hidden_state"  # for checks; plus cross_key.i / cross_value.i
+
+
+class WhisperDecoderIn(StrEnum):
+    INPUT_IDS = "input_ids"  # plus past_* and cross_* per layer (layer_tensors)
+
+
+class WhisperDecoderOut(StrEnum):
+    LOGITS = "logits"  # plus present_* per layer
+
+
+def layer_tensors(kind: str, layers: int) -> list[str]:
+    """Whisper's per-layer K/V tensors, in graph order: ``<kind>_key.0``, ``<kind>_value.0``,
+    ``<kind>_key.1``, ...; kind is ``cross``, ``past`` or ``present``."""
+    return [f"{kind}_{part}.{i}" for i in range(layers) for part in ("key", "value")]
+
+
+class MmsTtsIn(StrEnum):
+    INPUT_IDS = "input_ids"
+    ATTENTION_MASK = "attention_mask"
+    LENGTH_SCALE = "length_scale"
+    NOISE_SCALE = "noise_scale"
+    NOISE_SCALE_DURATION = "noise_scale_duration"
+    SEED = "seed"
+
+
+class MmsTtsOut(StrEnum):
+    WAVEFORM = "waveform"
+    WAVEFORM_LENGTHS = "waveform_lengths"
+    DURATIONS = "durations"
+
+
+class VadIn(StrEnum):
+    AUDIO = "audio"
+    STATE = "state"
+
+
+class VadOut(StrEnum):
+    SPEECH_PROBS = "speech_probs"
+    STATE_OUT = "state_out"
+
+
+class SegmentationIn(StrEnum):
+    WAVEFORM = "waveform"
+
+
+class SegmentationOut(StrEnum):
+    LOG_PROBS = "log_probs"
+
+
+class EmbeddingIn(StrEnum):
+    WAVEFORM = "waveform"
+    WEIGHTS = "weights"
+
+
+class EmbeddingOut(StrEnum):
+    EMBEDDING = "embedding"
+
+
+class GenderIn(StrEnum):
+    WAVEFORM = "waveform"
+
+
+class GenderOut(StrEnum):
+    F0_HZ = "f0_hz"
+    PERIODICITY = "periodicity"
+    ENERGY_DB = "energy_db"
+
+
+# The python models' tensors by model: what their committed configs must declare, in order.
+PYTHON_MODELS: dict[str, tuple[type[StrEnum], type[StrEnum]]] = {
+    WHISPER: (WhisperIn, WhisperOut),
+    NLLB: (NllbIn, NllbOut),
+    MMS_TTS_TOKENIZER: (TtsTokenizerIn, TtsTokenizerOut),
+    MANIFEST: (ManifestIn, ManifestOut),
+}

@@ -1,0 +1,241 @@
+"""NLLB-200 translation: tokenisation with language codes, encoding, and the beam search
+(``nllb_search``) over whatever runs the two exported graphs (``NllbModel``): Triton BLS calls in
+the ``nllb`` model (``nllb_service``), onnxruntime sessions in the exporter's and the tests'
+checks (``OnnxRuntimeModel``). Needs ``tokenizers`` besides numpy.
+
+Source ids are [src_lang_code] + pieces + [</s>], as in the NLLB checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from polydub.serving.names import NllbDecoderIn, NllbDecoderOut, NllbEncoderIn, NllbEncoderOut
+from polydub.serving.nllb_search import (
+    FloatArray,
+    GenerationConfig,
+    IntArray,
+    Past,
+    SearchRequest,
+    beam_search,
+)
+
+# ----------------------------------------------------------------------------- tokenisation
+
+
+class UnknownLanguage(ValueError):
+    pass
+
+
+class NllbCodec:
+    """tokenizer.json (Hugging Face ``tokenizers``) with NLLB's language-code conventions."""
+
+    def __init__(self, tokenizer_dir: Path | str) -> None:
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+        self.eos_id = self._id("</s>")
+
+    def _id(self, token: str) -> int:
+        token_id = self.tokenizer.token_to_id(token)
+        if token_id is None:
+            raise KeyError(token)
+        return int(token_id)
+
+    def language_id(self, code: str) -> int:
+        """The id of a FLORES-200 code such as ``fra_Latn``; a clear error for anything else."""
+        token_id = self.tokenizer.token_to_id(code) if _looks_like_flores(code) else None
+        if token_id is None:
+            raise UnknownLanguage(
+                f"unknown language code {code!r}: expected a FLORES-200 code such as 'eng_Latn'"
+            )
+        return int(token_id)
+
+    def encode(self, text: str, src_lang: str, max_tokens: int) -> list[int]:
+        """[src_lang] + pieces + [</s>], pieces cut so the whole fits in max_tokens."""
+        pieces = self.tokenizer.encode(text, add_special_tokens=False).ids
+        return [self.language_id(src_lang), *pieces[: max(0, max_tokens - 2)], self.eos_id]
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        text: str = self.tokenizer.decode(list(tokens), skip_special_tokens=True)
+        return text
+
+
+def _looks_like_flores(code: str) -> bool:
+    lang, _, script = code.partition("_")
+    return len(lang) == 3 and len(script) == 4 and lang.isalpha() and script.isalpha()
+
+
+# ----------------------------------------------------------------------------- translation
+
+
+# What the search reads of each decoder step, in this order.
+STEP_OUTPUTS = (
+    NllbDecoderOut.TOP_LOG_PROBS,
+    NllbDecoderOut.TOP_IDS,
+    NllbDecoderOut.PRESENT_KEY,
+    NllbDecoderOut.PRESENT_VALUE,
+)
+
+
+class NllbModel(Protocol):
+    """The two exported graphs, however they are run (Triton BLS calls or onnxruntime)."""
+
+    def encode(
+        self, input_ids: IntArray, attention_mask: IntArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """-> cross_key, cross_value [batch, layers, heads, src_len, head_dim]"""
+        ...
+
+    def decode(self, feeds: dict[str, Any]) -> tuple[FloatArray, IntArray, FloatArray, FloatArray]:
+        """decoder feeds -> top_log_probs, top_ids, present_key, present_value"""
+        ...
+
+
+@dataclass(frozen=True)
+class TranslationItem:
+    text: str
+    src_lang: str  # FLORES-200
+    tgt_lang: str
+    num_beams: int
+    num_return: int
+    max_length: int = 0  # 0: from the source length (max_len_a * src + max_len_b), capped
+
+
+@dataclass(frozen=True)
+class Candidate:
+    text: str
+    tokens: tuple[int, ...]
+    score: float
+    log_prob: float
+
+
+@dataclass(frozen=True)
+class TranslationLimits:
+    max_source_tokens: int = 512
+    max_length_cap: int = 256
+    max_len_a: float = 2.0
+    max_len_b: int = 16
+
+
+class Translator:
+    def __init__(
+        self,
+        codec: NllbCodec,
+        model: NllbModel,
+        config: GenerationConfig,
+        limits: TranslationLimits = TranslationLimits(),
+    ) -> None:
+        self.codec = codec
+        self.model = model
+        self.config = config
+        self.limits = limits
+
+    def check(self, item: TranslationItem) -> None:
+        """Raise ValueError for what would fail the item (call before batching it)."""
+        self.codec.language_id(item.src_lang)
+        self.codec.language_id(item.tgt_lang)
+        if not 1 <= item.num_return <= item.num_beams <= self.config.max_beams:
+            raise ValueError(
+                f"need 1 <= n_best <= num_beams <= {self.config.max_beams}, "
+                f"got n_best={item.num_return} num_beams={item.num_beams}"
+            )
+
+    def max_length(self, item: TranslationItem, source_len: int) -> int:
+        cap = min(self.limits.max_length_cap, self.config.max_position_embeddings)
+        wanted = item.max_length or int(self.limits.max_len_a * source_len + self.limits.max_len_b)
+        return max(3, min(cap, wanted))
+
+    def translate(self, items: Sequence[TranslationItem]) -> list[list[Candidate]]:
+        for item in items:
+            self.check(item)
+        # The encoder's position table bounds the source length too.
+        max_tokens = min(self.limits.max_source_tokens, self.config.max_position_embeddings)
+        sources = [self.codec.encode(item.text, item.src_lang, max_tokens) for item in items]
+        width = max(len(s) for s in sources)
+        input_ids = np.full((len(items), width), self.config.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(items), width), dtype=np.int64)
+        for row, ids in enumerate(sources):
+            input_ids[row, : len(ids)] = ids
+            attention_mask[row, : len(ids)] = 1
+        cross_key, cross_value = self.model.encode(input_ids, attention_mask)
+
+        requests = [
+            SearchRequest(
+                forced_bos_token_id=self.codec.language_id(item.tgt_lang),
+                num_beams=item.num_beams,
+                max_length=self.max_length(item, len(src)),
+            )
+            for item, src in zip(items, sources, strict=True)
+        ]
+        empty = np.zeros(
+            (0, self.config.decoder_layers, self.config.decoder_heads, 0, self.config.head_dim),
+            dtype=np.float32,
+        )
+        gathered: dict[str, Any] = {}
+
+        def step(ids: IntArray, source_index: IntArray, past: Past | None) -> Any:
+            key = source_index.tobytes()
+            if gathered.get("key") != key:  # rows change only when a request finishes
+                gathered.update(
+                    key=key,
+                    encoder_attention_mask=attention_mask[source_index],
+                    cross_key=np.ascontiguousarray(cross_key[source_index]),
+                    cross_value=np.ascontiguousarray(cross_value[source_index]),
+                )
+            if past is None:
+                shape = (len(ids), *empty.shape[1:])
+                past = (np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+            top_log_probs, top_ids, present_key, present_value = self.model.decode(
+                {
+                    NllbDecoderIn.INPUT_IDS: ids,
+                    NllbDecoderIn.ENCODER_ATTENTION_MASK: gathered["encoder_attention_mask"],
+                    NllbDecoderIn.CROSS_KEY: gathered["cross_key"],
+                    NllbDecoderIn.CROSS_VALUE: gathered["cross_value"],
+                    NllbDecoderIn.PAST_KEY: past[0],
+                    NllbDecoderIn.PAST_VALUE: past[1],
+                }
+            )
+            return top_log_probs, top_ids, (present_key, present_value)
+
+        hypotheses = beam_search(requests, step, self.config)
+        return [
+            [
+                Candidate(self.codec.decode(h.tokens), h.tokens, h.score, h.log_prob)
+                for h in hyps[: item.num_return]
+            ]
+            for item, hyps in zip(items, hypotheses, strict=True)
+        ]
+
+
+class OnnxRuntimeModel:
+    """The exported graphs run in-process (export checks, tests, the benchmark)."""
+
+    def __init__(self, encoder: Path | str, decoder: Path | str, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        self.encoder = ort.InferenceSession(str(encoder), options, providers=providers)
+        self.decoder = ort.InferenceSession(str(decoder), options, providers=providers)
+
+    def encode(
+        self, input_ids: IntArray, attention_mask: IntArray
+    ) -> tuple[FloatArray, FloatArray]:
+        key, value = self.encoder.run(
+            [NllbEncoderOut.CROSS_KEY, NllbEncoderOut.CROSS_VALUE],
+            {NllbEncoderIn.INPUT_IDS: input_ids, NllbEncoderIn.ATTENTION_MASK: attention_mask},
+        )
+        return key, value
+
+    def decode(self, feeds: dict[str, Any]) -> tuple[FloatArray, IntArray, FloatArray, FloatArray]:
+        names = list(STEP_OUTPUTS)
+        top_log_probs, top_ids, key, value = self.decoder.run(names, feeds)
+        return top_log_probs, top_ids, key, value
