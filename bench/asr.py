@@ -44,8 +44,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bench.common import TEMPLATES, private_stack, save
+from polydub.serving.names import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 SEED = 0
 BASE_DIMS = {  # openai/whisper-base
     "d_model": 512,
@@ -394,11 +394,11 @@ def _load() -> str:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    from polydub.clients.triton import InferenceClient
     from polydub.export.repository import copy_templates
     from polydub.export.spec import Target
     from polydub.export.whisper import MODELS, WhisperExporter
     from polydub.export.whisper_graphs import BLS_MODEL
+    from polydub.infra.triton import InferenceClient
     from polydub.orchestrator.inference.asr import AsrClient
 
     levels = [int(x) for x in args.levels.split(",")]

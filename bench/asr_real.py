@@ -42,8 +42,8 @@ from numpy.typing import NDArray
 from bench.asr import cpu_seconds
 from bench.common import TEMPLATES, private_stack, save
 from polydub.export.wer import word_error_rate
+from polydub.serving.names import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 SEED = 0
 MARGIN_S = 0.1
 NOISE = 0.002  # standard deviation of the noise floor (full scale 1.0)
@@ -237,12 +237,12 @@ def triton_retries() -> float:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    from polydub.clients.triton import InferenceClient
     from polydub.export.ct2_whisper import bundled_checkpoint, locate_bundled
     from polydub.export.repository import copy_templates
     from polydub.export.spec import Checkpoint, Target
     from polydub.export.whisper import WhisperExporter
     from polydub.export.whisper_graphs import BLS_MODEL
+    from polydub.infra.triton import InferenceClient
     from polydub.orchestrator.inference.asr import AsrClient
 
     chosen = [s for s in args.systems.split(",") if s]

@@ -20,12 +20,12 @@ from typing import Any, ParamSpec, TypeVar
 import asyncpg
 
 from bench.common import TEMPLATES, private_stack, save
-from polydub.clients.db import migrate_database
-from polydub.clients.queue import connect, ensure_jobs_stream
-from polydub.clients.storage import ObjectStore
-from polydub.clients.triton import InferenceClient
 from polydub.export.run import export_preset
 from polydub.export.spec import Preset, Target
+from polydub.infra.db import migrate_database
+from polydub.infra.queue import connect, ensure_jobs_stream
+from polydub.infra.storage import ObjectStore
+from polydub.infra.triton import InferenceClient
 from polydub.jobs import JobKeys, JobMessage
 from polydub.orchestrator.main import run_worker
 from polydub.orchestrator.services import Services

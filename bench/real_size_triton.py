@@ -22,6 +22,7 @@ import numpy as np
 import psutil
 
 from polydub.export.hub import available_memory
+from polydub.serving.names import SAMPLE_RATE
 from polydub.stack import Stack
 from polydub.stack.isolated import isolated_settings
 from polydub.stack.triton import shm_region_prefix
@@ -29,7 +30,6 @@ from polydub.stack.triton import shm_region_prefix
 GIB = 2**30
 LOAD_TIMEOUT_S = 900.0
 INFER_TIMEOUT_S = 300.0
-SAMPLE_RATE = 16000
 # Free memory a model's load needs: onnxruntime holds the weights (served bytes) and a graph
 # being optimised takes about as much again for a moment.
 LOAD_FACTOR = 2.5
@@ -121,7 +121,7 @@ def inference(family: str, client: Any, models: list[str]) -> Callable[[], Await
 
 
 async def _infer(url: str, family: str, models: list[str]) -> str:
-    from polydub.clients.triton import InferenceClient
+    from polydub.infra.triton import InferenceClient
 
     async with InferenceClient(url, timeout=INFER_TIMEOUT_S) as client:
         run = inference(family, client, models)

@@ -109,7 +109,7 @@ async def follow(
 async def stream_state(nats_url: str, stream: str) -> dict[str, Any]:
     import nats
 
-    from polydub.clients.queue import WORKER_CONSUMER
+    from polydub.infra.queue import WORKER_CONSUMER
 
     nc = await nats.connect(nats_url)
     try:

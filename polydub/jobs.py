@@ -173,7 +173,7 @@ async def publish_event(
     if nc is None:
         return
     # Here, not at the top: the client SDK imports this module and needs no NATS client.
-    from polydub.clients.queue import progress_subject
+    from polydub.infra.queue import progress_subject
 
     with contextlib.suppress(Exception):
         await nc.publish(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from polydub.clients.triton import InferenceClient
+from polydub.infra.triton import InferenceClient
 from polydub.settings import Settings
 from polydub.stack import Stack
 from polydub.stack.isolated import free_port, isolated_settings
@@ -113,7 +113,7 @@ async def tiny_models(triton: InferenceClient, stack_settings: Settings) -> list
 
 @pytest.fixture(scope="session")
 async def db_pool(services: Stack, stack_settings: Settings) -> AsyncIterator[object]:
-    from polydub.clients.db import create_pool, migrate_database
+    from polydub.infra.db import create_pool, migrate_database
 
     await migrate_database(stack_settings)
     pool = await create_pool(stack_settings)

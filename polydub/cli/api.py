@@ -48,8 +48,8 @@ def purge(
 ) -> None:
     """Delete expired jobs' data now, or one job's (its input, outputs and rows)."""
     from polydub.api.retention import purge_expired, purge_job
-    from polydub.clients.db import create_pool
-    from polydub.clients.storage import ObjectStore
+    from polydub.infra.db import create_pool
+    from polydub.infra.storage import ObjectStore
 
     settings = get_settings()
 

@@ -7,7 +7,7 @@ import asyncio
 import typer
 from rich.console import Console
 
-from polydub.clients.db import migrate_database
+from polydub.infra.db import migrate_database
 from polydub.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True, help="Database schema.")

@@ -12,8 +12,8 @@ from rich.table import Table
 
 from polydub.api.auth import create_key, revoke_key
 from polydub.api.db.keys import list_keys
-from polydub.clients.db import migrate_database
 from polydub.errors import NotFound
+from polydub.infra.db import migrate_database
 from polydub.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True, help="API keys: create, revoke, list.")

@@ -21,7 +21,7 @@ def run(
     ] = 30.0,
     # The queue policy is the shared durable consumer's: every worker of a stream should agree.
     # Short values make fault drills (a stalled or killed worker) fast; production keeps the
-    # defaults of polydub.clients.queue.ConsumerPolicy.
+    # defaults of polydub.infra.queue.ConsumerPolicy.
     ack_wait: Annotated[
         float | None,
         typer.Option(min=0.5, help="Seconds without a heartbeat before a job is redelivered."),
@@ -37,7 +37,7 @@ def run(
     """Consume jobs from the JOBS work queue until SIGTERM, then drain."""
     import dataclasses
 
-    from polydub.clients.queue import ConsumerPolicy
+    from polydub.infra.queue import ConsumerPolicy
     from polydub.orchestrator.main import run_worker
     from polydub.orchestrator.worker import WorkerOptions
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from polydub.serving.names import SAMPLE_RATE
+
 from .pcm import wav_info
 from .runner import file_input, file_url, pcm_output, run_ffmpeg
 
-MODEL_SAMPLE_RATE = 16000
 MIX_SAMPLE_RATE = 48000
 
 
@@ -58,7 +59,7 @@ def extract_model_audio(
     start: float | None = None,
     end: float | None = None,
     audio_index: int = 0,
-    sample_rate: int = MODEL_SAMPLE_RATE,
+    sample_rate: int = SAMPLE_RATE,
     media_duration: float,
 ) -> NDArray[np.float32]:
     """Mono float32 samples at ``sample_rate`` (16 kHz for Whisper, VAD and diarization).

@@ -202,7 +202,7 @@ def _migrate(settings: Settings) -> None:
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    from polydub.clients.db import migrate_database
+    from polydub.infra.db import migrate_database
 
     with ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, migrate_database(settings)).result()
@@ -266,7 +266,7 @@ def s3(settings: Settings, root: Path) -> Server:
         )
 
     def after_healthy() -> None:
-        from polydub.clients.storage import make_minio
+        from polydub.infra.storage import make_minio
 
         client = make_minio(settings)
         if not client.bucket_exists(settings.s3_bucket):

@@ -16,8 +16,8 @@ from typing import Any
 import asyncpg
 import nats.js.errors
 
-from polydub.clients.queue import connect
-from polydub.clients.storage import ObjectStore
+from polydub.infra.queue import connect
+from polydub.infra.storage import ObjectStore
 from polydub.jobs import JobKeys, JobMessage
 from polydub.orchestrator.main import run_worker
 from polydub.orchestrator.worker import WorkerOptions

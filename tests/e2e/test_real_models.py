@@ -17,8 +17,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from polydub.clients.triton import InferenceClient
 from polydub.export.wer import word_error_rate
+from polydub.infra.triton import InferenceClient
 from polydub.manifest import Manifest, read_manifest
 from polydub.orchestrator.subtitles import parse_srt
 from polydub.samples import SAMPLE_TURNS, make_sample

@@ -6,7 +6,7 @@ import pytest
 
 from polydub.api.webhooks import backoff_seconds
 from polydub.client._common import ApiError, backoff
-from polydub.clients.triton import RetryPolicy
+from polydub.infra.triton import RetryPolicy
 from polydub.orchestrator.worker import WorkerOptions
 from polydub.retry import Backoff
 from polydub.settings import Settings

@@ -21,9 +21,9 @@ from polydub.api.outbox import OutboxRelay
 from polydub.api.retention import run_retention
 from polydub.api.routes import events, health, jobs, languages, outputs, web
 from polydub.api.webhooks import WebhookSender
-from polydub.clients.db import create_pool, migrate_database
-from polydub.clients.storage import ObjectStore
-from polydub.clients.triton import InferenceClient
+from polydub.infra.db import create_pool, migrate_database
+from polydub.infra.storage import ObjectStore
+from polydub.infra.triton import InferenceClient
 from polydub.settings import Settings, get_settings
 from polydub.telemetry.http import TelemetryMiddleware, metrics_endpoint
 from polydub.telemetry.tracing import API_SERVICE, configure_tracing, shutdown_tracing

@@ -19,9 +19,9 @@ from polydub.api.auth import ApiKey, authenticate
 from polydub.api.jobs_service import JobService
 from polydub.api.outbox import OutboxRelay
 from polydub.api.ratelimit import take_token
-from polydub.clients.queue import connect
-from polydub.clients.storage import ObjectStore
-from polydub.clients.triton import InferenceClient
+from polydub.infra.queue import connect
+from polydub.infra.storage import ObjectStore
+from polydub.infra.triton import InferenceClient
 from polydub.retry import Backoff
 from polydub.settings import Settings
 

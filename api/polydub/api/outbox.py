@@ -23,7 +23,7 @@ from nats.js.errors import NotFoundError
 from opentelemetry.trace import SpanKind
 
 from polydub.api.db import outbox as outbox_db
-from polydub.clients.queue import jobs_stream_config
+from polydub.infra.queue import jobs_stream_config
 from polydub.retry import Backoff
 from polydub.settings import Settings
 from polydub.telemetry.propagation import extract_context, inject_headers

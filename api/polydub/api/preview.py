@@ -15,8 +15,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from polydub.clients.storage import ObjectStore
 from polydub.errors import InternalError, InvalidInput, ServiceUnavailable
+from polydub.infra.storage import ObjectStore
 from polydub.jobs import JobKeys
 from polydub.media.runner import file_input, run_ffmpeg
 from polydub.settings import Settings

@@ -18,7 +18,7 @@ import asyncpg
 
 from polydub.api.db import jobs as jobs_db
 from polydub.api.db import retention as retention_db
-from polydub.clients.storage import ObjectStore
+from polydub.infra.storage import ObjectStore
 from polydub.jobs import JobKeys
 from polydub.settings import Settings
 

@@ -1,6 +1,6 @@
 """Diarization models: pyannote segmentation-3.0 and the WeSpeaker ResNet34 speaker embedding.
 
-Two Triton models (clustering runs in the orchestrator, ``orchestrator/diarize.py``):
+Two Triton models (clustering runs in the orchestrator, ``orchestrator/speaker_turns.py``):
 
 ``pyannote_segmentation``  waveform [B, 1, S] float32 (S = 160000: 10 s windows at 16 kHz)
                            -> log_probs [B, F, 7] float32 (F = 589 for 10 s), log-softmax over
@@ -53,11 +53,16 @@ from polydub.export.spec import (
     TensorSpec,
 )
 from polydub.serving import names
-from polydub.serving.names import EmbeddingIn, EmbeddingOut, SegmentationIn, SegmentationOut
+from polydub.serving.names import (
+    SAMPLE_RATE,
+    EmbeddingIn,
+    EmbeddingOut,
+    SegmentationIn,
+    SegmentationOut,
+)
 
 SEGMENTATION = names.PYANNOTE_SEGMENTATION
 EMBEDDING = names.SPEAKER_EMBEDDING
-SAMPLE_RATE = 16000
 WINDOW_SAMPLES = 160000  # pyannote segmentation-3.0 was trained on 10 s chunks
 EMBED_DIM = 256
 
@@ -268,7 +273,7 @@ def fp16_diff(
 class DiarizationExporter:
     """Speaker embeddings always; pyannote's segmentation only when asked for by name or when
     HF_TOKEN is set (it is gated). Without it the orchestrator diarizes with VAD + embeddings
-    over sliding windows + clustering (``orchestrator/diarize.py``)."""
+    over sliding windows + clustering (``orchestrator/speaker_turns.py``)."""
 
     name = "diarization"
     choosable = True

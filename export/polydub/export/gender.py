@@ -43,10 +43,9 @@ from polydub.export.spec import (
     TensorSpec,
 )
 from polydub.serving import names
-from polydub.serving.names import GenderIn, GenderOut
+from polydub.serving.names import SAMPLE_RATE, GenderIn, GenderOut
 
 MODEL = names.GENDER
-SAMPLE_RATE = 16000
 FRAME = 640  # 40 ms: two periods of a 50 Hz voice
 HOP = 160  # 10 ms
 NFFT = 1024  # >= FRAME + max lag: linear, not circular, autocorrelation

@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from polydub.serving.names import SAMPLE_RATE
+
 FRAME_STEP = 270  # samples between output frames: 10 (sinc stride) * 3 * 3 * 3 (pools)
 FRAME_SIZE = 991  # receptive field of one output frame, in samples
 NUM_SPEAKERS = 3

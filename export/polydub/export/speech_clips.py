@@ -18,7 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-SAMPLE_RATE = 16000
+from polydub.serving.names import SAMPLE_RATE
+
 VOICES = ("en+m3", "en+f3")  # a lower and a higher voice, alternated sentence by sentence
 SENTENCES = (
     "Hello, my name is Peter and I like old trains.",

@@ -45,10 +45,9 @@ from polydub.export.spec import (
     TensorSpec,
 )
 from polydub.serving import names
-from polydub.serving.names import VadIn, VadOut
+from polydub.serving.names import SAMPLE_RATE, VadIn, VadOut
 
 MODEL = names.SILERO_VAD
-SAMPLE_RATE = 16000
 WINDOW = 512  # samples per window at 16 kHz
 CONTEXT = 64  # samples of the previous window the model sees before each window
 HIDDEN = 128

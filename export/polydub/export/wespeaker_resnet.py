@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-SAMPLE_RATE = 16000
+from polydub.serving.names import SAMPLE_RATE
+
 FRAME_LENGTH = 400  # 25 ms
 FRAME_SHIFT = 160  # 10 ms
 NFFT = 512

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from polydub.clients.storage import ObjectStore, sha256_file
+from polydub.infra.storage import ObjectStore, sha256_file
 from polydub.media.pcm import read_wav, write_wav
 
 

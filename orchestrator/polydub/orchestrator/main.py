@@ -14,10 +14,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from polydub.clients.db import create_pool
-from polydub.clients.queue import WORKER_CONSUMER, connect, ensure_jobs_stream
-from polydub.clients.storage import ObjectStore
-from polydub.clients.triton import InferenceClient
+from polydub.infra.db import create_pool
+from polydub.infra.queue import WORKER_CONSUMER, connect, ensure_jobs_stream
+from polydub.infra.storage import ObjectStore
+from polydub.infra.triton import InferenceClient
 from polydub.orchestrator.pipeline import PipelineRunner
 from polydub.orchestrator.services import Services
 from polydub.orchestrator.stages import STAGES

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from polydub.clients.storage import ObjectStore
-from polydub.clients.triton import InferenceClient
+from polydub.infra.storage import ObjectStore
+from polydub.infra.triton import InferenceClient
 from polydub.manifest import Manifest, fetch_manifest
 from polydub.media.mix import BackgroundSeparator, MixPolicy
 from polydub.media.probe import Limits

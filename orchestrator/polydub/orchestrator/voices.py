@@ -66,7 +66,7 @@ def semitones_between(f_from: float, f_to: float) -> float:
     return 12.0 * math.log2(f_to / f_from)
 
 
-def assign_voices(
+def cast_voices(
     speakers: Sequence[SpeakerProfile],
     voices: Sequence[Voice],
     policy: VoicePolicy = VoicePolicy(),

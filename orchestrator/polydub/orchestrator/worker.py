@@ -30,8 +30,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from opentelemetry.trace import SpanKind
 
-from polydub.clients.queue import WORKER_CONSUMER, ConsumerPolicy
 from polydub.errors import InvalidInput, PermanentError, classify
+from polydub.infra.queue import WORKER_CONSUMER, ConsumerPolicy
 from polydub.jobs import JobMessage, publish_event
 from polydub.logging import log_context
 from polydub.orchestrator.pipeline import PipelineRunner

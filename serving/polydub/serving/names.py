@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+# Every speech model reads 16 kHz mono float32 audio, and MMS-TTS speaks at 16 kHz.
+SAMPLE_RATE = 16000
+
 # ------------------------------------------------------------------------------------ models
 
 WHISPER = "whisper"  # python: features, language detection, greedy decoding

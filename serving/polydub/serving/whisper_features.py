@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from polydub.serving.names import SAMPLE_RATE
+
 Array = npt.NDArray[Any]
 
-SAMPLE_RATE = 16000
 N_FFT = 400
 HOP_LENGTH = 160
 CHUNK_SECONDS = 30

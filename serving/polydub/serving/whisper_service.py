@@ -41,14 +41,14 @@ from polydub.serving.batch import (
     strings,
     text_column,
 )
-from polydub.serving.names import WhisperIn, WhisperOut
+from polydub.serving.names import SAMPLE_RATE, WhisperIn, WhisperOut
 from polydub.serving.whisper_decode import (
     DecodeOptions,
     DecodeResult,
     greedy_decode,
     validate_options,
 )
-from polydub.serving.whisper_features import N_SAMPLES, SAMPLE_RATE, Array, log_mel_spectrogram
+from polydub.serving.whisper_features import N_SAMPLES, Array, log_mel_spectrogram
 from polydub.serving.whisper_ort import OrtGraphs
 from polydub.serving.whisper_text import FACTS_FILE, Detokenizer, WhisperFacts, build_segments
 

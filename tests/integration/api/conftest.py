@@ -15,8 +15,8 @@ from nats.aio.client import Client as NATS
 
 from polydub.api.app import create_app
 from polydub.api.auth import NewKey, create_key
-from polydub.clients.queue import connect
-from polydub.clients.storage import ObjectStore
+from polydub.infra.queue import connect
+from polydub.infra.storage import ObjectStore
 from polydub.manifest import MANIFEST_MODEL, Manifest, ServedModel, manifest_path
 from polydub.settings import Settings
 from polydub.stack import Stack

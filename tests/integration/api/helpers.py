@@ -23,8 +23,8 @@ import asyncpg
 import uvicorn
 from nats.aio.client import Client as NATS
 
-from polydub.clients.queue import progress_subject
-from polydub.clients.storage import ObjectStore
+from polydub.infra.queue import progress_subject
+from polydub.infra.storage import ObjectStore
 from polydub.settings import Settings
 
 

@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from polydub.api.auth import create_key, revoke_key
-from polydub.clients.storage import ObjectStore
+from polydub.infra.storage import ObjectStore
 from tests.integration.api.conftest import Clients
 from tests.integration.api.helpers import Media, Served
 

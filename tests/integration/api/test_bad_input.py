@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from polydub.api.auth import NewKey
-from polydub.clients.storage import ObjectStore
+from polydub.infra.storage import ObjectStore
 from tests.integration.api.conftest import MAX_UPLOAD
 from tests.integration.api.helpers import Media, Served, multipart_body
 

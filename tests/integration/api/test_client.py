@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from polydub.client import ApiError, AsyncClient, Client, JobEvent, JobStatus
-from polydub.clients.storage import ObjectStore
+from polydub.infra.storage import ObjectStore
 from tests.integration.api.conftest import Clients
 from tests.integration.api.helpers import FakeWorker, Media, Served, wait_for
 

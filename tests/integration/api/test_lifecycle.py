@@ -21,7 +21,7 @@ from httpx_sse import aconnect_sse
 from nats.aio.client import Client as NATS
 
 from polydub.api.webhooks import SIGNATURE_HEADER, verify
-from polydub.clients.storage import ObjectStore
+from polydub.infra.storage import ObjectStore
 from polydub.settings import Settings
 from tests.integration.api.conftest import Clients
 from tests.integration.api.helpers import FakeWorker, Media, Receiver, Served, wait_for

@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from polydub.api.app import create_app
 from polydub.api.retention import purge_expired
 from polydub.api.webhooks import SIGNATURE_HEADER, verify
-from polydub.clients.storage import ObjectStore
+from polydub.infra.storage import ObjectStore
 from polydub.settings import Settings
 from polydub.stack import Stack
 from tests.integration.api.conftest import Clients

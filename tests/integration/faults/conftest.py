@@ -19,7 +19,7 @@ import pytest
 
 from loadtests.harness import Deployment
 from polydub.api.auth import NewKey, create_key
-from polydub.clients.storage import make_minio
+from polydub.infra.storage import make_minio
 from polydub.jobs import TERMINAL
 from polydub.settings import Settings
 from polydub.stack.isolated import free_port

@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from loadtests.harness import Deployment, Proc
-from polydub.clients.storage import ObjectStore
+from polydub.infra.storage import ObjectStore
 from polydub.stack import Stack
 from tests.integration.api.helpers import Receiver, Served
 from tests.integration.faults.conftest import (

@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from polydub.api.auth import NewKey
-from polydub.clients.storage import ObjectStore
 from polydub.errors import PolydubError
+from polydub.infra.storage import ObjectStore
 from polydub.jobs import TERMINAL
 from polydub.media.probe import Limits, probe
 from polydub.orchestrator.main import run_worker

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from polydub.api.preview import make_preview
-from polydub.clients.storage import ObjectStore
+from polydub.infra.storage import ObjectStore
 from polydub.media.probe import probe
 from polydub.settings import Settings, get_settings
 from polydub.stack import Stack

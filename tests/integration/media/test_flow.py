@@ -20,7 +20,7 @@ from polydub.media.probe import probe
 from polydub.orchestrator.quality import fit_stats, loudness_stats
 from polydub.orchestrator.subtitles import make_cues, parse_srt, parse_vtt, to_srt, to_vtt
 from polydub.orchestrator.timing import plan_timing
-from polydub.orchestrator.voices import SpeakerProfile, Voice, assign_voices, estimate_f0
+from polydub.orchestrator.voices import SpeakerProfile, Voice, cast_voices, estimate_f0
 from tests.media import espeak as tts
 from tests.media import make_two_speaker_clip
 
@@ -64,7 +64,7 @@ def test_two_speakers_dubbed_into_one_voice(tmp_path: Path) -> None:
     voice_f0 = estimate_f0(tts(SPANISH[0], "es", sample_rate=16000), 16000)
     assert voice_f0 is not None
     speakers = [SpeakerProfile("A", "male", f0["A"]), SpeakerProfile("B", "female", f0["B"])]
-    a, b = assign_voices(speakers, [Voice("es", "male", voice_f0)])
+    a, b = cast_voices(speakers, [Voice("es", "male", voice_f0)])
     assert a.voice == b.voice == "es" and b.semitones - a.semitones >= 2.0
     shift = {"A": a.semitones, "B": b.semitones}
 

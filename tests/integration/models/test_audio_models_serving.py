@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from polydub.clients.triton import InferenceClient
 from polydub.export.diarization import SEGMENTATION, DiarizationExporter, parity_waveforms
 from polydub.export.gender import GenderExporter
 from polydub.export.onnx_tools import run_onnx
 from polydub.export.spec import RANDOM, Checkpoint, Checkpoints, FamilyExporter, Preset, Target
 from polydub.export.vad import VadExporter
-from polydub.orchestrator.diarize import diarize
+from polydub.infra.triton import InferenceClient
 from polydub.orchestrator.inference.diarization import DiarizationClient
 from polydub.orchestrator.inference.gender import GenderClient
 from polydub.orchestrator.inference.vad import VadClient
+from polydub.orchestrator.speaker_turns import diarize
 from polydub.settings import Settings
 from tests.checkout import place_templates
 from tests.unit.export.speech_audio import FEMALE, MALE, speak, with_gaps

@@ -13,7 +13,8 @@ import pytest
 
 from polydub.export.ct2_whisper import PINNED_SHA256, bundled_checkpoint, locate_bundled
 from polydub.export.wer import word_error_rate
-from tests.unit.export.speech_audio import MALE, SAMPLE_RATE, speak
+from polydub.serving.names import SAMPLE_RATE
+from tests.unit.export.speech_audio import MALE, speak
 
 pytestmark = pytest.mark.integration
 

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from polydub.clients.triton import InferenceClient
 from polydub.errors import InvalidInput, PermanentError
 from polydub.export.nllb import NllbExporter
 from polydub.export.nllb_graphs import BLS, DECODER, ENCODER
 from polydub.export.spec import Preset, Target
+from polydub.infra.triton import InferenceClient
 from polydub.languages import LANGUAGES
 from polydub.orchestrator.inference.translation import TranslationClient
 from polydub.serving import nllb_search, nllb_translate

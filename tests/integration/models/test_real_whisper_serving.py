@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from polydub.clients.triton import InferenceClient
 from polydub.export.ct2_whisper import bundled_checkpoint, locate_bundled
 from polydub.export.spec import Checkpoint, ExportReport, Target
 from polydub.export.wer import pooled_word_error_rate, word_error_rate
 from polydub.export.whisper import WhisperExporter
 from polydub.export.whisper_graphs import BLS_MODEL
+from polydub.infra.triton import InferenceClient
 from polydub.orchestrator.inference.asr import AsrClient, AudioRegion, Transcription, cut_regions
 from polydub.settings import Settings
 from tests.checkout import place_templates

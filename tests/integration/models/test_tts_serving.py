@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from polydub.clients.triton import InferenceClient
 from polydub.errors import ConfigurationError, InvalidInput
 from polydub.export.mms_tts import TOKENIZER_MODEL, MmsTtsExporter, model_name
 from polydub.export.mms_tts_graph import OUTPUT_NAMES
 from polydub.export.onnx_tools import run_onnx
 from polydub.export.spec import Preset, Target
+from polydub.infra.triton import InferenceClient
 from polydub.orchestrator.inference.tts import ModelPool, TtsClient, request_inputs
 from polydub.settings import Settings
 from tests.checkout import place_templates

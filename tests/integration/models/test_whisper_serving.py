@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from polydub.clients.triton import InferenceClient
 from polydub.errors import InvalidInput, PermanentError
 from polydub.export.spec import Preset, Target
 from polydub.export.whisper import WhisperExporter
 from polydub.export.whisper_graphs import BLS_MODEL
 from polydub.export.whisper_reference import OrtWhisper
+from polydub.infra.triton import InferenceClient
 from polydub.languages import LANGUAGES
 from polydub.orchestrator.inference.asr import AsrClient, AudioRegion, Transcription
 from polydub.serving import whisper_decode, whisper_features, whisper_text

@@ -22,8 +22,8 @@ import pytest
 
 from polydub.api.db.jobs import get_job
 from polydub.api.job_view import job_json
-from polydub.clients.storage import ObjectStore
-from polydub.clients.triton import InferenceClient
+from polydub.infra.storage import ObjectStore
+from polydub.infra.triton import InferenceClient
 from polydub.media.pcm import read_wav
 from polydub.orchestrator.artifacts import Artifacts
 from polydub.orchestrator.gates import GateThresholds, stage_warnings

@@ -16,8 +16,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from polydub.clients.queue import ConsumerPolicy, connect, ensure_jobs_stream
 from polydub.errors import InvalidInput, ServiceUnavailable
+from polydub.infra.queue import ConsumerPolicy, connect, ensure_jobs_stream
 from polydub.jobs import JobMessage
 from polydub.orchestrator.pipeline import PipelineRunner, Stage, StageContext, StageResult
 from polydub.orchestrator.state import JobStore

@@ -324,8 +324,8 @@ def test_keda_scales_workers_on_the_jobs_consumer(production: list[Manifest]) ->
     meta = trigger["metadata"]
     assert (meta["stream"], meta["consumer"], meta["account"]) == ("JOBS", "workers", "$G")
     assert (meta["lagThreshold"], meta["activationLagThreshold"]) == ("4", "0")
-    # the stream and consumer the application creates (polydub/clients/queue.py)
-    from polydub.clients.queue import WORKER_CONSUMER
+    # the stream and consumer the application creates (polydub/infra/queue.py)
+    from polydub.infra.queue import WORKER_CONSUMER
 
     assert meta["consumer"] == WORKER_CONSUMER and meta["stream"] == Settings().jobs_stream
     # KEDA reaches the leader as <server_name>.<endpoint>: the headless service with port 8222

@@ -11,7 +11,8 @@ import wave
 import numpy as np
 from numpy.typing import NDArray
 
-SAMPLE_RATE = 16000
+from polydub.serving.names import SAMPLE_RATE
+
 MALE = "en+m3"
 FEMALE = "en+f3"
 

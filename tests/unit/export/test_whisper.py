@@ -48,7 +48,7 @@ from polydub.orchestrator.inference.asr import (
     plan_windows,
     unpack_segments,
 )
-from polydub.orchestrator.inference.asr_packing import Placement, pack_regions
+from polydub.orchestrator.inference.asr_packing import PackedRegion, pack_regions
 from polydub.serving import whisper_decode, whisper_features, whisper_text
 from polydub.serving.whisper_service import TOKENIZER_DIR
 from tests.checkout import place_templates
@@ -607,16 +607,20 @@ def test_merge_windows_keeps_each_segment_once_by_midpoint() -> None:
 def test_pack_regions_fills_windows_in_order() -> None:
     windows = pack_regions([10.0, 9.0, 10.0, 12.0, 30.0], window_s=30.0, gap_s=0.5)
     assert windows == [
-        [Placement(0, 0, 0.0, 10.0), Placement(1, 0, 10.5, 9.0), Placement(2, 0, 20.0, 10.0)],
-        [Placement(3, 1, 0.0, 12.0)],
-        [Placement(4, 2, 0.0, 30.0)],
+        [
+            PackedRegion(0, 0, 0.0, 10.0),
+            PackedRegion(1, 0, 10.5, 9.0),
+            PackedRegion(2, 0, 20.0, 10.0),
+        ],
+        [PackedRegion(3, 1, 0.0, 12.0)],
+        [PackedRegion(4, 2, 0.0, 30.0)],
     ]
     with pytest.raises(ValueError, match="longer than a window"):
         pack_regions([31.0])
 
 
 def test_unpack_segments_maps_back_to_each_region() -> None:
-    placements = [Placement(0, 0, 0.0, 10.0), Placement(1, 0, 10.5, 9.0)]
+    placements = [PackedRegion(0, 0, 0.0, 10.0), PackedRegion(1, 0, 10.5, 9.0)]
     segments = [_seg(0.0, 4.0), _seg(4.0, 10.2), _seg(10.5, 15.0), _seg(15.0, 20.0)]
     out = unpack_segments(segments, placements)
     assert [(s.start, s.end) for s in out[0]] == [(0.0, 4.0), (4.0, 10.0)]

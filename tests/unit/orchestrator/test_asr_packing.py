@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from polydub.orchestrator.inference.asr import AsrClient, AudioRegion, TranscriptSegment
 from polydub.orchestrator.inference.asr_packing import (
     PACK_GAP_S,
-    Placement,
+    PackedRegion,
     neighbours,
     pack_regions,
     unpack_window,
@@ -62,7 +62,11 @@ def text(segments: Sequence[TranscriptSegment]) -> str:
 
 # -------------------------------------------------------------------------- unpack_window
 
-PLACEMENTS = [Placement(0, 0, 0.0, 6.0), Placement(1, 0, 7.0, 5.0), Placement(2, 0, 13.0, 4.0)]
+PLACEMENTS = [
+    PackedRegion(0, 0, 0.0, 6.0),
+    PackedRegion(1, 0, 7.0, 5.0),
+    PackedRegion(2, 0, 13.0, 4.0),
+]
 
 
 def test_segment_spanning_two_regions_sends_both_to_be_decoded_alone() -> None:
@@ -99,7 +103,11 @@ def test_reaching_into_a_region_without_words_of_its_own_is_a_span() -> None:
 
 
 def test_short_region_inside_a_segment_counts_as_spanned() -> None:
-    placements = [Placement(0, 0, 0.0, 5.0), Placement(1, 0, 6.0, 0.2), Placement(2, 0, 7.2, 5.0)]
+    placements = [
+        PackedRegion(0, 0, 0.0, 5.0),
+        PackedRegion(1, 0, 6.0, 0.2),
+        PackedRegion(2, 0, 7.2, 5.0),
+    ]
     tokens = [ts(0.0), *words(1), ts(4.8), ts(5.9), *words(2), *words(3), ts(12.0)]
     out = unpack_window(segments_of(tokens, 12.2), placements)
     assert out.redo == {1, 2}

@@ -8,7 +8,7 @@ from polydub.orchestrator.voices import (
     SpeakerProfile,
     Voice,
     VoicePolicy,
-    assign_voices,
+    cast_voices,
     estimate_f0,
     semitones_between,
     separate,
@@ -25,7 +25,7 @@ def st(f_from: float, f_to: float) -> float:
 
 def test_one_voice_two_speakers_of_different_gender() -> None:
     speakers = [SpeakerProfile("A", "male", 110.0), SpeakerProfile("B", "female", 220.0)]
-    a, b = assign_voices(speakers, MMS)
+    a, b = cast_voices(speakers, MMS)
     assert (a.voice, b.voice) == ("mms_tts_spa", "mms_tts_spa") and a.shared and b.shared
     assert a.semitones == st(130, 110) == -2.89  # toward his measured pitch
     assert b.semitones == 6.0  # 9.1 semitones wanted, bounded to +6
@@ -34,26 +34,26 @@ def test_one_voice_two_speakers_of_different_gender() -> None:
 
 
 def test_single_speaker_on_the_only_voice_is_still_shifted_toward_his_pitch() -> None:
-    (a,) = assign_voices([SpeakerProfile("A", "male", 120.0)], MMS)
+    (a,) = cast_voices([SpeakerProfile("A", "male", 120.0)], MMS)
     assert a.semitones == st(130, 120) and not a.shared
 
 
 def test_two_similar_men_are_pushed_apart_symmetrically() -> None:
     speakers = [SpeakerProfile("A", "male", 130.0), SpeakerProfile("B", "male", 130.0)]
-    a, b = assign_voices(speakers, MMS)
+    a, b = cast_voices(speakers, MMS)
     assert (a.semitones, b.semitones) == (-1.0, 1.0)  # 2 semitones apart, centred on 0
 
 
 def test_target_is_clamped_into_the_gender_range_first() -> None:
     # A 'female' speaker measured at 120 Hz (a bad F0 track) still gets a female-plausible pitch.
-    (b,) = assign_voices([SpeakerProfile("B", "female", 120.0)], [Voice("v", "female", 210.0)])
+    (b,) = cast_voices([SpeakerProfile("B", "female", 120.0)], [Voice("v", "female", 210.0)])
     assert b.semitones == st(210, 155) and b.f0 == 155.0
 
 
 def test_unknown_pitch_uses_the_typical_pitch_of_the_gender() -> None:
-    (a,) = assign_voices([SpeakerProfile("A", "female", None)], MMS)
+    (a,) = cast_voices([SpeakerProfile("A", "female", None)], MMS)
     assert a.semitones == 6.0  # 210 Hz wanted from 130 Hz: +8.3, bounded
-    (u,) = assign_voices([SpeakerProfile("U", "unknown", None)], MMS)
+    (u,) = cast_voices([SpeakerProfile("U", "unknown", None)], MMS)
     assert u.semitones == 0.0
 
 
@@ -62,7 +62,7 @@ def test_several_voices_distinct_and_gender_matched_by_pitch() -> None:
               Voice("m_high", "male", 140.0)]  # fmt: skip
     speakers = [SpeakerProfile("A", "male", 135.0), SpeakerProfile("B", "female", 230.0),
                 SpeakerProfile("C", "male", 135.0)]  # fmt: skip
-    a, b, c = assign_voices(speakers, voices)
+    a, b, c = cast_voices(speakers, voices)
     assert (a.voice, b.voice, c.voice) == ("m_high", "f", "m_low")
     assert (a.semitones, b.semitones, c.semitones) == (0.0, 0.0, 0.0)
     assert not any(x.shared for x in (a, b, c))
@@ -72,7 +72,7 @@ def test_gender_beats_distinctness_and_shared_voices_are_separated() -> None:
     voices = [Voice("m", "male", 120.0), Voice("f", "female", 210.0)]
     speakers = [SpeakerProfile("A", "male", 120.0), SpeakerProfile("B", "male", 120.0),
                 SpeakerProfile("C", "female", 210.0)]  # fmt: skip
-    a, b, c = assign_voices(speakers, voices)
+    a, b, c = cast_voices(speakers, voices)
     assert (a.voice, b.voice, c.voice) == ("m", "m", "f")
     assert (a.semitones, b.semitones) == (-1.0, 1.0) and a.shared and b.shared
     assert c.semitones == 0.0 and not c.shared
@@ -89,13 +89,13 @@ def test_separation_respects_order_and_bounds() -> None:
 
 def test_custom_policy_and_errors() -> None:
     policy = VoicePolicy(max_shift=3.0, min_separation=4.0)
-    a, b = assign_voices([SpeakerProfile("A", "male", 130.0), SpeakerProfile("B", "male", 130.0)],
+    a, b = cast_voices([SpeakerProfile("A", "male", 130.0), SpeakerProfile("B", "male", 130.0)],
                          MMS, policy)  # fmt: skip
     assert (a.semitones, b.semitones) == (-2.0, 2.0)
     with pytest.raises(ValueError):
-        assign_voices([SpeakerProfile("A", "male", 1.0)], [])
+        cast_voices([SpeakerProfile("A", "male", 1.0)], [])
     with pytest.raises(ValueError):
-        assign_voices([SpeakerProfile("A", "male", 1.0)] * 2, MMS)
+        cast_voices([SpeakerProfile("A", "male", 1.0)] * 2, MMS)
     assert semitones_between(100.0, 200.0) == 12.0
 
 

@@ -26,8 +26,8 @@ from polydub.api.db.jobs import assert_owned, events_after, job_status
 from polydub.api.deps import AppState, Caller, State
 from polydub.api.errors import TooManyRequests
 from polydub.api.ratelimit import take_token
-from polydub.clients.queue import progress_subject
 from polydub.errors import InvalidInput, PolydubError
+from polydub.infra.queue import progress_subject
 from polydub.jobs import TERMINAL
 from polydub.schemas import ErrorEnvelope
 

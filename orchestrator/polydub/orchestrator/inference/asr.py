@@ -34,16 +34,15 @@ from polydub.languages import from_whisper, get_language
 from polydub.orchestrator.inference.asr_packing import (
     PACK_GAP_S,
     WINDOW_S,
-    Placement,
+    PackedRegion,
     neighbours,
     pack_regions,
     unpack_window,
 )
 from polydub.orchestrator.inference.asr_packing import unpack_segments as unpack_segments
-from polydub.serving.names import WHISPER, WhisperOut
+from polydub.serving.names import SAMPLE_RATE, WHISPER, WhisperOut
 
 MODEL = WHISPER
-SAMPLE_RATE = 16000
 WINDOW_SAMPLES = int(WINDOW_S * SAMPLE_RATE)
 OVERLAP_S = 5.0
 TASKS = ("transcribe", "translate")
@@ -51,7 +50,7 @@ OUTPUTS = list(WhisperOut)
 
 
 class Infer(Protocol):
-    """What the client needs from Triton: ``polydub.clients.triton.InferenceClient`` fits."""
+    """What the client needs from Triton: ``polydub.infra.triton.InferenceClient`` fits."""
 
     async def infer(
         self, model: str, inputs: Mapping[str, NDArray[Any]], outputs: Sequence[str]
@@ -435,7 +434,7 @@ class AsrClient:
         return dict(zip(order, results, strict=True))
 
     def _packed_audio(
-        self, regions: Sequence[AudioRegion], short: Sequence[int], window: Sequence[Placement]
+        self, regions: Sequence[AudioRegion], short: Sequence[int], window: Sequence[PackedRegion]
     ) -> NDArray[np.float32]:
         last = window[-1]
         size = round((last.offset + last.duration) * SAMPLE_RATE)

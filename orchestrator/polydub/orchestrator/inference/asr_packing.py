@@ -49,7 +49,7 @@ TOUCH_S = 0.02  # one timestamp step: any less is rounding, not a reach into a r
 
 
 @dataclass(frozen=True)
-class Placement:
+class PackedRegion:
     """Where a region sits in a packed window."""
 
     region: int  # index into the regions given
@@ -72,10 +72,10 @@ class Unpacked:
 
 def pack_regions(
     durations: Sequence[float], window_s: float = WINDOW_S, gap_s: float = PACK_GAP_S
-) -> list[list[Placement]]:
+) -> list[list[PackedRegion]]:
     """Greedy, in order: regions go back-to-back (``gap_s`` of silence between) into windows
     of at most ``window_s``. Every duration must be <= ``window_s``."""
-    windows: list[list[Placement]] = []
+    windows: list[list[PackedRegion]] = []
     used = math.inf
     for index, duration in enumerate(durations):
         if duration > window_s:
@@ -84,20 +84,20 @@ def pack_regions(
         if not windows or offset + duration > window_s:
             windows.append([])
             offset = 0.0
-        windows[-1].append(Placement(index, len(windows) - 1, offset, duration))
+        windows[-1].append(PackedRegion(index, len(windows) - 1, offset, duration))
         used = offset + duration
     return windows
 
 
-def _overlap(segment: TranscriptSegment, placement: Placement) -> float:
+def _overlap(segment: TranscriptSegment, placement: PackedRegion) -> float:
     return max(0.0, min(segment.end, placement.end) - max(segment.start, placement.offset))
 
 
-def _distance(segment: TranscriptSegment, placement: Placement) -> float:
+def _distance(segment: TranscriptSegment, placement: PackedRegion) -> float:
     return max(placement.offset - segment.end, segment.start - placement.end, 0.0)
 
 
-def _owner(segment: TranscriptSegment, ordered: Sequence[Placement]) -> Placement:
+def _owner(segment: TranscriptSegment, ordered: Sequence[PackedRegion]) -> PackedRegion:
     """The region overlapping the segment most; for one in a gap, the nearest (earlier on ties)."""
     best = max(ordered, key=lambda p: _overlap(segment, p))
     if _overlap(segment, best) > 0.0:
@@ -107,7 +107,7 @@ def _owner(segment: TranscriptSegment, ordered: Sequence[Placement]) -> Placemen
 
 def unpack_window(
     segments: Sequence[TranscriptSegment],
-    placements: Sequence[Placement],
+    placements: Sequence[PackedRegion],
     tolerance_s: float = CROSS_TOLERANCE_S,
 ) -> Unpacked:
     """Window-relative segments -> region-relative ones, and the regions to decode alone.
@@ -146,13 +146,13 @@ def unpack_window(
 
 
 def unpack_segments(
-    segments: Sequence[TranscriptSegment], placements: Sequence[Placement]
+    segments: Sequence[TranscriptSegment], placements: Sequence[PackedRegion]
 ) -> dict[int, list[TranscriptSegment]]:
     """``unpack_window(...).segments``: regions it would decode alone come back empty."""
     return unpack_window(segments, placements).segments
 
 
-def neighbours(placements: Sequence[Placement], region: int) -> list[int]:
+def neighbours(placements: Sequence[PackedRegion], region: int) -> list[int]:
     """The regions packed right before and right after ``region`` in its window."""
     ordered = sorted(placements, key=lambda p: p.offset)
     index = next(k for k, p in enumerate(ordered) if p.region == region)

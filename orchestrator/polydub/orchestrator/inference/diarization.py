@@ -4,7 +4,7 @@
 audio with overlap, turns each frame's powerset log-probabilities into per-speaker activity
 (argmax class -> the set of local speakers it stands for) and aggregates, over the windows that
 cover each frame, how many speakers talk. Local speaker indices are per window: identities are
-linked across windows by clustering embeddings (``orchestrator/diarize.py``).
+linked across windows by clustering embeddings (``orchestrator/speaker_turns.py``).
 
 ``DiarizationClient.embed(chunks, weights)`` returns one embedding per chunk
 (``speaker_embedding``); requests go out concurrently in small groups of equal shape so that
@@ -25,11 +25,10 @@ from numpy.typing import NDArray
 
 from polydub.errors import InvalidInput
 from polydub.orchestrator.inference.vad import Infer, as_audio
-from polydub.serving.names import PYANNOTE_SEGMENTATION, SPEAKER_EMBEDDING
+from polydub.serving.names import PYANNOTE_SEGMENTATION, SAMPLE_RATE, SPEAKER_EMBEDDING
 
 SEGMENTATION_MODEL = PYANNOTE_SEGMENTATION
 EMBEDDING_MODEL = SPEAKER_EMBEDDING
-SAMPLE_RATE = 16000
 WINDOW_SAMPLES = 160000  # 10 s
 FRAME_STEP = 270  # samples between segmentation frames (16.875 ms)
 FRAME_SIZE = 991  # samples seen by one frame

@@ -24,7 +24,6 @@ from polydub.orchestrator.inference.vad import Infer, as_audio
 from polydub.serving.names import GENDER
 
 MODEL = GENDER
-SAMPLE_RATE = 16000
 PIECE_SAMPLES = 160000  # 10 s per request; the last piece is zero-padded (unvoiced)
 FRAME_HOP_S = 0.01
 THRESHOLD_HZ = 165.0

@@ -40,7 +40,7 @@ MAX_CHARACTERS = 2000  # one dubbing segment; the server keeps at most 256 sourc
 
 
 class Triton(Protocol):
-    """What this module needs from Triton: ``polydub.clients.triton.InferenceClient`` fits."""
+    """What this module needs from Triton: ``polydub.infra.triton.InferenceClient`` fits."""
 
     async def infer(
         self, model: str, inputs: Mapping[str, NDArray[Any]], outputs: Sequence[str]

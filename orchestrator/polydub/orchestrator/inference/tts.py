@@ -47,20 +47,19 @@ from numpy.typing import NDArray
 from polydub.errors import ConfigurationError, InvalidInput, PolydubError
 from polydub.languages import get_language
 from polydub.orchestrator.text_normalize import TtsTokenizer
-from polydub.serving.names import MMS_TTS_PREFIX, MMS_TTS_TOKENIZER, MmsTtsOut
+from polydub.serving.names import MMS_TTS_PREFIX, MMS_TTS_TOKENIZER, SAMPLE_RATE, MmsTtsOut
 
 MODEL_PREFIX = MMS_TTS_PREFIX
 TOKENIZER_MODEL = MMS_TTS_TOKENIZER
 OUTPUTS = tuple(MmsTtsOut)
 TOKEN_BUCKET = 16
 MAX_CHARACTERS = 2000  # one dubbing segment; longer text is the caller's job to split
-DEFAULT_SAMPLE_RATE = 16_000
 MIN_RATE, MAX_RATE = 0.25, 4.0  # what synthesize accepts at all
 FIT_MIN_RATE, FIT_MAX_RATE = 0.85, 1.5  # what still sounds natural when fitting a slot
 
 
 class Triton(Protocol):
-    """What this module needs from Triton: ``polydub.clients.triton.InferenceClient`` fits."""
+    """What this module needs from Triton: ``polydub.infra.triton.InferenceClient`` fits."""
 
     async def infer(
         self, model: str, inputs: Mapping[str, NDArray[Any]], outputs: Sequence[str]
@@ -327,7 +326,7 @@ class TtsClient:
             )
         seed = _seed(seed)
         if not text.strip():
-            return Speech(np.zeros(0, np.float32), DEFAULT_SAMPLE_RATE, speaking_rate, seed), None
+            return Speech(np.zeros(0, np.float32), SAMPLE_RATE, speaking_rate, seed), None
         spec = await self.tokenizer(code)
         ids = spec.encode(text)
         if not ids:

@@ -23,10 +23,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from polydub.errors import InvalidInput
-from polydub.serving.names import SILERO_VAD
+from polydub.serving.names import SAMPLE_RATE, SILERO_VAD
 
 MODEL = SILERO_VAD
-SAMPLE_RATE = 16000
 WINDOW = 512
 CONTEXT = 64
 HIDDEN = 128
@@ -35,7 +34,7 @@ MIN_CHUNK_WINDOWS = 16  # the last chunk is padded up to a power of two >= this 
 
 
 class Infer(Protocol):
-    """What the clients need from Triton: ``polydub.clients.triton.InferenceClient`` fits."""
+    """What the clients need from Triton: ``polydub.infra.triton.InferenceClient`` fits."""
 
     async def infer(
         self, model: str, inputs: Mapping[str, NDArray[Any]], outputs: Sequence[str]

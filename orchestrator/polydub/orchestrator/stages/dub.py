@@ -27,12 +27,11 @@ from polydub.orchestrator.records import (
 )
 from polydub.orchestrator.services import Services
 from polydub.orchestrator.timing import plan_timing
-from polydub.orchestrator.voices import Gender, Voice, estimate_f0
-from polydub.orchestrator.voices import assign_voices as assign
+from polydub.orchestrator.voices import Gender, Voice, cast_voices, estimate_f0
+from polydub.serving.names import SAMPLE_RATE
 
 N_BEST = 3
 VOICE_PROBE_TEXT = "hello and welcome, this is a short test of my voice"
-TTS_RATE = 16000
 
 
 async def translate(ctx: StageContext) -> StageResult:
@@ -92,7 +91,7 @@ async def assign_voices(ctx: StageContext) -> StageResult:
     artifacts = Artifacts(services.store, ctx.cache_dir)
     speakers = Speakers.from_json(await artifacts.get_json(ctx.outputs_of("gender")["speakers"]))
     voice = await _voice(ctx.services, ctx.language)
-    assignments = assign(speakers.speakers, [voice])
+    assignments = cast_voices(speakers.speakers, [voice])
     cast = VoiceCast((voice,), tuple(assignments))
     key = await artifacts.put_json(ctx.key("voices.json"), cast.to_json())
     return StageResult(
@@ -132,7 +131,7 @@ async def synthesize(ctx: StageContext) -> StageResult:
 
     first = await asyncio.gather(*(speak(i, 1.0) for i in range(len(segments))))
     await ctx.report(1, 3)
-    natural = [a.size / TTS_RATE for a in first]
+    natural = [a.size / SAMPLE_RATE for a in first]
     plan = plan_timing(segments, natural, timeline_end=timeline_end, policy=services.timing)
     audio = list(first)
     again = plan.to_resynthesize
@@ -145,7 +144,7 @@ async def synthesize(ctx: StageContext) -> StageResult:
         segments,
         natural,
         timeline_end=timeline_end,
-        synthesized=[a.size / TTS_RATE for a in audio],
+        synthesized=[a.size / SAMPLE_RATE for a in audio],
         policy=services.timing,
     )
     spoken = [i for i, s in enumerate(segments) if s.translation.strip()]
@@ -158,7 +157,9 @@ async def synthesize(ctx: StageContext) -> StageResult:
     voice = f"mms_tts_{ctx.language}"
     noise = enforce("synthesize", metrics, random_weights=await services.random_weights([voice]))
     semitones = [cast.semitones(s.speaker) for s in segments]
-    rendered = await asyncio.to_thread(render_segments, audio, TTS_RATE, final.segments, semitones)
+    rendered = await asyncio.to_thread(
+        render_segments, audio, SAMPLE_RATE, final.segments, semitones
+    )
     speech_path = ctx.workdir / "speech48k.npz"
     np.savez(speech_path, *rendered)
     speech = await artifacts.put_file(

@@ -10,7 +10,6 @@ import asyncio
 import numpy as np
 
 from polydub.orchestrator.artifacts import Artifacts
-from polydub.orchestrator.diarize import diarize
 from polydub.orchestrator.gates import GateThresholds, stage_warnings
 from polydub.orchestrator.inference.asr import AudioRegion
 from polydub.orchestrator.pipeline import StageContext, StageResult
@@ -25,9 +24,10 @@ from polydub.orchestrator.records import (
     Turn,
 )
 from polydub.orchestrator.segments import make_segments
+from polydub.orchestrator.speaker_turns import diarize
 from polydub.orchestrator.voices import estimate_f0
+from polydub.serving.names import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 GENDER_SAMPLE_SECONDS = 30.0  # enough voiced speech for a stable median pitch
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from polydub.clients.triton import InferenceClient, RetryPolicy
 from polydub.errors import ConfigurationError, ServiceUnavailable
+from polydub.infra.triton import InferenceClient, RetryPolicy
 
 pytestmark = pytest.mark.unit
 

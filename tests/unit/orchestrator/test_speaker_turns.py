@@ -11,13 +11,6 @@ import pytest
 from numpy.typing import NDArray
 
 from polydub.errors import ConfigurationError, InvalidInput
-from polydub.orchestrator.diarize import (
-    DiarizeOptions,
-    SpeakerTurn,
-    cluster_embeddings,
-    diarize,
-    turns_from_frames,
-)
 from polydub.orchestrator.inference.diarization import (
     FRAME_SIZE,
     FRAME_STEP,
@@ -27,6 +20,13 @@ from polydub.orchestrator.inference.diarization import (
     window_starts,
 )
 from polydub.orchestrator.inference.vad import SpeechRegion
+from polydub.orchestrator.speaker_turns import (
+    DiarizeOptions,
+    SpeakerTurn,
+    cluster_embeddings,
+    diarize,
+    turns_from_frames,
+)
 
 pytestmark = pytest.mark.unit
 SR = 16000

@@ -1,7 +1,7 @@
 import asyncpg
 import pytest
 
-from polydub.clients.db import Migration, load_migrations, migrate
+from polydub.infra.db import Migration, load_migrations, migrate
 from polydub.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -4,8 +4,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 import pytest
 
-from polydub.clients.storage import ObjectStore
 from polydub.errors import NotFound
+from polydub.infra.storage import ObjectStore
 from polydub.settings import Settings
 from polydub.stack import Stack
 

@@ -37,7 +37,6 @@ from numpy.typing import NDArray
 from polydub.errors import InvalidInput, PolydubError
 from polydub.orchestrator.inference.diarization import (
     FRAME_STEP,
-    SAMPLE_RATE,
     DiarizationClient,
     Segmentation,
     frame_times,
@@ -45,6 +44,7 @@ from polydub.orchestrator.inference.diarization import (
     window_audio,
 )
 from polydub.orchestrator.inference.vad import SpeechRegion, as_audio
+from polydub.serving.names import SAMPLE_RATE
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int = 
 
 def load_migrations() -> list[Migration]:
     found = []
-    for entry in resources.files("polydub.clients").joinpath("migrations").iterdir():
+    for entry in resources.files("polydub.infra").joinpath("migrations").iterdir():
         match = _NAME.match(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text()))

@@ -4,7 +4,7 @@ import uuid
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
 
-from polydub.clients.queue import (
+from polydub.infra.queue import (
     WORKER_CONSUMER,
     ConsumerPolicy,
     connect,
