@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     # API tier (api/): limits on what a client may send, and its background workers.
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    # /metrics and the detailed readiness on their own port (Kubernetes: never behind the Ingress);
+    # 0 serves them on api_port, as the local stack does.
+    api_metrics_port: int = Field(default=0, ge=0, le=65535)
     api_public_url: str = ""  # base of the links in responses when behind a proxy; "" = relative
     api_max_target_languages: int = 10
     api_tmp_dir: Path | None = None  # where uploads are spooled for probing; None = system temp

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -28,16 +29,36 @@ def serve(
 
     settings = get_settings()
     setup_logging(settings.log_level, json_lines=settings.log_json)
-    uvicorn.run(
-        "polydub.api.app:create_app",
-        factory=True,
-        host=host or settings.api_host,
-        port=port or settings.api_port,
-        workers=workers,
-        proxy_headers=True,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
+    host, port = host or settings.api_host, port or settings.api_port
+    options: dict[str, Any] = {
+        "proxy_headers": True,
+        "log_config": None,
+        "timeout_graceful_shutdown": 10,
+    }
+    if not settings.api_metrics_port:
+        uvicorn.run(
+            "polydub.api.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            **options,
+        )
+        return
+    if workers > 1:
+        console.print(
+            "error: with POLYDUB_API_METRICS_PORT each process serves its own metrics:"
+            " run one worker per pod (scale with replicas)",
+            style="red",
+        )
+        raise typer.Exit(2)
+    # One server on two sockets: the public port and the operations port (/metrics, readiness).
+    from polydub.api.app import create_served_app
+
+    config = uvicorn.Config(create_served_app(settings), host=host, port=port, **options)
+    public = config.bind_socket()
+    operations = socket.create_server((host, settings.api_metrics_port))
+    uvicorn.Server(config).run(sockets=[public, operations])
 
 
 @app.command()

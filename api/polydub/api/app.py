@@ -1,10 +1,11 @@
 """The FastAPI application: ``create_app()`` builds it; the lifespan opens the clients once.
 
-``uvicorn --factory polydub.api.app:create_app`` or ``polydub api serve``. The lifespan applies
+``uvicorn --factory polydub.api.app:create_served_app`` or ``polydub api serve``. The lifespan applies
 the migrations (safe with many replicas), opens the PostgreSQL pool, the S3 store, the Triton
 client and a NATS connection (in the background: the API accepts jobs while NATS is down; the
 outbox holds them), and starts the replica's background workers: the outbox relay, the
-webhook sender and the retention purge.
+webhook sender and the retention purge. With ``POLYDUB_API_METRICS_PORT`` set, /metrics and
+the detailed readiness answer only on that port (``create_operations_app``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from polydub.api.deps import AppState, NatsHolder
 from polydub.api.errors import install_error_handlers
@@ -87,12 +89,53 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or get_settings()
     install_error_handlers(app)
     app.add_middleware(TelemetryMiddleware)
-    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    separate = bool(app.state.settings.api_metrics_port)
+    if not separate:
+        app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     for module in (jobs, outputs, events, languages):
         app.include_router(module.router, prefix=API_PREFIX)
-    app.include_router(health.router)
+    app.include_router(health.make_router(detailed=not separate))
     web.install(app)  # the web page at / (static files, no API routes)
     return app
 
 
-__all__ = ["AppState", "create_app"]
+def create_operations_app(public: FastAPI) -> FastAPI:
+    """/metrics, liveness and the detailed readiness, for Prometheus and the kubelet: the
+    public app's clients (its lifespan opens them), served on ``api_metrics_port``."""
+    ops = FastAPI(title="polydub operations", openapi_url=None, docs_url=None, redoc_url=None)
+    ops.state = public.state
+    install_error_handlers(ops)
+    ops.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    ops.include_router(health.make_router(detailed=True))
+    return ops
+
+
+class PortDispatch:
+    """One server, two listening sockets: requests that arrived on the operations port go to the
+    operations app, everything else (and the lifespan) to the public app. One process, one
+    lifespan and one graceful shutdown, instead of two servers racing for the signals."""
+
+    def __init__(self, public: FastAPI, operations: FastAPI, operations_port: int) -> None:
+        self.public = public
+        self.operations = operations
+        self.operations_port = operations_port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if scope["type"] != "lifespan" and server and server[1] == self.operations_port:
+            await self.operations(scope, receive, send)
+        else:
+            await self.public(scope, receive, send)
+
+
+def create_served_app(settings: Settings | None = None) -> ASGIApp:
+    """What ``polydub api serve`` runs: the public app, dispatched by port when the settings
+    give /metrics and the detailed readiness a port of their own."""
+    app = create_app(settings)
+    port = app.state.settings.api_metrics_port
+    if not port:
+        return app
+    return PortDispatch(app, create_operations_app(app), port)
+
+
+__all__ = ["AppState", "PortDispatch", "create_app", "create_operations_app", "create_served_app"]

@@ -243,24 +243,12 @@ def test_pdbs_and_autoscalers_target_existing_workloads(production: list[Manifes
         assert "replicas" not in deployment["spec"]
 
 
-# Settings the chart sets before polydub/settings.py reads them (the API's separate metrics port,
-# issue #15 item 3). The test below fails once one is a setting: then remove it from here.
-AWAITING_SETTINGS = frozenset({"POLYDUB_API_METRICS_PORT"})
-
-
-def test_awaiting_settings_are_not_settings_yet() -> None:
-    fields = set(Settings.model_fields)
-    assert {n for n in AWAITING_SETTINGS if n.removeprefix("POLYDUB_").lower() in fields} == set()
-
-
 def test_settings_env_matches_polydub_settings(production: list[Manifest]) -> None:
     fields = set(Settings.model_fields)
     api = find(production, "Deployment", "polydub-api")
     env = env_of(pod_spec(api)["containers"][0])
     names = {n for n in env if n.startswith("POLYDUB_")}
-    unknown = {
-        n for n in names - AWAITING_SETTINGS if n.removeprefix("POLYDUB_").lower() not in fields
-    }
+    unknown = {n for n in names if n.removeprefix("POLYDUB_").lower() not in fields}
     assert unknown == set()
     assert {
         "POLYDUB_POSTGRES_DSN",

@@ -13,7 +13,6 @@ from polydub.api.deps import AppState, State
 from polydub.api.errors import envelope
 from polydub.schemas import CheckOut, ErrorEnvelope, HealthOut
 
-router = APIRouter(tags=["health"])
 CHECK_TIMEOUT = 2.0
 
 
@@ -50,25 +49,38 @@ async def readiness(state: AppState) -> dict[str, CheckOut]:
     return dict(zip(names, results, strict=True))
 
 
-@router.get("/health/live", response_model=HealthOut, summary="The process is up")
-async def live() -> HealthOut:
+def _live() -> HealthOut:
     return HealthOut(status="ok")
 
 
-@router.get(
-    "/health/ready",
-    response_model=HealthOut,
-    responses={503: {"model": ErrorEnvelope}},
-    summary="Every dependency answers: PostgreSQL, NATS, S3, Triton",
-)
-async def ready(state: State) -> HealthOut | JSONResponse:
-    checks = await readiness(state)
-    if all(c.ok for c in checks.values()):
-        return HealthOut(status="ready", checks=checks)
-    failing = sorted(name for name, c in checks.items() if not c.ok)
-    body = envelope(
-        "not_ready",
-        f"not ready: {', '.join(failing)}",
-        {"checks": {name: c.model_dump() for name, c in checks.items()}},
+def make_router(*, detailed: bool) -> APIRouter:
+    """Liveness and readiness. ``detailed`` readiness names each dependency with its timing and
+    error: served on the operations port when there is one, never to the public."""
+    health = APIRouter(tags=["health"])
+
+    @health.get("/health/live", response_model=HealthOut, summary="The process is up")
+    async def live() -> HealthOut:
+        return _live()
+
+    @health.get(
+        "/health/ready",
+        response_model=HealthOut,
+        responses={503: {"model": ErrorEnvelope}},
+        summary="Every dependency answers: PostgreSQL, NATS, S3, Triton",
     )
-    return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+    async def ready(state: State) -> HealthOut | JSONResponse:
+        checks = await readiness(state)
+        if all(c.ok for c in checks.values()):
+            return HealthOut(status="ready", checks=checks if detailed else {})
+        if not detailed:
+            body = envelope("not_ready", "not ready")
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+        failing = sorted(name for name, c in checks.items() if not c.ok)
+        body = envelope(
+            "not_ready",
+            f"not ready: {', '.join(failing)}",
+            {"checks": {name: c.model_dump() for name, c in checks.items()}},
+        )
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+
+    return health
