@@ -1,6 +1,6 @@
 """Whisper's input features: log-mel spectrograms of 30 s windows of 16 kHz audio, in numpy.
 
-The same values as transformers' ``WhisperFeatureExtractor`` (tests/unit/export/test_whisper.py
+The same values as transformers' ``WhisperFeatureExtractor`` (tests/unit/serving/test_whisper_features.py
 compares them), so the served model needs neither torch nor transformers.
 """
 

@@ -28,7 +28,7 @@ from polydub.orchestrator.inference.vad import VadClient
 from polydub.orchestrator.speaker_turns import diarize
 from polydub.settings import Settings
 from tests.checkout import place_templates
-from tests.unit.export.speech_audio import FEMALE, MALE, speak, with_gaps
+from tests.speech_audio import FEMALE, MALE, speak, with_gaps
 
 pytestmark = pytest.mark.integration
 SR = 16000

@@ -33,7 +33,7 @@ from polydub.infra.triton import InferenceClient
 from polydub.orchestrator.inference.asr import AsrClient, AudioRegion, Transcription, cut_regions
 from polydub.settings import Settings
 from tests.checkout import place_templates
-from tests.unit.export.speech_audio import FEMALE, MALE, speak, with_gaps
+from tests.speech_audio import FEMALE, MALE, speak, with_gaps
 
 pytestmark = pytest.mark.integration
 
@@ -115,12 +115,6 @@ def faster_whisper_text(model: Any, audio: Any) -> tuple[str, str, float]:
     segments, info = model.transcribe(audio, beam_size=1, temperature=0.0, vad_filter=False)
     text = " ".join(s.text.strip() for s in segments)
     return text, str(info.language), float(info.language_probability)
-
-
-def test_pooled_word_error_rate() -> None:
-    pairs = [("one two three four", "one two three for"), ("a b c d e f g h i j k l", "")]
-    assert pooled_word_error_rate(pairs) == (1 + 12) / 16
-    assert word_error_rate("one two three four", "one two three for") == 0.25
 
 
 async def test_served_transcripts_match_faster_whisper(

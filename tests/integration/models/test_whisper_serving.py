@@ -28,7 +28,7 @@ from polydub.orchestrator.inference.asr import AsrClient, AudioRegion, Transcrip
 from polydub.serving import whisper_decode, whisper_features, whisper_text
 from polydub.settings import Settings
 from tests.checkout import place_templates
-from tests.unit.export.speech_audio import FEMALE, MALE, speak
+from tests.speech_audio import FEMALE, MALE, speak
 
 pytestmark = pytest.mark.integration
 SR = 16000

@@ -1,18 +1,15 @@
-"""Diarization models: architectures loadable from pyannote checkpoints, ONNX parity, clients."""
+"""Diarization models: architectures loadable from pyannote checkpoints, ONNX parity. The client is
+tested in tests/unit/orchestrator."""
 
 from __future__ import annotations
 
 import sys
 import types
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from numpy.typing import NDArray
 
-from polydub.errors import InvalidInput
 from polydub.export import pyannote_segmentation as seg
 from polydub.export import wespeaker_resnet as wes
 from polydub.export.diarization import (
@@ -22,40 +19,14 @@ from polydub.export.diarization import (
     parity_waveforms,
 )
 from polydub.export.onnx_tools import run_onnx
-from polydub.export.spec import RANDOM, Checkpoint, ExportReport, Preset, Target
-from polydub.orchestrator.inference.diarization import DiarizationClient
-from tests.checkout import place_templates
-from tests.unit.export.speech_audio import FEMALE, MALE, speak
+from polydub.export.spec import ExportReport, Preset
+from tests.speech_audio import MALE, speak
 
 pytestmark = pytest.mark.unit
 
 
-class LocalInfer:
-    def __init__(self, repository: Path) -> None:
-        self.repository = repository
-        self.requests: list[tuple[str, tuple[int, ...]]] = []
-
-    async def infer(
-        self, model: str, inputs: Mapping[str, NDArray[Any]], outputs: Sequence[str]
-    ) -> dict[str, NDArray[Any]]:
-        self.requests.append((model, inputs["waveform"].shape))
-        path = self.repository / model / "1" / "model.onnx"
-        return dict(zip(outputs, run_onnx(path, inputs, outputs), strict=True))
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ExportReport]:
-    repository = tmp_path_factory.mktemp("repo")
-    exporter = DiarizationExporter()
-    # Segmentation is optional (gated on the Hub): named here so both graphs are tested.
-    checkpoints = {**exporter.defaults(Preset.TINY), SEGMENTATION: Checkpoint(RANDOM, "MIT")}
-    report = exporter.export(checkpoints, Target.CPU, repository)
-    place_templates(repository, report.models)
-    return repository, report
-
-
-def test_export_parity_and_files(exported: tuple[Path, ExportReport]) -> None:
-    repository, report = exported
+def test_export_parity_and_files(diarization_export: tuple[Path, ExportReport]) -> None:
+    repository, report = diarization_export
     assert report.models == [SEGMENTATION, EMBEDDING]
     assert report.max_abs_diff[SEGMENTATION] <= 1e-3
     assert report.max_abs_diff[EMBEDDING] <= 1e-3
@@ -66,8 +37,8 @@ def test_export_parity_and_files(exported: tuple[Path, ExportReport]) -> None:
         assert (repository / model / "configs" / "gpu.pbtxt").is_file()
 
 
-def test_onnx_shapes(exported: tuple[Path, ExportReport]) -> None:
-    repository, _ = exported
+def test_onnx_shapes(diarization_export: tuple[Path, ExportReport]) -> None:
+    repository, _ = diarization_export
     window = parity_waveforms(3, 160000)
     (log_probs,) = run_onnx(repository / SEGMENTATION / "1" / "model.onnx", {"waveform": window})
     assert log_probs.shape == (3, 589, 7) and seg.num_frames(160000) == 589
@@ -171,29 +142,3 @@ def test_real_preset_needs_a_token_for_gated_segmentation(monkeypatch: pytest.Mo
     plan = make_plan(Preset.SMALL, families=["diarization"])
     assert list(plan.families["diarization"]) == [EMBEDDING, SEGMENTATION]
     assert plan.droppable == {SEGMENTATION}
-
-
-async def test_client_segment_and_embed(exported: tuple[Path, ExportReport]) -> None:
-    repository, _ = exported
-    local = LocalInfer(repository)
-    client = DiarizationClient(local)
-    audio = np.concatenate([speak("First speaker here.", MALE), speak("And me.", FEMALE)] * 8)
-    segmentation = await client.segment(audio, step_s=5.0)
-    windows = len(segmentation.starts)
-    assert windows >= 2 and segmentation.activity.shape == (windows, 589, 3)
-    assert set(np.unique(segmentation.activity).tolist()) <= {0.0, 1.0}
-    assert segmentation.count.size == segmentation.num_frames
-    assert int(segmentation.starts[-1]) + 160000 >= audio.size
-    assert all(shape == (1, 1, 160000) for _, shape in local.requests)
-
-    chunks = [audio[:16000], audio[16000:32000], audio[:40000], audio[:100]]
-    embeddings = await client.embed(chunks)
-    assert embeddings.shape == (4, 256)
-    (alone,) = run_onnx(
-        repository / EMBEDDING / "1" / "model.onnx",
-        {"waveform": audio[None, None, :40000], "weights": np.ones((1, 1), np.float32)},
-    )
-    np.testing.assert_allclose(embeddings[2], alone[0], atol=1e-5)
-    with pytest.raises(InvalidInput):
-        await client.embed([np.zeros(0, np.float32)])
-    assert (await client.embed([])).shape[0] == 0

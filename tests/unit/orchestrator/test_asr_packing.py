@@ -22,6 +22,7 @@ from polydub.orchestrator.inference.asr_packing import (
     PackedRegion,
     neighbours,
     pack_regions,
+    unpack_segments,
     unpack_window,
 )
 from polydub.serving import whisper_text as wr
@@ -132,6 +133,34 @@ def test_pack_regions_default_gap_and_neighbours() -> None:
     assert [p.offset for p in window] == [0.0, 6.0, 12.0, 18.0, 24.0] and PACK_GAP_S == 1.0
     assert neighbours(window, 0) == [1] and neighbours(window, 2) == [1, 3]
     assert neighbours(window, 4) == [3]
+
+
+def _seg(start: float, end: float, text: str = "") -> TranscriptSegment:
+    return TranscriptSegment(start, end, text or f"{start}-{end}", -0.1, 0.01)
+
+
+def test_pack_regions_fills_windows_in_order() -> None:
+    windows = pack_regions([10.0, 9.0, 10.0, 12.0, 30.0], window_s=30.0, gap_s=0.5)
+    assert windows == [
+        [
+            PackedRegion(0, 0, 0.0, 10.0),
+            PackedRegion(1, 0, 10.5, 9.0),
+            PackedRegion(2, 0, 20.0, 10.0),
+        ],
+        [PackedRegion(3, 1, 0.0, 12.0)],
+        [PackedRegion(4, 2, 0.0, 30.0)],
+    ]
+    with pytest.raises(ValueError, match="longer than a window"):
+        pack_regions([31.0])
+
+
+def test_unpack_segments_maps_back_to_each_region() -> None:
+    placements = [PackedRegion(0, 0, 0.0, 10.0), PackedRegion(1, 0, 10.5, 9.0)]
+    segments = [_seg(0.0, 4.0), _seg(4.0, 10.2), _seg(10.5, 15.0), _seg(15.0, 20.0)]
+    out = unpack_segments(segments, placements)
+    assert [(s.start, s.end) for s in out[0]] == [(0.0, 4.0), (4.0, 10.0)]
+    # 15.0-20.0 runs past region 1's end (10.5 + 9.0 = 19.5): clamped to it.
+    assert [(s.start, s.end) for s in out[1]] == [(0.0, 4.5), (4.5, 9.0)]
 
 
 # ------------------------------------------------------------------ the client, end to end

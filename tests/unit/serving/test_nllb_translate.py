@@ -1,0 +1,87 @@
+"""NLLB-200 as the BLS model runs it (``polydub.serving.nllb_translate``), on the tiny export: the
+codec against the NLLB tokenizer, n-best candidates, batching, and the request checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from polydub.export.nllb_graphs import BLS
+from polydub.serving import nllb_translate
+from polydub.serving.nllb_service import TOKENIZER_DIR
+from tests.unit.tiny_exports import NLLB_SENTENCES, TinyNllb
+
+pytestmark = pytest.mark.unit
+
+
+def test_codec_encodes_like_the_nllb_tokenizer(tiny_nllb: TinyNllb) -> None:
+    codec = nllb_translate.NllbCodec(tiny_nllb.repository / BLS / "1" / TOKENIZER_DIR)
+    for text, src, _ in NLLB_SENTENCES:
+        tiny_nllb.tokenizer.src_lang = src
+        expected = tiny_nllb.tokenizer(text).input_ids
+        encoded = codec.encode(text, src, 512)
+        assert encoded == expected
+        assert encoded[0] == codec.language_id(src) and encoded[-1] == 2  # [src] ... </s>
+        assert codec.decode(encoded) == text
+    assert codec.encode("Hello there, how are you?", "eng_Latn", 5)[-1] == 2  # cut, still closed
+    assert len(codec.encode("Hello there, how are you?", "eng_Latn", 5)) == 5
+    for bad in ("eng", "xx_Latn", "english", "fra_latn_x", "<mask>"):
+        with pytest.raises(nllb_translate.UnknownLanguage, match="FLORES-200"):
+            codec.language_id(bad)
+
+
+def _translator(tiny_nllb: TinyNllb, encoder: Path, decoder: Path) -> Any:
+    codec = nllb_translate.NllbCodec(tiny_nllb.repository / BLS / "1" / TOKENIZER_DIR)
+    return nllb_translate.Translator(
+        codec, nllb_translate.OnnxRuntimeModel(encoder, decoder), tiny_nllb.config
+    )
+
+
+def test_n_best_candidates_are_distinct_and_sorted(tiny_nllb: TinyNllb) -> None:
+    translator = _translator(
+        tiny_nllb, tiny_nllb.encoder_int8, tiny_nllb.decoder_int8
+    )  # as served on CPU
+    items = [
+        nllb_translate.TranslationItem(text, src, tgt, 4, 3, 30)
+        for text, src, tgt in NLLB_SENTENCES
+    ]
+    codec = translator.codec
+    for (_, _, tgt), candidates in zip(NLLB_SENTENCES, translator.translate(items), strict=True):
+        assert len(candidates) == 3
+        assert len({c.tokens for c in candidates}) == 3
+        scores = [c.score for c in candidates]
+        assert scores == sorted(scores, reverse=True)
+        for c in candidates:
+            assert c.tokens[:2] == (2, codec.language_id(tgt)) and len(c.tokens) <= 30
+            assert c.text == codec.decode(c.tokens)
+            assert c.score == pytest.approx(c.log_prob / (len(c.tokens) - 1), rel=1e-5)
+
+
+def test_a_batch_gives_each_request_its_own_result(tiny_nllb: TinyNllb) -> None:
+    """Mixed targets, beam sizes and lengths in one batch = each request alone (fp32 graphs)."""
+    translator = _translator(tiny_nllb, tiny_nllb.encoder_fp32, tiny_nllb.decoder_fp32)
+    items = [
+        nllb_translate.TranslationItem(NLLB_SENTENCES[0][0], "eng_Latn", "fra_Latn", 4, 2, 40),
+        nllb_translate.TranslationItem(NLLB_SENTENCES[1][0], "deu_Latn", "rus_Cyrl", 1, 1, 20),
+        nllb_translate.TranslationItem(NLLB_SENTENCES[2][0], "rus_Cyrl", "tha_Thai", 6, 5, 0),
+        nllb_translate.TranslationItem("", "eng_Latn", "spa_Latn", 2, 2, 8),
+    ]
+    together = translator.translate(items)
+    alone = [translator.translate([item])[0] for item in items]
+    assert [[c.tokens for c in r] for r in together] == [[c.tokens for c in r] for r in alone]
+    assert [len(r) for r in together] == [2, 1, 5, 2]
+    assert max(len(c.tokens) for c in together[1]) <= 20
+    # Default max_length: from the source length (2 * tokens + 16), capped.
+    assert translator.max_length(items[2], 10) == 36
+
+
+def test_search_rejects_bad_requests(tiny_nllb: TinyNllb) -> None:
+    translator = _translator(tiny_nllb, tiny_nllb.encoder_int8, tiny_nllb.decoder_int8)
+    with pytest.raises(nllb_translate.UnknownLanguage, match="'xx_Latn'"):
+        translator.check(nllb_translate.TranslationItem("Hi", "eng_Latn", "xx_Latn", 4, 1))
+    with pytest.raises(ValueError, match="num_beams <= 8"):
+        translator.check(nllb_translate.TranslationItem("Hi", "eng_Latn", "fra_Latn", 9, 9))
+    with pytest.raises(ValueError, match="n_best"):
+        translator.check(nllb_translate.TranslationItem("Hi", "eng_Latn", "fra_Latn", 2, 3))
