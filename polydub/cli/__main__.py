@@ -1,3 +1,3 @@
-from polydub.cli import app
+from polydub.cli import main
 
-app()
+main()

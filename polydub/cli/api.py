@@ -25,6 +25,7 @@ def serve(
     """Serve /api/v1 with uvicorn (each worker also relays the outbox and sends webhooks)."""
     import uvicorn
 
+    from polydub.api.slow_clients import HeaderDeadlineProtocol
     from polydub.logging import setup_logging
 
     settings = get_settings()
@@ -34,6 +35,8 @@ def serve(
         "proxy_headers": True,
         "log_config": None,
         "timeout_graceful_shutdown": 10,
+        # h11 with a deadline on each request's headers (POLYDUB_API_HEADER_TIMEOUT_SECONDS).
+        "http": HeaderDeadlineProtocol,
     }
     if not settings.api_metrics_port:
         uvicorn.run(

@@ -10,8 +10,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from polydub.api.auth import create_key, revoke_key
-from polydub.api.db.keys import list_keys
 from polydub.errors import NotFound
 from polydub.infra.db import migrate_database
 from polydub.settings import get_settings
@@ -31,6 +29,8 @@ def create(
     ] = None,
 ) -> None:
     """Create a key and print it with its webhook signing secret. Neither is shown again."""
+    from polydub.api.auth import create_key  # the API tier: polydub-api
+
     settings = get_settings()
 
     async def run() -> None:
@@ -63,6 +63,8 @@ def revoke(
     key: Annotated[str, typer.Argument(help="The key's prefix, id, or the whole key.")],
 ) -> None:
     """Revoke a key: every request with it is refused from now on (401)."""
+    from polydub.api.auth import revoke_key
+
     settings = get_settings()
 
     async def run() -> None:
@@ -83,6 +85,8 @@ def revoke(
 @app.command("list")
 def list_() -> None:
     """The keys (never their secrets)."""
+    from polydub.api.db.keys import list_keys
+
     settings = get_settings()
 
     async def run() -> None:

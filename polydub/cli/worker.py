@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from polydub.errors import ConfigurationError
 from polydub.logging import setup_logging
 from polydub.settings import get_settings
 
@@ -51,4 +52,8 @@ def run(
     options = WorkerOptions(concurrency=concurrency, drain_seconds=drain_seconds, policy=policy)
     if retry_delay is not None:
         options = dataclasses.replace(options, retry_base_delay=retry_delay)
-    asyncio.run(run_worker(settings, options))
+    try:
+        asyncio.run(run_worker(settings, options))
+    except ConfigurationError as exc:  # e.g. no ffprobe: one line, no traceback, exit 2
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
