@@ -54,6 +54,9 @@ class ArtifactKind(StrEnum):
     SOURCE_SUBTITLES_VTT = "source_subtitles_vtt"
     TRANSCRIPT = "transcript"
     QUALITY_REPORT = "quality_report"
+    # The preview rendition (small H.264/AAC MP4) of a dubbed video whose codec MP4 cannot
+    # hold by copy (VP8, Theora): previews of that video are cut from it (polydub.media.preview).
+    PREVIEW_VIDEO = "preview_video"
 
 
 @dataclass(frozen=True)
@@ -102,8 +105,9 @@ class JobMessage:
 
 @dataclass(frozen=True)
 class JobKeys:
-    """Where a job's objects live in the bucket. Everything of a job is under its two prefixes
-    (what the user sent, and what the stages made), so a purge deletes by prefix."""
+    """Where a job's objects live in the bucket. Everything of a job is under its three prefixes
+    (where a presigned upload lands, the input the server keeps, and what the stages made), so a
+    purge deletes by prefix."""
 
     job_id: uuid.UUID
 
@@ -113,21 +117,37 @@ class JobKeys:
 
     @property
     def input(self) -> str:
-        """The uploaded media. A presigned upload is stored here too: its id becomes the job's."""
+        """The media the job reads: written by the server only (the multipart intake, or the
+        copy of an accepted presigned upload), never through a client's signed form."""
         return f"{self.input_prefix}source"
+
+    # Every presigned upload lands under here; what no reservation owns is swept.
+    UPLOADS_ROOT = "uploads/"
+
+    @property
+    def upload_prefix(self) -> str:
+        return f"{self.UPLOADS_ROOT}{self.job_id}/"
+
+    @property
+    def upload(self) -> str:
+        """Where a presigned upload lands (its id becomes the job's). Its form stays signed
+        until it expires, so no job ever reads this key: it is copied to ``input`` on accept."""
+        return f"{self.upload_prefix}source"
 
     @property
     def prefix(self) -> str:
         return f"jobs/{self.job_id}/"
 
     @property
-    def prefixes(self) -> tuple[str, str]:
-        return (self.input_prefix, self.prefix)
+    def prefixes(self) -> tuple[str, str, str]:
+        return (self.upload_prefix, self.input_prefix, self.prefix)
 
-    def stage(self, stage: str, language: str, filename: str) -> str:
-        """A stage's output: deterministic, so a redelivered job overwrites rather than leaks.
-        ``language`` is "" for a job-scope stage."""
-        return f"{self.prefix}{stage}/{language or '_'}/{filename}"
+    def stage(self, stage: str, language: str, filename: str, attempt: int | None = None) -> str:
+        """A stage's output. ``language`` is "" for a job-scope stage. With ``attempt`` (what
+        the worker uses) the key is the attempt's own: a fenced-out attempt that writes late
+        writes beside the newer attempt's object, never over it."""
+        folder = f"{self.prefix}{stage}/{language or '_'}/"
+        return f"{folder}{filename}" if attempt is None else f"{folder}a{attempt}/{filename}"
 
     def preview(self, language: str, start: float, end: float, ext: str) -> str:
         """A preview clip, keyed by its range in ms: the same range is cut once."""

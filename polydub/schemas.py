@@ -1,7 +1,8 @@
 """The API's wire models: its requests and responses, shared by the server (polydub.api) and
 the clients (polydub.client, the CLI), so both read one definition. Every request model forbids
-unknown fields (a typo is a 422, never a silently ignored option); the OpenAPI schema documents
-the responses from these."""
+unknown fields (a typo is a 422, never a silently ignored option) and every number it carries is
+finite and bounded (``inf``, ``NaN``, ``1e309`` are a 422 naming the field, never a 500); the
+OpenAPI schema documents the responses from these."""
 
 from __future__ import annotations
 
@@ -9,15 +10,32 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AllowInfNan,
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from polydub.jobs import JobStatus
 from polydub.languages import LANGUAGES
 
+# A float a request may carry (body field or query parameter): a finite number, so "inf",
+# "Infinity", "NaN" and 1e309 are refused (pydantic's ``finite_number``) before they reach a
+# computation, PostgreSQL or a JSON answer.
+FiniteFloat = Annotated[float, AllowInfNan(False)]
+# No media polydub takes lasts a week: a bound for every time a request names.
+MAX_TIME_SECONDS = 7 * 24 * 3600.0
+
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Base of every request model: unknown fields and non-finite numbers are refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _language(code: str) -> str:
@@ -42,8 +60,8 @@ class JobOptions(Strict):
     num_speakers: Annotated[int, Field(ge=1, le=20)] | None = None
     keep_background: bool = True
     subtitles_only: bool = False
-    start_time: Annotated[float, Field(ge=0)] | None = None
-    end_time: Annotated[float, Field(gt=0)] | None = None
+    start_time: Annotated[FiniteFloat, Field(ge=0, le=MAX_TIME_SECONDS)] | None = None
+    end_time: Annotated[FiniteFloat, Field(gt=0, le=MAX_TIME_SECONDS)] | None = None
     callback_url: AnyHttpUrl | None = Field(default=None, max_length=2048)
 
     @field_validator("source_language")
@@ -181,9 +199,14 @@ class JobListQuery(Strict):
 
 
 class UploadOut(BaseModel):
+    """A reserved upload: POST a multipart/form-data body to ``url`` with ``fields`` first and
+    the file last (field ``file``). S3 refuses a file over ``max_bytes``, any other key, and
+    anything after ``expires_at``; then ``POST /jobs`` with the ``upload_id``."""
+
     upload_id: uuid.UUID
     url: str
-    method: Literal["PUT"]
+    method: Literal["POST"]
+    fields: dict[str, str]
     expires_at: datetime
     max_bytes: int
 

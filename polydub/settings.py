@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_secure: bool = False
     s3_bucket: str = "polydub"
+    # A gRPC target (see triton_http_url); calls are spread round robin over its addresses.
     triton_url: str = ""
     # The address clients should use for presigned links when it differs from s3_endpoint
     # (e.g. a public hostname in front of MinIO).
@@ -92,9 +93,32 @@ class Settings(BaseSettings):
     api_public_url: str = ""  # base of the links in responses when behind a proxy; "" = relative
     api_max_target_languages: int = 10
     api_tmp_dir: Path | None = None  # where uploads are spooled for probing; None = system temp
-    api_upload_ttl_seconds: int = 3600  # presigned upload reservations
+    api_upload_ttl_seconds: int = Field(default=3600, gt=0)  # presigned upload reservations
+    # Reservations a key may hold open (not yet turned into a job, not expired): 429 beyond.
+    api_max_open_uploads: int = Field(default=20, ge=1)
     api_preview_max_seconds: float = 60.0
+    # Previews are cut by stream copy only (never encoded in the API): ranges snap outward to
+    # this grid, which is also the keyframe interval of the worker's preview rendition.
+    preview_grid_seconds: float = Field(default=5.0, gt=0, le=60)
+    api_preview_concurrency_per_key: int = Field(default=2, ge=1)  # cuts at once, per replica
     api_default_rate_limit_per_minute: int = 600
+    # Failed authentications a client address may make a minute (a bucket per address, per
+    # replica): beyond it, requests that carry a key are answered 429 before any lookup.
+    api_auth_failures_per_minute: int = Field(default=60, ge=1)
+    # Slow clients: a request's headers must be complete within api_header_timeout_seconds of
+    # the connection (or of the previous response); its body may wait at most
+    # api_body_timeout_seconds for any chunk, and must average api_body_min_bytes_per_second
+    # after that grace (counting only the time spent waiting on the client). 408 beyond.
+    api_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    api_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    api_body_min_bytes_per_second: int = Field(default=1024, ge=0)
+    # Open SSE / WebSocket progress streams re-check their key this often (a revoked key ends
+    # them).
+    api_stream_key_check_seconds: float = Field(default=30.0, gt=0)
+    # Encrypts the webhook signing secrets at rest (Fernet). Comma-separated: the first key
+    # encrypts, every key decrypts (rotation). Production sets it from a Secret; the default is
+    # for development only.
+    api_webhook_secret_keys: str = Field(default="polydub-development-only", min_length=1)
     api_default_max_concurrent_jobs: int = 100
     api_run_workers: bool = True  # outbox relay, webhook sender and retention purge in-process
     api_outbox_poll_seconds: float = 0.5
@@ -109,14 +133,43 @@ class Settings(BaseSettings):
     api_webhook_allow_private: bool = False  # callbacks to loopback/private addresses (SSRF)
     retention_seconds: int = Field(default=7 * 24 * 3600, gt=0)  # inputs and artifacts expire
     retention_interval_seconds: float = 300.0
+    # The reconciler (api/reconcile.py): every interval (0: off), jobs queued or running with no
+    # change for reconcile_stale_seconds and no live queue message are republished or failed.
+    # Keep reconcile_stale_seconds above the worker's stall_seconds + ack wait + retry delay.
+    reconcile_interval_seconds: float = Field(default=60.0, ge=0)
+    reconcile_stale_seconds: float = Field(default=900.0, gt=0)
+    reconcile_max_republishes: int = Field(default=3, ge=0)
 
     # Observability (polydub/telemetry). Traces go over OTLP/gRPC to otel_endpoint (e.g.
-    # http://otel-collector:4317; https:// for TLS); empty turns tracing off.
-    otel_endpoint: str = ""
+    # http://otel-collector:4317; https:// for TLS); empty turns tracing off. The standard
+    # OpenTelemetry variables are read first; POLYDUB_OTEL_ENDPOINT is the older alias.
+    otel_endpoint: str = Field(
+        default="",
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "POLYDUB_OTEL_ENDPOINT",
+        ),
+    )
+    # Only OTLP over gRPC is installed: another protocol is refused at start, not ignored.
+    # (Each alias list ends with the POLYDUB_ name, which polydub.stack hands its children.)
+    otel_protocol: str = Field(
+        default="grpc",
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "POLYDUB_OTEL_PROTOCOL",
+        ),
+    )
+    otel_sdk_disabled: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("OTEL_SDK_DISABLED", "POLYDUB_OTEL_SDK_DISABLED"),
+    )
     otel_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)  # of new traces (api roots)
     otel_environment: str = ""  # deployment.environment.name on every span, when set
     # The worker's Prometheus endpoint (/metrics); port 0 turns it off.
-    worker_metrics_host: str = "0.0.0.0"
+    # Loopback by default: the chart sets 0.0.0.0 for the kubelet and Prometheus.
+    worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = Field(default=9100, ge=0, le=65535)
     worker_metrics_poll_seconds: float = Field(default=5.0, gt=0)  # queue depth, Triton stats
 
@@ -142,7 +195,13 @@ class Settings(BaseSettings):
 
     @property
     def triton_http_url(self) -> str:
-        host = self.triton_url.rsplit(":", 1)[0]
+        """Triton's HTTP endpoint on the host of ``triton_url``, a gRPC target: ``host:port``,
+        ``dns:///name:port`` (the chart's headless Service) or ``ipv4:a:p,b:p`` (the first)."""
+        target = self.triton_url
+        for scheme in ("dns:", "ipv4:", "ipv6:"):
+            if target.startswith(scheme):
+                target = target.removeprefix(scheme).rsplit("/", 1)[-1].split(",")[0]
+        host = target.rsplit(":", 1)[0]
         return f"http://{host}:{self.triton_http_port}"
 
 

@@ -1,5 +1,8 @@
 """JSON schemas for the custom resources the chart renders (the Kubernetes schemas lack them).
 
+The Prometheus Operator's ServiceMonitor (monitoring.coreos.com/v1, ``metrics.serviceMonitor``):
+the fields the chart writes, strict.
+
 KEDA's ScaledObject (keda.sh/v1alpha1): the fields of its CRD that a ScaledObject may carry,
 strict (unknown fields rejected, as the API server's structural schema prunes or refuses them),
 with trigger metadata as strings (the CRD's map[string]string), the standard ObjectMeta and
@@ -134,7 +137,61 @@ SCALED_OBJECT: dict[str, Any] = {
     },
 }
 
+# The Prometheus Operator's ServiceMonitor (monitoring.coreos.com/v1): the fields the chart
+# writes, strict, with the operator's duration pattern for interval and scrapeTimeout.
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+SERVICE_MONITOR: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://polydub.invalid/schemas/servicemonitor-monitoring-v1.json",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {"$ref": K8S_DEFS + "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "jobLabel": {"type": "string"},
+                "targetLabels": _STRINGS,
+                "podTargetLabels": _STRINGS,
+                "selector": {
+                    "$ref": K8S_DEFS + "io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector"
+                },
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"any": {"type": "boolean"}, "matchNames": _STRINGS},
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "targetPort": {"type": ["integer", "string"]},
+                            "path": {"type": "string"},
+                            "scheme": {"enum": ["http", "https"]},
+                            "interval": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
+                            "scrapeTimeout": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
+                            "honorLabels": {"type": "boolean"},
+                            "relabelings": {"type": "array"},
+                            "metricRelabelings": {"type": "array"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
 # (apiVersion, kind) -> schema, for the custom resources the chart may render.
 CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
     ("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT,
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,
 }

@@ -9,18 +9,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, ParamSpec, TypeVar
 from urllib.parse import quote, unquote
 
 from minio import Minio
+from minio.commonconfig import CopySource
+from minio.datatypes import PostPolicy
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
+from urllib3 import BaseHTTPResponse
 
-from polydub.errors import classify
+from polydub.errors import Conflict, PolydubError, classify
 from polydub.settings import Settings
 
 P = ParamSpec("P")
@@ -28,6 +31,8 @@ T = TypeVar("T")
 
 # Multipart part size for uploads of unknown length (streamed request bodies).
 STREAM_PART_SIZE = 16 * 1024 * 1024
+# Read size of a streamed download: large enough that the thread hop per read is noise.
+READ_CHUNK_SIZE = 256 * 1024
 
 
 # S3 user metadata must be printable ASCII; user-supplied values (file names) are percent-encoded
@@ -59,6 +64,44 @@ class StoredObject:
     metadata: Mapping[str, str]
 
 
+@dataclass(frozen=True)
+class PresignedPost:
+    """A browser-style upload form: POST ``fields`` and then the file (as the last form field,
+    named ``file``) to ``url``. The S3 server enforces its policy: the one key, the size range,
+    the expiry."""
+
+    url: str
+    fields: Mapping[str, str]
+
+
+class ObjectReader:
+    """An S3 GET in progress: ``chunks()`` yields its body without holding more than one chunk
+    in memory, and releases the connection when done, failed or abandoned (client gone)."""
+
+    def __init__(self, response: BaseHTTPResponse) -> None:
+        self._response = response
+
+    async def chunks(self, size: int = READ_CHUNK_SIZE) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                try:
+                    block: bytes = await asyncio.to_thread(self._response.read, size)
+                except Exception as exc:
+                    raise classify(exc) from exc
+                if not block:
+                    return
+                yield block
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        def release() -> None:
+            self._response.close()
+            self._response.release_conn()
+
+        await asyncio.to_thread(release)
+
+
 class ObjectStore:
     def __init__(self, settings: Settings) -> None:
         self.bucket = settings.s3_bucket
@@ -66,6 +109,9 @@ class ObjectStore:
         # Presigned links are signed for the host the client will use.
         self._signer = make_minio(settings, endpoint=settings.s3_public_endpoint or None)
         self._presign_ttl = timedelta(seconds=settings.presign_ttl_seconds)
+        scheme = "https" if settings.s3_secure else "http"
+        host = settings.s3_public_endpoint or settings.s3_endpoint
+        self._post_url = f"{scheme}://{host}/{self.bucket}"
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
@@ -73,9 +119,20 @@ class ObjectStore:
         except Exception as exc:  # one place where S3/urllib3 errors enter the hierarchy
             raise classify(exc) from exc
 
-    async def ensure_bucket(self) -> None:
-        if not await self._run(self._client.bucket_exists, self.bucket):
+    async def ensure_bucket(self) -> bool:
+        """Create the bucket unless it exists; True when this call created it. Safe when many
+        replicas race: a create that fails because another one won counts as done."""
+        if await self._run(self._client.bucket_exists, self.bucket):
+            return False
+        try:
             await self._run(self._client.make_bucket, self.bucket)
+        except PolydubError:
+            # BucketAlreadyOwnedByYou / BucketAlreadyExists from a concurrent create (the code
+            # differs between S3 implementations): fine if the bucket is there now and ours.
+            if await self._run(self._client.bucket_exists, self.bucket):
+                return False
+            raise
+        return True
 
     async def put_bytes(
         self,
@@ -140,9 +197,60 @@ class ObjectStore:
         data: bytes = await self._run(read)
         return data
 
-    async def download(self, key: str, path: Path) -> Path:
-        await self._run(self._client.fget_object, self.bucket, key, str(path))
+    async def open_read(self, key: str, offset: int = 0, length: int = 0) -> ObjectReader:
+        """An open GET of ``length`` bytes from ``offset`` (0: to the end), to read in chunks.
+        Opening first means a missing object raises here, before any response is started."""
+        response = await self._run(
+            self._client.get_object, self.bucket, key, offset=offset, length=length
+        )
+        return ObjectReader(response)
+
+    async def download(self, key: str, path: Path, *, etag: str | None = None) -> Path:
+        """With ``etag``, only that version of the object: the server checks (If-Match) and
+        anything else raises Conflict ``object_changed`` (nothing is written to ``path``)."""
+        headers: dict[str, str | list[str] | tuple[str]] | None = None
+        if etag:
+            headers = {"If-Match": f'"{etag}"'}
+
+        def fetch() -> None:
+            # Not fget_object: its HEAD first would answer a failed If-Match without a code.
+            response = self._client.get_object(self.bucket, key, request_headers=headers)
+            partial = path.with_name(path.name + ".download")
+            try:
+                with partial.open("wb") as out:
+                    for block in response.stream(READ_CHUNK_SIZE):
+                        out.write(block)
+                partial.replace(path)
+            finally:
+                partial.unlink(missing_ok=True)
+                response.close()
+                response.release_conn()
+
+        try:
+            await self._run(fetch)
+        except PolydubError as exc:
+            changed = _changed(exc, key, etag)
+            if changed is None:
+                raise
+            raise changed from exc
         return path
+
+    async def copy(self, source: str, key: str, *, etag: str | None = None) -> str:
+        """A server-side copy of ``source`` (only the version ``etag`` when given) to ``key``;
+        returns the copy's ETag."""
+        try:
+            written = await self._run(
+                self._client.copy_object,
+                self.bucket,
+                key,
+                CopySource(self.bucket, source, match_etag=etag),
+            )
+        except PolydubError as exc:
+            changed = _changed(exc, source, etag)
+            if changed is None:
+                raise
+            raise changed from exc
+        return (written.etag or "").strip('"')
 
     async def stat(self, key: str) -> StoredObject:
         info = await self._run(self._client.stat_object, self.bucket, key)
@@ -175,7 +283,10 @@ class ObjectStore:
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every object under prefix (a job's inputs or artifacts); returns how many."""
-        keys = await self.list_keys(prefix)
+        return await self.delete_keys(await self.list_keys(prefix))
+
+    async def delete_keys(self, keys: list[str]) -> int:
+        """Delete exactly these objects; returns how many."""
         if keys:
 
             def remove() -> list[object]:
@@ -201,11 +312,28 @@ class ObjectStore:
         )
         return url
 
-    def presigned_put(self, key: str, *, ttl: timedelta | None = None) -> str:
-        url: str = self._signer.presigned_put_object(
-            self.bucket, key, expires=ttl or self._presign_ttl
+    def presigned_post(self, key: str, *, expires_at: datetime, max_bytes: int) -> PresignedPost:
+        """An upload form for exactly ``key``, of at most ``max_bytes`` bytes, until
+        ``expires_at``: the S3 server refuses anything else (a presigned PUT cannot bound the
+        size). An empty file passes here so that the API answers it as it does a multipart one
+        (422 ``empty_file``)."""
+        policy = PostPolicy(self.bucket, expires_at)
+        policy.add_equals_condition("key", key)
+        policy.add_content_length_range_condition(0, max_bytes)
+        fields: dict[str, str] = self._signer.presigned_post_policy(policy)
+        return PresignedPost(self._post_url, {"key": key, **fields})
+
+
+def _changed(exc: PolydubError, key: str, etag: str | None) -> Conflict | None:
+    """A failed If-Match as its own error; None for any other error."""
+    cause = exc.__cause__
+    if etag and isinstance(cause, S3Error) and cause.code == "PreconditionFailed":
+        return Conflict(
+            f"{key} is no longer the object with ETag {etag}",
+            code="object_changed",
+            detail={"key": key, "etag": etag},
         )
-        return url
+    return None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

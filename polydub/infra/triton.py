@@ -15,15 +15,12 @@ from typing import Any
 import tritonclient.grpc.aio as grpcclient
 from numpy.typing import NDArray
 from opentelemetry.trace import SpanKind
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.utils import np_to_triton_dtype
 
 from polydub.errors import RetryableError, ServiceUnavailable, classify
 from polydub.retry import Backoff
-from polydub.telemetry.metrics import (
-    TRITON_REQUEST_BATCH,
-    TRITON_REQUEST_DURATION,
-    TRITON_RETRIES,
-)
+from polydub.telemetry import metrics
 from polydub.telemetry.propagation import inject_headers
 from polydub.telemetry.tracing import span
 
@@ -40,14 +37,39 @@ class RetryPolicy:
         return Backoff(self.base_delay, self.max_delay, jitter="full").delay(attempt + 1)
 
 
+def channel_args() -> list[tuple[str, Any]]:
+    """tritonclient's own channel options (passing any replaces all of them), plus round robin.
+
+    With ``round_robin`` the channel keeps a connection to every address the target resolves to
+    and spreads calls over them: a ``dns:///triton-headless:8001`` target (a headless Service,
+    one A record per ready pod) reaches every Triton replica, where a ClusterIP pins the one
+    long-lived connection, and so every call of a worker, to one pod. With one address it is
+    the same as the default. New pods are found when the name is resolved again: after a
+    connection closes, which Triton's ``--grpc-max-connection-age`` makes happen regularly.
+    """
+    keepalive = grpcclient.KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.lb_policy_name", "round_robin"),
+    ]
+
+
 class InferenceClient:
+    """``url`` is a gRPC target: ``host:port``, ``dns:///name:port`` (every address of the name,
+    round robin: the chart's headless Service) or ``ipv4:a:p1,b:p2`` (a fixed list)."""
+
     def __init__(
         self, url: str, *, retry: RetryPolicy = RetryPolicy(), timeout: float = 120.0
     ) -> None:
         self.url = url
         self.retry = retry
         self.timeout = timeout
-        self._client = grpcclient.InferenceServerClient(url)
+        self._client = grpcclient.InferenceServerClient(url, channel_args=channel_args())
 
     async def close(self) -> None:
         await self._client.close()
@@ -119,12 +141,14 @@ class InferenceClient:
                         last = attempt == self.retry.attempts - 1
                         if not isinstance(error, RetryableError) or last:
                             raise error from exc
-                        TRITON_RETRIES.labels(model).inc()
+                        metrics.TRITON_RETRIES.labels(model).inc()
                         current.add_event("retry", {"attempt": attempt + 1, "error": error.code})
                         await asyncio.sleep(self.retry.delay(attempt))
             finally:
-                TRITON_REQUEST_DURATION.labels(model, outcome).observe(time.monotonic() - started)
-                TRITON_REQUEST_BATCH.labels(model).observe(rows)
+                # looked up here, not at import: a process that never calls Triton exports none
+                duration = time.monotonic() - started
+                metrics.TRITON_REQUEST_DURATION.labels(model, outcome).observe(duration)
+                metrics.TRITON_REQUEST_BATCH.labels(model).observe(rows)
         raise AssertionError("unreachable")
 
     async def is_ready(self) -> bool:

@@ -17,7 +17,10 @@ DASH, concat and image-sequence demuxers are not on the demuxer allow-list at al
 Every refusal is an ``InvalidInput`` with a machine-readable code: ``empty_file``,
 ``media_too_large``, ``media_too_long``, ``no_audio_stream``, ``unsupported_media_type``,
 ``playlist_not_allowed``, ``corrupt_media``, ``too_many_streams``, ``resolution_too_large``
-(and ``media_too_complex`` from the runner when ffprobe runs past its timeout).
+(and ``media_too_complex`` from the runner when ffprobe runs past its timeout). A stream of no
+known kind (an AVI ``txts`` stream with a GAB2 chunk) is ``unsupported_media_type``; an audio
+stream whose header states a sample rate outside ``SAMPLE_RATES`` (1 Hz, 2 GHz) is
+``corrupt_media``: both used to pass here and fail only in the worker.
 
 Where the API's and the worker's former probes differed, the stricter rule is the one kept; each
 is marked "stricter" below.
@@ -38,6 +41,11 @@ from polydub.settings import Settings
 
 from .runner import file_input, run_ffprobe
 from .sniff import FAMILIES, sniff_file
+
+# Sample rates a real recording has (telephone 8 kHz .. studio 768 kHz, with room below).
+SAMPLE_RATES = range(4_000, 768_001)
+# What ffprobe calls the kinds of stream it knows; anything else it could not identify.
+STREAM_KINDS = frozenset({"video", "audio", "subtitle", "data", "attachment"})
 
 
 def _default(name: str) -> Any:
@@ -207,6 +215,10 @@ def probe(path: str | os.PathLike[str], limits: Limits = Limits()) -> MediaInfo:
     if len(streams) > limits.max_streams:
         raise _reject("too_many_streams", f"{len(streams)} streams; the limit is "
                       f"{limits.max_streams}", streams=len(streams))  # fmt: skip
+    for s in streams:
+        if s.get("codec_type") not in STREAM_KINDS:  # e.g. an AVI 'txts' stream (GAB2)
+            raise _reject("unsupported_media_type", f"stream {s.get('index', '?')} is of no "
+                          "known kind (an AVI GAB2 subtitle chunk?)", stream=s.get("index"))  # fmt: skip
     # Cover art is the attached_pic disposition (the worker's rule; the API left out mjpeg, png
     # and bmp by codec, which also let a Motion-JPEG video past the resolution limit).
     video = tuple(
@@ -239,6 +251,11 @@ def probe(path: str | os.PathLike[str], limits: Limits = Limits()) -> MediaInfo:
     audio = tuple(_audio(s) for s in audio_streams)
     if any(a.sample_rate <= 0 or a.channels <= 0 for a in audio):  # stricter (the worker's)
         raise _reject("corrupt_media", "an audio stream has no sample rate or channels")
+    for a in audio:
+        if a.sample_rate not in SAMPLE_RATES:  # a crafted header: it decodes to no audio
+            raise _reject("corrupt_media", f"an audio stream states a sample rate of "
+                          f"{a.sample_rate} Hz (accepted: {SAMPLE_RATES.start}-"
+                          f"{SAMPLE_RATES.stop - 1} Hz)", sample_rate=a.sample_rate)  # fmt: skip
     return MediaInfo(
         family=family,
         format_name=format_name,

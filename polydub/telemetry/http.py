@@ -1,24 +1,27 @@
-"""The API's request telemetry: a server span and the request metrics, and ``/metrics``.
+"""The API's request telemetry: server spans (OpenTelemetry's FastAPI instrumentation, with the
+HTTP semantic conventions), the request metrics, and ``/metrics``.
 
-A plain ASGI middleware rather than Starlette's BaseHTTPMiddleware, which buffers a streamed
-response (the SSE progress stream). The route label is the matched template
+The metrics come from a plain ASGI middleware rather than Starlette's BaseHTTPMiddleware, which
+buffers a streamed response (the SSE progress stream). The route label is the matched template
 (``/api/v1/jobs/{job_id}``), never the raw path, so its values stay a small set.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
-from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from polydub.telemetry.metrics import HTTP_REQUEST_DURATION, HTTP_REQUESTS
-from polydub.telemetry.propagation import extract_context
-from polydub.telemetry.tracing import span
+from polydub.telemetry.tracing import FOLLOWING_PROVIDER
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 # Scrapes and probes: counted, but no span (they would drown the traces).
 UNTRACED = frozenset({"/metrics", "/health/live", "/health/ready"})
@@ -44,6 +47,9 @@ def route_of(scope: Scope) -> str:
 
 
 class TelemetryMiddleware:
+    """The request metrics (polydub_http_*). Spans come from OpenTelemetry's instrumentation
+    (``instrument_http``), not from here."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -51,8 +57,6 @@ class TelemetryMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        method = scope["method"]
-        path = scope["path"]
         status = [500]  # what an exception escaping the app becomes
 
         async def send_wrapper(message: Message) -> None:
@@ -62,38 +66,29 @@ class TelemetryMiddleware:
 
         started = time.monotonic()
         try:
-            if path in UNTRACED:
-                await self.app(scope, receive, send_wrapper)
-            else:
-                await self._traced(scope, receive, send_wrapper, method, path, status)
+            await self.app(scope, receive, send_wrapper)
         finally:
             route = route_of(scope)
-            HTTP_REQUESTS.labels(route, method, str(status[0])).inc()
-            HTTP_REQUEST_DURATION.labels(route, method).observe(time.monotonic() - started)
+            HTTP_REQUESTS.labels(route, scope["method"], str(status[0])).inc()
+            HTTP_REQUEST_DURATION.labels(route, scope["method"]).observe(time.monotonic() - started)
 
-    async def _traced(
-        self, scope: Scope, receive: Receive, send: Send, method: str, path: str, status: list[int]
-    ) -> None:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        attributes: dict[str, Any] = {
-            "http.request.method": method,
-            "url.path": path,
-            "url.scheme": scope.get("scheme", "http"),
-            "user_agent.original": headers.get("user-agent"),
-        }
-        with span(
-            method, kind=SpanKind.SERVER, attributes=attributes, context=extract_context(headers)
-        ) as current:
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                route = route_of(scope)
-                if route != UNMATCHED:
-                    current.update_name(f"{method} {route}")
-                    current.set_attribute("http.route", route)
-                current.set_attribute("http.response.status_code", status[0])
-                if status[0] >= 500:
-                    current.set_status(Status(StatusCode.ERROR))
+
+def instrument_http(app: FastAPI) -> None:
+    """Server spans by OpenTelemetry's FastAPI instrumentation (polydub-api depends on it), with
+    the stable HTTP semantic conventions (``http.request.method``, ``http.route``,
+    ``http.response.status_code``, ``url.path``...; OTEL_SEMCONV_STABILITY_OPT_IN, when set,
+    decides instead), the trace context taken from ``traceparent``, scrapes and probes left out,
+    and no span per ASGI message (a progress stream would make thousands)."""
+    # Read once per process, when an instrumentation first asks: set before the import.
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=FOLLOWING_PROVIDER,
+        excluded_urls=",".join(f"{path}$" for path in UNTRACED),
+        exclude_spans=["receive", "send"],
+    )
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -7,9 +7,10 @@ series defined here). Label values are bounded sets: route templates, stage and 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -22,47 +23,132 @@ TRITON_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
-JOB_TRANSITIONS = Counter(
-    "polydub_job_transitions",
-    "Jobs entering a state: queued (api), running / succeeded / failed / cancelled (workers and api), retried (nak for redelivery).",
-    ["state"],
-)
-JOBS_IN_FLIGHT = Gauge("polydub_jobs_in_flight", "Jobs this worker process is handling now.")
-STAGE_DURATION = Histogram(
-    "polydub_stage_duration_seconds",
-    "Time one pipeline stage ran for one job (and one target language for per-language stages).",
-    ["stage", "outcome"],
-    buckets=STAGE_BUCKETS,
-)
-QUEUE_DEPTH = Gauge(
-    "polydub_queue_depth",
-    "Jobs waiting or unacknowledged on the JetStream consumer (num_pending + num_ack_pending).",
-    ["stream", "consumer"],
-)
-TRITON_REQUEST_DURATION = Histogram(
-    "polydub_triton_request_duration_seconds",
-    "Client-side time of one Triton infer call, retries included.",
-    ["model", "outcome"],
-    buckets=TRITON_BUCKETS,
-)
-TRITON_REQUEST_BATCH = Histogram(
-    "polydub_triton_request_batch_size",
-    "Rows in one Triton request (first dimension of its first input).",
-    ["model"],
-    buckets=BATCH_BUCKETS,
-)
-TRITON_RETRIES = Counter(
-    "polydub_triton_retries", "Triton infer attempts retried after a retryable error.", ["model"]
-)
-HTTP_REQUESTS = Counter(
-    "polydub_http_requests", "API requests answered.", ["route", "method", "status"]
-)
-HTTP_REQUEST_DURATION = Histogram(
-    "polydub_http_request_duration_seconds",
-    "API request time, until the response body is sent (a progress stream: its whole life).",
-    ["route", "method"],
-    buckets=HTTP_BUCKETS,
-)
+# Each family is created (and registered with Prometheus) the first time code uses it, never at
+# import: a process exports only the families of its own tier (the API no stage histograms or
+# queue depth, the workers no HTTP request counters), and none that nothing there could fill.
+# The names below are declarations for the type checker; ``__getattr__`` makes them on demand.
+JOB_TRANSITIONS: Counter
+JOBS_IN_FLIGHT: Gauge
+STAGE_DURATION: Histogram
+QUEUE_DEPTH: Gauge
+TRITON_REQUEST_DURATION: Histogram
+TRITON_REQUEST_BATCH: Histogram
+TRITON_RETRIES: Counter
+HTTP_REQUESTS: Counter
+HTTP_REQUEST_DURATION: Histogram
+TRITON_STATISTICS: TritonStatistics
+
+
+def _job_transitions() -> Counter:
+    return Counter(
+        "polydub_job_transitions",
+        "Jobs entering a state: queued (api), running / succeeded / failed / cancelled (workers and api), retried (nak for redelivery).",
+        ["state"],
+    )
+
+
+def _jobs_in_flight() -> Gauge:
+    return Gauge("polydub_jobs_in_flight", "Jobs this worker process is handling now.")
+
+
+def _stage_duration() -> Histogram:
+    return Histogram(
+        "polydub_stage_duration_seconds",
+        "Time one pipeline stage ran for one job (and one target language for per-language stages).",
+        ["stage", "outcome"],
+        buckets=STAGE_BUCKETS,
+    )
+
+
+def _queue_depth() -> Gauge:
+    return Gauge(
+        "polydub_queue_depth",
+        "Jobs waiting or unacknowledged on the JetStream consumer (num_pending + num_ack_pending).",
+        ["stream", "consumer"],
+    )
+
+
+def _triton_request_duration() -> Histogram:
+    return Histogram(
+        "polydub_triton_request_duration_seconds",
+        "Client-side time of one Triton infer call, retries included.",
+        ["model", "outcome"],
+        buckets=TRITON_BUCKETS,
+    )
+
+
+def _triton_request_batch() -> Histogram:
+    return Histogram(
+        "polydub_triton_request_batch_size",
+        "Rows in one Triton request (first dimension of its first input).",
+        ["model"],
+        buckets=BATCH_BUCKETS,
+    )
+
+
+def _triton_retries() -> Counter:
+    return Counter(
+        "polydub_triton_retries",
+        "Triton infer attempts retried after a retryable error.",
+        ["model"],
+    )
+
+
+def _http_requests() -> Counter:
+    return Counter("polydub_http_requests", "API requests answered.", ["route", "method", "status"])
+
+
+def _http_request_duration() -> Histogram:
+    return Histogram(
+        "polydub_http_request_duration_seconds",
+        "API request time, until the response body is sent (a progress stream: its whole life).",
+        ["route", "method"],
+        buckets=HTTP_BUCKETS,
+    )
+
+
+def _triton_statistics() -> TritonStatistics:
+    collector = TritonStatistics()
+    REGISTRY.register(collector)
+    return collector
+
+
+_FACTORIES: dict[str, Callable[[], Any]] = {
+    "JOB_TRANSITIONS": _job_transitions,
+    "JOBS_IN_FLIGHT": _jobs_in_flight,
+    "STAGE_DURATION": _stage_duration,
+    "QUEUE_DEPTH": _queue_depth,
+    "TRITON_REQUEST_DURATION": _triton_request_duration,
+    "TRITON_REQUEST_BATCH": _triton_request_batch,
+    "TRITON_RETRIES": _triton_retries,
+    "HTTP_REQUESTS": _http_requests,
+    "HTTP_REQUEST_DURATION": _http_request_duration,
+    "TRITON_STATISTICS": _triton_statistics,
+}
+_made: dict[Callable[[], Any], Any] = {}
+_lock = threading.Lock()
+M = TypeVar("M")
+
+
+def _once(factory: Callable[[], M]) -> M:
+    with _lock:  # the worker's metrics thread and the event loop may ask at the same time
+        if factory not in _made:
+            _made[factory] = factory()
+        made: M = _made[factory]
+        return made
+
+
+def __getattr__(name: str) -> Any:
+    factory = _FACTORIES.get(name)
+    if factory is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _once(factory)
+
+
+def every_metric() -> list[Any]:
+    """Every family this module defines, created now (the dashboard's contract test)."""
+    return [_once(factory) for factory in _FACTORIES.values()]
+
 
 # How an exception ends a stage, by class name: the telemetry package stays below the
 # orchestrator, so it names these rather than importing them.
@@ -86,11 +172,11 @@ def time_stage(stage: str) -> Iterator[None]:
         error = exc
         raise
     finally:
-        STAGE_DURATION.labels(stage, outcome_of(error)).observe(time.monotonic() - started)
+        _once(_stage_duration).labels(stage, outcome_of(error)).observe(time.monotonic() - started)
 
 
 def job_transition(state: str) -> None:
-    JOB_TRANSITIONS.labels(state).inc()
+    _once(_job_transitions).labels(state).inc()
 
 
 class TritonStatistics(Collector):
@@ -142,7 +228,3 @@ class TritonStatistics(Collector):
         yield inferences
         yield executions
         yield queued
-
-
-TRITON_STATISTICS = TritonStatistics()
-REGISTRY.register(TRITON_STATISTICS)

@@ -271,7 +271,8 @@ async def test_web_page_uploads_follows_and_plays(app_stack: AppStack) -> None:
                 "href"
             )
             assert video_url is not None
-            async with httpx.AsyncClient() as http:
+            # Served through the API (a relative link): what the browser follows, with no key.
+            async with httpx.AsyncClient(base_url=app_stack.url) as http:
                 download = await http.get(video_url)
             assert download.status_code == 200 and download.content[4:8] == b"ftyp"
             assert "attachment" in download.headers["content-disposition"]

@@ -60,9 +60,11 @@ def test_a_malformed_message_is_invalid_input(data: bytes | None) -> None:
 def test_the_object_key_layout() -> None:
     keys = JobKeys(JOB)
     assert keys.input == f"inputs/{JOB}/source"
-    assert keys.prefixes == (f"inputs/{JOB}/", f"jobs/{JOB}/")
+    assert keys.upload == f"uploads/{JOB}/source"  # where a presigned form writes: no job reads it
+    assert keys.prefixes == (f"uploads/{JOB}/", f"inputs/{JOB}/", f"jobs/{JOB}/")
     assert keys.stage("mux", "fra", "mux.json") == f"jobs/{JOB}/mux/fra/mux.json"
     assert keys.stage("extract", "", "a.wav") == f"jobs/{JOB}/extract/_/a.wav"
+    assert keys.stage("mux", "fra", "mux.mp4", 3) == f"jobs/{JOB}/mux/fra/a3/mux.mp4"  # a worker's
     assert keys.preview("spa", 2.0, 4.0, "mp4") == f"jobs/{JOB}/previews/spa/2000-4000.mp4"
     assert keys.preview("spa", 0.0015, 1.2344, "m4a").endswith("/2-1234.m4a")
 
@@ -70,7 +72,12 @@ def test_the_object_key_layout() -> None:
 def test_every_key_of_a_job_is_under_one_of_its_prefixes() -> None:
     # A purge deletes by prefix: a key outside them would outlive the job.
     keys = JobKeys(JOB)
-    made = [keys.input, keys.stage("mix", "deu", "dubbed.wav"), keys.preview("deu", 0, 1, "mp4")]
+    made = [
+        keys.upload,
+        keys.input,
+        keys.stage("mix", "deu", "dubbed.wav"),
+        keys.preview("deu", 0, 1, "mp4"),
+    ]
     assert all(key.startswith(keys.prefixes) for key in made)
     other = JobKeys(uuid.uuid4())
     assert not any(key.startswith(other.prefixes) for key in made)

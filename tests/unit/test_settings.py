@@ -28,3 +28,21 @@ def test_environment_overrides_with_prefix(monkeypatch: pytest.MonkeyPatch) -> N
     assert s.nats_url == "nats://nats.prod:4222"
     assert s.s3_bucket == "media"
     assert s.triton_startup_models == ("whisper", "nllb")
+
+
+@pytest.mark.parametrize(
+    ("target", "http"),
+    [
+        ("127.0.0.1:4444", "http://127.0.0.1:5555"),
+        # the chart's headless Service: every Triton pod, round robin
+        (
+            "dns:///polydub-triton-headless.ns.svc.cluster.local:8001",
+            "http://polydub-triton-headless.ns.svc.cluster.local:5555",
+        ),
+        ("dns://10.0.0.10/triton:8001", "http://triton:5555"),
+        ("ipv4:127.0.0.1:7001,127.0.0.1:7002", "http://127.0.0.1:5555"),
+        ("ipv6:[::1]:8001", "http://[::1]:5555"),
+    ],
+)
+def test_triton_http_url_from_any_grpc_target(target: str, http: str) -> None:
+    assert Settings(triton_url=target, triton_http_port=5555).triton_http_url == http

@@ -4,14 +4,16 @@
 the migrations (safe with many replicas), opens the PostgreSQL pool, the S3 store, the Triton
 client and a NATS connection (in the background: the API accepts jobs while NATS is down; the
 outbox holds them), and starts the replica's background workers: the outbox relay, the
-webhook sender and the retention purge. With ``POLYDUB_API_METRICS_PORT`` set, /metrics and
-the detailed readiness answer only on that port (``create_operations_app``).
+webhook sender, the retention purge and the reconciler of stuck jobs. With
+``POLYDUB_API_METRICS_PORT`` set, /metrics and the detailed readiness answer only on that port
+(``create_operations_app``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -20,18 +22,24 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from polydub.api.deps import AppState, NatsHolder
 from polydub.api.errors import install_error_handlers
 from polydub.api.outbox import OutboxRelay
+from polydub.api.reconcile import Reconciler
 from polydub.api.retention import run_retention
-from polydub.api.routes import events, health, jobs, languages, outputs, web
+from polydub.api.routes import downloads, events, health, jobs, languages, outputs, web
+from polydub.api.secrets_at_rest import SecretBox, seal_clear_secrets
+from polydub.api.slow_clients import BodyDeadline
 from polydub.api.webhooks import WebhookSender
 from polydub.infra.db import create_pool, migrate_database
 from polydub.infra.storage import ObjectStore
 from polydub.infra.triton import InferenceClient
+from polydub.retry import Backoff
 from polydub.settings import Settings, get_settings
-from polydub.telemetry.http import TelemetryMiddleware, metrics_endpoint
+from polydub.telemetry.http import TelemetryMiddleware, instrument_http, metrics_endpoint
 from polydub.telemetry.tracing import API_SERVICE, configure_tracing, shutdown_tracing
 from polydub.version import __version__
 
 API_PREFIX = "/api/v1"
+
+log = logging.getLogger("polydub.api")
 
 
 @contextlib.asynccontextmanager
@@ -40,6 +48,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     tracing = configure_tracing(settings, API_SERVICE)
     await migrate_database(settings)
     pool = await create_pool(settings, min_size=2, max_size=20)
+    await seal_clear_secrets(pool, SecretBox.from_settings(settings))
     nats = NatsHolder(settings)
     nats.start()
     triton = InferenceClient(settings.triton_url)
@@ -53,12 +62,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         relay=relay,
     )
     sender = WebhookSender(pool, settings)
+    # Every replica makes sure the bucket exists (a fresh bundled MinIO has none), in the
+    # background like NATS: readiness's S3 check fails until it does.
+    state.tasks = [asyncio.create_task(ensure_bucket(state.store), name="ensure-bucket")]
     if settings.api_run_workers:
-        state.tasks = [
+        state.tasks += [
             asyncio.create_task(relay.run(), name="outbox-relay"),
             asyncio.create_task(sender.run(), name="webhooks"),
             asyncio.create_task(run_retention(pool, state.store, settings), name="retention"),
         ]
+        if settings.reconcile_interval_seconds > 0:
+            reconciler = Reconciler(pool, nats.get, settings, wake=relay.wake)
+            state.tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
     app.state.polydub = state
     try:
         yield
@@ -76,6 +91,25 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         shutdown_tracing(tracing)  # flushes the spans still buffered
 
 
+async def ensure_bucket(store: ObjectStore) -> None:
+    """Create the bucket unless it exists, retrying until S3 answers (ObjectStore.ensure_bucket
+    is safe when replicas race). A permanent refusal (no right to create it) is logged and
+    retried too: the operator may create the bucket by hand meanwhile."""
+    backoff = Backoff(0.2, 10.0, jitter="equal")  # replicas started together spread out
+    failures = 0
+    while True:
+        try:
+            if await store.ensure_bucket():
+                log.info("bucket created", extra={"bucket": store.bucket})
+            return
+        except Exception as exc:
+            failures += 1
+            log.warning(
+                "cannot ensure the bucket", extra={"bucket": store.bucket, "error": str(exc)}
+            )
+            await asyncio.sleep(backoff.delay(failures))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="polydub",
@@ -88,11 +122,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings or get_settings()
     install_error_handlers(app)
+    # Telemetry outermost (added last): a request refused for its slow body is counted too.
+    app.add_middleware(BodyDeadline, settings=app.state.settings)
     app.add_middleware(TelemetryMiddleware)
+    instrument_http(app)  # the server spans, outermost
     separate = bool(app.state.settings.api_metrics_port)
     if not separate:
         app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
-    for module in (jobs, outputs, events, languages):
+    for module in (jobs, outputs, downloads, events, languages):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.make_router(detailed=not separate))
     web.install(app)  # the web page at / (static files, no API routes)

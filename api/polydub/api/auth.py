@@ -3,7 +3,8 @@
 The prefix (12 hex characters) is public and finds the row; the secret is 256 random bits, so a
 plain sha256 is enough (no slow hash needed: there is nothing to brute-force). Keys are created
 and revoked with ``polydub keys create|revoke``; the full key is shown once, at creation.
-Each key also gets a webhook signing secret, shown at creation, that signs its job callbacks.
+Each key also gets a webhook signing secret, shown at creation, that signs its job callbacks;
+it is stored encrypted (``polydub.api.secrets_at_rest``).
 The rows are read and written by ``polydub.api.db.keys``.
 """
 
@@ -22,7 +23,9 @@ import asyncpg
 
 from polydub.api.db import keys as keys_db
 from polydub.api.errors import Unauthenticated
+from polydub.api.secrets_at_rest import SecretBox
 from polydub.errors import NotFound
+from polydub.settings import get_settings
 
 KEY_RE = re.compile(r"^pd_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 
@@ -34,7 +37,6 @@ class ApiKey:
     prefix: str
     rate_limit_per_minute: int
     max_concurrent_jobs: int
-    webhook_secret: str | None
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,6 @@ async def authenticate(conn: asyncpg.Connection | asyncpg.Pool, key: str | None)
         prefix=row["prefix"],
         rate_limit_per_minute=row["rate_limit_per_minute"],
         max_concurrent_jobs=row["max_concurrent_jobs"],
-        webhook_secret=row["webhook_secret"],
     )
 
 
@@ -101,7 +102,10 @@ async def create_key(
     *,
     rate_limit_per_minute: int = 600,
     max_concurrent_jobs: int = 100,
+    box: SecretBox | None = None,
 ) -> NewKey:
+    """``box`` encrypts the webhook secret; by default, with the process's settings' keys."""
+    box = box or SecretBox.from_settings(get_settings())
     key, prefix = generate_key()
     key_id = uuid.uuid4()
     webhook_secret = "whsec_" + secrets.token_urlsafe(32)
@@ -113,7 +117,7 @@ async def create_key(
         key_hash=hash_key(key),
         rate_limit_per_minute=rate_limit_per_minute,
         max_concurrent_jobs=max_concurrent_jobs,
-        webhook_secret=webhook_secret,
+        webhook_secret=box.seal(webhook_secret),
     )
     return NewKey(
         key_id, name, key, prefix, webhook_secret, rate_limit_per_minute, max_concurrent_jobs

@@ -16,9 +16,10 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from nats.aio.client import Client as NATS
 
 from polydub.api.auth import ApiKey, authenticate
+from polydub.api.errors import Unauthenticated
 from polydub.api.jobs_service import JobService
 from polydub.api.outbox import OutboxRelay
-from polydub.api.ratelimit import take_token
+from polydub.api.ratelimit import FailedAuthLimiter, take_token
 from polydub.infra.queue import connect
 from polydub.infra.storage import ObjectStore
 from polydub.infra.triton import InferenceClient
@@ -74,6 +75,20 @@ class AppState:
     relay: OutboxRelay
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     languages_cache: tuple[float, Any] | None = None
+    auth_failures: FailedAuthLimiter = field(default_factory=FailedAuthLimiter)
+
+    async def authenticate(self, key: str | None, client: str) -> ApiKey:
+        """The key's row, counting a refused key against the client address (429 once it has
+        failed too often, before any lookup)."""
+        per_minute = self.settings.api_auth_failures_per_minute
+        if key:
+            self.auth_failures.check(client, per_minute)
+        try:
+            return await authenticate(self.pool, key)
+        except Unauthenticated:
+            if key:
+                self.auth_failures.failed(client, per_minute)
+            raise
 
 
 def get_state(request: Request) -> AppState:
@@ -89,12 +104,13 @@ _header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
 async def caller(
+    request: Request,
     state: State,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     api_key: Annotated[str | None, Security(_header)],
 ) -> ApiKey:
     key = api_key or (bearer.credentials if bearer else None)
-    found = await authenticate(state.pool, key)
+    found = await state.authenticate(key, request.client.host if request.client else "")
     await take_token(state.pool, found)
     return found
 

@@ -147,6 +147,7 @@ _NAMED = {
     "same_language": "same_language",
     "invalid_time_range": "invalid_time_range",
     "missing_target_language": "missing_target_language",
+    "finite_number": "non_finite_number",  # inf, NaN, 1e309: the message names the field
 }
 
 

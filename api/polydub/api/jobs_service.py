@@ -1,9 +1,10 @@
 """The jobs as a service: the two ways a job comes in, and everything that follows.
 
-Intake: a file streamed in a multipart form (``submit_file``), or one uploaded beforehand to a
-presigned URL and named by its upload id (``submit_uploaded``). Either way the media is probed
-before the job exists, stored under the job's input key, and the job, its first event and its
-queue message commit together. Then: read, list, cancel, retry, purge.
+Intake: a file streamed in a multipart form (``submit_file``), or one uploaded beforehand through
+a presigned POST form and named by its upload id (``submit_uploaded``). Either way the media is
+stored under the job's input key, a key only the server writes, and probed; the job pins that
+object's ETag, and the job, its first event and its queue message commit together. Then: read,
+list, cancel, retry, purge.
 
 routes/jobs.py parses HTTP and maps these answers to responses; the SQL is db/jobs.py's.
 """
@@ -12,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +28,9 @@ import asyncpg
 
 from polydub.api.auth import ApiKey
 from polydub.api.db import jobs as jobs_db
+from polydub.api.db import uploads as uploads_db
 from polydub.api.db.quota import active_jobs
+from polydub.api.idempotency import check_same_request
 from polydub.api.job_view import job_json
 from polydub.api.multipart import Upload, too_large
 from polydub.api.ratelimit import quota_error
@@ -65,18 +69,30 @@ class JobService:
     def __init__(self, state: AppState) -> None:
         self.state = state
         self.settings = state.settings
+        # This request's fingerprint (idempotency.request_hash), set by the route once the body
+        # is read: stored with a new job's Idempotency-Key, compared with a replayed one's.
+        self.request_hash: bytes | None = None
 
     # -- intake -------------------------------------------------------------------------------
 
     async def replay(self, key: ApiKey, idempotency_key: str | None) -> Accepted | None:
-        """The job an earlier request with this Idempotency-Key created, if any: answered
-        without reading the body."""
+        """The job an earlier request with this Idempotency-Key created, if any; 422
+        ``idempotency_mismatch`` if that request differs from this one (``request_hash``)."""
         if not idempotency_key:
             return None
         row = await jobs_db.find_by_idempotency_key(self.state.pool, key.id, idempotency_key)
-        return None if row is None else Accepted(self._job_out(row), replayed=True)
+        if row is None:
+            return None
+        check_same_request(row, self.request_hash)
+        return Accepted(self._job_out(row), replayed=True)
 
-    async def check_quota(self, key: ApiKey) -> None:
+    async def check_quota(self, key: ApiKey, idempotency_key: str | None = None) -> None:
+        """429 at the concurrent-jobs quota, unless the Idempotency-Key names a job already
+        (a replay is never over quota)."""
+        if idempotency_key and await jobs_db.find_by_idempotency_key(
+            self.state.pool, key.id, idempotency_key
+        ):
+            return
         if await active_jobs(self.state.pool, key.id) >= key.max_concurrent_jobs:
             raise quota_error(key.max_concurrent_jobs)
 
@@ -98,7 +114,7 @@ class JobService:
         media = await self._probe(upload.path, options)
         job_id = uuid.uuid4()
         input_key = JobKeys(job_id).input
-        await self.state.store.put_file(
+        stored = await self.state.store.put_file(
             input_key,
             upload.path,
             content_type=media.content_type,
@@ -110,6 +126,7 @@ class JobService:
                 owner_id=key.id,
                 options=options,
                 input_key=input_key,
+                input_etag=stored.etag,
                 input_filename=upload.filename,
                 input_bytes=upload.size,
                 media=media.to_dict(),
@@ -121,63 +138,95 @@ class JobService:
     async def submit_uploaded(
         self, key: ApiKey, request: JobFromUpload, idempotency_key: str | None
     ) -> Accepted:
-        """A job from a presigned upload: the upload's id becomes the job's, and its object is
-        already at the job's input key."""
+        """A job from a presigned upload: the upload's id becomes the job's. The object the
+        client sent is copied to the job's input key and the copy is what is probed and pinned:
+        the client's form stays signed until it expires, but it can only write the upload key,
+        which no job reads."""
         self._check_options(request)
-        pool = self.state.pool
-        upload = await jobs_db.find_upload(pool, request.upload_id, key.id)
+        pool, store = self.state.pool, self.state.store
+        upload = await uploads_db.find_upload(pool, request.upload_id, key.id)
         if upload is None:
             raise NotFound(f"upload {request.upload_id} not found", code="upload_not_found")
         await self.check_quota(key)
         job_id: uuid.UUID = upload["id"]
-        object_key: str = upload["object_key"]
-        if not await self.state.store.exists(object_key):
+        if not await store.exists(upload["object_key"]):
             raise Conflict("nothing was uploaded to the upload URL yet", code="upload_missing")
-
-        async def reject() -> None:
+        if not await uploads_db.claim_upload(pool, job_id):  # a concurrent twin took it
+            raise NotFound(f"upload {request.upload_id} not found", code="upload_not_found")
+        try:
+            accepted = await self._accept_upload(key, job_id, upload, request, idempotency_key)
+        except InvalidInput:
+            await self._drop_input(job_id)  # refused for good: its bytes go with it
+            await self._drop_upload(job_id)
+            raise
+        except BaseException:
             await self._drop_input(job_id)
-            await jobs_db.delete_upload(pool, job_id)
+            with contextlib.suppress(Exception):
+                await uploads_db.release_upload(pool, job_id)  # not the upload's fault
+            raise
+        await self._drop_upload(job_id)  # the job has its own copy
+        return accepted
 
-        stored = await self.state.store.stat(object_key)
-        if stored.size > self.settings.media_max_bytes:
-            await reject()
+    async def _accept_upload(
+        self,
+        key: ApiKey,
+        job_id: uuid.UUID,
+        upload: asyncpg.Record,
+        request: JobFromUpload,
+        idempotency_key: str | None,
+    ) -> Accepted:
+        store = self.state.store
+        sent = await store.stat(upload["object_key"])
+        if sent.size > self.settings.media_max_bytes:  # an S3 server that ignored the policy
             raise too_large(self.settings.media_max_bytes)
+        input_key = JobKeys(job_id).input
+        # Whatever the client writes next lands on the upload key; the job's copy is this one.
+        etag = await store.copy(upload["object_key"], input_key, etag=sent.etag)
         async with self.spool() as spool:
-            local = await self.state.store.download(object_key, spool / "source")
-            try:
-                media = await self._probe(local, request)
-            except InvalidInput:
-                await reject()
-                raise
+            local = await store.download(input_key, spool / "source", etag=etag)
+            media = await self._probe(local, request)
         options = JobOptions.model_validate(request.model_dump(exclude={"upload_id"}))
-        accepted = await self._accept(
+        return await self._accept(
             jobs_db.NewJob(
                 id=job_id,
                 owner_id=key.id,
                 options=options,
-                input_key=object_key,
+                input_key=input_key,
+                input_etag=etag,
                 input_filename=upload["filename"],
-                input_bytes=stored.size,
+                input_bytes=sent.size,
                 media=media.to_dict(),
                 idempotency_key=idempotency_key,
                 quota=key.max_concurrent_jobs,
             )
         )
-        await jobs_db.delete_upload(pool, job_id)
-        return accepted
 
     async def reserve_upload(self, key: ApiKey, filename: str | None) -> UploadOut:
-        """A presigned PUT URL for a file too large to send in one request."""
-        upload_id = uuid.uuid4()
-        object_key = JobKeys(upload_id).input  # the upload's id becomes the job's
-        ttl = timedelta(seconds=self.settings.api_upload_ttl_seconds)
-        expires_at = await jobs_db.reserve_upload(
-            self.state.pool, upload_id, key.id, object_key, filename, ttl
+        """A presigned POST form for a file too large to send in one request: one key under the
+        upload prefix, at most media_max_bytes, valid as long as the reservation."""
+        upload_id = uuid.uuid4()  # it becomes the job's id
+        object_key = JobKeys(upload_id).upload
+        # One instant for the row and the policy, so both expire together.
+        expires_at = datetime.now(UTC).replace(microsecond=0) + timedelta(
+            seconds=self.settings.api_upload_ttl_seconds
+        )
+        await uploads_db.reserve_upload(
+            self.state.pool,
+            upload_id,
+            key.id,
+            object_key,
+            filename,
+            expires_at,
+            self.settings.api_max_open_uploads,
+        )
+        form = self.state.store.presigned_post(
+            object_key, expires_at=expires_at, max_bytes=self.settings.media_max_bytes
         )
         return UploadOut(
             upload_id=upload_id,
-            url=self.state.store.presigned_put(object_key, ttl=ttl),
-            method="PUT",
+            url=form.url,
+            method="POST",
+            fields=dict(form.fields),
             expires_at=expires_at,
             max_bytes=self.settings.media_max_bytes,
         )
@@ -203,6 +252,7 @@ class JobService:
         return media
 
     async def _accept(self, job: jobs_db.NewJob) -> Accepted:
+        job = dataclasses.replace(job, idempotency_hash=self.request_hash)
         # The job's trace starts here: insert_job writes this span's context into the outbox
         # row, and the worker's spans continue it from the NATS message headers.
         attributes = {
@@ -220,6 +270,7 @@ class JobService:
             raise
         if not created:
             await self._drop_input(job.id)
+            check_same_request(row, self.request_hash)  # a concurrent twin with the same key
             return Accepted(self._job_out(row), replayed=True)
         job_transition(JobStatus.QUEUED)
         self.state.relay.wake()
@@ -230,6 +281,13 @@ class JobService:
     async def _drop_input(self, job_id: uuid.UUID) -> None:
         with contextlib.suppress(Exception):
             await self.state.store.delete_prefix(JobKeys(job_id).input_prefix)
+
+    async def _drop_upload(self, job_id: uuid.UUID) -> None:
+        """The reservation and what was sent to it; anything the client sends later (its form
+        is still signed) is an orphan for the retention sweep."""
+        await uploads_db.delete_upload(self.state.pool, job_id)
+        with contextlib.suppress(Exception):
+            await self.state.store.delete_prefix(JobKeys(job_id).upload_prefix)
 
     # -- follow-up ----------------------------------------------------------------------------
 

@@ -5,11 +5,17 @@ by the time elapsed (rate_limit_per_minute / 60 tokens a second, capped at one m
 and takes a token if there is one. A refused request takes nothing, so a client hammering a
 full bucket does not push its own recovery further away. Retry-After says when a token returns.
 The statements are ``polydub.api.db.quota``'s.
+
+Failed authentications are limited per client address (``FailedAuthLimiter``) in each replica's
+memory instead: a flood of bad keys must not cost a database write each.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Callable
 
 import asyncpg
 
@@ -57,3 +63,38 @@ def quota_error(limit: int) -> TooManyRequests:
         code="concurrent_jobs_quota",
         detail={"max_concurrent_jobs": limit},
     )
+
+
+class FailedAuthLimiter:
+    """A token bucket of failed authentications per client address (``per_minute`` of them,
+    refilled continuously). While an address's bucket is empty, a request of it that carries a
+    key is refused with 429 ``auth_rate_limited`` before the key is looked up. The least recently
+    failing addresses are forgotten past ``max_clients`` (a forgotten bucket is a full one)."""
+
+    def __init__(
+        self, max_clients: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.max_clients = max_clients
+        self.clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def _tokens(self, client: str, per_minute: int, now: float) -> float:
+        tokens, at = self._buckets.get(client, (float(per_minute), now))
+        return min(float(per_minute), tokens + (now - at) * per_minute / 60.0)
+
+    def check(self, client: str, per_minute: int) -> None:
+        tokens = self._tokens(client, per_minute, self.clock())
+        if tokens < 1:
+            raise TooManyRequests(
+                "too many failed authentications from this address",
+                retry_after=(1 - tokens) * 60.0 / per_minute,
+                code="auth_rate_limited",
+                detail={"failures_per_minute": per_minute},
+            )
+
+    def failed(self, client: str, per_minute: int) -> None:
+        now = self.clock()
+        self._buckets[client] = (self._tokens(client, per_minute, now) - 1, now)
+        self._buckets.move_to_end(client)
+        while len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)

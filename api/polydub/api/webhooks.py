@@ -7,7 +7,7 @@ state is delivered once however many replicas run this worker. A worker leases d
 the row delivered, or schedules the next attempt with exponential backoff (equal jitter), or
 gives up after ``api_webhook_max_attempts``. The statements are ``polydub.api.db.webhooks``'s.
 
-Signature (verify with the secret shown by ``polydub keys create``)::
+Signature (verify with the secret shown by ``polydub keys create``; stored encrypted)::
 
     Polydub-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + raw body)>
 """
@@ -32,6 +32,7 @@ import httpx
 from polydub.api.db import jobs as jobs_db
 from polydub.api.db import webhooks as webhooks_db
 from polydub.api.job_view import job_json
+from polydub.api.secrets_at_rest import SecretBox
 from polydub.errors import InvalidInput
 from polydub.retry import Backoff
 from polydub.settings import Settings
@@ -101,6 +102,7 @@ class WebhookSender:
     ) -> None:
         self.pool = pool
         self.settings = settings
+        self.box = SecretBox.from_settings(settings)
         self.client = client or httpx.AsyncClient(
             timeout=settings.api_webhook_timeout_seconds, follow_redirects=False
         )
@@ -123,7 +125,8 @@ class WebhookSender:
             "created_at": datetime.now(UTC).isoformat(),
             "job": job_json(row, self.settings),
         }
-        return json.dumps(body, default=str).encode(), row["webhook_secret"]
+        stored = row["webhook_secret"]  # encrypted at rest (secrets_at_rest)
+        return json.dumps(body, default=str).encode(), self.box.reveal(stored) if stored else None
 
     async def _finish(
         self, delivery: asyncpg.Record, ok: bool, error: str | None, *, final: bool = False

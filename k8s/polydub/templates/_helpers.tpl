@@ -66,6 +66,11 @@ render (helm template, upgrade, a GitOps controller) writes the same value witho
 {{- include "polydub.credential" (dict "root" . "value" .Values.secrets.s3SecretKey "name" "s3SecretKey" "key" "POLYDUB_S3_SECRET_KEY" "length" 40) -}}
 {{- end -}}
 
+{{/* Encrypts the webhook signing secrets at rest (the API's POLYDUB_API_WEBHOOK_SECRET_KEYS). */}}
+{{- define "polydub.webhookSecretKeys" -}}
+{{- include "polydub.credential" (dict "root" . "value" .Values.secrets.webhookSecretKeys "name" "webhookSecretKeys" "key" "POLYDUB_API_WEBHOOK_SECRET_KEYS" "length" 64) -}}
+{{- end -}}
+
 {{- define "polydub.postgresDsn" -}}
 {{- if .Values.postgresql.bundled -}}
 {{- printf "postgresql://%s:%s@%s:5432/%s" .Values.postgresql.user (urlquery (include "polydub.postgresPassword" .)) (include "polydub.componentName" (dict "root" . "component" "postgresql")) .Values.postgresql.database -}}
@@ -172,8 +177,10 @@ after their pods, so the endpoint is the headless service's fully qualified name
 {{- if not .Values.triton.modelRepository -}}true{{- end -}}
 {{- end -}}
 
+{{/* A gRPC target that resolves to every ready Triton pod (the headless Service): the clients
+balance round robin over its addresses (polydub/infra/triton.py). */}}
 {{- define "polydub.tritonUrl" -}}
-{{- printf "%s:%v" (include "polydub.componentName" (dict "root" . "component" "triton")) .Values.triton.ports.grpc -}}
+{{- printf "dns:///%s.%s.svc.cluster.local:%v" (include "polydub.componentName" (dict "root" . "component" "triton-headless")) .Release.Namespace .Values.triton.ports.grpc -}}
 {{- end -}}
 
 {{/* Pods ------------------------------------------------------------------------------- */}}

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from polydub.errors import InvalidInput, PolydubError
 from polydub.infra.storage import ObjectStore, sha256_file
 from polydub.media.pcm import read_wav, write_wav
 
@@ -30,14 +31,29 @@ class Artifacts:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    async def fetch(self, key: str) -> Path:
-        """The object as a local file (downloaded once per attempt)."""
+    async def fetch(self, key: str, *, etag: str | None = None) -> Path:
+        """The object as a local file (downloaded once per attempt); with ``etag``, only that
+        version of it (else Conflict ``object_changed``)."""
         path = self.local(key)
         if not path.exists():  # a stat of a local file: not worth a thread
             partial = path.with_name(path.name + ".part")
-            await self.store.download(key, partial)
+            await self.store.download(key, partial, etag=etag)
             partial.rename(path)
         return path
+
+    async def fetch_input(self, key: str, etag: str | None) -> Path:
+        """The job's input, only if it is still the object the API validated (``etag``; None
+        for a job from before inputs were pinned). A resumed attempt skips validate, so this
+        check on every read is what keeps it from processing other bytes."""
+        try:
+            return await self.fetch(key, etag=etag)
+        except PolydubError as exc:
+            if exc.code != "object_changed":
+                raise
+            raise InvalidInput(
+                "the job's input changed after it was validated; submit it again",
+                code="input_changed",
+            ) from exc
 
     async def put_file(self, key: str, path: Path, content_type: str) -> dict[str, Any]:
         """Upload a file and keep it as the cached copy; returns what an artifact row needs."""

@@ -1,7 +1,13 @@
 """Run a worker process: connect to everything, consume jobs until SIGTERM, then drain.
 
-Telemetry: spans go to ``otel_endpoint`` as service polydub-worker; Prometheus metrics are
-served on ``worker_metrics_port`` (/metrics), with queue depth and Triton statistics polled.
+Telemetry: spans go to ``otel_endpoint`` as service polydub-worker; the operations server on
+``worker_metrics_port`` serves /metrics (queue depth and Triton statistics polled), /health/live
+and /health/ready (polydub.orchestrator.health: NATS, the JetStream consumer, Triton, draining),
+on ``worker_metrics_host`` (loopback unless the deployment says otherwise).
+
+A worker without a runnable ffmpeg and ffprobe (``POLYDUB_FFMPEG`` / ``POLYDUB_FFPROBE``) refuses
+to start (``ConfigurationError``; ``polydub worker run`` exits 2 with one line) instead of
+taking jobs and failing every one.
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from polydub.errors import ConfigurationError, PolydubError
 from polydub.infra.db import create_pool
 from polydub.infra.queue import WORKER_CONSUMER, connect, ensure_jobs_stream
 from polydub.infra.storage import ObjectStore
 from polydub.infra.triton import InferenceClient
+from polydub.media.runner import run_ffmpeg, run_ffprobe
+from polydub.orchestrator.health import WorkerHealth
 from polydub.orchestrator.pipeline import PipelineRunner
 from polydub.orchestrator.services import Services
 from polydub.orchestrator.stages import STAGES
@@ -25,7 +34,7 @@ from polydub.orchestrator.state import JobStore
 from polydub.orchestrator.worker import Worker, WorkerOptions
 from polydub.settings import Settings
 from polydub.telemetry.tracing import WORKER_SERVICE, configure_tracing, shutdown_tracing
-from polydub.telemetry.worker import run_pollers, start_metrics_server
+from polydub.telemetry.worker import OperationsServer, run_pollers
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +49,31 @@ async def run_worker(
 ) -> None:
     """``on_services`` sees the worker's clients before the first job (benchmarks meter them)."""
     options = options or WorkerOptions()
+    await asyncio.to_thread(check_media_tools)
     tracing = configure_tracing(settings, WORKER_SERVICE)
-    # Up first: the chart's probes read /metrics, and a port in use should stop the worker early.
-    stop_metrics = start_metrics_server(settings.worker_metrics_port, settings.worker_metrics_host)
+    # Up first: the chart's liveness probe reads it (ready only once connected), and a port in
+    # use should stop the worker early.
+    operations = OperationsServer(settings.worker_metrics_port, settings.worker_metrics_host)
+    operations.start()
     try:
-        await _run(settings, options, workdir, handle_signals, on_services)
+        await _run(settings, options, workdir, handle_signals, on_services, operations)
     finally:
-        stop_metrics()
+        operations.stop()
         shutdown_tracing(tracing)  # flushes the spans still buffered
+
+
+def check_media_tools() -> None:
+    """Raise ``ConfigurationError`` unless ffprobe and ffmpeg run (``-version``)."""
+    try:
+        run_ffprobe(["-version"], timeout=30, blame="internal", what="ffprobe -version")
+        run_ffmpeg(["-version"], timeout=30, blame="internal", what="ffmpeg -version")
+    except PolydubError as exc:
+        code = exc.code if isinstance(exc, ConfigurationError) else "ffmpeg_unavailable"
+        raise ConfigurationError(
+            f"the worker needs ffmpeg and ffprobe: {exc.message}"
+            " (install them or set POLYDUB_FFMPEG / POLYDUB_FFPROBE)",
+            code=code,
+        ) from exc
 
 
 async def _run(
@@ -56,6 +82,7 @@ async def _run(
     workdir: Path | None,
     handle_signals: bool,
     on_services: Callable[[Services], None] | None = None,
+    operations: OperationsServer | None = None,
 ) -> None:
     pool = await create_pool(settings, max_size=max(4, options.concurrency * 3))
     nc = await connect(settings, name="polydub-worker")
@@ -88,10 +115,17 @@ async def _run(
                 settings.worker_metrics_poll_seconds,
             )
         )
+        if operations is not None:
+            health = WorkerHealth(
+                nc, js, settings.jobs_stream, WORKER_CONSUMER, triton, worker.stopping
+            )
+            operations.ready_with(health.readiness, asyncio.get_running_loop())
         log.info("worker started", extra={"concurrency": options.concurrency})
         try:
             await worker.run()
         finally:
+            if operations is not None:
+                operations.not_ready()
             for task in (unloader, pollers):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

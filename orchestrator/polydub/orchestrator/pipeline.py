@@ -95,8 +95,11 @@ class StageContext:
     report: Callable[[int, int], Awaitable[None]]  # the progress hook: (completed, total)
 
     def key(self, filename: str) -> str:
-        """The deterministic object key of one of this stage's outputs."""
-        return JobKeys(self.job.id).stage(self.stage, self.language, filename)
+        """The object key of one of this stage's outputs, this attempt's own. Objects are not
+        fenced (S3 has no compare-and-set on our attempt), rows are: a stale attempt's late
+        write lands on a key no row names, since only a fenced commit (finish_stage,
+        add_artifact) records a key for later stages and downloads to read."""
+        return JobKeys(self.job.id).stage(self.stage, self.language, filename, self.job.attempt)
 
     def outputs_of(self, stage: str, language: str | None = None) -> dict[str, Any]:
         """Outputs of an earlier stage: job-scope ones, or this context's language by default."""

@@ -44,6 +44,8 @@ class JobRecord:
     input_filename: str | None
     callback_url: str | None
     media: dict[str, Any] | None = None
+    # The ETag of the input the API probed; every read of input_key is conditional on it.
+    input_etag: str | None = None
 
 
 @dataclass
@@ -74,7 +76,7 @@ class JobStore:
                        started_at = COALESCE(started_at, now()), updated_at = now()
                  WHERE id = $1 AND status IN ('queued', 'running')
              RETURNING id, attempt, source_language, options, input_key, input_filename,
-                       callback_url, media
+                       callback_url, media, input_etag
                 """,
                 job_id,
             )
@@ -97,6 +99,7 @@ class JobStore:
             input_filename=row["input_filename"],
             callback_url=row["callback_url"],
             media=row["media"],
+            input_etag=row["input_etag"],
         )
 
     async def finished_stages(self, job_id: uuid.UUID) -> FinishedStages:
@@ -131,7 +134,7 @@ class JobStore:
                 VALUES ($1, $2, $3, $4, 'running', now())
                 ON CONFLICT (job_id, stage, language) DO UPDATE
                    SET attempt = EXCLUDED.attempt, status = 'running', started_at = now(),
-                       finished_at = NULL
+                       finished_at = NULL, error_code = NULL, error_message = NULL
                 """,
                 job.id,
                 stage,
@@ -298,6 +301,8 @@ class JobStore:
                 error.code if error else None,
                 error.message if error else None,
             )
+            if status != JobStatus.SUCCEEDED:
+                await _close_stages(conn, job.id, language, status, error)
             data: dict[str, Any] = {"language": language, "status": status}
             if error:
                 data["error"] = error.to_dict()
@@ -353,6 +358,8 @@ class JobStore:
                 error.code if error else None,
                 error.message if error else None,
             )
+            if status != JobStatus.SUCCEEDED:
+                await _close_stages(conn, job_id, None, status, error)
             data: dict[str, Any] = {"status": status}
             if error:
                 data["error"] = error.to_dict()
@@ -370,3 +377,25 @@ class JobStore:
         current = await conn.fetchval("SELECT attempt FROM jobs WHERE id = $1 FOR UPDATE", job.id)
         if current != job.attempt:
             raise Fenced(f"job {job.id}: attempt {job.attempt} was superseded by attempt {current}")
+
+
+async def _close_stages(
+    conn: asyncpg.Connection,
+    job_id: uuid.UUID,
+    language: str | None,
+    status: str,
+    error: PolydubError | None,
+) -> None:
+    """Stages still 'running' when their job (``language`` None) or language ends are closed
+    with its outcome and reason: 'cancelled', or 'failed' with the error that ended it."""
+    await conn.execute(
+        """
+        UPDATE job_stages SET status = $3, error_code = $4, error_message = $5, finished_at = now()
+         WHERE job_id = $1 AND status = 'running' AND ($2::text IS NULL OR language = $2)
+        """,
+        job_id,
+        language,
+        "cancelled" if status == JobStatus.CANCELLED else "failed",
+        error.code if error else None,
+        error.message if error else None,
+    )

@@ -155,7 +155,7 @@ class Worker:
         with log_context(job_id=str(job_id)):
             try:
                 event = await self.store.finish_job(job_id, "failed", error, fenced=False)
-            except Exception as exc:  # the job's message stays; a reconciler could retry
+            except Exception as exc:  # the message stays: the API's reconciler fails it later
                 log.error("could not fail a job past max deliveries", extra={"error": str(exc)})
                 return
             if event:

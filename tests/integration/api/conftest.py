@@ -92,6 +92,7 @@ def api_settings(stack_settings: Settings, api_triton: Settings) -> Settings:
             "api_outbox_poll_seconds": 0.1,
             "api_outbox_publish_timeout_seconds": 0.5,
             "retention_interval_seconds": 3600.0,
+            "reconcile_interval_seconds": 0.0,  # test_reconcile runs its own passes
             "api_tmp_dir": Path(tempfile.mkdtemp(prefix="polydub-api-spool-")),
         }
     )

@@ -38,7 +38,7 @@ def free_port() -> int:
 class Served:
     """An ASGI app served by uvicorn inside the test's event loop, on a free port."""
 
-    def __init__(self, app: Any, port: int | None = None) -> None:
+    def __init__(self, app: Any, port: int | None = None, *, http: Any = "auto") -> None:
         self.port = port or free_port()
         config = uvicorn.Config(
             app,
@@ -48,6 +48,7 @@ class Served:
             lifespan="on",
             timeout_graceful_shutdown=1,
             ws="websockets-sansio",
+            http=http,  # e.g. slow_clients.with_header_timeout(...), as `polydub api serve` runs
         )
         self.server = uvicorn.Server(config)
         self.task: asyncio.Task[None] | None = None

@@ -207,10 +207,11 @@ async def test_presigned_upload_then_json_submit(
         assert reserved.status_code == 201, reserved.text
         upload = reserved.json()
         async with httpx.AsyncClient() as plain:
-            put = await plain.put(
-                upload["url"], content=await asyncio.to_thread(Path(media.clip).read_bytes)
+            data = await asyncio.to_thread(Path(media.clip).read_bytes)
+            sent = await plain.post(
+                upload["url"], data=upload["fields"], files={"file": ("big talk.mp4", data)}
             )
-            assert put.status_code == 200
+            assert sent.status_code == 204, sent.text
         body = {"upload_id": upload["upload_id"], "target_languages": ["fra"]}
         created = await client.post("/api/v1/jobs", json=body)
         assert created.status_code == 202, created.text
@@ -227,13 +228,15 @@ async def test_presigned_upload_then_json_submit(
         # A bad file through the presigned path is refused and deleted.
         bad = (await client.post("/api/v1/uploads")).json()
         async with httpx.AsyncClient() as plain:
-            await plain.put(bad["url"], content=b"#EXTM3U\nhttp://x/a.ts\n")
+            playlist = b"#EXTM3U\nhttp://x/a.ts\n"
+            await plain.post(bad["url"], data=bad["fields"], files={"file": ("a", playlist)})
         refused = await client.post(
             "/api/v1/jobs", json={"upload_id": bad["upload_id"], "target_languages": ["fra"]}
         )
         assert refused.status_code == 415
         assert refused.json()["error"]["code"] == "playlist_not_allowed"
         assert not await store.exists(f"inputs/{bad['upload_id']}/source")
+        assert not await store.exists(f"uploads/{bad['upload_id']}/source")
         assert (
             await db_pool.fetchval(
                 "SELECT count(*) FROM jobs WHERE id = $1", uuid.UUID(bad["upload_id"])

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from polydub.api.auth import KEY_RE
+from polydub.api.secrets_at_rest import SecretBox
 from polydub.cli import app
 from polydub.settings import Settings, get_settings
 from polydub.stack import Stack
@@ -55,7 +56,10 @@ def test_keys_create_list_revoke(cli_env: None, stack_settings: Settings) -> Non
     assert row is not None
     assert bytes(row["key_hash"]) == hashlib.sha256(key.encode()).digest()
     assert (row["rate_limit_per_minute"], row["max_concurrent_jobs"]) == (7, 3)
-    assert row["webhook_secret"] == secret and row["revoked_at"] is None
+    # the webhook secret is stored encrypted, and decrypts with the deployment's keys
+    stored = row["webhook_secret"]
+    assert stored.startswith("fernet:") and secret not in stored and row["revoked_at"] is None
+    assert SecretBox.from_settings(get_settings()).reveal(stored) == secret
 
     listed = runner.invoke(app, ["keys", "list"])
     assert listed.exit_code == 0 and prefix in listed.output and key not in listed.output

@@ -209,13 +209,14 @@ async def _lifecycle(
         "fra": "succeeded",
     }
 
-    # Outputs: presigned links that really download the files; job-wide files included.
+    # Outputs: links that really download the files, with no key (through the API by default:
+    # relative links); job-wide files included.
     outputs = await clients.a.get(f"/api/v1/jobs/{job_id}/outputs/spa")
     assert outputs.status_code == 200, outputs.text
     files = {f["kind"]: f for f in outputs.json()["files"]}
     assert set(files) == {"dubbed_video", "subtitles_srt", "source_subtitles_vtt", "transcript"}
     assert files["dubbed_video"]["filename"] == "talk.spa.mp4"
-    async with httpx.AsyncClient() as plain:
+    async with httpx.AsyncClient(base_url=str(clients.a.base_url)) as plain:
         got = await plain.get(files["subtitles_srt"]["url"])
         assert got.status_code == 200 and got.content == srt
         video = await plain.get(files["dubbed_video"]["url"])
@@ -231,7 +232,7 @@ async def _lifecycle(
         clip = await plain.get(preview["url"])
         assert clip.status_code == 200 and clip.content[4:8] == b"ftyp"
         assert len(clip.content) == preview["size_bytes"] < len(dubbed)
-    key = f"jobs/{job_id}/previews/spa/2000-4000.mp4"
+    key = f"jobs/{job_id}/previews/spa/0-5000.mp4"  # 2-4 s, snapped to the 5 s grid
     assert await store.exists(key)
     again = await clients.a.get(
         f"/api/v1/jobs/{job_id}/outputs/spa", params={"preview_start": 2, "preview_end": 4}

@@ -283,6 +283,21 @@ def wav_with_declared_size(wav: bytes, data_bytes: int) -> bytes:
     return bytes(data)
 
 
+def wav_with_sample_rate(wav: bytes, rate: int, *, data_bytes: int | None = None) -> bytes:
+    """A WAV whose header states ``rate`` Hz (and the byte rate to match), optionally cut to
+    ``data_bytes`` of samples (so 1 Hz stays within the duration limit)."""
+    data = bytearray(wav)
+    fmt = data.index(b"fmt ")
+    struct.pack_into("<I", data, fmt + 12, rate)
+    struct.pack_into("<I", data, fmt + 16, min(rate * 2, 0xFFFFFFFF))
+    if data_bytes is not None:
+        offset = data.index(b"data")
+        struct.pack_into("<I", data, offset + 4, data_bytes)
+        del data[offset + 8 + data_bytes :]
+        struct.pack_into("<I", data, 4, len(data) - 8)
+    return bytes(data)
+
+
 # --- the cases
 
 
@@ -381,11 +396,13 @@ CASES: list[Case] = [
     Case("concat list behind a comment", lambda m: b"# list\n" + m.ffconcat[21:], b"a.mp4",
          Expect(415, "unsupported_media_type"), "unsupported_media_type"),
     Case("AVI with a GAB2 subtitle holding an HLS playlist -> canary",
-         lambda m: avi(subtitle=gab2(m.hls)), b"a.avi", ACCEPTED, None,
-         "the nested demuxer is never opened: ffmpeg nests only srt/ass in GAB2 and the "
-         "format whitelist is inherited; the undecodable video is metadata"),
+         lambda m: avi(subtitle=gab2(m.hls)), b"a.avi",
+         Expect(415, "unsupported_media_type"), "unsupported_media_type",
+         "the GAB2 stream is of no kind ffprobe knows: refused by the probe (issue #13; the "
+         "nested demuxer was never opened either)"),
     Case("AVI with a GAB2 subtitle holding a concat list -> canary",
-         lambda m: avi(subtitle=gab2(m.ffconcat)), b"a.avi", ACCEPTED, None, "as above"),
+         lambda m: avi(subtitle=gab2(m.ffconcat)), b"a.avi",
+         Expect(415, "unsupported_media_type"), "unsupported_media_type", "as above"),
     # Huge declared dimensions or duration (crafted headers)
     Case("AVI declaring 30000x20000 video", lambda m: avi(width=30000, height=20000), b"a.avi",
          Expect(422, "resolution_too_large"), "resolution_too_large"),
@@ -404,6 +421,14 @@ CASES: list[Case] = [
     Case("WAV declaring 4 GB of samples",
          lambda m: wav_with_declared_size(m.base.wav, 0xFFFFFF00), b"a.wav", ACCEPTED, None,
          "ffprobe measures the real 1 s; extraction never reads past the probed duration"),
+    # Absurd sample rates (issue #13: they decoded to no audio in the worker)
+    Case("WAV declaring 1 Hz", lambda m: wav_with_sample_rate(m.base.wav, 1, data_bytes=8),
+         b"a.wav", Expect(422, "corrupt_media"), "corrupt_media", "outside 4 kHz-768 kHz"),
+    Case("WAV declaring 2 GHz", lambda m: wav_with_sample_rate(m.base.wav, 2_000_000_000),
+         b"a.wav", Expect(422, "corrupt_media"), "corrupt_media", "outside 4 kHz-768 kHz"),
+    Case("WAV declaring 4 GHz", lambda m: wav_with_sample_rate(m.base.wav, 4_000_000_000),
+         b"a.wav", Expect(422, "corrupt_media"), "corrupt_media",
+         "ffprobe itself refuses the header (a negative rate)"),
     # Very many streams
     Case("MKV with 40 audio streams", lambda m: m.base.mkv_streams[40], b"a.mkv",
          Expect(422, "too_many_streams"), "too_many_streams"),

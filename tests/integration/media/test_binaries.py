@@ -66,8 +66,8 @@ async def test_preview_runs_the_configured_ffmpeg(
     await store.put_file(source_key, source, content_type="video/mp4")
     made = _calls(wrapped)
     clip = await make_preview(
-        store, stack_settings, job_id=job_id, language="spa", source_key=source_key,
-        is_video=True, start=0.5, end=1.5,
+        store, stack_settings, owner=uuid.uuid4(), job_id=job_id, language="spa",
+        source_key=source_key, is_video=True, start=0.5, end=1.5,
     )  # fmt: skip
     assert clip.size_bytes > 64 and await store.exists(clip.key)
     calls = _calls(wrapped)[len(made) :]

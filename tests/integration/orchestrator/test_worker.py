@@ -154,7 +154,7 @@ async def test_job_succeeds_with_every_stage_recorded_and_events(env, db_pool, t
         ("translate", "fra", "succeeded"),
         ("translate", "spa", "succeeded"),
     ]
-    assert stages[1]["outputs"] == {"key": f"jobs/{job_id}/mux/fra/mux.json"}
+    assert stages[1]["outputs"] == {"key": f"jobs/{job_id}/mux/fra/a1/mux.json"}  # attempt 1's
     assert dict(script.calls) == {
         ("extract", ""): 1,
         ("slow", ""): 1,

@@ -264,7 +264,10 @@ def test_settings_env_matches_polydub_settings(production: list[Manifest]) -> No
         "POLYDUB_LOG_LEVEL",
         "POLYDUB_LOG_JSON",
     } <= names
-    assert env["POLYDUB_TRITON_URL"]["value"] == "polydub-triton:8001"
+    # the headless Service: every Triton pod's address, balanced round robin by the clients
+    assert env["POLYDUB_TRITON_URL"]["value"] == (
+        "dns:///polydub-triton-headless.polydub.svc.cluster.local:8001"
+    )
     assert env["POLYDUB_S3_ENDPOINT"]["value"] == "s3.example.com:443"
     assert env["POLYDUB_S3_SECURE"]["value"] == "true"
     assert env["POLYDUB_NATS_URL"]["value"] == "nats://polydub-nats:4222"
@@ -416,11 +419,12 @@ def test_chart_secret_holds_the_credentials_and_a_hook_copy_feeds_the_migration(
 
     secret = find(default, "Secret", "polydub")
     data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-    # no POLYDUB_WEBHOOK_SECRET: no code reads one (each API key has its own signing secret)
+    # each API key has its own signing secret; the Secret holds the key that encrypts them
     assert set(data) == {
         "POLYDUB_POSTGRES_DSN",
         "POLYDUB_S3_ACCESS_KEY",
         "POLYDUB_S3_SECRET_KEY",
+        "POLYDUB_API_WEBHOOK_SECRET_KEYS",
         "POSTGRES_PASSWORD",
     }
     assert data["POLYDUB_POSTGRES_DSN"] == (

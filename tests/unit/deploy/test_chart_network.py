@@ -5,13 +5,14 @@ webhook egress from values (no namespace name assumed)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from polydub.deploy import chart
 from polydub.deploy.chart import Manifest
-from polydub.deploy.crd_schemas import CRD_SCHEMAS, K8S_DEFS
 from tests.unit.deploy.rendered import DEFAULTS, PRODUCTION, container, find, kinds
 
 pytestmark = pytest.mark.unit
@@ -71,67 +72,13 @@ def test_ingress_routes_to_no_port_that_reaches_metrics(values: dict[str, Any]) 
 
 # ---- item 3: ServiceMonitor --------------------------------------------------------------------
 
-# The fields of monitoring.coreos.com/v1 ServiceMonitor the chart writes, strict (a schema for
-# polydub.deploy.crd_schemas, which the chart check then covers like KEDA's ScaledObject).
-_STRINGS = {"type": "array", "items": {"type": "string"}}
-SERVICE_MONITOR: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "ServiceMonitor"},
-        "metadata": {"$ref": K8S_DEFS + "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"},
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["selector", "endpoints"],
-            "properties": {
-                "jobLabel": {"type": "string"},
-                "targetLabels": _STRINGS,
-                "podTargetLabels": _STRINGS,
-                "selector": {
-                    "$ref": K8S_DEFS + "io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector"
-                },
-                "namespaceSelector": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {"any": {"type": "boolean"}, "matchNames": _STRINGS},
-                },
-                "endpoints": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "properties": {
-                            "port": {"type": "string"},
-                            "targetPort": {"type": ["integer", "string"]},
-                            "path": {"type": "string"},
-                            "scheme": {"enum": ["http", "https"]},
-                            "interval": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
-                            "scrapeTimeout": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
-                            "honorLabels": {"type": "boolean"},
-                            "relabelings": {"type": "array"},
-                            "metricRelabelings": {"type": "array"},
-                        },
-                    },
-                },
-            },
-        },
-    },
-}
-
 
 def test_no_service_monitor_unless_enabled() -> None:
     for values in ({}, PRODUCTION):
         assert not [m for m in chart.render(values) if m.kind == "ServiceMonitor"]
 
 
-def test_service_monitor_scrapes_every_metrics_service_and_validates(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_service_monitor_scrapes_every_metrics_service_and_validates() -> None:
     values = {
         "metrics": {
             "serviceMonitor": {
@@ -142,9 +89,6 @@ def test_service_monitor_scrapes_every_metrics_service_and_validates(
             }
         }
     }
-    monkeypatch.setitem(
-        CRD_SCHEMAS, ("monitoring.coreos.com/v1", "ServiceMonitor"), SERVICE_MONITOR
-    )
     manifests = chart.check(chart.merge_values(PRODUCTION, values))
     (monitor,) = kinds(manifests, "ServiceMonitor")
     assert monitor["metadata"]["namespace"] == "monitoring"
@@ -241,3 +185,22 @@ def test_empty_peer_lists_admit_nobody_instead_of_everybody() -> None:
     for policy in kinds(manifests, "NetworkPolicy"):
         for rule in policy["spec"].get("ingress") or []:
             assert rule.get("from"), policy["metadata"]["name"]
+
+
+def test_the_chart_check_command_validates_an_enabled_service_monitor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m polydub.deploy.chart`` knows the ServiceMonitor schema (polydub.deploy
+    .crd_schemas): an enabled monitor is validated like any other object, not reported as an
+    unknown kind."""
+    values = tmp_path / "monitoring.yaml"
+    values.write_text(yaml.safe_dump({"metrics": {"serviceMonitor": {"enabled": True}}}))
+    assert chart.main(["-f", str(values), "--kube-version", "1.37.0"]) == 0
+    assert "ok  ServiceMonitor/polydub (polydub/templates/servicemonitor.yaml)" in (
+        capsys.readouterr().out
+    )
+    values.write_text(
+        yaml.safe_dump({"metrics": {"serviceMonitor": {"enabled": True, "interval": "often"}}})
+    )
+    assert chart.main(["-f", str(values), "--kube-version", "1.37.0"]) == 1
+    assert "ServiceMonitor/polydub" in capsys.readouterr().err

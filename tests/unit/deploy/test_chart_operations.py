@@ -36,6 +36,7 @@ def test_derived_credentials_are_the_same_in_every_render() -> None:
     assert re.fullmatch(r"[0-9a-f]{32}", data["POSTGRES_PASSWORD"])
     assert re.fullmatch(r"polydub-[0-9a-f]{12}", data["POLYDUB_S3_ACCESS_KEY"])
     assert re.fullmatch(r"[0-9a-f]{40}", data["POLYDUB_S3_SECRET_KEY"])
+    assert re.fullmatch(r"[0-9a-f]{64}", data["POLYDUB_API_WEBHOOK_SECRET_KEYS"])
     # the migration hook's copy holds the same DSN
     assert secret_data(first, "dub-polydub-migrate") == {
         "POLYDUB_POSTGRES_DSN": data["POLYDUB_POSTGRES_DSN"]
@@ -103,7 +104,14 @@ def test_production_refuses_to_derive_credentials() -> None:
         chart.render(bundled)
     explicit = chart.merge_values(
         bundled,
-        {"secrets": {"postgresPassword": "pw", "s3AccessKey": "ak", "s3SecretKey": "sk"}},
+        {
+            "secrets": {
+                "postgresPassword": "pw",
+                "s3AccessKey": "ak",
+                "s3SecretKey": "sk",
+                "webhookSecretKeys": "wk",
+            }
+        },
     )
     assert secret_data(chart.render(explicit), "polydub")["POSTGRES_PASSWORD"] == "pw"
     # and NOTES warns only when something was derived

@@ -35,7 +35,7 @@ KEYWORDS |= {"unless", "bool", "offset", "inf", "nan"}
 def exported() -> dict[str, set[str]]:
     """Every sample name the telemetry package exposes, with the labels it carries."""
     labels: dict[str, set[str]] = {}
-    for value in vars(metrics).values():
+    for value in metrics.every_metric():  # created on first use: make them all
         if isinstance(value, MetricWrapperBase):
             names = set(value._labelnames)  # no public accessor; stable across versions
             family = next(iter(value.describe()))

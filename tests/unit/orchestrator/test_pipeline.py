@@ -167,8 +167,9 @@ async def test_job_stages_run_once_then_each_languages_stages_in_order(tmp_path:
     assert toys.calls[:2] == [("extract", ""), ("transcribe", "")]
     assert of("deu", toys.calls) == of("fra", toys.calls) == ["translate", "mux"]
     assert len(toys.calls) == 6 and store.started == toys.calls
-    assert store.recorded[("mux", "fra")] == {"key": f"jobs/{record.id}/mux/fra/mux.json"}
-    assert store.recorded[("extract", "")] == {"key": f"jobs/{record.id}/extract/_/extract.json"}
+    # Keys are the attempt's own (a1): a fenced-out attempt never writes over them.
+    assert store.recorded[("mux", "fra")] == {"key": f"jobs/{record.id}/mux/fra/a1/mux.json"}
+    assert store.recorded[("extract", "")] == {"key": f"jobs/{record.id}/extract/_/a1/extract.json"}
     assert store.statuses == {"deu": "succeeded", "fra": "succeeded"}
     assert final == {"type": "state", "status": "succeeded"}
     assert store.job_status == ("succeeded", None)
@@ -185,8 +186,8 @@ async def test_a_stage_reads_its_own_languages_outputs_else_the_jobs(tmp_path: P
 
     for language in record.targets:
         extract, translate = toys.seen[("mux", language)]
-        assert extract == {"key": f"jobs/{record.id}/extract/_/extract.json"}
-        assert translate == {"key": f"jobs/{record.id}/translate/{language}/translate.json"}
+        assert extract == {"key": f"jobs/{record.id}/extract/_/a1/extract.json"}
+        assert translate == {"key": f"jobs/{record.id}/translate/{language}/a1/translate.json"}
 
 
 async def test_resume_skips_every_finished_stage_and_finished_language(tmp_path: Path) -> None:

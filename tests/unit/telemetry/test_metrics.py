@@ -1,4 +1,5 @@
-"""The API middleware (spans and request metrics), stage timing and Triton statistics."""
+"""The API's request telemetry (spans from the instrumentation, metrics from the middleware),
+stage timing and Triton statistics."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import REGISTRY
 
-from polydub.telemetry.http import TelemetryMiddleware, metrics_endpoint
+from polydub.telemetry.http import TelemetryMiddleware, instrument_http, metrics_endpoint
 from polydub.telemetry.metrics import TRITON_STATISTICS, TritonStatistics, time_stage
 
 pytestmark = pytest.mark.unit
@@ -25,6 +26,7 @@ def value(name: str, **labels: str) -> float:
 def make_app() -> FastAPI:
     app = FastAPI()
     app.add_middleware(TelemetryMiddleware)
+    instrument_http(app)  # as create_app does: spans from OpenTelemetry's instrumentation
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     router = APIRouter()
 
@@ -88,6 +90,11 @@ async def test_request_spans_and_metrics(exporter: InMemorySpanExporter) -> None
     assert first.attributes is not None
     assert first.attributes["http.route"] == route
     assert first.attributes["http.response.status_code"] == 200
+    # OpenTelemetry's stable HTTP semantic conventions, not the old names
+    assert first.attributes["http.request.method"] == "GET"
+    assert first.attributes["url.path"] == "/unit/items/7"
+    assert first.attributes["url.scheme"] == "http"
+    assert "http.method" not in first.attributes and "http.status_code" not in first.attributes
     assert missing.status.status_code is StatusCode.UNSET  # a 4xx is the client's error
     assert failed.status.status_code is StatusCode.ERROR
     assert failed.attributes is not None and failed.attributes["http.response.status_code"] == 500

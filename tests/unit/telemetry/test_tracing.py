@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
+from polydub.errors import ConfigurationError
 from polydub.settings import Settings
 from polydub.telemetry import (
     configure_tracing,
@@ -95,3 +99,77 @@ def test_configure_off_without_endpoint_and_resource_with_it() -> None:
     finally:
         shutdown_tracing(provider)
     assert tracing._provider is None
+
+
+# ---- the standard OpenTelemetry variables (issue #15, item 7) -----------------------------------
+
+OTEL_VARIABLES = (
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "POLYDUB_OTEL_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_SDK_DISABLED",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_SAMPLER",
+)
+
+
+@pytest.fixture
+def otel_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in OTEL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_the_endpoint_comes_from_the_standard_names_first(otel_env: pytest.MonkeyPatch) -> None:
+    otel_env.setenv("POLYDUB_OTEL_ENDPOINT", "http://alias:4317")
+    assert Settings().otel_endpoint == "http://alias:4317"  # the older name still works
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")
+    assert Settings().otel_endpoint == "http://collector:4317"
+    otel_env.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317")
+    assert Settings().otel_endpoint == "http://traces:4317"
+    assert Settings(otel_endpoint="http://given:4317").otel_endpoint == "http://given:4317"
+
+
+def test_sdk_disabled_protocol_service_name_and_sampler(otel_env: pytest.MonkeyPatch) -> None:
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+    otel_env.setenv("OTEL_SDK_DISABLED", "true")
+    assert configure_tracing(Settings(), "polydub-api") is None
+    otel_env.delenv("OTEL_SDK_DISABLED")
+
+    otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    with pytest.raises(ConfigurationError) as refused:
+        configure_tracing(Settings(), "polydub-api")
+    assert refused.value.code == "otel_protocol_unsupported"
+    otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+
+    otel_env.setenv("OTEL_SERVICE_NAME", "dubbing-edge")
+    otel_env.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    provider = configure_tracing(Settings(), "polydub-api")
+    assert provider is not None
+    try:
+        assert provider.resource.attributes["service.name"] == "dubbing-edge"
+        assert provider.sampler is ALWAYS_OFF  # the SDK read OTEL_TRACES_SAMPLER
+    finally:
+        shutdown_tracing(provider)
+
+
+def test_an_instrumentation_tracer_follows_tracing_configured_later(
+    otel_env: pytest.MonkeyPatch,
+) -> None:
+    """The API's HTTP middleware takes its tracer before the lifespan configures tracing."""
+    early = tracing.FOLLOWING_PROVIDER.get_tracer("instrumentation", "1.0")
+    with early.start_as_current_span("before") as before:
+        assert not before.get_span_context().is_valid  # nothing configured: no-op spans
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    otel_env.setattr(tracing, "_provider", provider)
+    with early.start_as_current_span("after", kind=SpanKind.SERVER), span("child"):
+        pass
+    early.start_span("plain").end()
+    names = [s.name for s in memory.get_finished_spans()]
+    assert names == ["child", "after", "plain"]
+    child, after, _ = memory.get_finished_spans()
+    assert child.parent is not None and child.parent.span_id == after.context.span_id
+    provider.shutdown()

@@ -1,8 +1,10 @@
 """Every SQL statement of the API tier lives here; other modules call these functions.
 
-One module per table group: ``jobs`` (jobs, their targets, events, artifacts and uploads),
+One module per table group: ``jobs`` (jobs, their targets, events and artifacts),
+``uploads`` (presigned upload reservations),
 ``keys`` (api_keys), ``quota`` (the rate buckets and the concurrent-job count), ``outbox`` (the
-queue messages), ``webhooks`` (webhook_deliveries) and ``retention`` (the purge). The logic that
+queue messages), ``webhooks`` (webhook_deliveries), ``retention`` (the purge) and
+``reconcile`` (stuck jobs). The logic that
 decides what to run (key hashing, rate-limit decisions, the outbox relay, webhook delivery, the
 retention sweep) stays in its own module and owns the transactions it needs.
 

@@ -1,6 +1,7 @@
-"""The API's SQL for jobs, their uploads and their events: what the routes and the job service
-read and change in PostgreSQL (the keys' tables are db/keys.py's and db/quota.py's, and the
-background loops' own tables are db/outbox.py's, db/webhooks.py's and db/retention.py's).
+"""The API's SQL for jobs and their events: what the routes and the job service read and change
+in PostgreSQL (presigned upload reservations are db/uploads.py's, the keys' tables are
+db/keys.py's and db/quota.py's, and the background loops' own tables are db/outbox.py's,
+db/webhooks.py's and db/retention.py's).
 
 Every query a caller reaches names the owner: a job of another key is indistinguishable from a
 missing one.
@@ -32,6 +33,7 @@ _JOB_COLUMNS = """
     j.input_filename, j.input_bytes, j.media, j.current_stage, j.progress, j.eta_seconds,
     j.error_code, j.error_message, j.attempt, j.cancel_requested, j.callback_url, j.retries,
     j.created_at, j.updated_at, j.started_at, j.finished_at, j.expires_at, j.warnings,
+    j.idempotency_hash,
     COALESCE((SELECT json_agg(json_build_object(
                 'language', t.language, 'status', t.status, 'stage', t.current_stage,
                 'progress', t.progress, 'error_code', t.error_code,
@@ -46,11 +48,13 @@ class NewJob:
     owner_id: uuid.UUID
     options: JobOptions
     input_key: str
+    input_etag: str  # of the object that was probed: every worker read is conditional on it
     input_filename: str | None
     input_bytes: int
     media: dict[str, Any]
     idempotency_key: str | None
     quota: int
+    idempotency_hash: bytes | None = None  # the request's fingerprint (api/idempotency.py)
 
 
 async def find_by_idempotency_key(
@@ -75,8 +79,9 @@ async def insert_job(
         created_id = await conn.fetchval(
             """
             INSERT INTO jobs (id, owner_id, source_language, options, input_key, input_filename,
-                              input_bytes, media, idempotency_key, callback_url, expires_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + $11::interval)
+                              input_bytes, media, idempotency_key, callback_url, expires_at,
+                              input_etag, idempotency_hash)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + $11::interval, $12, $13)
             ON CONFLICT (owner_id, idempotency_key) DO NOTHING
             RETURNING id
             """,
@@ -91,6 +96,8 @@ async def insert_job(
             job.idempotency_key,
             str(options.callback_url) if options.callback_url else None,
             timedelta(seconds=settings.retention_seconds),
+            job.input_etag,
+            job.idempotency_hash if job.idempotency_key is not None else None,
         )
         if created_id is None:
             assert job.idempotency_key is not None
@@ -302,6 +309,16 @@ async def artifacts_of(
     return rows
 
 
+async def owner_key_active(pool: asyncpg.Pool, job_id: uuid.UUID) -> bool | None:
+    """Whether the key that owns the job is still unrevoked; None once the job is purged."""
+    active: bool | None = await pool.fetchval(
+        "SELECT k.revoked_at IS NULL FROM jobs j JOIN api_keys k ON k.id = j.owner_id"
+        " WHERE j.id = $1",
+        job_id,
+    )
+    return active
+
+
 async def job_for_webhook(pool: asyncpg.Pool, job_id: uuid.UUID) -> asyncpg.Record | None:
     """The job as a webhook reports it, with the owner key's signing secret."""
     row: asyncpg.Record | None = await pool.fetchrow(
@@ -329,41 +346,3 @@ async def events_after(
         limit,
     )
     return [{"id": r["id"], "type": r["type"], **(r["data"] or {})} for r in rows]
-
-
-async def reserve_upload(
-    pool: asyncpg.Pool,
-    upload_id: uuid.UUID,
-    owner: uuid.UUID,
-    object_key: str,
-    filename: str | None,
-    ttl: timedelta,
-) -> datetime:
-    """A presigned upload's row; returns when it expires."""
-    expires_at: datetime = await pool.fetchval(
-        "INSERT INTO uploads (id, owner_id, object_key, filename, expires_at)"
-        " VALUES ($1, $2, $3, $4, now() + $5::interval) RETURNING expires_at",
-        upload_id,
-        owner,
-        object_key,
-        filename,
-        ttl,
-    )
-    return expires_at
-
-
-async def find_upload(
-    pool: asyncpg.Pool, upload_id: uuid.UUID, owner: uuid.UUID
-) -> asyncpg.Record | None:
-    """The owner's unexpired upload (id, object_key, filename), or None."""
-    row: asyncpg.Record | None = await pool.fetchrow(
-        "SELECT id, object_key, filename FROM uploads"
-        " WHERE id = $1 AND owner_id = $2 AND expires_at > now()",
-        upload_id,
-        owner,
-    )
-    return row
-
-
-async def delete_upload(pool: asyncpg.Pool, upload_id: uuid.UUID) -> None:
-    await pool.execute("DELETE FROM uploads WHERE id = $1", upload_id)

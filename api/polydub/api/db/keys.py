@@ -65,3 +65,31 @@ async def list_keys(conn: asyncpg.Connection | asyncpg.Pool) -> list[asyncpg.Rec
         " revoked_at, last_used_at FROM api_keys ORDER BY created_at"
     )
     return rows
+
+
+async def key_active(conn: asyncpg.Connection | asyncpg.Pool, key_id: uuid.UUID) -> bool:
+    """Whether the key still exists and is not revoked (open progress streams re-check it)."""
+    active: bool | None = await conn.fetchval(
+        "SELECT revoked_at IS NULL FROM api_keys WHERE id = $1", key_id
+    )
+    return bool(active)
+
+
+async def webhook_secrets(conn: asyncpg.Connection | asyncpg.Pool) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT id, webhook_secret FROM api_keys WHERE webhook_secret IS NOT NULL"
+    )
+    return rows
+
+
+async def replace_webhook_secret(
+    conn: asyncpg.Connection | asyncpg.Pool, key_id: uuid.UUID, old: str, new: str
+) -> int:
+    """Store ``new`` unless another process replaced ``old`` first; returns the rows changed."""
+    status: str = await conn.execute(
+        "UPDATE api_keys SET webhook_secret = $3 WHERE id = $1 AND webhook_secret = $2",
+        key_id,
+        old,
+        new,
+    )
+    return int(status.split()[-1])

@@ -12,12 +12,15 @@ from polydub.settings import Settings
 from polydub.telemetry.propagation import inject_headers
 
 
-async def enqueue(conn: asyncpg.Connection, settings: Settings, message: JobMessage) -> None:
-    """The job's queue message, as an outbox row committed with the job (the relay sends it)."""
+async def enqueue(
+    conn: asyncpg.Connection, settings: Settings, message: JobMessage, *, msg_id: str | None = None
+) -> None:
+    """The job's queue message, as an outbox row committed with the job (the relay sends it).
+    ``msg_id`` replaces the message's own id (the reconciler's republish needs a fresh one)."""
     await conn.execute(
         "INSERT INTO outbox (subject, msg_id, payload, headers) VALUES ($1, $2, $3, $4)",
         settings.jobs_subject,
-        message.msg_id,
+        msg_id or message.msg_id,
         message.to_json(),
         inject_headers(),  # the submitting span's trace context, for the worker to continue
     )

@@ -52,11 +52,22 @@ async def expired_jobs(pool: asyncpg.Pool, batch: int) -> list[uuid.UUID]:
 
 
 async def expired_uploads(pool: asyncpg.Pool, batch: int) -> list[asyncpg.Record]:
-    """Presigned uploads never turned into a job (id, object_key)."""
+    """Presigned uploads never turned into a job (id, object_key, has_job: whether a job took
+    the id after all, so its input is not the upload's to delete). One claimed by a POST /jobs
+    waits an hour: that request may still be copying and probing it."""
     rows: list[asyncpg.Record] = await pool.fetch(
-        "SELECT id, object_key FROM uploads WHERE expires_at < now() LIMIT $1", batch
+        "SELECT u.id, u.object_key, EXISTS (SELECT 1 FROM jobs j WHERE j.id = u.id) AS has_job"
+        " FROM uploads u WHERE u.expires_at < now()"
+        " AND (u.consumed_at IS NULL OR u.consumed_at < now() - interval '1 hour') LIMIT $1",
+        batch,
     )
     return rows
+
+
+async def reserved_uploads(pool: asyncpg.Pool, ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these upload ids still have a reservation row (open, claimed or expiring)."""
+    rows = await pool.fetch("SELECT id FROM uploads WHERE id = ANY($1::uuid[])", ids)
+    return {r["id"] for r in rows}
 
 
 async def delete_old_outbox_rows(pool: asyncpg.Pool) -> int:

@@ -4,7 +4,9 @@
 The rows are the truth: a follower reads the job's events after the last id it sent, sends
 them, and waits for a NATS message or the poll interval before reading again. NATS only makes
 the wait short; if it is down, polling still delivers every event, in order, exactly once.
-The stream ends once the job is in a terminal state and its events are all sent.
+The stream ends once the job is in a terminal state and its events are all sent, or once its
+key is revoked (re-checked every ``api_stream_key_check_seconds``): SSE sends a last ``error``
+event, the WebSocket closes with 4401.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from fastapi import APIRouter, Header, Query, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from starlette.websockets import WebSocketState
 
-from polydub.api.auth import authenticate, key_from_headers
+from polydub.api.auth import key_from_headers
 from polydub.api.db.jobs import assert_owned, events_after, job_status
+from polydub.api.db.keys import key_active
 from polydub.api.deps import AppState, Caller, State
-from polydub.api.errors import TooManyRequests
+from polydub.api.errors import TooManyRequests, Unauthenticated, envelope
 from polydub.api.ratelimit import take_token
 from polydub.errors import InvalidInput, PolydubError
 from polydub.infra.queue import progress_subject
@@ -36,10 +39,12 @@ BATCH = 500
 
 
 async def follow(
-    state: AppState, job_id: uuid.UUID, after: int
+    state: AppState, job_id: uuid.UUID, after: int, key_id: uuid.UUID
 ) -> AsyncIterator[dict[str, Any] | None]:
     """Yield the job's events after ``after`` as messages, then new ones as they come;
-    ``None`` whenever a wait passed with nothing new (callers send keep-alives on it)."""
+    ``None`` whenever a wait passed with nothing new (callers send keep-alives on it).
+    Raises ``Unauthenticated`` (``api_key_revoked``) once the key ``key_id`` is revoked."""
+    checked = time.monotonic()
     wake = asyncio.Event()
     sub = None
     nc = await state.nats.get()
@@ -52,6 +57,10 @@ async def follow(
             sub = await nc.subscribe(progress_subject(state.settings, str(job_id)), cb=on_message)
     try:
         while True:
+            if time.monotonic() - checked >= state.settings.api_stream_key_check_seconds:
+                if not await key_active(state.pool, key_id):
+                    raise Unauthenticated("the API key has been revoked", code="api_key_revoked")
+                checked = time.monotonic()
             # Status first: a terminal state commits with its event, so the events read next
             # include it, and nothing is left behind when the stream ends.
             status = await job_status(state.pool, job_id)
@@ -120,14 +129,18 @@ async def events(
 
     async def stream() -> AsyncIterator[bytes]:
         last_sent = time.monotonic()
-        async for message in follow(state, job_id, start):
-            if message is None:
-                if time.monotonic() - last_sent >= keepalive:
-                    last_sent = time.monotonic()
-                    yield b": keep-alive\n\n"  # keeps proxies from closing an idle stream
-                continue
-            last_sent = time.monotonic()
-            yield _sse(message)
+        try:
+            async for message in follow(state, job_id, start, key.id):
+                if message is None:
+                    if time.monotonic() - last_sent >= keepalive:
+                        last_sent = time.monotonic()
+                        yield b": keep-alive\n\n"  # keeps proxies from closing an idle stream
+                    continue
+                last_sent = time.monotonic()
+                yield _sse(message)
+        except Unauthenticated as exc:  # revoked while the stream was open: the last event
+            data = json.dumps(envelope(exc.code, exc.message), separators=(",", ":"))
+            yield f"event: error\ndata: {data}\n\n".encode()
 
     return StreamingResponse(
         stream(),
@@ -149,11 +162,11 @@ async def progress(websocket: WebSocket, job_id: uuid.UUID, after: int = 0) -> N
     state: AppState = websocket.app.state.polydub
     await websocket.accept()
     try:
-        key = await authenticate(
-            state.pool,
+        key = await state.authenticate(
             key_from_headers(
                 websocket.headers.get("authorization"), websocket.headers.get("x-api-key")
             ),
+            websocket.client.host if websocket.client else "",
         )
         await take_token(state.pool, key)
         await assert_owned(state.pool, key.id, job_id)
@@ -166,9 +179,12 @@ async def progress(websocket: WebSocket, job_id: uuid.UUID, after: int = 0) -> N
         return
 
     async def send_all() -> None:
-        async for message in follow(state, job_id, max(after, 0)):
-            if message is not None:
-                await websocket.send_text(json.dumps(message, default=str))
+        try:
+            async for message in follow(state, job_id, max(after, 0), key.id):
+                if message is not None:
+                    await websocket.send_text(json.dumps(message, default=str))
+        except Unauthenticated as exc:  # revoked while the socket was open
+            await websocket.close(WS_UNAUTHENTICATED, exc.code)
 
     sender = asyncio.create_task(send_all())
     receiver = asyncio.create_task(websocket.receive())  # only to notice a client leaving
@@ -178,7 +194,11 @@ async def progress(websocket: WebSocket, job_id: uuid.UUID, after: int = 0) -> N
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, Exception):
                 await task
-    if sender in done and websocket.client_state == WebSocketState.CONNECTED:
+    if (
+        sender in done
+        and websocket.client_state == WebSocketState.CONNECTED
+        and websocket.application_state == WebSocketState.CONNECTED
+    ):
         with contextlib.suppress(Exception):
             sender.result()
             await websocket.close(1000)

@@ -4,6 +4,7 @@ calls the job service (polydub.api.jobs_service) and maps its answer to the resp
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Annotated, Any
 
@@ -14,8 +15,10 @@ from pydantic import ValidationError
 from polydub.api import multipart
 from polydub.api.deps import Caller, Jobs, State
 from polydub.api.errors import PayloadTooLarge
+from polydub.api.idempotency import file_sha256, request_hash
 from polydub.api.jobs_service import Accepted
 from polydub.schemas import (
+    MAX_TIME_SECONDS,
     ErrorEnvelope,
     JobFromUpload,
     JobListQuery,
@@ -35,7 +38,8 @@ IdempotencyKey = Annotated[
         alias="Idempotency-Key",
         min_length=1,
         max_length=200,
-        description="A repeat with the same key returns the job the first request created",
+        description="A repeat with the same key and request returns the job the first request"
+        " created; with another request, 422 idempotency_mismatch",
     ),
 ]
 
@@ -57,8 +61,8 @@ _FORM_SCHEMA = {
         "num_speakers": {"type": "integer", "minimum": 1, "maximum": 20},
         "keep_background": {"type": "boolean", "default": True},
         "subtitles_only": {"type": "boolean", "default": False},
-        "start_time": {"type": "number", "minimum": 0},
-        "end_time": {"type": "number", "exclusiveMinimum": 0},
+        "start_time": {"type": "number", "minimum": 0, "maximum": MAX_TIME_SECONDS},
+        "end_time": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIME_SECONDS},
         "callback_url": {"type": "string", "format": "uri"},
     },
 }
@@ -135,23 +139,32 @@ async def create_job(
     key: Caller,
     idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
-    replayed = await jobs.replay(key, idempotency_key)
-    if replayed is not None:  # answered without reading the body
-        return _accepted(response, replayed)
+    # A repeat of an Idempotency-Key is answered from its first job only after its body is read:
+    # a different request under the same key is a 422 idempotency_mismatch (api/idempotency.py).
     content_type = request.headers.get("content-type", "")
     length = request.headers.get("content-length")
     if content_type.split(";")[0].strip().lower() == "application/json":
         multipart.check_content_length(length, MAX_JSON_BODY)
         body: JobFromUpload = _validate(JobFromUpload, await _read_json_body(request))
+        jobs.request_hash = request_hash(body)
+        replayed = await jobs.replay(key, idempotency_key)
+        if replayed is not None:
+            return _accepted(response, replayed)
         return _accepted(response, await jobs.submit_uploaded(key, body, idempotency_key))
 
     max_bytes = state.settings.media_max_bytes
     multipart.check_content_length(length, max_bytes)
     boundary = multipart.boundary_of(content_type)
-    await jobs.check_quota(key)  # before reading a large body for nothing
+    await jobs.check_quota(key, idempotency_key)  # before reading a large body for nothing
     async with jobs.spool() as spool:
         upload = await multipart.receive(request.stream(), boundary, spool, max_bytes)
         options = _options_from_form(upload.fields)
+        if idempotency_key and upload.path is not None:
+            digest = await asyncio.to_thread(file_sha256, upload.path)
+            jobs.request_hash = request_hash(options, file_sha256=digest)
+        replayed = await jobs.replay(key, idempotency_key)
+        if replayed is not None:
+            return _accepted(response, replayed)
         accepted = await jobs.submit_file(key, upload, options, idempotency_key)
     return _accepted(response, accepted)
 

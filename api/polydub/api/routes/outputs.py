@@ -12,9 +12,18 @@ from polydub.api.db import jobs as jobs_db
 from polydub.api.deps import Caller, State
 from polydub.api.errors import job_not_found
 from polydub.api.preview import make_preview
+from polydub.api.routes.downloads import download_link
 from polydub.errors import Conflict, InvalidInput, NotFound
 from polydub.jobs import ArtifactKind
-from polydub.schemas import ErrorEnvelope, OutputFile, OutputsOut, PreviewOut
+from polydub.media.preview import snap
+from polydub.schemas import (
+    MAX_TIME_SECONDS,
+    ErrorEnvelope,
+    FiniteFloat,
+    OutputFile,
+    OutputsOut,
+    PreviewOut,
+)
 
 router = APIRouter(tags=["outputs"])
 
@@ -28,6 +37,7 @@ _NAMES: dict[str, tuple[str, str]] = {
     ArtifactKind.SOURCE_SUBTITLES_VTT: (".source", "vtt"),
     ArtifactKind.TRANSCRIPT: (".transcript", "json"),
     ArtifactKind.QUALITY_REPORT: (".quality", "json"),
+    ArtifactKind.PREVIEW_VIDEO: (".preview", "mp4"),
 }
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -51,8 +61,18 @@ async def outputs(
     language: str,
     state: State,
     key: Caller,
-    preview_start: Annotated[float | None, Query(ge=0, description="seconds")] = None,
-    preview_end: Annotated[float | None, Query(gt=0, description="seconds")] = None,
+    preview_start: Annotated[
+        FiniteFloat | None,
+        Query(
+            ge=0, le=MAX_TIME_SECONDS, description="seconds; snapped down to the preview grid (5 s)"
+        ),
+    ] = None,
+    preview_end: Annotated[
+        FiniteFloat | None,
+        Query(
+            gt=0, le=MAX_TIME_SECONDS, description="seconds; snapped up to the preview grid (5 s)"
+        ),
+    ] = None,
 ) -> OutputsOut:
     job = await jobs_db.target_of(state.pool, key.id, job_id, language)
     if job is None:
@@ -73,8 +93,11 @@ async def outputs(
     files = [
         OutputFile(
             kind=kind,
-            url=state.store.presigned_get(
-                row["object_key"], filename=_download_name(job["input_filename"], language, kind)
+            url=download_link(
+                state,
+                job_id,
+                row["object_key"],
+                _download_name(job["input_filename"], language, kind),
             ),
             content_type=row["content_type"],
             size_bytes=row["size_bytes"],
@@ -84,7 +107,9 @@ async def outputs(
     ]
     preview = None
     if preview_start is not None or preview_end is not None:
-        preview = await _preview(state, job_id, language, chosen, preview_start or 0.0, preview_end)
+        preview = await _preview(
+            state, key.id, job_id, language, chosen, preview_start or 0.0, preview_end
+        )
     return OutputsOut(
         job_id=job_id,
         language=language,
@@ -97,6 +122,7 @@ async def outputs(
 
 async def _preview(
     state: Any,
+    owner: uuid.UUID,
     job_id: uuid.UUID,
     language: str,
     chosen: dict[str, Any],
@@ -110,23 +136,46 @@ async def _preview(
             f"the preview range must be 0 < end - start <= {limit:.0f} s",
             code="invalid_preview_range",
         )
-    source = chosen.get(ArtifactKind.DUBBED_VIDEO) or chosen.get(ArtifactKind.DUBBED_AUDIO)
-    if source is None:
-        raise Conflict("no dubbed media to preview yet", code="outputs_not_ready")
+    start, end = snap(start, end, state.settings.preview_grid_seconds, limit)
+    source, is_video = _preview_source(chosen)
     clip = await make_preview(
         state.store,
         state.settings,
+        owner=owner,
         job_id=job_id,
         language=language,
         source_key=source["object_key"],
-        is_video=source["kind"] == ArtifactKind.DUBBED_VIDEO,
+        is_video=is_video,
         start=start,
         end=end,
     )
     return PreviewOut(
         start=start,
         end=end,
-        url=state.store.presigned_get(clip.key),
+        url=download_link(state, job_id, clip.key),
         content_type=clip.content_type,
         size_bytes=clip.size_bytes,
     )
+
+
+def _preview_source(chosen: dict[str, Any]) -> tuple[Any, bool]:
+    """What a preview is cut from by stream copy into MP4, and whether it is a video: the
+    worker's preview rendition, else the dubbed video if it is MP4, else the dubbed audio. A
+    dubbed video in another container with no rendition (made before renditions were) has no
+    preview: copying it into MP4 fails, and the API never re-encodes."""
+    rendition = chosen.get(ArtifactKind.PREVIEW_VIDEO)
+    video = chosen.get(ArtifactKind.DUBBED_VIDEO)
+    if rendition is not None:
+        return rendition, True
+    if video is not None and video["content_type"] == "video/mp4":
+        return video, True
+    if video is not None:
+        raise Conflict(
+            "this dubbed video has no preview rendition, and its codec cannot be cut into MP4"
+            " without re-encoding; download the video instead",
+            code="preview_unavailable",
+        )
+    audio = chosen.get(ArtifactKind.DUBBED_AUDIO)
+    if audio is None:
+        raise Conflict("no dubbed media to preview yet", code="outputs_not_ready")
+    return audio, False

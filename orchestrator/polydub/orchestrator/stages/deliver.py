@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from polydub.errors import PolydubError
 from polydub.jobs import ArtifactKind
 from polydub.media.mix import Placement, background_track, mix_to_wav, speech_intervals
 from polydub.media.mux import encode_audio
 from polydub.media.mux import mux as mux_media
 from polydub.media.pcm import create_wav, wav_info
+from polydub.media.preview import encode_rendition
 from polydub.orchestrator.artifacts import Artifacts
 from polydub.orchestrator.gates import GateThresholds, QualityIssue, no_speech, report_warnings
 from polydub.orchestrator.pipeline import StageContext, StageResult
@@ -28,6 +31,8 @@ from polydub.orchestrator.stages.dub import (
     subtitles_only,
 )
 from polydub.orchestrator.subtitles import dub_cues, make_cues, to_srt, to_vtt
+
+log = logging.getLogger(__name__)
 
 # (of the source language?, format) -> the subtitles' kind
 _SUBTITLES = {
@@ -89,7 +94,8 @@ async def mix(ctx: StageContext) -> StageResult:
 
 
 async def mux(ctx: StageContext) -> StageResult:
-    """The dubbed video (video stream copied, never re-encoded) and the dubbed audio track."""
+    """The dubbed video (video stream copied, never re-encoded) and the dubbed audio track;
+    for a video MP4 cannot hold by copy (so in Matroska), a preview rendition too."""
     if subtitles_only(ctx):
         return SKIPPED
     services = ctx.services
@@ -105,7 +111,7 @@ async def mux(ctx: StageContext) -> StageResult:
         ctx, artifacts, ArtifactKind.DUBBED_AUDIO, "dubbed.m4a", audio_path, "audio/mp4"
     )
     if facts["has_video"]:
-        source = await artifacts.fetch(ctx.job.input_key)
+        source = await artifacts.fetch_input(ctx.job.input_key, ctx.job.input_etag)
         video_path = ctx.workdir / "dubbed.video"
         result = await asyncio.to_thread(
             mux_media,
@@ -125,7 +131,33 @@ async def mux(ctx: StageContext) -> StageResult:
         outputs[ArtifactKind.DUBBED_VIDEO] = await _artifact(
             ctx, artifacts, ArtifactKind.DUBBED_VIDEO, name, video_path, content_type
         )
+        if result.container != "mp4":
+            rendition = await _preview_rendition(ctx, artifacts, video_path, facts)
+            if rendition:
+                outputs[ArtifactKind.PREVIEW_VIDEO] = rendition
     return StageResult(outputs, {"has_video": facts["has_video"]})
+
+
+async def _preview_rendition(
+    ctx: StageContext, artifacts: Artifacts, dubbed: Path, facts: dict[str, Any]
+) -> str | None:
+    """The API cuts previews by stream copy into MP4 only; a video MP4 cannot hold by copy gets
+    a small H.264 rendition here, in the worker. Optional: if it cannot be made, the job still
+    succeeds and its previews answer 409 preview_unavailable."""
+    out = ctx.workdir / "preview.mp4"
+    try:
+        await asyncio.to_thread(
+            encode_rendition,
+            dubbed,
+            out,
+            grid=ctx.services.settings.preview_grid_seconds,
+            duration=facts["audio_duration"],
+        )
+    except PolydubError as exc:
+        log.warning("no preview rendition", extra={"code": exc.code, "error": exc.message})
+        return None
+    kind = ArtifactKind.PREVIEW_VIDEO
+    return await _artifact(ctx, artifacts, kind, "preview.mp4", out, "video/mp4")
 
 
 async def subtitles(ctx: StageContext) -> StageResult:

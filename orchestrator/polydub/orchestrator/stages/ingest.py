@@ -14,7 +14,7 @@ from polydub.orchestrator.pipeline import StageContext, StageResult
 async def validate(ctx: StageContext) -> StageResult:
     services = ctx.services
     artifacts = Artifacts(services.store, ctx.cache_dir)
-    source = await artifacts.fetch(ctx.job.input_key)
+    source = await artifacts.fetch_input(ctx.job.input_key, ctx.job.input_etag)
     info = await asyncio.to_thread(probe, source, services.limits)
     start, end = _time_range(ctx.job.options, info.audio_duration)
     media = info.to_dict()
@@ -55,7 +55,7 @@ async def extract_audio(ctx: StageContext) -> StageResult:
     """
     facts = ctx.outputs_of("validate")
     artifacts = Artifacts(ctx.services.store, ctx.cache_dir)
-    source = await artifacts.fetch(ctx.job.input_key)
+    source = await artifacts.fetch_input(ctx.job.input_key, ctx.job.input_etag)
     duration = facts["audio_duration"]
     speech = await asyncio.to_thread(extract_model_audio, source, media_duration=duration)
     speech_key = await artifacts.put_wav(ctx.key("speech16k.wav"), speech, 16000)
