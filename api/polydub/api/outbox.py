@@ -18,8 +18,9 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 from opentelemetry.trace import SpanKind
 
 from polydub.api.db import outbox as outbox_db
@@ -56,7 +57,9 @@ class OutboxRelay:
         self._stream_ready = True
 
     async def publish_pending(self, batch: int = 100) -> int:
-        """One pass; returns how many rows were published. Stops at the first failure."""
+        """One pass; returns how many rows were published. A row JetStream refuses (no stream
+        takes its subject) is recorded and passed over, so it never holds back the rows behind
+        it; a timeout or a lost connection ends the pass, as the next rows would fail alike."""
         nc = await self.nats()
         if nc is None or not nc.is_connected:
             return 0
@@ -79,6 +82,8 @@ class OutboxRelay:
                         "outbox publish failed; will retry",
                         extra={"msg_id": row["msg_id"], "error": str(exc)},
                     )
+                    if isinstance(exc, NoRespondersError | NoStreamResponseError):
+                        continue
                     break
                 done.append(row["id"])
             if done:

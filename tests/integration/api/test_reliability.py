@@ -88,6 +88,34 @@ async def test_outbox_keeps_jobs_through_a_nats_restart(
     await wait_for(_ready(clients.a), within=30)
 
 
+async def test_a_row_no_stream_takes_never_holds_back_the_rows_behind_it(
+    clients: Clients, media: Media, db_pool: asyncpg.Pool
+) -> None:
+    poison = f"poison-{uuid.uuid4()}"
+    await db_pool.execute(
+        "INSERT INTO outbox (subject, msg_id, payload, headers) VALUES ($1, $2, $3, $4)",
+        "nowhere.polydub.jobs",  # no stream takes this subject: JetStream has no responder
+        poison,
+        {"job_id": str(uuid.uuid4())},
+        {},
+    )
+    try:
+        job = await _submit(clients.a, media)
+        await wait_for(
+            lambda: db_pool.fetchval(
+                "SELECT published_at IS NOT NULL FROM outbox WHERE msg_id = $1", str(job["id"])
+            ),
+            within=20,
+        )
+        row = await db_pool.fetchrow(
+            "SELECT published_at, attempts, last_error FROM outbox WHERE msg_id = $1", poison
+        )
+        assert row["published_at"] is None and row["attempts"] >= 1
+        assert row["last_error"].startswith(("NoResponders", "NoStreamResponse"))
+    finally:
+        await db_pool.execute("DELETE FROM outbox WHERE msg_id = $1", poison)
+
+
 async def _nc_connected(nc: NATS) -> bool:
     return nc.is_connected
 

@@ -27,11 +27,12 @@ async def enqueue(
 
 
 async def lock_pending(conn: asyncpg.Connection, batch: int) -> list[asyncpg.Record]:
-    """Up to ``batch`` unpublished rows, oldest first, locked for the caller's transaction;
-    rows another replica holds are skipped, so no two publish the same row at once."""
+    """Up to ``batch`` unpublished rows, the least tried first and then oldest first, locked for
+    the caller's transaction; rows another replica holds are skipped, so no two publish the same
+    row at once. Rows that keep failing sort last: they never fill a batch ahead of new ones."""
     rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT id, subject, msg_id, payload, headers FROM outbox"
-        " WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        " WHERE published_at IS NULL ORDER BY attempts, id LIMIT $1 FOR UPDATE SKIP LOCKED",
         batch,
     )
     return rows
