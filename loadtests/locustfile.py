@@ -1,10 +1,15 @@
 """API clients at volume: submit small jobs, poll status, follow events, download outputs.
 
 Run it through ``python -m loadtests.run`` (which brings up a whole local deployment and passes
-the settings below), or against any polydub API::
+the settings below), or against any polydub API with one key (``POLYDUB_API_KEY``, as the CLI)::
 
-    POLYDUB_LOAD_KEYS=keys.json POLYDUB_LOAD_CLIP=clip.mp4 \
+    POLYDUB_API_KEY=pd_... \
         locust -f loadtests/locustfile.py --headless -u 40 -r 10 -t 60s --host http://127.0.0.1:8080
+
+Options (each also an environment variable): ``--polydub-keys`` (``POLYDUB_LOAD_KEYS``) a JSON
+file listing several keys, spread over the users; ``--polydub-key`` (``POLYDUB_API_KEY``) one key
+when there is no such file; ``--polydub-clip`` (``POLYDUB_LOAD_CLIP``) the media each job uploads,
+by default a generated 3 s WAV tone.
 
 Users:
 - ``Client``: a person's integration. Submits a job now and then (a few-second clip: most ask for
@@ -23,12 +28,18 @@ end so the caller can check that every one reaches a terminal state.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
+import math
 import os
 import random
+import struct
+import sys
 import time
 import uuid
+import wave
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +50,9 @@ from locust import FastHttpUser, between, constant, constant_pacing, events, tas
 
 from polydub.jobs import TERMINAL
 
-KEYS: list[str] = json.loads(Path(os.environ["POLYDUB_LOAD_KEYS"]).read_text())
-CLIP = Path(os.environ["POLYDUB_LOAD_CLIP"]).read_bytes()
+# Filled in by _configure from the command line (or the environment) once locust has parsed it.
+KEYS: list[str] = []
+CLIP = b""
 TARGET = os.environ.get("POLYDUB_LOAD_TARGET", "spa")
 DUB_FRACTION = float(os.environ.get("POLYDUB_LOAD_DUB_FRACTION", "0.2"))
 POLL_PACE = float(os.environ.get("POLYDUB_LOAD_POLL_PACE", "0.2"))
@@ -51,20 +63,102 @@ JOBS_OUT = os.environ.get("POLYDUB_LOAD_JOBS_OUT", "")
 
 _key_turn = itertools.count()
 # key -> ids of the jobs submitted with it (a key sees only its own jobs: others answer 404)
-JOBS: dict[str, list[str]] = {key: [] for key in KEYS}
-FINISHED: dict[str, list[str]] = {key: [] for key in KEYS}  # succeeded, with outputs
+JOBS: defaultdict[str, list[str]] = defaultdict(list)
+FINISHED: defaultdict[str, list[str]] = defaultdict(list)  # succeeded, with outputs
 SEEDED: set[str] = set()  # keys a Poller has submitted a job with
 
 
-def multipart(fields: dict[str, str], payload: bytes) -> tuple[bytes, str]:
+class LoadConfigError(Exception):
+    """The run cannot start: no key, or a file that cannot be read."""
+
+
+def tone_wav(seconds: float = 3.0, rate: int = 16000) -> bytes:
+    """A short sine tone as a WAV file: media every polydub API accepts, made without ffmpeg."""
+    samples = (
+        round(8000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(int(seconds * rate))
+    )
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(struct.pack(f"<{int(seconds * rate)}h", *samples))
+    return buffer.getvalue()
+
+
+def load_config(keys_file: str, key: str, clip: str) -> tuple[list[str], bytes]:
+    """The keys and the clip of a run, from the options (see the module docstring)."""
+    if keys_file:
+        try:
+            keys = json.loads(Path(keys_file).read_text())
+        except (OSError, ValueError) as exc:
+            raise LoadConfigError(f"--polydub-keys {keys_file}: {exc}") from exc
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+            raise LoadConfigError(f"--polydub-keys {keys_file}: not a JSON list of API keys")
+    elif key:
+        keys = [key]
+    else:
+        raise LoadConfigError(
+            "no API key: set POLYDUB_API_KEY (or --polydub-key KEY), or --polydub-keys FILE"
+            " (POLYDUB_LOAD_KEYS) with a JSON list of keys; 'polydub keys create' makes one"
+        )
+    if not clip:
+        return keys, tone_wav()
+    try:
+        return keys, Path(clip).read_bytes()
+    except OSError as exc:
+        raise LoadConfigError(f"--polydub-clip {clip}: {exc}") from exc
+
+
+@events.init_command_line_parser.add_listener  # type: ignore[untyped-decorator]
+def _options(parser: Any) -> None:
+    group = parser.add_argument_group("polydub")
+    group.add_argument(
+        "--polydub-keys",
+        env_var="POLYDUB_LOAD_KEYS",
+        default="",
+        help="a JSON file listing API keys, spread over the users",
+    )
+    group.add_argument(
+        "--polydub-key",
+        env_var="POLYDUB_API_KEY",
+        default="",
+        help="one API key, when there is no --polydub-keys",
+    )
+    group.add_argument(
+        "--polydub-clip",
+        env_var="POLYDUB_LOAD_CLIP",
+        default="",
+        help="the media each job uploads (default: a generated 3 s WAV tone)",
+    )
+
+
+@events.init.add_listener  # type: ignore[untyped-decorator]
+def _configure(environment: Any, **_: Any) -> None:
+    global CLIP
+    options = environment.parsed_options
+    if options is None:  # imported as a library, not run by locust
+        return
+    try:
+        keys, CLIP = load_config(options.polydub_keys, options.polydub_key, options.polydub_clip)
+    except LoadConfigError as exc:
+        # SystemExit, not an exception: locust logs and ignores those raised by a listener.
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    KEYS[:] = keys
+
+
+def multipart(
+    fields: dict[str, str], payload: bytes, filename: str = "clip.mp4"
+) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     parts = [
         f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
         for k, v in fields.items()
     ]
     head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="clip.mp4"\r\n'
-        "Content-Type: video/mp4\r\n\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
     body = b"".join(parts) + head + payload + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
@@ -81,9 +175,10 @@ class PolydubUser(FastHttpUser):
 
     def submit(self, name: str = "POST /jobs") -> str | None:
         fields = {"target_languages": TARGET, "source_language": "eng"}
+        filename = "clip.wav" if CLIP[:4] == b"RIFF" else "clip.mp4"
         if random.random() >= DUB_FRACTION:
             fields["subtitles_only"] = "true"
-        body, content_type = multipart(fields, CLIP)
+        body, content_type = multipart(fields, CLIP, filename)
         with self.client.post(
             "/api/v1/jobs",
             data=body,  # type: ignore[arg-type]  # bytes are sent as they are

@@ -33,11 +33,14 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # A target language of a ``review`` job whose segments wait for a person (and a render).
+    REVIEW = "review"
 
 
-# Nothing more happens to a job in one of these until it is retried.
+# Nothing more happens to a job in one of these until it is retried (or a language in review
+# until a render approves it).
 TERMINAL: frozenset[JobStatus] = frozenset(
-    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.REVIEW}
 )
 # What counts against a key's concurrent-job quota, and what a purge must wait for.
 ACTIVE: frozenset[JobStatus] = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
@@ -149,6 +152,13 @@ class JobKeys:
         folder = f"{self.prefix}{stage}/{language or '_'}/"
         return f"{folder}{filename}" if attempt is None else f"{folder}a{attempt}/{filename}"
 
+    # Not a stage: content-addressed speech a render reuses (orchestrator.revise.SpeechCache).
+    SPEECH_CACHE = "tts"
+
+    def speech_cache(self, language: str) -> str:
+        """The prefix of a language's cached TTS audio, one object per (text, voice, rate, seed)."""
+        return f"{self.prefix}{self.SPEECH_CACHE}/{language}/"
+
     def preview(self, language: str, start: float, end: float, ext: str) -> str:
         """A preview clip, keyed by its range in ms: the same range is cut once."""
         return f"{self.prefix}previews/{language}/{round(start * 1000)}-{round(end * 1000)}.{ext}"
@@ -172,15 +182,30 @@ async def record_event(
 
 
 async def record_webhook_delivery(
-    conn: asyncpg.Connection, job_id: uuid.UUID, state: JobStatus, url: str
+    conn: asyncpg.Connection,
+    job_id: uuid.UUID,
+    state: JobStatus | str,
+    url: str | None,
+    *,
+    language: str = "",
 ) -> None:
-    """Queue the callback of a terminal state, in the caller's transaction (with the state
-    change): one row per job and state, so a state is delivered once however many write it."""
+    """Queue the webhooks of a terminal state, in the caller's transaction (with the state
+    change): to the job's callback ``url`` (if any) and to each webhook endpoint of the job's
+    key. ``language`` set: that target language's own event, else the job's. One row per job,
+    state, language and destination, so each is delivered once however many write it."""
     await conn.execute(
-        "INSERT INTO webhook_deliveries (job_id, state, url) VALUES ($1, $2, $3)"
-        " ON CONFLICT (job_id, state) DO NOTHING",
+        """
+        INSERT INTO webhook_deliveries (job_id, state, language, url)
+        SELECT $1, $2, $3, destination.url
+          FROM (SELECT $4::text AS url WHERE $4::text IS NOT NULL
+                UNION
+                SELECT e.url FROM webhook_endpoints e JOIN jobs j ON j.owner_id = e.owner_id
+                 WHERE j.id = $1) AS destination
+        ON CONFLICT (job_id, state, language, url) DO NOTHING
+        """,
         job_id,
-        state,
+        str(state),
+        language,
         url,
     )
 

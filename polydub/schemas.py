@@ -6,6 +6,7 @@ OpenAPI schema documents the responses from these."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -22,7 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from polydub.jobs import JobStatus
-from polydub.languages import LANGUAGES
+from polydub.languages import resolve, suggest, unsupported_message
 
 # A float a request may carry (body field or query parameter): a finite number, so "inf",
 # "Infinity", "NaN" and 1e309 are refused (pydantic's ``finite_number``) before they reach a
@@ -30,6 +31,9 @@ from polydub.languages import LANGUAGES
 FiniteFloat = Annotated[float, AllowInfNan(False)]
 # No media polydub takes lasts a week: a bound for every time a request names.
 MAX_TIME_SECONDS = 7 * 24 * 3600.0
+# A job's metadata, as compact JSON: enough for a caller's ids and tags, small for every answer.
+MAX_METADATA_BYTES = 16 * 1024
+MAX_NAME_CHARS = 200
 
 
 class Strict(BaseModel):
@@ -39,30 +43,79 @@ class Strict(BaseModel):
 
 
 def _language(code: str) -> str:
-    code = code.strip().lower()
-    if code not in LANGUAGES:
-        # A named error type: the envelope's code becomes "unsupported_language".
+    """The canonical ISO 639-3 code of a tag as people write it (``es``, ``spa``, ``es-ES``)."""
+    language = resolve(code)
+    if language is None:
+        # A named error type: the envelope's code becomes "unsupported_language". Pydantic fills
+        # only plain ``{name}`` fields of the template, so the message is built beforehand.
         raise PydanticCustomError(
             "unsupported_language",
-            "unsupported language {code!r}; supported: {supported}",
-            {"code": code, "supported": ", ".join(sorted(LANGUAGES))},
+            "{message}",
+            {"message": unsupported_message(code), "suggestion": suggest(code)},
         )
-    return code
+    return language.code
 
 
 class JobOptions(Strict):
-    """What a job is asked to do. Languages are ISO 639-3 codes (``GET /api/v1/languages``)."""
+    """What a job is asked to do. Languages are taken as ISO 639-1, 639-3 or BCP-47 tags
+    (``es``, ``spa``, ``es-ES``) and answered as ISO 639-3 codes (``GET /api/v1/languages``)."""
 
     source_language: str = Field(
-        default="auto", description="ISO 639-3 code of the spoken language, or 'auto' to detect"
+        default="auto",
+        description="the spoken language (ISO 639-1/639-3/BCP-47; answered as ISO 639-3),"
+        " or 'auto' to detect",
     )
     target_languages: Annotated[list[str], Field(min_length=1)]
     num_speakers: Annotated[int, Field(ge=1, le=20)] | None = None
     keep_background: bool = True
+    background: Literal["keep", "separate", "drop"] | None = Field(
+        default=None,
+        description="the original track under the dub: 'keep' it (ducked under speech),"
+        " 'separate' its voices out first, or 'drop' it; default: separate when a separation"
+        " model is served, else keep ('drop' when keep_background is false)",
+    )
     subtitles_only: bool = False
+    review: bool = Field(
+        default=False,
+        description="stop each language after translation (status 'review') until a render"
+        " (POST .../languages/{lang}/render) approves its segments",
+    )
     start_time: Annotated[FiniteFloat, Field(ge=0, le=MAX_TIME_SECONDS)] | None = None
     end_time: Annotated[FiniteFloat, Field(gt=0, le=MAX_TIME_SECONDS)] | None = None
     callback_url: AnyHttpUrl | None = Field(default=None, max_length=2048)
+    name: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = Field(
+        default=None, description="the caller's name for the job, echoed in answers and webhooks"
+    )
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="a JSON object of the caller's (at most 16 KiB), echoed in answers and"
+        " webhooks; in a multipart form, the object as a JSON string",
+    )
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata_json(cls, value: Any) -> Any:
+        # A multipart form carries the object as text.
+        if isinstance(value, str | bytes):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise PydanticCustomError(
+                    "invalid_metadata", "metadata must be a JSON object"
+                ) from None
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_size(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > MAX_METADATA_BYTES:
+            raise PydanticCustomError(
+                "metadata_too_large",
+                "metadata is {size} bytes as JSON; at most {limit}",
+                {"size": size, "limit": MAX_METADATA_BYTES},
+            )
+        return value
 
     @field_validator("source_language")
     @classmethod
@@ -102,7 +155,9 @@ class JobOptions(Strict):
         return {
             "num_speakers": self.num_speakers,
             "keep_background": self.keep_background,
+            "background": self.background,
             "subtitles_only": self.subtitles_only,
+            "review": self.review,
             "start_time": self.start_time,
             "end_time": self.end_time,
         }
@@ -161,6 +216,8 @@ class JobLinks(BaseModel):
 
 class JobOut(BaseModel):
     id: uuid.UUID
+    name: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
     status: JobStatus
     stage: str | None
     progress: float = Field(description="0..1 over the whole job")
@@ -271,6 +328,29 @@ class LanguagesOut(BaseModel):
         default_factory=list, description="model families served with random weights (noise)"
     )
     languages: list[LanguageOut]
+
+    def targets(self, *, subtitles_only: bool = False) -> list[str]:
+        """The codes a job can target with these models: a full dub needs translation and a
+        voice; subtitles alone need translation only."""
+        return [
+            lang.code
+            for lang in self.languages
+            if (lang.translate if subtitles_only else lang.dub_target)
+        ]
+
+
+class WebhookEndpointIn(Strict):
+    """An account-level webhook endpoint: every job of the key is delivered to it."""
+
+    url: AnyHttpUrl = Field(max_length=2048)
+    description: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+
+
+class WebhookEndpointOut(BaseModel):
+    id: uuid.UUID
+    url: str
+    description: str | None
+    created_at: datetime
 
 
 class CheckOut(BaseModel):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import uuid
 from pathlib import Path
 from typing import Annotated, cast
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from polydub.cli.connect import ApiOption, KeyOption, connect
 from polydub.client import ApiError, Client, JobOut
@@ -16,7 +18,9 @@ from polydub.jobs import ACTIVE, JobStatus
 app = typer.Typer(no_args_is_help=True, help="Your jobs: list, show, cancel, download.")
 console = Console()
 
-JobArg = Annotated[str, typer.Argument(help="The job id.")]
+JobArg = Annotated[str, typer.Argument(help="The job id, or a unique prefix of it.")]
+# A prefix is looked up among this many of the key's newest jobs (a listing, page by page).
+PREFIX_SEARCH_LIMIT = 2000
 
 
 def _client(api: str | None, key: str | None) -> Client:
@@ -27,6 +31,36 @@ def _client(api: str | None, key: str | None) -> Client:
 def _fail(exc: ApiError) -> typer.Exit:
     console.print(f"[red]{exc.message}[/red] ({exc.code})")
     return typer.Exit(1)
+
+
+def _resolve(client: Client, job_id: str) -> str:
+    """The full id for ``job_id``: itself when it is a UUID, else the one job of this key whose
+    id starts with it (what ``jobs list`` shows is long; people paste the start of it)."""
+    text = job_id.strip().lower()
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        pass
+    if not text or not all(c in "0123456789abcdef-" for c in text):
+        console.print(f"[red]{job_id!r} is not a job id (a UUID or the start of one)[/red]")
+        raise typer.Exit(2)
+    matches = []
+    try:
+        for job in itertools.islice(client.iter_jobs(page_size=200), PREFIX_SEARCH_LIMIT):
+            if str(job.id).startswith(text):
+                matches.append(str(job.id))
+    except ApiError as exc:
+        raise _fail(exc) from None
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        console.print(f"[red]no job of yours starts with {text!r}[/red]")
+    else:
+        console.print(
+            f"[red]{text!r} is ambiguous: {len(matches)} jobs start with it "
+            f"({', '.join(matches[:5])}{', ...' if len(matches) > 5 else ''}); type more of it[/red]"
+        )
+    raise typer.Exit(1)
 
 
 def _percent(job: JobOut) -> str:
@@ -48,7 +82,15 @@ def list_(
             page = client.list_jobs(status=cast(JobStatus | None, status), limit=limit)
         except ApiError as exc:
             raise _fail(exc) from None
-    table = Table("id", "status", "stage", "languages", "input", "created")
+    # Ids are copied from here: never cut or wrapped, whatever the terminal's width.
+    table = Table(
+        Column("id", no_wrap=True, min_width=36),
+        Column("status", no_wrap=True, min_width=9),
+        "stage",
+        "languages",
+        "input",
+        Column("created", overflow="fold"),
+    )
     for job in page.items:
         table.add_row(
             str(job.id),
@@ -73,7 +115,7 @@ def show(
     """A job's state, per-language status and error."""
     with _client(api, key) as client:
         try:
-            job = client.get_job(job_id)
+            job = client.get_job(_resolve(client, job_id))
         except ApiError as exc:
             raise _fail(exc) from None
     if as_json:
@@ -103,7 +145,7 @@ def cancel(job_id: JobArg, api: ApiOption = None, key: KeyOption = None) -> None
     """Cancel a job: at once if queued, at the next stage boundary if running."""
     with _client(api, key) as client:
         try:
-            job = client.cancel_job(job_id)
+            job = client.cancel_job(_resolve(client, job_id))
         except ApiError as exc:
             raise _fail(exc) from None
     note = (
@@ -124,12 +166,27 @@ def download(
     key: KeyOption = None,
 ) -> None:
     """Download a finished job's outputs, one folder per language."""
-    folder = out or Path("polydub-out") / job_id
     with _client(api, key) as client:
+        full_id = _resolve(client, job_id)
+        folder = out or Path("polydub-out") / full_id
         try:
-            written = client.download_outputs(job_id, folder)
+            job = client.get_job(full_id)
+            done = [t.language for t in job.targets if t.status == JobStatus.SUCCEEDED]
+            written = client.download_outputs(full_id, folder, languages=done) if done else {}
         except ApiError as exc:
             raise _fail(exc) from None
     for language, paths in written.items():
         for path in paths:
             console.print(f"{language}  {path}")
+    for target in job.targets:
+        if target.status != JobStatus.SUCCEEDED:
+            reason = f": {target.error.message} ({target.error.code})" if target.error else ""
+            console.print(
+                f"[yellow]{target.language}: no outputs, {target.status}{reason}[/yellow]"
+            )
+    if not done:
+        # Nothing to download is a failure of this command, not silence and exit 0.
+        why = f": {job.error.message} ({job.error.code})" if job.error else ""
+        state = "not finished yet" if job.status in ACTIVE else "has no outputs"
+        console.print(f"[red]job {full_id} {state} ({job.status}){why}[/red]")
+        raise typer.Exit(1)

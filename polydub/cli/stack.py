@@ -21,16 +21,43 @@ Only = Annotated[
 
 
 def _table(statuses: list[ServerStatus]) -> Table:
-    table = Table("server", "state", "pid", "time to healthy")
-    table.add_column("listens on", overflow="fold")
+    # "time to healthy" is only known right after ``up`` started the server: a column that is
+    # always empty (``status``) is left out.
+    timed = any(s.seconds_to_healthy is not None for s in statuses)
+    table = Table("server", "state", "pid")
+    if timed:
+        table.add_column("time to healthy")
+    # One endpoint a line, never broken inside: a URL cut in two cannot be copied.
+    widest = max(
+        (len(_endpoint(k, v)) for s in statuses for k, v in s.endpoints.items()), default=10
+    )
+    table.add_column("listens on", no_wrap=True, min_width=min(widest, 60))
     for s in statuses:
         state = (
             "[green]healthy" if s.healthy else ("[yellow]running" if s.running else "[red]stopped")
         )
-        ttl = f"{s.seconds_to_healthy:.1f}s" if s.seconds_to_healthy is not None else ""
-        where = "  ".join(f"{k}={v}" for k, v in s.endpoints.items())
-        table.add_row(s.name, state, str(s.pid or ""), ttl, where)
+        where = "\n".join(_endpoint(k, v) for k, v in s.endpoints.items())
+        row = [s.name, state, str(s.pid or "")]
+        if timed:
+            row.append(f"{s.seconds_to_healthy:.1f}s" if s.seconds_to_healthy is not None else "")
+        table.add_row(*row, where)
     return table
+
+
+def _endpoint(name: str, address: str) -> str:
+    return f"{name}={address}"
+
+
+def stopped_message(before: list[ServerStatus]) -> str:
+    """What ``down`` did, server by server: "stack stopped" alone hides which ones."""
+    stopped = [s.name for s in before if s.running]
+    idle = [s.name for s in before if not s.running]
+    parts = []
+    if stopped:
+        parts.append(f"stopped {', '.join(stopped)}")
+    if idle:
+        parts.append(f"{', '.join(idle)} {'was' if len(idle) == 1 else 'were'} not running")
+    return "; ".join(parts) or "no servers selected"
 
 
 @app.command()
@@ -52,8 +79,10 @@ def up(only: Only = None) -> None:
 @app.command()
 def down(only: Only = None) -> None:
     """Stop the servers; nothing is left running."""
-    Stack(get_settings(), only).down()
-    console.print("stack stopped")
+    stack = Stack(get_settings(), only)
+    before = stack.status()
+    stack.down()
+    console.print(stopped_message(before))
 
 
 @app.command()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urljoin
 
 import httpx
@@ -26,6 +26,7 @@ from polydub.client._common import (
     UploadProgress,
     auth_headers,
     backoff,
+    check_targets,
     job_fields,
     output_path,
     polled_events,
@@ -110,9 +111,17 @@ class AsyncClient:
 
     # --- jobs
 
+    async def _served(self) -> LanguagesOut | None:
+        """What the server can dub into, for the checks before an upload; None (the server then
+        decides) when it cannot say now: no retries, so a submission is never held up here."""
+        try:
+            return LanguagesOut.model_validate(await self._request("GET", "/languages"))
+        except (ApiError, httpx.TransportError):
+            return None
+
     async def create_job(
         self,
-        file: str | Path,
+        file: str | Path | BinaryIO,
         target_languages: Sequence[str] | str,
         *,
         source_language: str = "auto",
@@ -122,13 +131,19 @@ class AsyncClient:
         start_time: float | None = None,
         end_time: float | None = None,
         callback_url: str | None = None,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         on_progress: UploadProgress | None = None,
+        filename: str | None = None,
     ) -> JobOut:
         """Upload a video (or audio) and submit the job; ``on_progress(sent, total)`` follows
-        the upload. With ``idempotency_key``, a repeat returns the first job."""
+        the upload. ``file`` is a path or a seekable binary file object (``filename`` names
+        the latter). With ``idempotency_key``, a repeat returns the first job."""
+        served = await self._served()
+        check_targets(target_languages, subtitles_only=subtitles_only, served=served)
         body = MultipartFile(
-            Path(file),
+            file,
             job_fields(
                 target_languages,
                 source_language=source_language,
@@ -138,8 +153,11 @@ class AsyncClient:
                 start_time=start_time,
                 end_time=end_time,
                 callback_url=callback_url,
+                name=name,
+                metadata=metadata,
             ),
             on_progress,
+            filename,
         )
         headers = body.headers()
         if idempotency_key:

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ConfigDict
 
+from polydub.errors import InvalidInput
 from polydub.jobs import TERMINAL
+from polydub.languages import check_served, suggest, unsupported_message
+from polydub.languages import resolve as resolve_language
 from polydub.retry import Backoff
-from polydub.schemas import ErrorInfo, JobOut, TargetOut
+from polydub.schemas import ErrorInfo, JobOut, LanguagesOut, TargetOut
 
 API_PREFIX = "/api/v1"
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -152,6 +157,30 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
+def check_targets(
+    target_languages: Sequence[str] | str, *, subtitles_only: bool, served: LanguagesOut | None
+) -> None:
+    """The server's language checks, made before a file is uploaded: each target must name a
+    language (``es``, ``spa``, ``es-ES``) that the served models can produce (``served``; None
+    when it could not be read, and then the server decides). Raises the ApiError it would."""
+    tags = target_languages.split(",") if isinstance(target_languages, str) else target_languages
+    codes: list[str] = []
+    for tag in (str(t) for t in tags):
+        if not tag.strip():
+            continue
+        language = resolve_language(tag)
+        if language is None:
+            detail = {"language": tag, "suggestion": suggest(tag)}
+            raise ApiError(422, "unsupported_language", unsupported_message(tag), detail)
+        codes.append(language.code)
+    if served is None:
+        return
+    try:
+        check_served(codes, served.targets(subtitles_only=subtitles_only))
+    except InvalidInput as refused:
+        raise ApiError(422, refused.code, refused.message, refused.detail) from None
+
+
 def job_fields(
     target_languages: Sequence[str] | str,
     *,
@@ -162,6 +191,8 @@ def job_fields(
     start_time: float | None,
     end_time: float | None,
     callback_url: str | None,
+    name: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> list[tuple[str, str]]:
     """The form fields of ``POST /jobs`` (the server validates them: a typo is a 422)."""
     targets = (
@@ -180,6 +211,9 @@ def job_fields(
         "start_time": start_time,
         "end_time": end_time,
         "callback_url": callback_url,
+        "name": name,
+        # A JSON object in a form field: the server parses and size-checks it.
+        "metadata": json.dumps(dict(metadata)) if metadata else None,
     }
     fields += [(name, str(value)) for name, value in optional.items() if value is not None]
     return fields
@@ -192,12 +226,31 @@ class MultipartFile:
 
     def __init__(
         self,
-        path: Path,
+        source: str | Path | BinaryIO,
         fields: list[tuple[str, str]],
         on_progress: UploadProgress | None = None,
+        filename: str | None = None,
     ) -> None:
-        self.path = path
-        self.size = path.stat().st_size
+        self.path: Path | None = None
+        self.stream: BinaryIO | None = None
+        if isinstance(source, str | Path):
+            self.path = Path(source)
+            self.size = self.path.stat().st_size
+            upload_name = filename or self.path.name
+        else:
+            # A binary file object (open(..., "rb"), io.BytesIO): sent from where it stands, so
+            # its length is what is left of it; it must be seekable to know that up front.
+            if not hasattr(source, "read") or isinstance(source.read(0), str):
+                raise TypeError("create_job needs a path or a file opened in binary mode")
+            if not source.seekable():
+                raise TypeError(
+                    "create_job needs a seekable file object (its length is sent first)"
+                )
+            self.stream = source
+            start = source.tell()
+            self.size = source.seek(0, os.SEEK_END) - start
+            source.seek(start)
+            upload_name = filename or Path(str(getattr(source, "name", "") or "upload")).name
         self.on_progress = on_progress
         boundary = uuid.uuid4().hex
         self.content_type = f"multipart/form-data; boundary={boundary}"
@@ -208,7 +261,7 @@ class MultipartFile:
             )
             head += value.encode() + b"\r\n"
         head += f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '.encode()
-        head += _filename_param(path.name) + b"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        head += _filename_param(upload_name) + b"\r\nContent-Type: application/octet-stream\r\n\r\n"
         self.head = bytes(head)
         self.tail = f"\r\n--{boundary}--\r\n".encode()
 
@@ -223,12 +276,19 @@ class MultipartFile:
         yield self.head
         sent = 0
         self._report(sent)
-        with self.path.open("rb") as file:
+        with self._open() as file:
             while chunk := file.read(CHUNK):
                 sent += len(chunk)
                 yield chunk
                 self._report(sent)
         yield self.tail
+
+    def _open(self) -> contextlib.AbstractContextManager[BinaryIO]:
+        # The caller's file object stays open (it is theirs to close), a path is opened here.
+        if self.stream is not None:
+            return contextlib.nullcontext(self.stream)
+        assert self.path is not None
+        return self.path.open("rb")
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         import asyncio
@@ -236,14 +296,15 @@ class MultipartFile:
         yield self.head
         sent = 0
         self._report(sent)
-        file = await asyncio.to_thread(self.path.open, "rb")
+        opened = self._open()
+        file = await asyncio.to_thread(opened.__enter__)
         try:
             while chunk := await asyncio.to_thread(file.read, CHUNK):
                 sent += len(chunk)
                 yield chunk
                 self._report(sent)
         finally:
-            file.close()
+            opened.__exit__(None, None, None)
         yield self.tail
 
     def _report(self, sent: int) -> None:

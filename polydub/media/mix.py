@@ -246,9 +246,12 @@ def mix_to_wav(
     intervals: Iterable[tuple[float, float]],
     separated: bool = False,
     policy: MixPolicy = MixPolicy(),
+    gain_db: float | None = None,
 ) -> MixResult:
     """Duck ``background_wav`` under ``intervals``, add the speech, normalise; a float WAV as long
-    as the background, with its rate and channels (speech is added to every channel)."""
+    as the background, with its rate and channels (speech is added to every channel).
+    ``gain_db`` replaces the measured normalisation gain: a re-render keeps its first render's,
+    so what it did not change stays sample for sample as it was."""
     background, rate = read_wav(background_wav, mmap=True)
     frames, channels = background.shape
     out = create_wav(out_wav, frames, channels, rate)
@@ -268,7 +271,8 @@ def mix_to_wav(
         )
     out.flush()
     measured = measure_loudness(out_wav, duration=frames / rate)
-    gain_db = normalisation_gain(measured, policy.target_lufs, policy.max_true_peak)
+    if gain_db is None:
+        gain_db = normalisation_gain(measured, policy.target_lufs, policy.max_true_peak)
     clipped = 0
     factor = np.float32(10.0 ** (gain_db / 20.0))
     for offset in range(0, frames, chunk):

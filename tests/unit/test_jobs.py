@@ -85,7 +85,8 @@ def test_every_key_of_a_job_is_under_one_of_its_prefixes() -> None:
 
 def test_statuses() -> None:
     assert set(JobStatus) == ACTIVE | TERMINAL and not ACTIVE & TERMINAL
-    assert {"succeeded", "failed", "cancelled"} == TERMINAL  # a StrEnum equals its value
+    # A StrEnum equals its value; "review": a language waiting for a person (and a render).
+    assert {"succeeded", "failed", "cancelled", "review"} == TERMINAL
     assert "failed" in TERMINAL and "running" not in TERMINAL and None not in TERMINAL
 
 

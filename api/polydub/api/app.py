@@ -24,7 +24,18 @@ from polydub.api.errors import install_error_handlers
 from polydub.api.outbox import OutboxRelay
 from polydub.api.reconcile import Reconciler
 from polydub.api.retention import run_retention
-from polydub.api.routes import downloads, events, health, jobs, languages, outputs, web
+from polydub.api.routes import (
+    docs,
+    downloads,
+    events,
+    health,
+    jobs,
+    languages,
+    outputs,
+    segments,
+    web,
+    webhooks,
+)
 from polydub.api.secrets_at_rest import SecretBox, seal_clear_secrets
 from polydub.api.slow_clients import BodyDeadline
 from polydub.api.webhooks import WebhookSender
@@ -117,7 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Dub videos into other languages at volume.",
         lifespan=lifespan,
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        docs_url=None,  # routes/docs.py: Swagger UI with its assets served locally, not a CDN's
         redoc_url=None,
     )
     app.state.settings = settings or get_settings()
@@ -129,10 +140,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     separate = bool(app.state.settings.api_metrics_port)
     if not separate:
         app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
-    for module in (jobs, outputs, downloads, events, languages):
+    for module in (jobs, outputs, downloads, events, languages, segments, webhooks):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.make_router(detailed=not separate))
     web.install(app)  # the web page at / (static files, no API routes)
+    docs.install(app, API_PREFIX)
     return app
 
 

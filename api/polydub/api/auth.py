@@ -10,6 +10,7 @@ The rows are read and written by ``polydub.api.db.keys``.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -108,7 +109,9 @@ async def create_key(
     box = box or SecretBox.from_settings(get_settings())
     key, prefix = generate_key()
     key_id = uuid.uuid4()
-    webhook_secret = "whsec_" + secrets.token_urlsafe(32)
+    # Standard Webhooks' form: "whsec_" + the key's bytes in standard base64, as every
+    # off-the-shelf verifier decodes it.
+    webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
     await keys_db.insert_key(
         conn,
         key_id=key_id,

@@ -147,6 +147,8 @@ _NAMED = {
     "same_language": "same_language",
     "invalid_time_range": "invalid_time_range",
     "missing_target_language": "missing_target_language",
+    "metadata_too_large": "metadata_too_large",
+    "invalid_metadata": "invalid_metadata",
     "finite_number": "non_finite_number",  # inf, NaN, 1e309: the message names the field
 }
 
@@ -161,9 +163,19 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
         if code == "unknown_field":
             message = "unknown field(s): " + ", ".join(d["loc"][-1] for d in detail)
         return JSONResponse(envelope(code, message, detail), status_code=422)
+    # Name each field ("job_id: Input should be a valid UUID..."): "not valid" alone sends the
+    # user looking through every part of the request.
+    fields = "; ".join(f"{_field(d['loc'])}: {d['msg']}" if d["loc"] else d["msg"] for d in detail)
     return JSONResponse(
-        envelope("validation_error", "the request is not valid", detail), status_code=422
+        envelope("validation_error", f"the request is not valid: {fields}", detail),
+        status_code=422,
     )
+
+
+def _field(loc: list[str]) -> str:
+    # ["path", "job_id"] -> "job_id"; ["body", "options", "num_speakers"] -> "options.num_speakers"
+    parts = loc[1:] if len(loc) > 1 and loc[0] in ("path", "query", "body", "header") else loc
+    return ".".join(parts)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -28,6 +28,8 @@ def job_json(row: asyncpg.Record | dict[str, Any], settings: Settings) -> dict[s
         error = {"code": row["error_code"] or "error", "message": row["error_message"] or ""}
     return {
         "id": row["id"],
+        "name": row.get("name"),
+        "metadata": row.get("metadata") or {},
         "status": row["status"],
         "stage": row["current_stage"],
         "progress": float(row["progress"]),

@@ -36,8 +36,9 @@ from polydub.api.multipart import Upload, too_large
 from polydub.api.ratelimit import quota_error
 from polydub.api.retention import purge_job
 from polydub.api.webhooks import check_callback_url
-from polydub.errors import Conflict, InvalidInput, NotFound
+from polydub.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from polydub.jobs import ACTIVE, JobKeys, JobStatus, publish_event
+from polydub.languages import check_served
 from polydub.media.probe import Limits, MediaInfo, probe
 from polydub.schemas import (
     JobFromUpload,
@@ -110,6 +111,7 @@ class JobService:
     ) -> Accepted:
         """A job from a file received in the request (already spooled to disk)."""
         self._check_options(options)
+        await self._check_served(options)
         assert upload.path is not None and upload.container is not None
         media = await self._probe(upload.path, options)
         job_id = uuid.uuid4()
@@ -143,6 +145,7 @@ class JobService:
         the client's form stays signed until it expires, but it can only write the upload key,
         which no job reads."""
         self._check_options(request)
+        await self._check_served(request)
         pool, store = self.state.pool, self.state.store
         upload = await uploads_db.find_upload(pool, request.upload_id, key.id)
         if upload is None:
@@ -239,6 +242,21 @@ class JobService:
             )
         if options.callback_url:
             check_callback_url(str(options.callback_url), self.settings)
+
+    async def _check_served(self, options: JobOptions) -> None:
+        """422 ``language_not_served`` for a target the served models cannot produce, before
+        the file is stored or probed. A model server that cannot be reached does not refuse the
+        job: the queue is there to ride out its outage, and the worker reports what fails."""
+        from polydub.api.routes.languages import served_languages  # the route owns the cache
+
+        try:
+            served = await served_languages(self.state)
+        except ServiceUnavailable:
+            log.warning("model server unreachable: target languages not checked at submission")
+            return
+        check_served(
+            options.target_languages, served.targets(subtitles_only=options.subtitles_only)
+        )
 
     async def _probe(self, path: Path, options: JobOptions) -> MediaInfo:
         # The worker's validate stage runs this same check on the same Limits.

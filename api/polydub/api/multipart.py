@@ -28,6 +28,8 @@ from polydub.media.sniff import SNIFF_BYTES, MediaFormat, sniff
 FILE_FIELD = "file"
 MAX_FIELDS = 64
 MAX_FIELD_BYTES = 8 * 1024
+# The job's metadata is a JSON object of up to 16 KiB (compact): its text may be laid out wider.
+MAX_METADATA_FIELD_BYTES = 32 * 1024
 # Room for the multipart framing and the small fields around the file.
 ENVELOPE_SLACK = 256 * 1024
 
@@ -149,7 +151,8 @@ class _State:
         chunk = data[start:end]
         if not self.is_file:
             self.value += chunk
-            if len(self.value) > MAX_FIELD_BYTES:
+            limit = MAX_METADATA_FIELD_BYTES if self.part_name == "metadata" else MAX_FIELD_BYTES
+            if len(self.value) > limit:
                 raise PayloadTooLarge(f"form field {self.part_name!r} is too long")
             return
         assert self.out is not None

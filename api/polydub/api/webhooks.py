@@ -1,20 +1,36 @@
-"""Webhook delivery: a POST to the job's callback_url on each terminal state, signed, retried.
+"""Webhook delivery: a POST per terminal state of a job or of one of its languages, signed,
+retried.
 
-Deliveries are rows of ``webhook_deliveries`` (unique per job and state, written in the same
+Deliveries are rows of ``webhook_deliveries`` (unique per job, state, language and destination,
+written in the same
 transaction as the state change by whoever makes it: the orchestrator or the API's cancel), so a
 state is delivered once however many replicas run this worker. A worker leases due rows with
 ``FOR UPDATE SKIP LOCKED`` (pushing next_attempt_at past the request timeout), POSTs, and marks
 the row delivered, or schedules the next attempt with exponential backoff (equal jitter), or
 gives up after ``api_webhook_max_attempts``. The statements are ``polydub.api.db.webhooks``'s.
 
-Signature (verify with the secret shown by ``polydub keys create``; stored encrypted)::
+Destinations: the job's ``callback_url`` and every webhook endpoint of its key
+(``/api/v1/webhooks``). Events: ``job.succeeded``, ``job.partially_succeeded`` (it succeeded, but
+a target language failed), ``job.failed``, ``job.cancelled``, and per target language
+``job.language.succeeded`` / ``job.language.failed`` / ``job.language.cancelled`` (with
+``language``). Each carries the job as ``GET /jobs/{id}`` answers it (its name and metadata too).
 
-    Polydub-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + raw body)>
+Signed per the Standard Webhooks spec (https://www.standardwebhooks.com), so an off-the-shelf
+verifier (the ``standardwebhooks`` package, Svix's libraries) checks it with the key's secret
+(``whsec_...``, shown by ``polydub keys create``; stored encrypted)::
+
+    webhook-id: <delivery id, the same on every retry>
+    webhook-timestamp: <unix seconds>
+    webhook-signature: v1,<base64 HMAC-SHA256(secret, "<id>.<timestamp>." + raw body)>
+
+The older ``Polydub-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``
+is still sent beside them for receivers written against it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -24,10 +40,12 @@ import logging
 import socket
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
+from standardwebhooks import Webhook
 
 from polydub.api.db import jobs as jobs_db
 from polydub.api.db import webhooks as webhooks_db
@@ -57,6 +75,38 @@ def verify(secret: str, header: str, body: bytes, *, tolerance: float = 300.0) -
     if abs(time.time() - timestamp) > tolerance:
         return False
     return hmac.compare_digest(sign(secret, timestamp, body), f"t={timestamp},v1={parts['v1']}")
+
+
+def event_type(state: str, language: str, job: dict[str, Any]) -> str:
+    """``job.<state>``, ``job.language.<state>`` for a language's own event, and
+    ``job.partially_succeeded`` for a job that succeeded while a target language did not."""
+    if language:
+        return f"job.language.{state}"
+    if state == "succeeded" and any(t["status"] != "succeeded" for t in job["targets"]):
+        return "job.partially_succeeded"
+    return f"job.{state}"
+
+
+def secret_bytes(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_`` secret: standard base64 (keys made now), or the URL-safe
+    base64 of keys made before; the same bytes a receiver gets by writing ``-`` as ``+`` and
+    ``_`` as ``/``. Decoded here, not by the package, which drops URL-safe characters."""
+    body = secret.removeprefix("whsec_").rstrip("=").translate(_URLSAFE)
+    return base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+
+
+_URLSAFE = str.maketrans("-_", "+/")
+
+
+def standard_headers(secret: str, delivery_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """The Standard Webhooks headers of one delivery attempt."""
+    at = datetime.fromtimestamp(timestamp, UTC)
+    signature = Webhook(secret_bytes(secret)).sign(delivery_id, at, body)
+    return {
+        "webhook-id": delivery_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signature,
+    }
 
 
 def _is_public(address: str) -> bool:
@@ -118,12 +168,16 @@ class WebhookSender:
         row = await jobs_db.job_for_webhook(self.pool, delivery["job_id"])
         if row is None:
             return None
+        job = job_json(row, self.settings)
+        now = datetime.now(UTC).isoformat()
         body = {
             "id": str(delivery["id"]),
-            "type": f"job.{delivery['state']}",
+            "type": event_type(delivery["state"], delivery["language"], job),
             "state": delivery["state"],
-            "created_at": datetime.now(UTC).isoformat(),
-            "job": job_json(row, self.settings),
+            "language": delivery["language"] or None,
+            "timestamp": now,  # the Standard Webhooks payload's field
+            "created_at": now,
+            "job": job,
         }
         stored = row["webhook_secret"]  # encrypted at rest (secrets_at_rest)
         return json.dumps(body, default=str).encode(), self.box.reveal(stored) if stored else None
@@ -145,6 +199,7 @@ class WebhookSender:
         if built is None:
             return False  # the job was purged; the row went with it
         body, secret = built
+        event = json.loads(body)["type"]
         url = delivery["url"]
         try:
             if not self.settings.api_webhook_allow_private and not await _resolves_public(url):
@@ -158,12 +213,14 @@ class WebhookSender:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "polydub-webhooks/1",
-            "Polydub-Event": f"job.{delivery['state']}",
+            "Polydub-Event": event,
             "Polydub-Delivery": str(delivery["id"]),
             "Polydub-Attempt": str(delivery["attempts"]),
         }
         if secret:
-            headers[SIGNATURE_HEADER] = sign(secret, int(time.time()), body)
+            now = int(time.time())
+            headers[SIGNATURE_HEADER] = sign(secret, now, body)
+            headers.update(standard_headers(secret, str(delivery["id"]), now, body))
         try:
             response = await self.client.post(url, content=body, headers=headers)
         except httpx.HTTPError as exc:

@@ -16,6 +16,7 @@ FAMILIES: dict[str, str] = {
     "whisper": "polydub.export.whisper:WhisperExporter",
     "nllb": "polydub.export.nllb:NllbExporter",
     "mms_tts": "polydub.export.mms_tts:MmsTtsExporter",
+    "separation": "polydub.export.separation:SeparationExporter",
 }
 
 
@@ -57,6 +58,7 @@ LICENSES: dict[str, ModelSource] = {
         "mms_tts", "facebook/mms-tts-<lang> vocabularies", "CC-BY-NC-4.0"
     ),
     "mms_tts_[a-z]{3}": ModelSource("mms_tts", "facebook/mms-tts-<lang>", "CC-BY-NC-4.0"),
+    "separation": ModelSource("separation", "polydub-mask-net (a directory or Hub id)", "MIT"),
 }
 
 

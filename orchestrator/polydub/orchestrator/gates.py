@@ -151,10 +151,34 @@ def _mix(figures: Figures, limits: GateThresholds) -> list[QualityIssue]:
     return []
 
 
+def _separate(figures: Figures, limits: GateThresholds) -> list[QualityIssue]:
+    issues = []
+    if figures.get("fallback"):
+        issues.append(
+            QualityIssue(
+                "separation_fallback",
+                f"the background was not separated ({figures['fallback']}): the original voices "
+                "are ducked under the dub instead",
+                "separate",
+            )
+        )
+    factor = figures.get("realtime_factor")
+    if factor is not None and factor > 1.0:  # slower than real time: likely the slowest stage
+        issues.append(
+            QualityIssue(
+                "separation_slow",
+                f"separating the background took {factor:.2f}x the audio's duration",
+                "separate",
+            )
+        )
+    return issues
+
+
 _WARNINGS: dict[str, Callable[[Figures, GateThresholds], list[QualityIssue]]] = {
     "transcribe": _transcribe,
     "translate": _translate,
     "synthesize": _synthesize,
+    "separate": _separate,
     "mix": _mix,
 }
 

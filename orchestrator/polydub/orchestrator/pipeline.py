@@ -154,7 +154,8 @@ class PipelineRunner:
             await self._run_stage(job, stage, "", finished, tracker, workdir)
 
         statuses = await self.store.target_statuses(job.id)
-        pending = [t for t in job.targets if statuses.get(t) not in ("succeeded", "failed")]
+        done = ("succeeded", "failed", "review")  # review: waits for a person, then a render
+        pending = [t for t in job.targets if statuses.get(t) not in done]
         try:
             async with asyncio.TaskGroup() as group:
                 for language in pending:
@@ -188,6 +189,10 @@ class PipelineRunner:
         try:
             for stage in self.target_stages:
                 await self._run_stage(job, stage, language, finished, tracker, workdir)
+                if stage.name == REVIEW_AFTER and _waits_for_review(job, language, finished):
+                    event = await self.store.finish_target(job, language, "review")
+                    await self.publish(job, event)
+                    return
         except (Fenced, Cancelled):
             raise
         except Exception as exc:
@@ -251,6 +256,15 @@ class PipelineRunner:
         )
         finished.outputs[(stage.name, language)] = result.outputs
         await tracker.update(stage, language, 1.0, done=True)
+
+
+# A ``review`` job's languages stop here (translated, voices cast, nothing spoken yet) until a
+# render of their segments (polydub.review) leaves its record.
+REVIEW_AFTER = "assign_voices"
+
+
+def _waits_for_review(job: JobRecord, language: str, finished: FinishedStages) -> bool:
+    return bool(job.options.get("review")) and not finished.done("review", language)
 
 
 class _Progress:

@@ -184,3 +184,26 @@ def loudness_stats(
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class SeparationStats:
+    """The ``separate`` stage: which background the mix got, and what separating it cost.
+
+    ``background``: what the job asked for (``keep``, ``separate``, ``drop``) as resolved, and
+    ``used``: what the mix gets (``separate`` falls back to ``keep``, ducking, when no model is
+    served or the separation fails: ``fallback`` says why). ``speech_ratio_db``: the removed
+    speech stem's energy over the original's; ``realtime_factor``: elapsed / audio seconds.
+    """
+
+    background: str
+    used: str
+    fallback: str | None = None
+    seconds: float | None = None
+    chunks: int | None = None
+    speech_ratio_db: float | None = None
+    elapsed_s: float | None = None
+    realtime_factor: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -306,6 +306,8 @@ class JobStore:
             data: dict[str, Any] = {"language": language, "status": status}
             if error:
                 data["error"] = error.to_dict()
+            # A webhook per language: a caller can ship one language while another still runs.
+            await record_webhook_delivery(conn, job.id, status, job.callback_url, language=language)
             return await record_event(conn, job.id, "target", data)
 
     async def target_statuses(self, job_id: uuid.UUID) -> dict[str, str]:
@@ -363,10 +365,8 @@ class JobStore:
             data: dict[str, Any] = {"status": status}
             if error:
                 data["error"] = error.to_dict()
-            if updated["callback_url"]:
-                await record_webhook_delivery(
-                    conn, job_id, JobStatus(status), updated["callback_url"]
-                )
+            # The callback_url and the key's webhook endpoints, if there are any.
+            await record_webhook_delivery(conn, job_id, JobStatus(status), updated["callback_url"])
             event = await record_event(conn, job_id, "state", data)
         job_transition(status)  # committed: counted once per job and state
         return event

@@ -25,6 +25,7 @@ SILERO_VAD = "silero_vad"
 PYANNOTE_SEGMENTATION = "pyannote_segmentation"
 SPEAKER_EMBEDDING = "speaker_embedding"
 GENDER = "gender"
+SEPARATION = "separation"  # speech mask of a spectrogram (polydub.serving.separation)
 MANIFEST = "polydub_manifest"  # python: serves manifest.json (polydub.manifest)
 
 
@@ -189,6 +190,14 @@ class GenderOut(StrEnum):
     F0_HZ = "f0_hz"
     PERIODICITY = "periodicity"
     ENERGY_DB = "energy_db"
+
+
+class SeparationIn(StrEnum):
+    SPECTROGRAM = "spectrogram"  # [batch, 2 (real, imag), frames, bins]
+
+
+class SeparationOut(StrEnum):
+    SPEECH_MASK = "speech_mask"  # [batch, frames, bins] in [0, 1]
 
 
 # The python models' tensors by model: what their committed configs must declare, in order.

@@ -25,6 +25,7 @@ from nats.aio.client import Client as NATS
 
 from polydub.infra.queue import progress_subject
 from polydub.infra.storage import ObjectStore
+from polydub.jobs import record_webhook_delivery
 from polydub.settings import Settings
 
 
@@ -75,6 +76,7 @@ class Served:
 class Received:
     headers: dict[str, str]
     body: bytes
+    path: str = ""
 
 
 @dataclass
@@ -101,7 +103,7 @@ class Receiver:
             if not message.get("more_body"):
                 break
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        self.requests.append(Received(headers, body))
+        self.requests.append(Received(headers, body, str(scope.get("path", ""))))
         status = self.statuses.pop(0) if self.statuses else 200
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
@@ -281,14 +283,8 @@ class FakeWorker:
                 job_id,
                 "cancelled" if status == "cancelled" else "failed",
             )
-            if row["callback_url"]:
-                await conn.execute(
-                    "INSERT INTO webhook_deliveries (job_id, state, url) VALUES ($1, $2, $3)"
-                    " ON CONFLICT (job_id, state) DO NOTHING",
-                    job_id,
-                    status,
-                    row["callback_url"],
-                )
+            # The orchestrator's own writer: the callback_url and the key's endpoints.
+            await record_webhook_delivery(conn, job_id, status, row["callback_url"])
             data: dict[str, Any] = {"status": status}
             if error:
                 data["error"] = error

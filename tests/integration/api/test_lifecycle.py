@@ -271,7 +271,7 @@ async def test_cancel_and_retry(
     nc: NATS,
     api_settings: Settings,
 ) -> None:
-    queued = (await submit(clients.a, media.wav, targets="deu")).json()
+    queued = (await submit(clients.a, media.wav, targets="fra")).json()
     job_id = queued["id"]
 
     # Cancel while queued: cancelled at once.
@@ -324,7 +324,7 @@ async def test_list_is_paginated_and_filtered(
         base_url=api.url, headers={"Authorization": f"Bearer {fresh_key.key}"}, timeout=20
     )
     try:
-        ids = [(await submit(client, media.wav, targets="ita")).json()["id"] for _ in range(5)]
+        ids = [(await submit(client, media.wav, targets="fra")).json()["id"] for _ in range(5)]
         await client.delete(f"/api/v1/jobs/{ids[1]}")
         seen: list[str] = []
         cursor = None
@@ -352,7 +352,7 @@ async def test_list_is_paginated_and_filtered(
 async def test_sse_keeps_idle_streams_alive_and_checks_last_event_id(
     clients: Clients, media: Media
 ) -> None:
-    job_id = (await submit(clients.a, media.wav, targets="deu")).json()["id"]
+    job_id = (await submit(clients.a, media.wav, targets="fra")).json()["id"]
     lines: list[str] = []
     async with clients.a.stream("GET", f"/api/v1/jobs/{job_id}/events") as response:
         assert response.headers["cache-control"] == "no-cache"

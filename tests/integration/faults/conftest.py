@@ -69,10 +69,13 @@ async def receiver() -> AsyncIterator[tuple[Receiver, Served]]:
 
 
 def webhook_counts(hook: Receiver) -> dict[tuple[str, str], int]:
-    """(job id, state) -> how many POSTs arrived."""
+    """(job id, state) -> how many POSTs of the job's own event arrived (a language's events,
+    ``job.language.*``, are not counted)."""
     counts: dict[tuple[str, str], int] = {}
     for request in hook.requests:
         body = json.loads(request.body)
+        if body.get("language"):
+            continue
         key = (str(body["job"]["id"]), str(body["job"]["status"]))
         counts[key] = counts.get(key, 0) + 1
     return counts

@@ -167,7 +167,7 @@ async def test_restarting_each_server_loses_no_job_and_sends_no_duplicate_webhoo
             rows = await query(
                 dsn,
                 "SELECT count(*) AS n FROM webhook_deliveries WHERE job_id = ANY($1::uuid[])"
-                " AND status = 'delivered'",
+                " AND language = '' AND status = 'delivered'",
                 [uuid.UUID(i) for i in ids],
             )
             return bool(rows[0]["n"] == len(ids))

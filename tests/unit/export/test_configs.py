@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from polydub.export import diarization, gender, nllb_graphs, vad
+from polydub.export import diarization, gender, nllb_graphs, separation, vad
 from polydub.export.mms_tts_graph import graph_spec
 from polydub.export.spec import GraphSpec, TensorSpec
 from polydub.serving import names
@@ -29,6 +29,7 @@ GRAPHS: dict[str, GraphSpec] = {
         nllb_graphs.DECODER_SPEC,
         vad.SPEC,
         gender.SPEC,
+        separation.SPEC,
         diarization.SEGMENTATION_SPEC,
         diarization.EMBEDDING_SPEC,
     )

@@ -33,7 +33,7 @@ _JOB_COLUMNS = """
     j.input_filename, j.input_bytes, j.media, j.current_stage, j.progress, j.eta_seconds,
     j.error_code, j.error_message, j.attempt, j.cancel_requested, j.callback_url, j.retries,
     j.created_at, j.updated_at, j.started_at, j.finished_at, j.expires_at, j.warnings,
-    j.idempotency_hash,
+    j.idempotency_hash, j.name, j.metadata,
     COALESCE((SELECT json_agg(json_build_object(
                 'language', t.language, 'status', t.status, 'stage', t.current_stage,
                 'progress', t.progress, 'error_code', t.error_code,
@@ -80,8 +80,9 @@ async def insert_job(
             """
             INSERT INTO jobs (id, owner_id, source_language, options, input_key, input_filename,
                               input_bytes, media, idempotency_key, callback_url, expires_at,
-                              input_etag, idempotency_hash)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + $11::interval, $12, $13)
+                              input_etag, idempotency_hash, name, metadata)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + $11::interval, $12, $13,
+                    $14, $15)
             ON CONFLICT (owner_id, idempotency_key) DO NOTHING
             RETURNING id
             """,
@@ -98,6 +99,8 @@ async def insert_job(
             timedelta(seconds=settings.retention_seconds),
             job.input_etag,
             job.idempotency_hash if job.idempotency_key is not None else None,
+            options.name,
+            options.metadata,
         )
         if created_id is None:
             assert job.idempotency_key is not None
@@ -213,10 +216,7 @@ async def cancel_job(
                 " WHERE job_id = $1 AND status IN ('queued', 'running')",
                 job_id,
             )
-            if row["callback_url"]:
-                await record_webhook_delivery(
-                    conn, job_id, JobStatus.CANCELLED, row["callback_url"]
-                )
+            await record_webhook_delivery(conn, job_id, JobStatus.CANCELLED, row["callback_url"])
             event = await record_event(conn, job_id, "state", {"status": JobStatus.CANCELLED})
         elif row["status"] == JobStatus.RUNNING:
             await conn.execute(

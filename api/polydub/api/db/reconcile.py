@@ -141,8 +141,7 @@ async def finish(
             error.code if error else None,
             error.message if error else None,
         )
-        if row["callback_url"]:
-            await record_webhook_delivery(conn, job.id, status, row["callback_url"])
+        await record_webhook_delivery(conn, job.id, status, row["callback_url"])
         data: dict[str, Any] = {"status": status, "by": "reconciler"}
         if error:
             data["error"] = error.to_dict()

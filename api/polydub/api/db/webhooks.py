@@ -22,7 +22,7 @@ async def claim_due(pool: asyncpg.Pool, batch: int, lease: timedelta) -> list[as
          WHERE d.id IN (SELECT id FROM webhook_deliveries
                          WHERE status = 'pending' AND next_attempt_at <= now()
                          ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-     RETURNING d.id, d.job_id, d.state, d.url, d.attempts
+     RETURNING d.id, d.job_id, d.state, d.language, d.url, d.attempts
         """,
         batch,
         lease,
@@ -54,7 +54,7 @@ async def mark_attempt_failed(
 
 async def deliveries_for(pool: asyncpg.Pool, job_id: uuid.UUID) -> list[dict[str, Any]]:
     rows = await pool.fetch(
-        "SELECT id, state, url, status, attempts, last_error, delivered_at"
+        "SELECT id, state, language, url, status, attempts, last_error, delivered_at"
         " FROM webhook_deliveries WHERE job_id = $1 ORDER BY id",
         job_id,
     )

@@ -56,14 +56,26 @@ _FORM_SCHEMA = {
         "target_languages": {
             "type": "array",
             "items": {"type": "string"},
-            "description": "repeat the field, or separate codes with commas",
+            "description": "repeat the field, or separate codes with commas; ISO 639-1, 639-3"
+            " or BCP-47 tags (es, spa, es-ES), answered as ISO 639-3",
         },
         "num_speakers": {"type": "integer", "minimum": 1, "maximum": 20},
         "keep_background": {"type": "boolean", "default": True},
+        "background": {"type": "string", "enum": ["keep", "separate", "drop"]},
         "subtitles_only": {"type": "boolean", "default": False},
+        "review": {
+            "type": "boolean",
+            "default": False,
+            "description": "stop each language after translation until a render approves it",
+        },
         "start_time": {"type": "number", "minimum": 0, "maximum": MAX_TIME_SECONDS},
         "end_time": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIME_SECONDS},
         "callback_url": {"type": "string", "format": "uri"},
+        "name": {"type": "string", "maxLength": 200},
+        "metadata": {
+            "type": "string",
+            "description": "a JSON object, at most 16 KiB as compact JSON; echoed back",
+        },
     },
 }
 _CREATE_BODY = {

@@ -13,7 +13,7 @@ import time
 
 from fastapi import APIRouter
 
-from polydub.api.deps import Caller, State
+from polydub.api.deps import AppState, Caller, State
 from polydub.errors import ServiceUnavailable
 from polydub.languages import LANGUAGES
 from polydub.manifest import MANIFEST_MODEL, Manifest, fetch_manifest
@@ -60,6 +60,11 @@ def supported(models: list[str], manifest: Manifest | None = None) -> LanguagesO
     summary="Languages per stage, from the model repository",
 )
 async def languages(state: State, key: Caller) -> LanguagesOut:
+    return await served_languages(state)
+
+
+async def served_languages(state: AppState) -> LanguagesOut:
+    """What the model server serves now (cached CACHE_SECONDS); 503 when it is unreachable."""
     cached = state.languages_cache
     if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
         result: LanguagesOut = cached[1]

@@ -7,6 +7,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from fastapi.responses import RedirectResponse
 
 from polydub.api.db import jobs as jobs_db
 from polydub.api.deps import Caller, State
@@ -74,22 +75,7 @@ async def outputs(
         ),
     ] = None,
 ) -> OutputsOut:
-    job = await jobs_db.target_of(state.pool, key.id, job_id, language)
-    if job is None:
-        raise job_not_found(job_id)
-    if job["status"] is None:
-        raise NotFound(f"the job has no target language {language!r}", code="language_not_in_job")
-    rows = await jobs_db.artifacts_of(state.pool, job_id, language)
-    # A language's own file wins over a job-wide one of the same kind (e.g. source subtitles).
-    chosen: dict[str, Any] = {}
-    for row in rows:
-        chosen.setdefault(row["kind"], row)
-    if not chosen:
-        raise Conflict(
-            f"no outputs for {language!r} yet; the language is {job['status']}",
-            code="outputs_not_ready",
-            detail={"status": job["status"]},
-        )
+    job, chosen = await _chosen(state, key.id, job_id, language)
     files = [
         OutputFile(
             kind=kind,
@@ -118,6 +104,54 @@ async def outputs(
         files=files,
         preview=preview,
     )
+
+
+@router.get(
+    "/jobs/{job_id}/outputs/{language}/{kind}",
+    status_code=302,
+    response_class=RedirectResponse,
+    responses={
+        302: {"description": "to the file's download link"},
+        **{c: {"model": ErrorEnvelope} for c in (401, 404, 409, 422, 429)},
+    },
+    summary="One output file: a redirect to its download link (curl -L, a browser)",
+)
+async def output_file(
+    job_id: uuid.UUID, language: str, kind: ArtifactKind, state: State, key: Caller
+) -> RedirectResponse:
+    job, chosen = await _chosen(state, key.id, job_id, language)
+    row = chosen.get(kind)
+    if row is None:
+        raise NotFound(
+            f"the job has no {kind} for {language!r}; it has {', '.join(sorted(chosen))}",
+            code="output_not_found",
+            detail={"available": sorted(chosen)},
+        )
+    name = _download_name(job["input_filename"], language, kind)
+    return RedirectResponse(download_link(state, job_id, row["object_key"], name), 302)
+
+
+async def _chosen(
+    state: Any, owner: uuid.UUID, job_id: uuid.UUID, language: str
+) -> tuple[Any, dict[str, Any]]:
+    """The owner's job row for ``language`` and its outputs by kind; 404/409 when there are none."""
+    job = await jobs_db.target_of(state.pool, owner, job_id, language)
+    if job is None:
+        raise job_not_found(job_id)
+    if job["status"] is None:
+        raise NotFound(f"the job has no target language {language!r}", code="language_not_in_job")
+    rows = await jobs_db.artifacts_of(state.pool, job_id, language)
+    # A language's own file wins over a job-wide one of the same kind (e.g. source subtitles).
+    chosen: dict[str, Any] = {}
+    for row in rows:
+        chosen.setdefault(row["kind"], row)
+    if not chosen:
+        raise Conflict(
+            f"no outputs for {language!r} yet; the language is {job['status']}",
+            code="outputs_not_ready",
+            detail={"status": job["status"]},
+        )
+    return job, chosen
 
 
 async def _preview(

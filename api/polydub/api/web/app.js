@@ -377,6 +377,7 @@ async function showResult(jobId, language) {
     list.append(el("li", {}, link, el("span", { class: "muted", text: ` ${file.kind.replaceAll("_", " ")}, ${formatSize(file.size_bytes)}` })));
   }
   await showTranscript(files.get("transcript"));
+  if (typeof showReview === "function") await showReview(jobId, language); // review.js
 }
 
 async function showTranscript(file) {

@@ -1,6 +1,6 @@
 """The dubbing pipeline's stages, in order.
 
-Once per job:   validate → extract_audio → diarize → transcribe → gender
+Once per job:   validate → extract_audio → diarize → transcribe → gender → separate
 Per language:   translate → assign_voices → synthesize → mix → mux → subtitles
 Each stage reads earlier stages' outputs from S3 by key and writes its own to deterministic keys
 ``jobs/<job>/<stage>/<language or _>/...``; weights are rough relative costs for percent / ETA.
@@ -16,6 +16,7 @@ from polydub.orchestrator.pipeline import Stage
 from polydub.orchestrator.stages.deliver import mix, mux, subtitles
 from polydub.orchestrator.stages.dub import assign_voices, synthesize, translate
 from polydub.orchestrator.stages.ingest import extract_audio, validate
+from polydub.orchestrator.stages.separate import separate_background
 from polydub.orchestrator.stages.speech import detect_gender, diarize_speakers, transcribe
 
 STAGES: list[Stage] = [
@@ -24,6 +25,7 @@ STAGES: list[Stage] = [
     Stage("diarize", "job", diarize_speakers, weight=2.0),
     Stage("transcribe", "job", transcribe, weight=3.0),
     Stage("gender", "job", detect_gender, weight=0.3),
+    Stage("separate", "job", separate_background, weight=1.0),
     Stage("translate", "target", translate, weight=1.5),
     Stage("assign_voices", "target", assign_voices, weight=0.3),
     Stage("synthesize", "target", synthesize, weight=3.0),

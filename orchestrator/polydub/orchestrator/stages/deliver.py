@@ -23,6 +23,7 @@ from polydub.orchestrator.gates import GateThresholds, QualityIssue, no_speech, 
 from polydub.orchestrator.pipeline import StageContext, StageResult
 from polydub.orchestrator.quality import loudness_stats
 from polydub.orchestrator.records import Speakers, deliverable_transcript
+from polydub.orchestrator.revise import Review
 from polydub.orchestrator.stages.dub import (
     SKIPPED,
     quality_warnings,
@@ -46,23 +47,30 @@ _SUBTITLES = {
 async def mix(ctx: StageContext) -> StageResult:
     """The dub over the original background: ducked under speech, EBU R128 normalised.
 
-    With ``keep_background`` false the dub is mixed over silence of the same length.
+    The background is the ``separate`` stage's stem when it separated one (barely ducked), the
+    original otherwise; with ``background: drop`` (or ``keep_background`` false) the dub is mixed
+    over silence of the same length.
     """
     if subtitles_only(ctx):
         return SKIPPED
     services = ctx.services
     artifacts = Artifacts(services.store, ctx.cache_dir)
     original = await artifacts.fetch(ctx.outputs_of("extract_audio")["original48k"])
-    if ctx.job.options.get("keep_background") is False:
+    separation = ctx.finished.get("separate") if ctx.finished.done("separate") else {}
+    dropped = separation.get("background") == "drop"
+    if dropped or ctx.job.options.get("keep_background") is False:
         original = await asyncio.to_thread(_silence_like, original, ctx.workdir / "silence.wav")
     synth = ctx.outputs_of("synthesize")
     timings = (await read_timing(ctx, artifacts)).timings
     with np.load(await artifacts.fetch(synth["speech"])) as arrays:
         rendered = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
     placements = [Placement(t.start, r) for t, r in zip(timings, rendered, strict=True)]
-    background, separated = await background_track(
-        original, ctx.workdir / "background.wav", services.separator
-    )
+    if separation.get("background_wav") and not dropped:
+        background, separated = await artifacts.fetch(separation["background_wav"]), True
+    else:
+        background, separated = await background_track(
+            original, ctx.workdir / "background.wav", services.separator
+        )
     out = ctx.workdir / "dubbed.wav"
     result = await asyncio.to_thread(
         mix_to_wav,
@@ -72,6 +80,7 @@ async def mix(ctx: StageContext) -> StageResult:
         intervals=speech_intervals(timings),
         separated=separated,
         policy=services.mix,
+        gain_db=review.gain_db if (review := Review.of(ctx)) else None,
     )
     stored = await artifacts.put_file(ctx.key("dubbed.wav"), out, "audio/wav")
     stats = loudness_stats(

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from polydub.jobs import JobKeys
 from polydub.languages import get_language
 from polydub.media.mix import render_segments
 from polydub.orchestrator.artifacts import Artifacts
@@ -25,6 +26,7 @@ from polydub.orchestrator.records import (
     TranslatedTranscript,
     VoiceCast,
 )
+from polydub.orchestrator.revise import Review, SpeechCache, revised_translation
 from polydub.orchestrator.services import Services
 from polydub.orchestrator.timing import plan_timing
 from polydub.orchestrator.voices import Gender, Voice, cast_voices, estimate_f0
@@ -38,18 +40,28 @@ async def translate(ctx: StageContext) -> StageResult:
     services = ctx.services
     artifacts = Artifacts(services.store, ctx.cache_dir)
     target = get_language(ctx.language).code  # unknown: this language fails, the others go on
-    data = await artifacts.get_json(ctx.outputs_of("transcribe")["transcript"])
-    transcript = Transcript.from_json(data)
-    results = await services.translation.translate_many(
-        [s.text for s in transcript.segments], transcript.language, target, N_BEST
-    )
-    translated = []
-    for segment, result in zip(transcript.segments, results, strict=True):
-        candidates = [ScoredText(c.text, c.score) for c in result.candidates]
-        chosen = choose_candidate(candidates, segment.duration)
-        translated.append(segment.with_translation(candidates, chosen))
-    script = TranslatedTranscript(transcript.language, target, tuple(translated))
+
+    async def translate_texts(texts: list[str], source: str, to: str) -> list[list[ScoredText]]:
+        results = await services.translation.translate_many(texts, source, to, N_BEST)
+        return [[ScoredText(c.text, c.score) for c in r.candidates] for r in results]
+
+    review = Review.of(ctx)
+    if review is not None:  # a render of reviewed segments: the edits, not the transcript
+        base = TranslatedTranscript.from_json(await artifacts.get_json(review.base))
+        script, again = await revised_translation(review, base, translate_texts, choose_candidate)
+    else:
+        data = await artifacts.get_json(ctx.outputs_of("transcribe")["transcript"])
+        transcript = Transcript.from_json(data)
+        texts = [s.text for s in transcript.segments]
+        results = await translate_texts(texts, transcript.language, target)
+        translated = []
+        for segment, candidates in zip(transcript.segments, results, strict=True):
+            chosen = choose_candidate(candidates, segment.duration)
+            translated.append(segment.with_translation(candidates, chosen))
+        script = TranslatedTranscript(transcript.language, target, tuple(translated))
     metrics = translated_stats(script.segments).to_dict()
+    if review is not None:
+        metrics.update(render_version=review.version, retranslated_segments=again)
     # Every translation empty: this language fails here (a warning on random weights).
     noise = enforce("translate", metrics, random_weights=await services.random_weights(["nllb"]))
     key = await artifacts.put_json(ctx.key("translation.json"), script.to_json())
@@ -122,12 +134,21 @@ async def synthesize(ctx: StageContext) -> StageResult:
     cast = VoiceCast.from_json(await artifacts.get_json(ctx.outputs_of("assign_voices")["voices"]))
     timeline_end = ctx.outputs_of("extract_audio")["duration"]
     seeds = [_seed(ctx.job.id.hex, s.id) for s in segments]
+    cache = SpeechCache(services.store, JobKeys(ctx.job.id), ctx.language)
+    voice = f"mms_tts_{ctx.language}"
 
     async def speak(i: int, rate: float) -> np.ndarray:  # type: ignore[type-arg]
+        # Cached by what the TTS is asked: a render speaks again only the segments it changed.
+        key = cache.key(segments[i].translation, voice, rate, seeds[i])
+        cached = await cache.get(key)
+        if cached is not None:
+            return cached
         speech = await services.tts.synthesize(
             segments[i].translation, ctx.language, speaking_rate=rate, seed=seeds[i]
         )
-        return np.asarray(speech.samples, np.float32)
+        samples = np.asarray(speech.samples, np.float32)
+        await cache.put(key, samples)
+        return samples
 
     first = await asyncio.gather(*(speak(i, 1.0) for i in range(len(segments))))
     await ctx.report(1, 3)
@@ -152,9 +173,9 @@ async def synthesize(ctx: StageContext) -> StageResult:
         **fit_stats(final.segments).to_dict(),
         "spoken_segments": len(spoken),
         "silent_segments": sum(1 for i in spoken if audio[i].size == 0),
+        "cached_speech": cache.hits,
     }
     # No second of speech to dub: this language fails here (a warning on random weights).
-    voice = f"mms_tts_{ctx.language}"
     noise = enforce("synthesize", metrics, random_weights=await services.random_weights([voice]))
     semitones = [cast.semitones(s.speaker) for s in segments]
     rendered = await asyncio.to_thread(
