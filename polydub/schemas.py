@@ -169,6 +169,17 @@ class JobFromUpload(JobOptions):
     upload_id: uuid.UUID
 
 
+class JobFromUrl(JobOptions):
+    """JSON body of ``POST /jobs`` naming media to fetch: the worker downloads ``source_url``
+    (https, public addresses only, redirects re-checked, size and time capped) when the server
+    enables it (``POLYDUB_SOURCE_URL_ENABLED``); else 422 ``source_url_disabled``."""
+
+    source_url: Annotated[str, Field(min_length=1, max_length=2048)]
+
+    def options_json(self) -> dict[str, Any]:
+        return {**super().options_json(), "source_url": self.source_url}
+
+
 class ErrorInfo(BaseModel):
     code: str
     message: str

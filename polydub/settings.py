@@ -131,6 +131,16 @@ class Settings(BaseSettings):
     api_webhook_backoff_base_seconds: float = 5.0
     api_webhook_backoff_max_seconds: float = 3600.0
     api_webhook_allow_private: bool = False  # callbacks to loopback/private addresses (SSRF)
+    # Jobs from a source_url (fetched by the worker, never the API): off unless enabled. Only
+    # https to public addresses; each redirect hop is re-checked, the body is capped at
+    # min(source_url_max_bytes, media_max_bytes) and the whole fetch at the timeout.
+    source_url_enabled: bool = False
+    source_url_max_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    source_url_timeout_seconds: float = Field(default=300.0, gt=0)
+    source_url_max_redirects: int = Field(default=5, ge=0, le=20)
+    # TEST ONLY: also http, and IPv4 loopback (127.0.0.0/8) hosts, so tests can serve media
+    # locally. Private, link-local and metadata addresses stay refused. Never in a deployment.
+    source_url_allow_loopback: bool = False
     retention_seconds: int = Field(default=7 * 24 * 3600, gt=0)  # inputs and artifacts expire
     retention_interval_seconds: float = 300.0
     # The reconciler (api/reconcile.py): every interval (0: off), jobs queued or running with no

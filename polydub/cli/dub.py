@@ -8,6 +8,7 @@ language and says where they are. Exits 1 when the job or a language failed, wit
 from __future__ import annotations
 
 import uuid
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -31,6 +32,14 @@ from polydub.cli.connect import ApiOption, KeyOption, connect
 from polydub.client import ApiError, Client, JobEvent, JobOut
 
 console = Console()
+
+
+class Background(StrEnum):
+    """What the dub is mixed over (the job option ``background``)."""
+
+    KEEP = "keep"  # the original, ducked under the dub
+    SEPARATE = "separate"  # the original without its voices (a separation model)
+    DROP = "drop"  # silence
 
 
 class JobProgress:
@@ -125,6 +134,15 @@ def dub(
     speakers: Annotated[
         int | None, typer.Option("--speakers", min=1, max=20, help="How many people speak.")
     ] = None,
+    background: Annotated[
+        Background | None,
+        typer.Option(
+            "--background",
+            help="What the dub is mixed over: keep (the original, ducked), separate (the "
+            "original without its voices) or drop (silence). Default: separate when the server "
+            "serves a separation model, else keep.",
+        ),
+    ] = None,
     api: ApiOption = None,
     key: KeyOption = None,
 ) -> None:
@@ -133,7 +151,7 @@ def dub(
     connection = connect(console, api, key, start_stack=True)
     with Client(connection.url, connection.key) as client:
         try:
-            job = _submit(client, input, targets, source, speakers)
+            job = _submit(client, input, targets, source, speakers, background)
         except ApiError as exc:
             console.print(f"[red]the job was refused ({exc.code}):[/red] {exc.message}")
             raise typer.Exit(2) from None
@@ -175,7 +193,12 @@ def _print_models(client: Client) -> None:
 
 
 def _submit(
-    client: Client, path: Path, targets: list[str], source: str, speakers: int | None
+    client: Client,
+    path: Path,
+    targets: list[str],
+    source: str,
+    speakers: int | None,
+    background: Background | None = None,
 ) -> JobOut:
     with Progress(
         TextColumn("[bold]upload {task.description}"),
@@ -191,6 +214,7 @@ def _submit(
             targets,
             source_language=source,
             num_speakers=speakers,
+            background=background.value if background else None,
             idempotency_key=str(uuid.uuid4()),  # a retried request never makes a second job
             on_progress=lambda sent, total: bars.update(task, completed=sent, total=total),
         )

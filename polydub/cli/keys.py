@@ -8,7 +8,7 @@ from typing import Annotated
 import asyncpg
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from polydub.errors import NotFound
 from polydub.infra.db import migrate_database
@@ -95,7 +95,15 @@ def list_() -> None:
             rows = await list_keys(conn)
         finally:
             await conn.close()
-        table = Table("prefix", "name", "rate/min", "max jobs", "created", "revoked")
+        # The prefix is what revoke takes: never cut, whatever the terminal's width.
+        table = Table(
+            Column("prefix", no_wrap=True, min_width=12),
+            Column("name", overflow="fold"),
+            "rate/min",
+            "max jobs",
+            Column("created", overflow="fold"),
+            Column("revoked", overflow="fold"),
+        )
         for r in rows:
             table.add_row(
                 r["prefix"],

@@ -8,7 +8,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 from urllib.parse import quote
 
 import httpx
@@ -181,6 +181,10 @@ def check_targets(
         raise ApiError(422, refused.code, refused.message, refused.detail) from None
 
 
+# What the dub is mixed over: the original ducked, its separated background, or silence.
+Background = Literal["keep", "separate", "drop"]
+
+
 def job_fields(
     target_languages: Sequence[str] | str,
     *,
@@ -188,6 +192,7 @@ def job_fields(
     num_speakers: int | None,
     keep_background: bool,
     subtitles_only: bool,
+    background: Background | None = None,
     start_time: float | None,
     end_time: float | None,
     callback_url: str | None,
@@ -208,6 +213,8 @@ def job_fields(
     ]
     optional = {
         "num_speakers": num_speakers,
+        # None: the server's default (separate when a separation model is served, else keep).
+        "background": background,
         "start_time": start_time,
         "end_time": end_time,
         "callback_url": callback_url,

@@ -19,6 +19,7 @@ from polydub.client._common import (
     RETRY_STATUSES,
     STREAM_READ_TIMEOUT,
     ApiError,
+    Background,
     DownloadProgress,
     JobEvent,
     MultipartFile,
@@ -33,6 +34,16 @@ from polydub.client._common import (
 )
 from polydub.client._common import (
     reporter as _reporter,
+)
+from polydub.client._presigned import (
+    DEFAULT_UPLOAD_THRESHOLD,
+    ProgressReader,
+    UploadMode,
+    UploadSource,
+    check_form_answer,
+    form_request,
+    json_body,
+    wants_presigned,
 )
 from polydub.jobs import TERMINAL, JobStatus
 from polydub.schemas import JobOut, JobPage, LanguagesOut, OutputsOut, PurgeOut
@@ -55,10 +66,13 @@ class Client:
         *,
         timeout: float = 30.0,
         max_retries: int = 3,
+        upload_threshold: int = DEFAULT_UPLOAD_THRESHOLD,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url, self.api_key = resolve(base_url, api_key)
         self.max_retries = max_retries
+        # Files of this many bytes or more go through a presigned upload (create_job's upload).
+        self.upload_threshold = upload_threshold
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={**auth_headers(self.api_key), "User-Agent": "polydub-client"},
@@ -125,6 +139,7 @@ class Client:
         source_language: str = "auto",
         num_speakers: int | None = None,
         keep_background: bool = True,
+        background: Background | None = None,
         subtitles_only: bool = False,
         start_time: float | None = None,
         end_time: float | None = None,
@@ -134,29 +149,34 @@ class Client:
         idempotency_key: str | None = None,
         on_progress: UploadProgress | None = None,
         filename: str | None = None,
+        upload: UploadMode = "auto",
     ) -> JobOut:
         """Upload a video (or audio) and submit the job; ``on_progress(sent, total)`` follows
         the upload. ``file`` is a path or a seekable binary file object (``filename`` names
-        the latter). With ``idempotency_key``, a repeat returns the first job."""
+        the latter). With ``idempotency_key``, a repeat returns the first job.
+        ``upload``: "direct" sends the file in the request, "presigned" straight to object
+        storage through ``POST /uploads``' form, "auto" presigned from ``upload_threshold``
+        bytes on."""
         served = self._served()
         check_targets(target_languages, subtitles_only=subtitles_only, served=served)
-        body = MultipartFile(
-            file,
-            job_fields(
-                target_languages,
-                source_language=source_language,
-                num_speakers=num_speakers,
-                keep_background=keep_background,
-                subtitles_only=subtitles_only,
-                start_time=start_time,
-                end_time=end_time,
-                callback_url=callback_url,
-                name=name,
-                metadata=metadata,
-            ),
-            on_progress,
-            filename,
+        fields = job_fields(
+            target_languages,
+            source_language=source_language,
+            num_speakers=num_speakers,
+            keep_background=keep_background,
+            background=background,
+            subtitles_only=subtitles_only,
+            start_time=start_time,
+            end_time=end_time,
+            callback_url=callback_url,
+            name=name,
+            metadata=metadata,
         )
+        source = UploadSource.of(file, filename)
+        if wants_presigned(upload, source.size, self.upload_threshold):
+            upload_id = self._upload_presigned(source, on_progress)
+            return self._submit_json(json_body(fields, upload_id), idempotency_key)
+        body = MultipartFile(file, fields, on_progress, filename)
         headers = body.headers()
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
@@ -166,6 +186,26 @@ class Client:
             content=iter(body),
             headers=headers,
             timeout=httpx.Timeout(30.0, write=300.0, read=300.0),  # the server probes the file
+        )
+        return JobOut.model_validate(data)
+
+    def _upload_presigned(self, source: UploadSource, on_progress: UploadProgress | None) -> str:
+        """Reserve an upload, send the file to its form; the upload id."""
+        reserved = self._request("POST", "/uploads", params={"filename": source.filename})
+        with source.open() as file:
+            reader = ProgressReader(file, source.size, on_progress)
+            form = form_request(reserved, reader, source.filename)
+            check_form_answer(self._files.post(**form))
+        return str(reserved["upload_id"])
+
+    def _submit_json(self, body: dict[str, Any], idempotency_key: str | None) -> JobOut:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        data = self._request(
+            "POST",
+            "/jobs",
+            json=body,
+            headers=headers,
+            timeout=httpx.Timeout(30.0, read=300.0),  # the server copies and probes the file
         )
         return JobOut.model_validate(data)
 

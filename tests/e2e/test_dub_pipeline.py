@@ -58,6 +58,17 @@ async def test_two_speakers_dubbed_into_two_languages(pipeline: Pipeline, tmp_pa
         "SELECT stage, language, attempt FROM job_stages WHERE job_id=$1", job_id
     )
     assert len(stages) == 6 + 2 * 6 and {s["attempt"] for s in stages} == {1}
+    # Separation runs right after extraction, so the speech stages hear its speech stem.
+    job_scope = await db_pool.fetch(
+        "SELECT stage, outputs FROM job_stages WHERE job_id=$1 AND language='' ORDER BY started_at",
+        job_id,
+    )
+    order = ["validate", "extract_audio", "separate", "diarize", "transcribe", "gender"]
+    assert [r["stage"] for r in job_scope] == order
+    separated = job_scope[2]["outputs"]
+    separated = json.loads(separated) if isinstance(separated, str) else separated
+    stem = await store.get_bytes(separated["speech16k"])
+    assert "/separate/_/" in separated["speech16k"] and len(stem) > 44  # a WAV with samples
 
     source = probe(clip.path)
     source_video = stream_md5(clip.path)

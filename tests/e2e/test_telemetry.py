@@ -200,8 +200,9 @@ async def observed(
     return Observed(settings, job_id, spans, worker_metrics, api_before, api_metrics)
 
 
-def infer_spans(observed: Observed) -> list[Received]:
-    return [s for s in job_trace(observed) if s.name.startswith("triton.infer ")]
+def infer_spans(observed: Observed, service: str | None = None) -> list[Received]:
+    spans = [s for s in job_trace(observed) if s.name.startswith("triton.infer ")]
+    return [s for s in spans if service is None or s.service == service]
 
 
 def job_trace(observed: Observed) -> list[Received]:
@@ -250,7 +251,12 @@ async def test_one_trace_from_request_to_triton(observed: Observed) -> None:
         assert stage.parent_id == run.span_id and stage.status_code != ERROR
         assert run.start_ns <= stage.start_ns <= stage.end_ns <= run.end_ns
 
-    infers = [s for s in trace if s.name.startswith("triton.infer ")]
+    # The API asks Triton what it serves (the manifest) to check the targets at submission.
+    checks = infer_spans(observed, "polydub-api")
+    assert [(by_id[c.parent_id].name, c.name) for c in checks] == [
+        ("POST /api/v1/jobs", "triton.infer polydub_manifest")
+    ] or not checks  # the served list is cached: a second submit within 30 s asks nothing
+    infers = infer_spans(observed, "polydub-worker")
     assert infers, "the stages called Triton"
     calling = set()
     for infer in infers:
@@ -270,7 +276,7 @@ async def test_one_trace_from_request_to_triton(observed: Observed) -> None:
 
 async def test_worker_series(observed: Observed) -> None:
     settings = observed.settings
-    infers = infer_spans(observed)
+    infers = infer_spans(observed, "polydub-worker")  # the worker's metrics count its own calls
     models = {s.attributes["polydub.triton.model"] for s in infers}
     w = observed.worker_metrics
     assert sample(w, "polydub_job_transitions_total", state="running") == 1

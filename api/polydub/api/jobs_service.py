@@ -1,7 +1,9 @@
 """The jobs as a service: the two ways a job comes in, and everything that follows.
 
 Intake: a file streamed in a multipart form (``submit_file``), or one uploaded beforehand through
-a presigned POST form and named by its upload id (``submit_uploaded``). Either way the media is
+a presigned POST form and named by its upload id (``submit_uploaded``), or a ``source_url`` the
+worker fetches (``submit_from_url``: no input yet; the worker stores and pins it). The first two:
+the media is
 stored under the job's input key, a key only the server writes, and probed; the job pins that
 object's ETag, and the job, its first event and its queue message commit together. Then: read,
 list, cancel, retry, purge.
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -40,8 +43,10 @@ from polydub.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from polydub.jobs import ACTIVE, JobKeys, JobStatus, publish_event
 from polydub.languages import check_served
 from polydub.media.probe import Limits, MediaInfo, probe
+from polydub.media.source_url import check_source_url
 from polydub.schemas import (
     JobFromUpload,
+    JobFromUrl,
     JobListQuery,
     JobOptions,
     JobOut,
@@ -232,6 +237,37 @@ class JobService:
             fields=dict(form.fields),
             expires_at=expires_at,
             max_bytes=self.settings.media_max_bytes,
+        )
+
+    async def submit_from_url(
+        self, key: ApiKey, request: JobFromUrl, idempotency_key: str | None
+    ) -> Accepted:
+        """A job whose media the worker fetches from ``source_url``: only the URL's form and
+        policy are checked here (the API never fetches it); the job starts with no input."""
+        if not self.settings.source_url_enabled:
+            raise InvalidInput(
+                "jobs from a source_url are not enabled on this server",
+                code="source_url_disabled",
+            )
+        check_source_url(request.source_url, self.settings)
+        self._check_options(request)
+        await self._check_served(request)
+        await self.check_quota(key)
+        job_id = uuid.uuid4()
+        name = Path(urlsplit(request.source_url).path).name or None
+        return await self._accept(
+            jobs_db.NewJob(
+                id=job_id,
+                owner_id=key.id,
+                options=request,
+                input_key=JobKeys(job_id).input,
+                input_etag=None,
+                input_filename=name[:255] if name else None,
+                input_bytes=None,
+                media=None,
+                idempotency_key=idempotency_key,
+                quota=key.max_concurrent_jobs,
+            )
         )
 
     def _check_options(self, options: JobOptions) -> None:

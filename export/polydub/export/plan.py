@@ -81,6 +81,10 @@ def make_plan(
         )
         if "whisper" in plan:
             plan["whisper"][WHISPER_MODEL] = bundled_whisper() or plan["whisper"][WHISPER_MODEL]
+        # Random separation would damage the background more than ducking does: serve none,
+        # and jobs keep their original background (ducked) as without a separation model.
+        if "separation" in plan:
+            plan["separation"] = {}
     droppable: set[str] = set()
     if resolved is not Preset.TINY and hub_token():
         for family in plan:

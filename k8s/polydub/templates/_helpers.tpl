@@ -302,6 +302,9 @@ topologySpreadConstraints:
 {{- if and .Values.triton.gpu.enabled (ne .Values.triton.modelConfigName "gpu") -}}
 {{- fail "triton.gpu.enabled needs triton.modelConfigName: gpu (the fp16 / TensorRT profile)" -}}
 {{- end -}}
+{{- if hasKey .Values.config.extraEnv "POLYDUB_SOURCE_URL_ALLOW_LOOPBACK" -}}
+{{- fail "config.extraEnv.POLYDUB_SOURCE_URL_ALLOW_LOOPBACK is a test-only setting (source_url fetches over http to loopback): never deploy it" -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Egress rules (NetworkPolicy) ----------------------------------------------------------- */}}

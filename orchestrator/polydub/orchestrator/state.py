@@ -215,6 +215,22 @@ class JobStore:
                 detected,
             )
 
+    async def record_input(
+        self, job: JobRecord, etag: str, size: int, filename: str | None
+    ) -> None:
+        """Pin the input the worker fetched from a source_url, as the API pins an upload: a
+        resumed attempt skips validate and reads input_key only if it is still this object."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._fence(conn, job)
+            await conn.execute(
+                "UPDATE jobs SET input_etag = $2, input_bytes = $3,"
+                " input_filename = COALESCE(input_filename, $4), updated_at = now() WHERE id = $1",
+                job.id,
+                etag,
+                size,
+                filename,
+            )
+
     async def progress(
         self,
         job: JobRecord,

@@ -41,7 +41,7 @@ pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
 
-JOB_STAGES = ("validate", "extract_audio", "diarize", "transcribe", "gender", "separate")
+JOB_STAGES = ("validate", "extract_audio", "separate", "diarize", "transcribe", "gender")
 TARGET_STAGES = ("translate", "assign_voices", "synthesize", "mix", "mux", "subtitles")
 
 

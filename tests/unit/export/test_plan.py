@@ -195,3 +195,12 @@ def test_a_checkpoint_too_large_for_this_machine_is_refused_before_writing(
         export_all(plan, Target.CPU, tmp_path / "repo", TEMPLATES)
     assert raised.value.code == "no_disk_space"
     assert not (tmp_path / "repo").exists()
+
+
+def test_offline_auto_serves_no_random_separation() -> None:
+    # The Hub cannot be reached here: auto means real Whisper and random weights elsewhere, but
+    # random separation would damage the background more than ducking, so none is served.
+    offline = make_plan(Preset.AUTO).checkpoints()
+    assert "separation" not in offline and not offline["whisper"].random
+    chosen = make_plan(Preset.AUTO, [ModelChoice.parse("separation=/srv/separation")])
+    assert chosen.checkpoints()["separation"].ref == "/srv/separation"

@@ -48,10 +48,12 @@ class NewJob:
     owner_id: uuid.UUID
     options: JobOptions
     input_key: str
-    input_etag: str  # of the object that was probed: every worker read is conditional on it
+    # Of the object that was probed: every worker read is conditional on it. None (with no
+    # bytes and no media yet) for a job from a source_url, which the worker fetches and pins.
+    input_etag: str | None
     input_filename: str | None
-    input_bytes: int
-    media: dict[str, Any]
+    input_bytes: int | None
+    media: dict[str, Any] | None
     idempotency_key: str | None
     quota: int
     idempotency_hash: bytes | None = None  # the request's fingerprint (api/idempotency.py)

@@ -5,6 +5,7 @@ calls the job service (polydub.api.jobs_service) and maps its answer to the resp
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Annotated, Any
 
@@ -21,6 +22,7 @@ from polydub.schemas import (
     MAX_TIME_SECONDS,
     ErrorEnvelope,
     JobFromUpload,
+    JobFromUrl,
     JobListQuery,
     JobOptions,
     JobOut,
@@ -83,7 +85,11 @@ _CREATE_BODY = {
         "required": True,
         "content": {
             "multipart/form-data": {"schema": _FORM_SCHEMA},
-            "application/json": {"schema": JobFromUpload.model_json_schema()},
+            "application/json": {
+                "schema": {
+                    "oneOf": [JobFromUpload.model_json_schema(), JobFromUrl.model_json_schema()]
+                }
+            },
         },
     }
 }
@@ -126,6 +132,15 @@ def _validate(model: type[JobOptions], data: Any) -> Any:
         ) from None
 
 
+def _names_source_url(raw: bytes) -> bool:
+    """Whether a JSON submission is a source_url one (else it names an upload_id)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return False  # the upload model's parse reports it
+    return isinstance(data, dict) and "source_url" in data
+
+
 async def _read_json_body(request: Request) -> bytes:
     body = bytearray()
     async for chunk in request.stream():
@@ -141,7 +156,7 @@ async def _read_json_body(request: Request) -> bytes:
     response_model=JobOut,
     responses=_ERRORS,
     openapi_extra=_CREATE_BODY,
-    summary="Submit a job: multipart upload, or JSON naming a presigned upload",
+    summary="Submit a job: multipart upload, or JSON naming a presigned upload or a source_url",
 )
 async def create_job(
     request: Request,
@@ -157,7 +172,15 @@ async def create_job(
     length = request.headers.get("content-length")
     if content_type.split(";")[0].strip().lower() == "application/json":
         multipart.check_content_length(length, MAX_JSON_BODY)
-        body: JobFromUpload = _validate(JobFromUpload, await _read_json_body(request))
+        raw = await _read_json_body(request)
+        if _names_source_url(raw):
+            from_url: JobFromUrl = _validate(JobFromUrl, raw)
+            jobs.request_hash = request_hash(from_url)
+            replayed = await jobs.replay(key, idempotency_key)
+            if replayed is not None:
+                return _accepted(response, replayed)
+            return _accepted(response, await jobs.submit_from_url(key, from_url, idempotency_key))
+        body: JobFromUpload = _validate(JobFromUpload, raw)
         jobs.request_hash = request_hash(body)
         replayed = await jobs.replay(key, idempotency_key)
         if replayed is not None:

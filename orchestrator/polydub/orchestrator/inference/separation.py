@@ -8,7 +8,10 @@ WAV (any rate, any channels) and writes ``background = original - speech`` at th
 the 16 kHz speech estimate upsampled and taken out of every channel (dialogue is mixed
 centre, equally in each). The stems therefore sum back to the original exactly (to float32
 rounding), and the background keeps the original's full bandwidth; what speech holds above 8 kHz
-(sibilants) stays in it.
+(sibilants) stays in it. On request it also writes the 16 kHz speech stem, which the speech
+stages hear instead of the extracted audio (its level is the channels' mean, not ffmpeg's -3 dB
+down-mix: the models normalise level). A mask of the wrong shape or not finite raises
+``ConfigurationError`` (``separation_bad_output``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.signal import resample_poly
 
-from polydub.media.pcm import create_wav, read_wav
+from polydub.errors import ConfigurationError
+from polydub.media.pcm import create_wav, read_wav, write_wav
 from polydub.orchestrator.inference.vad import Infer, as_audio
 from polydub.serving.names import SEPARATION, SeparationIn, SeparationOut
 from polydub.serving.separation import (
@@ -60,7 +64,18 @@ class SeparationClient:
         result = await self.client.infer(
             self.model, {SeparationIn.SPECTROGRAM: spec[None]}, [SeparationOut.SPEECH_MASK]
         )
-        mask: NDArray[np.float32] = np.asarray(result[SeparationOut.SPEECH_MASK][0], np.float32)
+        returned = result.get(SeparationOut.SPEECH_MASK)
+        mask: NDArray[np.float32] = np.asarray(
+            returned[0] if returned is not None and len(returned) else (), np.float32
+        )
+        # A checkpoint exported for another STFT, or one that diverged, is a model problem the
+        # stage falls back from, not a crash in the overlap-add (or NaN in every dub's mix).
+        if mask.shape != spec.shape[1:] or not np.all(np.isfinite(mask)):
+            raise ConfigurationError(
+                f"the {self.model} model returned a mask of shape {mask.shape} "
+                f"(finite: {bool(np.all(np.isfinite(mask)))}) for a spectrogram {spec.shape}",
+                code="separation_bad_output",
+            )
         return mask
 
     async def separate(self, audio16k: NDArray[Any]) -> Stems:
@@ -103,12 +118,18 @@ class TritonSeparator:
         self.separation = SeparationClient(client, model=model)
         self.figures: SeparationFigures | None = None
 
-    async def separate(self, mix_wav: Path, out_wav: Path) -> Path:
+    async def separate(
+        self, mix_wav: Path, out_wav: Path, *, speech_wav: Path | None = None
+    ) -> Path:
+        """``background = original - speech`` into ``out_wav``; the 16 kHz mono speech stem into
+        ``speech_wav`` too when given (what VAD, diarization and ASR then hear)."""
         started = time.perf_counter()
         original, rate = await asyncio.to_thread(read_wav, mix_wav, mmap=True)
         mono16k = await asyncio.to_thread(_mono16k, original, rate)
         stems = await self.separation.separate(mono16k)
         await asyncio.to_thread(_write_background, original, rate, stems.speech, out_wav)
+        if speech_wav is not None:
+            await asyncio.to_thread(write_wav, speech_wav, stems.speech, SAMPLE_RATE)
         elapsed = time.perf_counter() - started
         seconds = original.shape[0] / rate
         self.figures = SeparationFigures(

@@ -7,6 +7,7 @@ import asyncio
 from polydub.errors import InvalidInput
 from polydub.media.extract import extract_mix_wav, extract_model_audio
 from polydub.media.probe import probe
+from polydub.media.source_url import fetch_source_url
 from polydub.orchestrator.artifacts import Artifacts
 from polydub.orchestrator.pipeline import StageContext, StageResult
 
@@ -14,7 +15,11 @@ from polydub.orchestrator.pipeline import StageContext, StageResult
 async def validate(ctx: StageContext) -> StageResult:
     services = ctx.services
     artifacts = Artifacts(services.store, ctx.cache_dir)
-    source = await artifacts.fetch_input(ctx.job.input_key, ctx.job.input_etag)
+    etag = ctx.job.input_etag
+    source_url = ctx.job.options.get("source_url")
+    if isinstance(source_url, str) and etag is None:
+        etag = await _fetch_source(ctx, artifacts, source_url)
+    source = await artifacts.fetch_input(ctx.job.input_key, etag)
     info = await asyncio.to_thread(probe, source, services.limits)
     start, end = _time_range(ctx.job.options, info.audio_duration)
     media = info.to_dict()
@@ -28,9 +33,23 @@ async def validate(ctx: StageContext) -> StageResult:
             "audio_offset": info.audio_offset,
             "start": start,
             "end": end,
+            "input_etag": etag,
         },
         {"duration": info.duration, "format": info.format_name, "size_bytes": info.size_bytes},
     )
+
+
+async def _fetch_source(ctx: StageContext, artifacts: Artifacts, url: str) -> str:
+    """Download the job's source_url to its input key (the API never fetches it) and pin it;
+    its ETag, for this attempt's later reads."""
+    path = ctx.workdir / "source"
+    fetched = await fetch_source_url(url, path, ctx.services.settings)
+    stored = await artifacts.put_file(
+        ctx.job.input_key, path, fetched.content_type or "application/octet-stream"
+    )
+    etag = (await ctx.services.store.stat(ctx.job.input_key)).etag
+    await ctx.services.jobs.record_input(ctx.job, etag, stored["size"], fetched.filename)
+    return etag
 
 
 def _time_range(options: dict[str, object], duration: float) -> tuple[float, float]:
@@ -55,7 +74,9 @@ async def extract_audio(ctx: StageContext) -> StageResult:
     """
     facts = ctx.outputs_of("validate")
     artifacts = Artifacts(ctx.services.store, ctx.cache_dir)
-    source = await artifacts.fetch_input(ctx.job.input_key, ctx.job.input_etag)
+    # A source_url job's input was pinned by validate, after this attempt's JobRecord was read.
+    etag = ctx.job.input_etag or facts.get("input_etag")
+    source = await artifacts.fetch_input(ctx.job.input_key, etag)
     duration = facts["audio_duration"]
     speech = await asyncio.to_thread(extract_model_audio, source, media_duration=duration)
     speech_key = await artifacts.put_wav(ctx.key("speech16k.wav"), speech, 16000)

@@ -1,19 +1,22 @@
-"""separate: the original voices out of the background, once per job, before the mixes.
+"""separate: the original voices out of the background, once per job, right after extract_audio.
 
 The job option ``background`` (``keep | separate | drop``; by default ``separate`` when the
 manifest says a ``separation`` model is served, else ``keep``, and ``drop`` for the older
 ``keep_background: false``) decides. ``separate`` writes ``background.wav`` at the mix rate,
 the original minus its speech stem (``inference/separation.py``), which every language's mix
-then lays under the dub instead of the ducked original. When no model is served or separating
-fails, the stage falls back to ``keep`` (ducking) with a quality warning: a dub with the original
-voices ducked is better than no dub.
+then lays under the dub instead of the ducked original, and ``speech16k.wav``, the 16 kHz speech
+stem, which diarize, transcribe and gender hear instead of the extracted audio (``speech_audio``).
+When no model is served or separating fails for a foreseeable reason (Triton unavailable, the
+model missing or returning a malformed mask, memory short), the stage falls back to ``keep``
+(ducking, the speech stages hear the extracted audio) with a quality warning: a dub with the
+original voices ducked is better than no dub. A bug (``fallback_reason``) still fails the stage.
 """
 
 from __future__ import annotations
 
 import logging
 
-from polydub.errors import PolydubError
+from polydub.errors import InternalError, PolydubError
 from polydub.orchestrator.artifacts import Artifacts
 from polydub.orchestrator.inference.separation import TritonSeparator
 from polydub.orchestrator.pipeline import StageContext, StageResult
@@ -24,6 +27,8 @@ from polydub.serving.names import SEPARATION
 log = logging.getLogger(__name__)
 STAGE = "separate"
 MODES = ("keep", "separate", "drop")
+# Causes that are bugs in our code, not the model's or the server's failures: never hidden.
+BUGS = (TypeError, AttributeError, NameError, AssertionError, NotImplementedError)
 
 
 async def separation_served(ctx: StageContext) -> bool:
@@ -37,6 +42,33 @@ async def background_mode(ctx: StageContext) -> str:
     if ctx.job.options.get("keep_background") is False:
         return "drop"
     return "separate" if await separation_served(ctx) else "keep"
+
+
+def speech_audio(ctx: StageContext) -> str:
+    """The key of the 16 kHz audio the speech stages hear: the speech stem where ``separate``
+    made one, the extracted audio otherwise (no separation, a fallback, or a job whose speech
+    stages ran before separation did)."""
+    if ctx.finished.done(STAGE) and (stem := ctx.outputs_of(STAGE).get("speech16k")):
+        return str(stem)
+    return str(ctx.outputs_of("extract_audio")["speech16k"])
+
+
+def fallback_reason(exc: Exception) -> str | None:
+    """Why separating failed, for the warning, when ducking should stand in; None for a bug.
+
+    The Triton client maps every failure of a call to a ``PolydubError`` (an unreachable server
+    is ``ServiceUnavailable``, a missing model ``ConfigurationError``) and the separation client
+    raises one for a malformed mask; an ``InternalError`` that wraps a ``TypeError`` and the like
+    is our bug, though. Memory running short on a long input is foreseeable too: ducking needs
+    far less.
+    """
+    if isinstance(exc, MemoryError):
+        return "separation failed: out_of_memory"
+    if not isinstance(exc, PolydubError):
+        return None
+    if isinstance(exc, InternalError) and isinstance(exc.__cause__, BUGS):
+        return None
+    return f"separation failed: {exc.code}"
 
 
 def _fallback(ctx: StageContext, mode: str, reason: str) -> StageResult:
@@ -55,12 +87,19 @@ async def separate_background(ctx: StageContext) -> StageResult:
     artifacts = Artifacts(ctx.services.store, ctx.cache_dir)
     original = await artifacts.fetch(ctx.outputs_of("extract_audio")["original48k"])
     separator = TritonSeparator(ctx.services.triton)  # one per job: its figures are this job's
+    speech_path = ctx.workdir / "speech16k.wav"
     try:
-        path = await separator.separate(original, ctx.workdir / "background.wav")
-    except PolydubError as exc:
-        log.warning("job %s: separation failed, ducking instead: %s", ctx.job.id, exc)
-        return _fallback(ctx, mode, f"separation failed: {exc.code}")
+        path = await separator.separate(
+            original, ctx.workdir / "background.wav", speech_wav=speech_path
+        )
+    except Exception as exc:
+        reason = fallback_reason(exc)
+        if reason is None:
+            raise
+        log.warning("job %s: separation failed, ducking instead: %r", ctx.job.id, exc)
+        return _fallback(ctx, mode, reason)
     stored = await artifacts.put_file(ctx.key("background.wav"), path, "audio/wav")
+    speech = await artifacts.put_file(ctx.key("speech16k.wav"), speech_path, "audio/wav")
     figures = separator.figures
     assert figures is not None  # set by every separate() that returns
     stats = SeparationStats(
@@ -73,5 +112,9 @@ async def separate_background(ctx: StageContext) -> StageResult:
         realtime_factor=figures.realtime_factor,
     )
     metrics = stats.to_dict()
-    outputs = {"background": "separate", "background_wav": stored["key"]}
+    outputs = {
+        "background": "separate",
+        "background_wav": stored["key"],
+        "speech16k": speech["key"],
+    }
     return StageResult(outputs, metrics, quality_warnings(ctx, STAGE, metrics))

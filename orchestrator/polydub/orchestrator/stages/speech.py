@@ -1,6 +1,7 @@
 """diarize, transcribe and gender: who speaks when, what they say, and how their voice sounds.
 
-These run once per job; every target language reuses them.
+These run once per job; every target language reuses them. They hear the separated speech stem
+when the ``separate`` stage (right before them) made one, the extracted audio otherwise.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from polydub.orchestrator.records import (
 )
 from polydub.orchestrator.segments import make_segments
 from polydub.orchestrator.speaker_turns import diarize
+from polydub.orchestrator.stages.separate import speech_audio
 from polydub.orchestrator.voices import estimate_f0
 from polydub.serving.names import SAMPLE_RATE
 
@@ -35,7 +37,7 @@ async def diarize_speakers(ctx: StageContext) -> StageResult:
     services = ctx.services
     artifacts = Artifacts(services.store, ctx.cache_dir)
     window = ctx.outputs_of("validate")
-    audio, _ = await artifacts.get_wav(ctx.outputs_of("extract_audio")["speech16k"])
+    audio, _ = await artifacts.get_wav(speech_audio(ctx))
     await ctx.report(0, 3)
     regions = await services.vad.speech_regions(audio)
     await ctx.report(1, 3)
@@ -66,7 +68,7 @@ async def transcribe(ctx: StageContext) -> StageResult:
     """Whisper on the segments, packed into shared 30 s windows (one batch for the encoder)."""
     services = ctx.services
     artifacts = Artifacts(services.store, ctx.cache_dir)
-    audio, _ = await artifacts.get_wav(ctx.outputs_of("extract_audio")["speech16k"])
+    audio, _ = await artifacts.get_wav(speech_audio(ctx))
     segments = await _segments(ctx, artifacts)
     regions = [AudioRegion(s.start, _cut(audio, s.start, s.end)) for s in segments]
     results = await services.asr.transcribe_packed(regions, ctx.job.source_language)
@@ -106,7 +108,7 @@ async def detect_gender(ctx: StageContext) -> StageResult:
     """Per speaker: gender from pitch (served by Triton) and median F0 for voice matching."""
     services = ctx.services
     artifacts = Artifacts(services.store, ctx.cache_dir)
-    audio, _ = await artifacts.get_wav(ctx.outputs_of("extract_audio")["speech16k"])
+    audio, _ = await artifacts.get_wav(speech_audio(ctx))
     by_speaker: dict[str, list[Segment]] = {}
     for segment in await _segments(ctx, artifacts):
         by_speaker.setdefault(segment.speaker, []).append(segment)
