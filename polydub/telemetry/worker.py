@@ -17,7 +17,6 @@ import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
@@ -25,6 +24,7 @@ from nats.js import JetStreamContext
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
+from polydub.health import CheckResult
 from polydub.telemetry.metrics import QUEUE_DEPTH, TRITON_STATISTICS
 
 log = logging.getLogger(__name__)
@@ -32,13 +32,6 @@ log = logging.getLogger(__name__)
 
 class StatisticsSource(Protocol):
     async def all_statistics(self) -> list[dict[str, Any]]: ...
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    ok: bool
-    ms: float
-    error: str | None = None
 
 
 Readiness = Callable[[], Awaitable[Mapping[str, CheckResult]]]

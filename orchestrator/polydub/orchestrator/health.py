@@ -14,28 +14,13 @@ from Triton shows as unready instead of failing every job it takes.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from polydub.health import CHECK_TIMEOUT, CheckResult, timed_check
 from polydub.infra.triton import InferenceClient
-from polydub.telemetry.worker import CheckResult
-
-# Each check's own limit: the probe (and the kubelet's timeout) must outlast all of them.
-CHECK_TIMEOUT = 2.0
-
-
-async def _timed(check: Callable[[], Awaitable[bool]]) -> CheckResult:
-    started = time.perf_counter()
-    try:
-        ok = await asyncio.wait_for(check(), CHECK_TIMEOUT)
-        error = None if ok else "not ready"
-    except Exception as exc:
-        ok, error = False, f"{type(exc).__name__}: {exc}"[:200]
-    return CheckResult(ok, round((time.perf_counter() - started) * 1000, 1), error)
 
 
 @dataclass(frozen=True)
@@ -62,5 +47,5 @@ class WorkerHealth:
             return not self.stopping.is_set()
 
         checks = {"nats": nats, "consumer": consumer, "triton": triton, "worker": worker}
-        results = await asyncio.gather(*(_timed(c) for c in checks.values()))
+        results = await asyncio.gather(*(timed_check(c) for c in checks.values()))
         return dict(zip(checks, results, strict=True))

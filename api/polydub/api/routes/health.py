@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter
@@ -11,19 +10,13 @@ from fastapi.responses import JSONResponse
 
 from polydub.api.deps import AppState, State
 from polydub.api.errors import envelope
+from polydub.health import CHECK_TIMEOUT, timed_check
 from polydub.schemas import CheckOut, ErrorEnvelope, HealthOut
-
-CHECK_TIMEOUT = 2.0
 
 
 async def _timed(check: Callable[[], Awaitable[bool]]) -> CheckOut:
-    started = time.perf_counter()
-    try:
-        ok = await asyncio.wait_for(check(), CHECK_TIMEOUT)
-        error = None if ok else "not ready"
-    except Exception as exc:
-        ok, error = False, f"{type(exc).__name__}: {exc}"[:200]
-    return CheckOut(ok=ok, ms=round((time.perf_counter() - started) * 1000, 1), error=error)
+    result = await timed_check(check)
+    return CheckOut(ok=result.ok, ms=result.ms, error=result.error)
 
 
 async def readiness(state: AppState) -> dict[str, CheckOut]:
