@@ -155,13 +155,15 @@ function submitJob(event) {
   };
   request.onerror = () => {
     $("submit").disabled = false;
+    resetUpload();
     showError("The upload failed: the API could not be reached.");
   };
   request.onload = () => {
     $("submit").disabled = false;
     const body = request.response;
     if (request.status !== 202 && request.status !== 200) {
-      showError(body && body.error ? body.error.message : `upload failed (${request.status})`);
+      resetUpload();
+      showError(`The upload was refused: ${body && body.error ? body.error.message : `HTTP ${request.status}`}`);
       return;
     }
     $("upload-bar").value = 1;
@@ -173,9 +175,16 @@ function submitJob(event) {
   request.send(form);
 }
 
+function resetUpload() {
+  $("upload-bar").value = 0;
+  $("upload-text").textContent = "";
+  $("upload").hidden = true;
+}
+
 // --- following a job
 
 function openJob(job, fromUpload = false) {
+  if (!fromUpload) showError("");
   if (state.stream) state.stream.abort();
   if (!fromUpload && state.originalUrl) {
     URL.revokeObjectURL(state.originalUrl);
@@ -204,7 +213,26 @@ function openJob(job, fromUpload = false) {
   else follow(job.id);
 }
 
+// Cancel applies while a job can still stop, retry once it failed or was cancelled.
+function renderActions(status) {
+  $("cancel-job").hidden = !["queued", "running", "review"].includes(status);
+  $("retry-job").hidden = !["failed", "cancelled"].includes(status);
+}
+
+async function jobAction(method, suffix) {
+  showError("");
+  const jobId = state.job && state.job.id;
+  if (!jobId) return;
+  try {
+    const job = await api(`/jobs/${jobId}${suffix}`, { method });
+    openJob(job);
+  } catch (error) {
+    showError(error.message);
+  }
+}
+
 function renderJob(job) {
+  renderActions(job.status);
   $("job-status").textContent = job.status;
   $("job-status").dataset.status = job.status;
   $("job-bar").value = job.progress;
@@ -239,6 +267,7 @@ function onEvent(event) {
       row.text.textContent = event.error ? `${event.status}: ${event.error.message}` : event.status;
     }
   } else if (event.type === "state") {
+    renderActions(event.status);
     $("job-status").textContent = event.status;
     $("job-status").dataset.status = event.status;
   }
@@ -368,7 +397,10 @@ async function showResult(jobId, language) {
   if (state.originalUrl && $("original").src !== state.originalUrl) $("original").src = state.originalUrl;
   const media = files.get("dubbed_video") || files.get("dubbed_audio");
   $("dubbed-caption").textContent = `dubbed: ${languageName(language)}`;
-  $("dubbed").src = media ? media.url : "";
+  if (media) $("dubbed").src = media.url;
+  else $("dubbed").removeAttribute("src");
+  $("players").hidden = !media;
+  $("no-media").hidden = !!media;
 
   const list = $("downloads");
   list.replaceChildren();
@@ -408,6 +440,7 @@ async function showTranscript(file) {
 
 async function loadJobs() {
   if (!state.key) return;
+  $("key-hint").hidden = true;
   try {
     const page = await api("/jobs?limit=10");
     const list = $("jobs");
@@ -433,6 +466,8 @@ async function start() {
   $("api-key").value = state.key;
   $("key-form").addEventListener("submit", saveKey);
   $("job-form").addEventListener("submit", submitJob);
+  $("cancel-job").addEventListener("click", () => jobAction("DELETE", ""));
+  $("retry-job").addEventListener("click", () => jobAction("POST", "/retry"));
   await loadLanguages();
   const match = location.hash.match(/^#job=([0-9a-f-]{36})$/);
   if (match && state.key) {

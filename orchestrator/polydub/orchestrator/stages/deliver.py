@@ -32,6 +32,7 @@ from polydub.orchestrator.stages.dub import (
     subtitles_only,
 )
 from polydub.orchestrator.subtitles import dub_cues, make_cues, to_srt, to_vtt
+from polydub.serving import names
 
 log = logging.getLogger(__name__)
 
@@ -230,15 +231,17 @@ async def quality_report(ctx: StageContext) -> dict[str, Any]:
 
 
 def served_models(language: str) -> list[str]:
-    """The Triton models a job into ``language`` calls (the segmentation only where served)."""
+    """The Triton models a job into ``language`` calls (the segmentation and the separation
+    only where served)."""
     return [
-        "silero_vad",
-        "pyannote_segmentation",
-        "speaker_embedding",
-        "whisper",
-        "gender",
-        "nllb",
-        f"mms_tts_{language}",
+        names.SILERO_VAD,
+        names.SEPARATION,
+        names.PYANNOTE_SEGMENTATION,
+        names.SPEAKER_EMBEDDING,
+        names.WHISPER,
+        names.GENDER,
+        names.NLLB,
+        names.mms_tts(language),
     ]
 
 
