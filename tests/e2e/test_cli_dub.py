@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,7 +189,7 @@ def test_dub_downloads_every_output_per_language(app_stack: AppStack, tmp_path: 
         assert (tmp_path / "again" / clip).read_bytes() == (out / clip).read_bytes()
 
 
-def test_remote_key_jobs_commands_and_a_failed_job(app_stack: AppStack, tmp_path: Path) -> None:
+def test_remote_key_jobs_commands_and_a_cancelled_job(app_stack: AppStack, tmp_path: Path) -> None:
     created = app_stack.polydub("keys", "create", "--name", "remote-user")
     assert created.returncode == 0, created.stderr
     key = next(line for line in created.stdout.splitlines() if line.startswith("pd_"))
@@ -197,22 +198,54 @@ def test_remote_key_jobs_commands_and_a_failed_job(app_stack: AppStack, tmp_path
     refused = app_stack.polydub("dub", str(app_stack.sample), "--to", "xxx", *remote)
     assert refused.returncode == 2 and "unsupported_language" in refused.stdout
 
-    # No MMS-TTS voice for Italian in the repository: the only language fails, so the job does.
-    failed = app_stack.polydub(
-        "dub", str(app_stack.sample), "--to", "ita", "--out", str(tmp_path), *remote
+    # No MMS-TTS voice for Italian is served: refused before anything is uploaded, no job made.
+    unserved = app_stack.polydub("dub", str(app_stack.sample), "--to", "ita", *remote)
+    assert unserved.returncode == 2 and "language_not_served" in unserved.stdout
+    assert "served: deu, eng, fra, spa" in unserved.stdout
+    none = app_stack.polydub("jobs", "list", *remote)
+    assert none.returncode == 0 and not re.findall(r"[0-9a-f]{8}-[0-9a-f-]{27}", none.stdout)
+
+    # A job cancelled while it runs: `dub` follows it to the end, says so and exits 1.
+    follow = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "polydub.cli",
+            "dub",
+            str(app_stack.sample),
+            "--to",
+            "spa",
+            "--out",
+            str(tmp_path),
+            *remote,
+        ],
+        env=app_stack.env,
+        cwd=app_stack.root,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    assert failed.returncode == 1, failed.stdout + failed.stderr
-    assert "job failed" in failed.stdout and "tts_voice_missing" in failed.stdout
-    job_id = re.search(rf"job ([0-9a-f-]{{36}}) on {re.escape(app_stack.url)}", failed.stdout)
-    assert job_id is not None and not list(tmp_path.iterdir())
+    ids: list[str] = []
+    deadline = time.monotonic() + 120
+    while not ids and time.monotonic() < deadline:
+        listed = app_stack.polydub("jobs", "list", *remote)
+        ids = re.findall(r"[0-9a-f]{8}-[0-9a-f-]{27}", listed.stdout)
+        time.sleep(0.5)
+    assert ids, "the job never appeared"
+    cancelled = app_stack.polydub("jobs", "cancel", ids[0][:8], *remote)  # a unique prefix
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    stdout, stderr = follow.communicate(timeout=240)
+    assert follow.returncode == 1, stdout + stderr
+    assert "job cancelled" in stdout and not list(tmp_path.iterdir())
+    job_id = re.search(rf"job ([0-9a-f-]{{36}}) on {re.escape(app_stack.url)}", stdout)
+    assert job_id is not None and job_id[1] == ids[0]
 
     listed = app_stack.polydub("jobs", "list", *remote)
-    ids = re.findall(r"[0-9a-f]{8}-[0-9a-f-]{27}", listed.stdout)
-    assert ids == [job_id[1]]  # only this key's job
+    assert re.findall(r"[0-9a-f]{8}-[0-9a-f-]{27}", listed.stdout) == [job_id[1]]  # only this key's
     shown = app_stack.polydub("jobs", "show", job_id[1], *remote)
-    assert "failed" in shown.stdout and "ita" in shown.stdout
-    cancel = app_stack.polydub("jobs", "cancel", job_id[1], *remote)
-    assert cancel.returncode == 1 and "job_not_cancellable" in cancel.stdout
+    assert "cancelled" in shown.stdout and "spa" in shown.stdout
+    again = app_stack.polydub("jobs", "cancel", job_id[1], *remote)  # idempotent
+    assert again.returncode == 0 and f"{job_id[1]}: cancelled" in again.stdout
 
     prefix = key.split("_")[1]
     assert app_stack.polydub("keys", "revoke", prefix).returncode == 0
