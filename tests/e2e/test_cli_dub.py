@@ -278,7 +278,7 @@ async def test_web_page_uploads_follows_and_plays(app_stack: AppStack) -> None:
             assert await page.text_content("#job-status") == "succeeded"
             assert await page.text_content("#upload-text") == "uploaded"
             stages = await page.locator("#stages li.done").all_text_contents()
-            assert stages[:3] == ["validate", "extract_audio", "diarize"]
+            assert stages[:4] == ["validate", "extract_audio", "separate", "diarize"]
             languages = await page.locator("#languages .progress-row").all_text_contents()
             assert [row.endswith("succeeded") for row in languages] == [True, True]
 
