@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import nats.js.errors
@@ -23,6 +23,39 @@ from polydub.orchestrator.main import run_worker
 from polydub.orchestrator.worker import WorkerOptions
 from polydub.settings import Settings
 from tests.factories import create_job, create_owner
+
+if TYPE_CHECKING:
+    from playwright.async_api import Page
+
+# Debian's chromium, headless and quiet: no sandbox as root, nothing fetched in the background.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+
+@contextlib.asynccontextmanager
+async def chromium_page(**page_options: Any) -> AsyncIterator[tuple[Page, list[str]]]:
+    """A page in Debian's chromium (Playwright never downloads a browser here) and the list the
+    page's uncaught errors are appended to."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
+        )
+        try:
+            page = await browser.new_page(**page_options)
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            yield page, errors
+        finally:
+            await browser.close()
 
 
 async def wait_terminal(pool: asyncpg.Pool, job_id: uuid.UUID, limit: float) -> asyncpg.Record:

@@ -29,6 +29,7 @@ from polydub.media.probe import probe
 from polydub.orchestrator.subtitles import parse_srt, parse_vtt
 from polydub.settings import Settings
 from tests.conftest import free_port
+from tests.e2e.harness import chromium_page
 
 pytestmark = pytest.mark.e2e
 
@@ -45,15 +46,6 @@ PORTS = (
     "API_PORT",
     "WORKER_METRICS_PORT",
 )
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 KINDS = {  # the files of one language, as downloaded
     "sample.{lang}.mp4",
     "sample.{lang}.m4a",
@@ -254,80 +246,67 @@ def test_remote_key_jobs_commands_and_a_cancelled_job(app_stack: AppStack, tmp_p
 
 
 async def test_web_page_uploads_follows_and_plays(app_stack: AppStack) -> None:
-    from playwright.async_api import async_playwright
-
     key = (app_stack.root / "stack" / "cli" / "api-key").read_text().strip()
-    errors: list[str] = []
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
+    async with chromium_page(viewport={"width": 1280, "height": 1000}) as (page, errors):
+        await page.goto(app_stack.url + "/")
+        await page.fill("#api-key", key)
+        await page.click("#key-form button")
+        await page.check("input[name=target][value=spa]")
+        await page.check("input[name=target][value=fra]")
+        await page.fill("#speakers", "2")
+        await page.set_input_files("#file", str(app_stack.sample))
+        await page.click("#submit")
+        await page.wait_for_selector("#result:not([hidden])", timeout=180_000)
+
+        assert await page.text_content("#job-status") == "succeeded"
+        assert await page.text_content("#upload-text") == "uploaded"
+        stages = await page.locator("#stages li.done").all_text_contents()
+        assert stages[:4] == ["validate", "extract_audio", "separate", "diarize"]
+        languages = await page.locator("#languages .progress-row").all_text_contents()
+        assert [row.endswith("succeeded") for row in languages] == [True, True]
+
+        players = """() => ['original', 'dubbed'].map(id => {
+            const v = document.getElementById(id);
+            return [v.readyState, v.duration, v.videoWidth];
+        })"""
+        # Functions, not expressions: the page's CSP forbids eval, which expressions need.
+        await page.wait_for_function(
+            "() => document.getElementById('dubbed').readyState >= 1"
+            " && document.getElementById('original').readyState >= 1"
         )
-        try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            await page.goto(app_stack.url + "/")
-            await page.fill("#api-key", key)
-            await page.click("#key-form button")
-            await page.check("input[name=target][value=spa]")
-            await page.check("input[name=target][value=fra]")
-            await page.fill("#speakers", "2")
-            await page.set_input_files("#file", str(app_stack.sample))
-            await page.click("#submit")
-            await page.wait_for_selector("#result:not([hidden])", timeout=180_000)
+        (original, dubbed) = await page.evaluate(players)
+        assert original[2] == dubbed[2] == 320
+        assert abs(original[1] - 12.0) < 0.2 and abs(dubbed[1] - 12.0) < 0.2
+        assert (await page.text_content("#dubbed-caption") or "").startswith("dubbed: ")
 
-            assert await page.text_content("#job-status") == "succeeded"
-            assert await page.text_content("#upload-text") == "uploaded"
-            stages = await page.locator("#stages li.done").all_text_contents()
-            assert stages[:4] == ["validate", "extract_audio", "separate", "diarize"]
-            languages = await page.locator("#languages .progress-row").all_text_contents()
-            assert [row.endswith("succeeded") for row in languages] == [True, True]
+        links = page.locator("#downloads a")
+        names = await links.all_text_contents()
+        shown = await page.locator("#result-tabs button.active").get_attribute("data-language")
+        assert set(names) == {k.format(lang=shown) for k in KINDS}
+        video_url = await page.locator("#downloads a[data-kind=dubbed_video]").get_attribute("href")
+        assert video_url is not None
+        # Served through the API (a relative link): what the browser follows, with no key.
+        async with httpx.AsyncClient(base_url=app_stack.url) as http:
+            download = await http.get(video_url)
+        assert download.status_code == 200 and download.content[4:8] == b"ftyp"
+        assert "attachment" in download.headers["content-disposition"]
 
-            players = """() => ['original', 'dubbed'].map(id => {
-                const v = document.getElementById(id);
-                return [v.readyState, v.duration, v.videoWidth];
-            })"""
-            # Functions, not expressions: the page's CSP forbids eval, which expressions need.
-            await page.wait_for_function(
-                "() => document.getElementById('dubbed').readyState >= 1"
-                " && document.getElementById('original').readyState >= 1"
-            )
-            (original, dubbed) = await page.evaluate(players)
-            assert original[2] == dubbed[2] == 320
-            assert abs(original[1] - 12.0) < 0.2 and abs(dubbed[1] - 12.0) < 0.2
-            assert (await page.text_content("#dubbed-caption") or "").startswith("dubbed: ")
+        rows = page.locator("#transcript tbody tr")
+        assert await rows.count() >= 1
+        speakers = set(await page.locator("#transcript td.speaker").all_text_contents())
+        assert speakers <= {"SPEAKER_00", "SPEAKER_01"} and speakers
+        heads = [
+            await page.text_content("#source-head"),
+            await page.text_content("#target-head"),
+        ]
+        assert heads[1] in {"Spanish", "French"}
 
-            links = page.locator("#downloads a")
-            names = await links.all_text_contents()
-            shown = await page.locator("#result-tabs button.active").get_attribute("data-language")
-            assert set(names) == {k.format(lang=shown) for k in KINDS}
-            video_url = await page.locator("#downloads a[data-kind=dubbed_video]").get_attribute(
-                "href"
-            )
-            assert video_url is not None
-            # Served through the API (a relative link): what the browser follows, with no key.
-            async with httpx.AsyncClient(base_url=app_stack.url) as http:
-                download = await http.get(video_url)
-            assert download.status_code == 200 and download.content[4:8] == b"ftyp"
-            assert "attachment" in download.headers["content-disposition"]
-
-            rows = page.locator("#transcript tbody tr")
-            assert await rows.count() >= 1
-            speakers = set(await page.locator("#transcript td.speaker").all_text_contents())
-            assert speakers <= {"SPEAKER_00", "SPEAKER_01"} and speakers
-            heads = [
-                await page.text_content("#source-head"),
-                await page.text_content("#target-head"),
-            ]
-            assert heads[1] in {"Spanish", "French"}
-
-            await page.click("#result-tabs button:not(.active)")
-            await page.wait_for_function(
-                "() => document.querySelector('#dubbed-caption').textContent !== 'dubbed: ' + "
-                f"{json.dumps(heads[1])}"
-            )
-            ARTIFACTS.mkdir(exist_ok=True)
-            await page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
-        finally:
-            await browser.close()
+        await page.click("#result-tabs button:not(.active)")
+        await page.wait_for_function(
+            "() => document.querySelector('#dubbed-caption').textContent !== 'dubbed: ' + "
+            f"{json.dumps(heads[1])}"
+        )
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
     assert errors == []
     assert (ARTIFACTS / "web-page.png").stat().st_size > 10_000

@@ -23,7 +23,13 @@ from polydub.api.auth import create_key
 from polydub.jobs import JobKeys, JobMessage
 from polydub.media.pcm import read_wav
 from polydub.settings import Settings
-from tests.e2e.harness import Pipeline, run_polydub, running_pipeline, wait_terminal
+from tests.e2e.harness import (
+    Pipeline,
+    chromium_page,
+    run_polydub,
+    running_pipeline,
+    wait_terminal,
+)
 from tests.factories import create_job
 from tests.integration.api.helpers import Served
 from tests.media import make_two_speaker_clip
@@ -353,14 +359,9 @@ async def test_a_review_job_waits_after_translation_until_a_render(
     await a.aclose()
 
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
-
-
 async def test_web_page_edits_a_segment_and_renders_a_new_version(
     pipeline: Pipeline, api: str, tmp_path: Path
 ) -> None:
-    from playwright.async_api import async_playwright
-
     pool = pipeline.pool
     key = await create_key(pool, "web-reviewer")
     clip = make_two_speaker_clip(tmp_path / "speech.wav", seconds=8.0, with_video=False)
@@ -375,32 +376,23 @@ async def test_web_page_edits_a_segment_and_renders_a_new_version(
         " AND kind = 'dubbed_audio'",
         job_id,
     )
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-        )
-        try:
-            page = await browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            await page.goto(api + "/")
-            await page.fill("#api-key", key.key)
-            await page.click("#key-form button")
-            await page.goto(f"{api}/?review#job={job_id}")
-            await page.wait_for_selector("#review:not([hidden])", timeout=60_000)
-            assert (await page.text_content("#review-version") or "").startswith("version 1")
-            rows = page.locator("#review-table tbody tr")
-            assert await rows.count() == len(segments)
-            row = page.locator(f"#review-table tr[data-id='{target['id']}']")
-            await row.locator(".edit-translation").fill(NEW_WORDS)
-            await page.click("#render")
-            version = page.locator("#review-version", has_text="version 2")
-            await version.wait_for(timeout=300_000)
-            shown = await row.locator(".edit-translation").input_value()
-            assert shown == NEW_WORDS
-            assert errors == []
-        finally:
-            await browser.close()
+    async with chromium_page() as (page, errors):
+        await page.goto(api + "/")
+        await page.fill("#api-key", key.key)
+        await page.click("#key-form button")
+        await page.goto(f"{api}/?review#job={job_id}")
+        await page.wait_for_selector("#review:not([hidden])", timeout=60_000)
+        assert (await page.text_content("#review-version") or "").startswith("version 1")
+        rows = page.locator("#review-table tbody tr")
+        assert await rows.count() == len(segments)
+        row = page.locator(f"#review-table tr[data-id='{target['id']}']")
+        await row.locator(".edit-translation").fill(NEW_WORDS)
+        await page.click("#render")
+        version = page.locator("#review-version", has_text="version 2")
+        await version.wait_for(timeout=300_000)
+        shown = await row.locator(".edit-translation").input_value()
+        assert shown == NEW_WORDS
+        assert errors == []
     async with httpx.AsyncClient(base_url=f"{api}/api/v1", headers=headers) as client:
         after = (await client.get(f"/jobs/{job_id}/languages/spa/segments")).json()
     rendered = next(s for s in after["segments"] if s["id"] == target["id"])

@@ -11,8 +11,8 @@ import pytest
 
 from polydub.api.auth import create_key
 from polydub.jobs import JobKeys, JobMessage
-from tests.e2e.harness import Pipeline, wait_terminal
-from tests.e2e.test_review import CHROMIUM_ARGS, api, pipeline
+from tests.e2e.harness import Pipeline, chromium_page, wait_terminal
+from tests.e2e.test_review import api, pipeline
 from tests.factories import create_job
 from tests.media import make_two_speaker_clip
 
@@ -24,66 +24,55 @@ pytestmark = pytest.mark.e2e
 async def test_web_page_hints_clears_errors_resets_uploads_and_cancels_and_retries(
     pipeline: Pipeline, api: str, tmp_path: Path
 ) -> None:
-    from playwright.async_api import async_playwright
-
     key = await create_key(pipeline.pool, "web-page")
     # Queued by rows only (no message), so it stays queued until the page cancels it.
     job_id = await create_job(pipeline.pool, key.id, ["spa"])
     not_media = tmp_path / "notes.mp4"
     not_media.write_bytes(b"this is not a video at all\n" * 64)
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
+    async with chromium_page() as (page, errors):
+        await page.goto(api + "/")
+        hint = page.locator("#key-hint")
+        assert await hint.is_visible()
+        assert "polydub keys create --name NAME" in (await hint.text_content() or "")
+        assert await hint.locator("a").get_attribute("href") == "/api/v1/docs"
+
+        await page.fill("#api-key", "pd_wrong")
+        await page.click("#key-form button")
+        await page.locator("#error:not([hidden])").wait_for(timeout=10_000)
+        await page.fill("#api-key", key.key)
+        await page.click("#key-form button")
+        await page.locator("#key-state", has_text="key accepted").wait_for(timeout=10_000)
+        assert await page.locator("#error").is_hidden()
+        assert await hint.is_hidden()
+
+        await page.set_input_files("#file", str(not_media))
+        await page.check("input[name=target][value=spa]")
+        await page.click("#submit")
+        banner = page.locator("#error:not([hidden])")
+        await banner.wait_for(timeout=30_000)
+        assert (await banner.text_content() or "").startswith("The upload was refused: ")
+        assert await page.locator("#upload").is_hidden()
+        assert await page.text_content("#upload-text") == ""
+        assert await page.locator("#submit").is_enabled()
+
+        await page.goto(f"{api}/#job={job_id}")
+        await page.reload()
+        status = page.locator("#job-status")
+        await status.filter(has_text="queued").wait_for(timeout=10_000)
+        assert await page.locator("#error").is_hidden()
+        assert await page.locator("#retry-job").is_hidden()
+        await page.click("#cancel-job")
+        await status.filter(has_text="cancelled").wait_for(timeout=10_000)
+        assert await page.locator("#cancel-job").is_hidden()
+        async with page.expect_response(
+            lambda r: r.url.endswith(f"/jobs/{job_id}/retry") and r.request.method == "POST"
+        ) as retried:
+            await page.click("#retry-job")
+        assert (await retried.value).status == 202
+        assert await page.locator("#retry-job").is_hidden() or (
+            await status.text_content() in ("failed", "cancelled")
         )
-        try:
-            page = await browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            await page.goto(api + "/")
-            hint = page.locator("#key-hint")
-            assert await hint.is_visible()
-            assert "polydub keys create --name NAME" in (await hint.text_content() or "")
-            assert await hint.locator("a").get_attribute("href") == "/api/v1/docs"
-
-            await page.fill("#api-key", "pd_wrong")
-            await page.click("#key-form button")
-            await page.locator("#error:not([hidden])").wait_for(timeout=10_000)
-            await page.fill("#api-key", key.key)
-            await page.click("#key-form button")
-            await page.locator("#key-state", has_text="key accepted").wait_for(timeout=10_000)
-            assert await page.locator("#error").is_hidden()
-            assert await hint.is_hidden()
-
-            await page.set_input_files("#file", str(not_media))
-            await page.check("input[name=target][value=spa]")
-            await page.click("#submit")
-            banner = page.locator("#error:not([hidden])")
-            await banner.wait_for(timeout=30_000)
-            assert (await banner.text_content() or "").startswith("The upload was refused: ")
-            assert await page.locator("#upload").is_hidden()
-            assert await page.text_content("#upload-text") == ""
-            assert await page.locator("#submit").is_enabled()
-
-            await page.goto(f"{api}/#job={job_id}")
-            await page.reload()
-            status = page.locator("#job-status")
-            await status.filter(has_text="queued").wait_for(timeout=10_000)
-            assert await page.locator("#error").is_hidden()
-            assert await page.locator("#retry-job").is_hidden()
-            await page.click("#cancel-job")
-            await status.filter(has_text="cancelled").wait_for(timeout=10_000)
-            assert await page.locator("#cancel-job").is_hidden()
-            async with page.expect_response(
-                lambda r: r.url.endswith(f"/jobs/{job_id}/retry") and r.request.method == "POST"
-            ) as retried:
-                await page.click("#retry-job")
-            assert (await retried.value).status == 202
-            assert await page.locator("#retry-job").is_hidden() or (
-                await status.text_content() in ("failed", "cancelled")
-            )
-            assert errors == []
-        finally:
-            await browser.close()
+        assert errors == []
 
 
 async def _subtitles_only_job(pipeline: Pipeline, owner: uuid.UUID, clip: Path) -> uuid.UUID:
@@ -105,38 +94,27 @@ async def _subtitles_only_job(pipeline: Pipeline, owner: uuid.UUID, clip: Path) 
 async def test_web_page_shows_a_subtitles_only_job_without_a_player(
     pipeline: Pipeline, api: str, tmp_path: Path
 ) -> None:
-    from playwright.async_api import async_playwright
-
     key = await create_key(pipeline.pool, "web-subtitles")
     clip = make_two_speaker_clip(tmp_path / "speech.wav", seconds=6.0, with_video=False)
     job_id = await _subtitles_only_job(pipeline, key.id, clip.path)
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
+    async with chromium_page() as (page, errors):
+        await page.goto(api + "/")
+        await page.fill("#api-key", key.key)
+        await page.click("#key-form button")
+        await page.locator("#key-state", has_text="key accepted").wait_for(timeout=10_000)
+        await page.goto(f"{api}/#job={job_id}")
+        await page.reload()
+        await page.locator("#result:not([hidden])").wait_for(timeout=30_000)
+        await page.locator("#downloads a").first.wait_for(timeout=10_000)
+        assert await page.locator("#players").is_hidden()
+        assert await page.locator("#no-media").is_visible()
+        assert await page.get_attribute("#dubbed", "src") is None
+        kinds = await page.locator("#downloads a").evaluate_all(
+            "links => links.map(l => l.dataset.kind)"
         )
-        try:
-            page = await browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            await page.goto(api + "/")
-            await page.fill("#api-key", key.key)
-            await page.click("#key-form button")
-            await page.locator("#key-state", has_text="key accepted").wait_for(timeout=10_000)
-            await page.goto(f"{api}/#job={job_id}")
-            await page.reload()
-            await page.locator("#result:not([hidden])").wait_for(timeout=30_000)
-            await page.locator("#downloads a").first.wait_for(timeout=10_000)
-            assert await page.locator("#players").is_hidden()
-            assert await page.locator("#no-media").is_visible()
-            assert await page.get_attribute("#dubbed", "src") is None
-            kinds = await page.locator("#downloads a").evaluate_all(
-                "links => links.map(l => l.dataset.kind)"
-            )
-            assert "transcript" in kinds and any("srt" in k or "vtt" in k for k in kinds), kinds
-            assert not any(k in ("dubbed_audio", "dubbed_video") for k in kinds), kinds
-            assert await page.locator("#transcript tbody tr").count() > 0
-            assert await page.locator("#retry-job").is_hidden()
-            assert await page.locator("#cancel-job").is_hidden()
-            assert errors == []
-        finally:
-            await browser.close()
+        assert "transcript" in kinds and any("srt" in k or "vtt" in k for k in kinds), kinds
+        assert not any(k in ("dubbed_audio", "dubbed_video") for k in kinds), kinds
+        assert await page.locator("#transcript tbody tr").count() > 0
+        assert await page.locator("#retry-job").is_hidden()
+        assert await page.locator("#cancel-job").is_hidden()
+        assert errors == []

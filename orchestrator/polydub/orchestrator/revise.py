@@ -101,11 +101,13 @@ async def revised_translation(
 class SpeechCache:
     """What the TTS said, per request (text, voice, rate, seed), under the job's prefix: a
     render speaks again only what changed. Content-addressed, so a late write of a fenced-out
-    attempt writes the same bytes."""
+    attempt writes the same bytes. Every run writes it; only a render (``reuse``) reads it: a
+    first run would look up, segment by segment, objects that cannot exist yet."""
 
-    def __init__(self, store: ObjectStore, job: JobKeys, language: str) -> None:
+    def __init__(self, store: ObjectStore, job: JobKeys, language: str, *, reuse: bool) -> None:
         self.store = store
         self.prefix = job.speech_cache(language)
+        self.reuse = reuse
         self.hits = 0
 
     def key(self, text: str, voice: str, rate: float, seed: int) -> str:
@@ -113,7 +115,7 @@ class SpeechCache:
         return f"{self.prefix}{hashlib.sha256(request.encode()).hexdigest()}.npy"
 
     async def get(self, key: str) -> NDArray[np.float32] | None:
-        if not await self.store.exists(key):
+        if not self.reuse or not await self.store.exists(key):
             return None
         self.hits += 1
         loaded: NDArray[Any] = np.load(io.BytesIO(await self.store.get_bytes(key)))

@@ -30,6 +30,7 @@ from polydub.orchestrator.revise import Review, SpeechCache, revised_translation
 from polydub.orchestrator.services import Services
 from polydub.orchestrator.timing import plan_timing
 from polydub.orchestrator.voices import Gender, Voice, cast_voices, estimate_f0
+from polydub.serving import names
 from polydub.serving.names import SAMPLE_RATE
 
 N_BEST = 3
@@ -134,8 +135,9 @@ async def synthesize(ctx: StageContext) -> StageResult:
     cast = VoiceCast.from_json(await artifacts.get_json(ctx.outputs_of("assign_voices")["voices"]))
     timeline_end = ctx.outputs_of("extract_audio")["duration"]
     seeds = [_seed(ctx.job.id.hex, s.id) for s in segments]
-    cache = SpeechCache(services.store, JobKeys(ctx.job.id), ctx.language)
-    voice = f"mms_tts_{ctx.language}"
+    rendering = Review.of(ctx) is not None
+    cache = SpeechCache(services.store, JobKeys(ctx.job.id), ctx.language, reuse=rendering)
+    voice = names.mms_tts(ctx.language)
 
     async def speak(i: int, rate: float) -> np.ndarray:  # type: ignore[type-arg]
         # Cached by what the TTS is asked: a render speaks again only the segments it changed.
