@@ -169,13 +169,13 @@ class Deployment:
         Stack(self.settings, only=[name]).up()
         return time.monotonic() - started
 
-    def _spawn(self, name: str, argv: list[str]) -> Proc:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
         with log.open("ab") as out:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "polydub.cli", *argv],
-                env=self.env(),
+                env={**self.env(), **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -185,10 +185,12 @@ class Deployment:
         self.procs.append(proc)
         return proc
 
-    def start_api(self, *, processes: int = 1) -> Proc:
+    def start_api(self, *, processes: int = 1, env: dict[str, str] | None = None) -> Proc:
+        """``env`` overrides the deployment's settings for this API only."""
         return self._spawn(
             "api",
             ["api", "serve", "--port", str(self.settings.api_port), "--workers", str(processes)],
+            env,
         )
 
     def start_worker(

@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
 .venv/bin/ruff format --check --quiet .
-find . -name '*.py' -not -path './.*' -not -path './model_repository/*' -not -path './build/*' -print0 |
+# The files git knows or would add (what .gitignore leaves out, such as exports and benchmark
+# outputs that copy the python models, is not ours to check), as ruff does.
+git ls-files -z --cached --others --exclude-standard -- '*.py' ':!:model_repository/*' |
   xargs -0 .venv/bin/mypy
-find model_repository -name '*.py' -print0 | xargs -0 -n1 .venv/bin/mypy --no-error-summary
+git ls-files -z --cached --others --exclude-standard -- 'model_repository/*.py' |
+  xargs -0 -n1 .venv/bin/mypy --no-error-summary

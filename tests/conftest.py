@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,6 +22,16 @@ from polydub.stack import Stack
 from polydub.stack.isolated import free_port, isolated_settings
 
 __all__ = ["free_port"]  # tests import it from here
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The servers run in sessions of their own, so they outlive a pytest that dies of SIGTERM
+    # (`timeout`, a CI cancel). As an interrupt, the session stops and its fixtures take them down.
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _stack_dir() -> Path:

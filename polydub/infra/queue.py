@@ -6,6 +6,7 @@ duplicate window so that ``Nats-Msg-Id`` = job id makes a republish by the outbo
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import nats
@@ -25,12 +26,20 @@ from polydub.settings import Settings
 
 WORKER_CONSUMER = "workers"
 
+log = logging.getLogger("polydub.queue")
+
 
 @dataclass(frozen=True)
 class ConsumerPolicy:
     ack_wait_seconds: float = 60.0  # a worker heartbeats with in_progress() well inside this
     max_deliver: int = 5  # then the job fails with its last reason
     max_ack_pending: int = 1000
+
+
+async def _connection_error(error: Exception) -> None:
+    # NATS being away is foreseeable (a restart, a slow start): one line, no traceback, which
+    # is what nats-py's default callback prints.
+    log.warning("NATS connection error", extra={"error": f"{type(error).__name__}: {error}"})
 
 
 async def connect(settings: Settings, *, name: str = "polydub") -> NATS:
@@ -41,6 +50,7 @@ async def connect(settings: Settings, *, name: str = "polydub") -> NATS:
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,
+        error_cb=_connection_error,
     )
 
 

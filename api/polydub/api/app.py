@@ -31,6 +31,7 @@ from polydub.api.routes import (
     health,
     jobs,
     languages,
+    original,
     outputs,
     segments,
     web,
@@ -76,6 +77,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Every replica makes sure the bucket exists (a fresh bundled MinIO has none), in the
     # background like NATS: readiness's S3 check fails until it does.
     state.tasks = [asyncio.create_task(ensure_bucket(state.store), name="ensure-bucket")]
+    if settings.api_key_cache_seconds > 0:
+        listener = state.key_cache.listen(settings.postgres_dsn)
+        state.tasks.append(asyncio.create_task(listener, name="api-key-listener"))
     if settings.api_run_workers:
         state.tasks += [
             asyncio.create_task(relay.run(), name="outbox-relay"),
@@ -140,7 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     separate = bool(app.state.settings.api_metrics_port)
     if not separate:
         app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
-    for module in (jobs, outputs, downloads, events, languages, segments, webhooks):
+    for module in (jobs, outputs, original, downloads, events, languages, segments, webhooks):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.make_router(detailed=not separate))
     web.install(app)  # the web page at / (static files, no API routes)

@@ -24,6 +24,7 @@ import asyncpg
 
 from polydub.api.db import keys as keys_db
 from polydub.api.errors import Unauthenticated
+from polydub.api.key_cache import KeyCache
 from polydub.api.secrets_at_rest import SecretBox
 from polydub.errors import NotFound
 from polydub.settings import get_settings
@@ -72,7 +73,10 @@ def key_from_headers(authorization: str | None, x_api_key: str | None) -> str | 
     return None
 
 
-async def authenticate(conn: asyncpg.Connection | asyncpg.Pool, key: str | None) -> ApiKey:
+async def authenticate(
+    conn: asyncpg.Connection | asyncpg.Pool, key: str | None, cache: KeyCache | None = None
+) -> ApiKey:
+    """The key's row as an ``ApiKey``; from ``cache`` when it holds this very key."""
     if not key:
         raise Unauthenticated(
             "an API key is required: Authorization: Bearer pd_... or X-API-Key",
@@ -81,20 +85,27 @@ async def authenticate(conn: asyncpg.Connection | asyncpg.Pool, key: str | None)
     match = KEY_RE.match(key)
     if match is None:
         raise Unauthenticated("the API key is malformed", code="invalid_api_key")
+    digest = hash_key(key)
+    if cache is not None and (cached := cache.get(match[1], digest)) is not None:
+        return cached
+    generation = cache.generation if cache is not None else 0
     row = await keys_db.key_by_prefix(conn, match[1])
     # compare_digest even when the row is missing, so timing tells nothing about prefixes.
     stored = bytes(row["key_hash"]) if row is not None else b"\0" * 32
-    if not hmac.compare_digest(stored, hash_key(key)) or row is None:
+    if not hmac.compare_digest(stored, digest) or row is None:
         raise Unauthenticated("the API key is not valid", code="invalid_api_key")
     if row["revoked_at"] is not None:
         raise Unauthenticated("the API key has been revoked", code="api_key_revoked")
-    return ApiKey(
+    found = ApiKey(
         id=row["id"],
         name=row["name"],
         prefix=row["prefix"],
         rate_limit_per_minute=row["rate_limit_per_minute"],
         max_concurrent_jobs=row["max_concurrent_jobs"],
     )
+    if cache is not None:
+        cache.put(match[1], digest, found, generation)
+    return found
 
 
 async def create_key(

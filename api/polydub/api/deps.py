@@ -18,8 +18,9 @@ from nats.aio.client import Client as NATS
 from polydub.api.auth import ApiKey, authenticate
 from polydub.api.errors import Unauthenticated
 from polydub.api.jobs_service import JobService
+from polydub.api.key_cache import KeyCache
 from polydub.api.outbox import OutboxRelay
-from polydub.api.ratelimit import FailedAuthLimiter, take_token
+from polydub.api.ratelimit import FailedAuthLimiter, TokenLeases
 from polydub.infra.queue import connect
 from polydub.infra.storage import ObjectStore
 from polydub.infra.triton import InferenceClient
@@ -76,6 +77,12 @@ class AppState:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     languages_cache: tuple[float, Any] | None = None
     auth_failures: FailedAuthLimiter = field(default_factory=FailedAuthLimiter)
+    key_cache: KeyCache = field(init=False)
+    rate_tokens: TokenLeases = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key_cache = KeyCache(self.settings.api_key_cache_seconds)
+        self.rate_tokens = TokenLeases(self.settings.api_rate_lease_seconds)
 
     async def authenticate(self, key: str | None, client: str) -> ApiKey:
         """The key's row, counting a refused key against the client address (429 once it has
@@ -84,14 +91,16 @@ class AppState:
         if key:
             self.auth_failures.check(client, per_minute)
         try:
-            return await authenticate(self.pool, key)
+            return await authenticate(self.pool, key, self.key_cache)
         except Unauthenticated:
             if key:
                 self.auth_failures.failed(client, per_minute)
             raise
 
 
-def get_state(request: Request) -> AppState:
+# Dependencies are async, even those that do no I/O: FastAPI runs a plain ``def`` dependency in
+# its thread pool, two thread hops per request for nothing.
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.polydub
     return state
 
@@ -111,14 +120,14 @@ async def caller(
 ) -> ApiKey:
     key = api_key or (bearer.credentials if bearer else None)
     found = await state.authenticate(key, request.client.host if request.client else "")
-    await take_token(state.pool, found)
+    await state.rate_tokens.take(state.pool, found)
     return found
 
 
 Caller = Annotated[ApiKey, Depends(caller)]
 
 
-def job_service(state: State) -> JobService:
+async def job_service(state: State) -> JobService:
     return JobService(state)
 
 

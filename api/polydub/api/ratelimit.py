@@ -4,7 +4,8 @@ The bucket lives in the database so that every API replica shares it: one statem
 by the time elapsed (rate_limit_per_minute / 60 tokens a second, capped at one minute's worth)
 and takes a token if there is one. A refused request takes nothing, so a client hammering a
 full bucket does not push its own recovery further away. Retry-After says when a token returns.
-The statements are ``polydub.api.db.quota``'s.
+Each replica takes tokens a lease at a time (``TokenLeases``), so a steady poller costs one write a
+second, not one a request. The statements are ``polydub.api.db.quota``'s.
 
 Failed authentications are limited per client address (``FailedAuthLimiter``) in each replica's
 memory instead: a flood of bad keys must not cost a database write each.
@@ -12,10 +13,13 @@ memory instead: a flood of bad keys must not cost a database write each.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -24,22 +28,83 @@ from polydub.api.db import quota as quota_db
 from polydub.api.errors import TooManyRequests
 
 
-async def take_token(pool: asyncpg.Pool, key: ApiKey) -> None:
-    """Take one request's token from the key's bucket, or raise 429 with Retry-After."""
-    rate = float(key.rate_limit_per_minute)
-    refilled = await quota_db.refill_and_take(pool, key.id, rate)
-    if refilled is None:
-        # First request of this key: a full bucket, less this request.
-        await quota_db.open_bucket(pool, key.id, rate - 1)
-        return
-    if refilled < 1:
-        wait = (1 - refilled) * 60.0 / rate
-        raise TooManyRequests(
-            f"rate limit of {key.rate_limit_per_minute} requests a minute exceeded",
-            retry_after=wait,
-            code="rate_limited",
-            detail={"limit_per_minute": key.rate_limit_per_minute},
-        )
+@dataclass
+class _Lease:
+    tokens: int = 0
+    expires: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class TokenLeases:
+    """Each replica takes a key's tokens from the shared bucket a lease at a time: up to
+    ``lease_seconds`` of the key's rate in one statement, then spends them from memory for at
+    most ``lease_seconds``, so a steady poller costs one bucket write a second instead of one a
+    request. Every token still comes out of the shared bucket; a lease lets a replica spend
+    tokens up to ``lease_seconds`` after they left it, so over any stretch of time a key gets at
+    most one lease per replica beyond what the bucket alone would allow, and an unspent lease
+    expires (holding back at most that much). ``lease_seconds`` 0: a write each request."""
+
+    def __init__(
+        self,
+        lease_seconds: float,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.lease_seconds = lease_seconds
+        self.max_keys = max_keys
+        self.clock = clock
+        self._leases: dict[uuid.UUID, _Lease] = {}
+
+    def lease_size(self, rate_per_minute: int) -> int:
+        return max(1, int(rate_per_minute * self.lease_seconds / 60.0))
+
+    async def take(self, pool: asyncpg.Pool, key: ApiKey) -> None:
+        """Take one request's token, or raise 429 with Retry-After."""
+        lease = self._leases.get(key.id)
+        if lease is None:
+            self._forget_expired()
+            lease = self._leases.setdefault(key.id, _Lease())
+        if self._spend(lease):
+            return
+        # One lease at a time per key: requests that arrive meanwhile spend what it brings.
+        async with lease.lock:
+            if self._spend(lease):
+                return
+            tokens = await self._lease(pool, key)
+            lease.tokens, lease.expires = tokens - 1, self.clock() + self.lease_seconds
+
+    def _spend(self, lease: _Lease) -> bool:
+        if lease.tokens < 1 or self.clock() >= lease.expires:
+            return False
+        lease.tokens -= 1
+        return True
+
+    def _forget_expired(self) -> None:
+        if len(self._leases) < self.max_keys:
+            return
+        now = self.clock()
+        for key_id in [
+            k for k, v in self._leases.items() if v.expires <= now and not v.lock.locked()
+        ]:
+            del self._leases[key_id]
+
+    async def _lease(self, pool: asyncpg.Pool, key: ApiKey) -> int:
+        rate = float(key.rate_limit_per_minute)
+        want = self.lease_size(key.rate_limit_per_minute)
+        refilled = await quota_db.refill_and_take(pool, key.id, rate, want)
+        if refilled is None:
+            # First request of this key: a full bucket, less this lease.
+            await quota_db.open_bucket(pool, key.id, rate - want)
+            return want
+        if refilled < 1:
+            wait = (1 - refilled) * 60.0 / rate
+            raise TooManyRequests(
+                f"rate limit of {key.rate_limit_per_minute} requests a minute exceeded",
+                retry_after=wait,
+                code="rate_limited",
+                detail={"limit_per_minute": key.rate_limit_per_minute},
+            )
+        return min(want, math.floor(refilled))
 
 
 async def check_job_quota(

@@ -54,7 +54,13 @@ async def test_keys_are_stored_hashed_and_revocable(
     ok = await anon.get("/api/v1/jobs", headers={"X-API-Key": new.key})
     assert ok.status_code == 200 and ok.json() == {"items": [], "next_cursor": None}
     await revoke_key(db_pool, row["prefix"])
-    revoked = await anon.get("/api/v1/jobs", headers={"X-API-Key": new.key})
+    # Replicas cache keys; the revocation reaches them by NOTIFY at commit, within moments.
+    async with asyncio.timeout(5):
+        while True:
+            revoked = await anon.get("/api/v1/jobs", headers={"X-API-Key": new.key})
+            if revoked.status_code != 200:
+                break
+            await asyncio.sleep(0.01)
     assert revoked.status_code == 401
     assert revoked.json()["error"]["code"] == "api_key_revoked"
 

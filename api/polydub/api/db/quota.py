@@ -9,7 +9,7 @@ import uuid
 
 import asyncpg
 
-# One round trip: lock the key's row, refill by the elapsed time, take a token if there is one.
+# One round trip: lock the key's row, refill by the elapsed time, take up to $3 whole tokens.
 _REFILL = """
 WITH cur AS (
     SELECT LEAST($2::float8, tokens
@@ -18,7 +18,7 @@ WITH cur AS (
       FROM api_rate_buckets WHERE key_id = $1 FOR UPDATE
 )
 UPDATE api_rate_buckets b
-   SET tokens = CASE WHEN cur.refilled >= 1 THEN cur.refilled - 1 ELSE cur.refilled END,
+   SET tokens = cur.refilled - LEAST($3::float8, GREATEST(FLOOR(cur.refilled), 0)),
        updated_at = clock_timestamp()
   FROM cur
  WHERE b.key_id = $1
@@ -26,10 +26,13 @@ RETURNING cur.refilled
 """
 
 
-async def refill_and_take(pool: asyncpg.Pool, key_id: uuid.UUID, rate: float) -> float | None:
-    """Refill the key's bucket at ``rate`` tokens a minute and take a token if there is one;
-    returns the tokens there were before taking, or None when the key has no bucket yet."""
-    refilled: float | None = await pool.fetchval(_REFILL, key_id, rate)
+async def refill_and_take(
+    pool: asyncpg.Pool, key_id: uuid.UUID, rate: float, want: int = 1
+) -> float | None:
+    """Refill the key's bucket at ``rate`` tokens a minute and take up to ``want`` whole tokens
+    (``min(want, floor(before))``); returns the tokens there were before taking, or None when
+    the key has no bucket yet."""
+    refilled: float | None = await pool.fetchval(_REFILL, key_id, rate, want)
     return refilled
 
 

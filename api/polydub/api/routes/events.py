@@ -28,10 +28,9 @@ from polydub.api.db.jobs import assert_owned, events_after, job_status
 from polydub.api.db.keys import key_active
 from polydub.api.deps import AppState, Caller, State
 from polydub.api.errors import TooManyRequests, Unauthenticated, envelope
-from polydub.api.ratelimit import take_token
 from polydub.errors import InvalidInput, PolydubError
 from polydub.infra.queue import progress_subject
-from polydub.jobs import TERMINAL
+from polydub.jobs import SETTLED
 from polydub.schemas import ErrorEnvelope
 
 router = APIRouter(tags=["progress"])
@@ -72,7 +71,7 @@ async def follow(
                 yield event
             if len(events) == BATCH:
                 continue
-            if status in TERMINAL:
+            if status in SETTLED:
                 return
             wake.clear()
             # Subscribed, NATS wakes us on each event and the poll is only a safety net for a
@@ -168,7 +167,7 @@ async def progress(websocket: WebSocket, job_id: uuid.UUID, after: int = 0) -> N
             ),
             websocket.client.host if websocket.client else "",
         )
-        await take_token(state.pool, key)
+        await state.rate_tokens.take(state.pool, key)
         await assert_owned(state.pool, key.id, job_id)
     except TooManyRequests as exc:
         await websocket.close(WS_RATE_LIMITED, exc.code)
