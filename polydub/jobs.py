@@ -33,15 +33,19 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
-    # A target language of a ``review`` job whose segments wait for a person (and a render).
+    # A language of a ``review`` job whose segments wait for a person (and a render), and the
+    # job while any of its languages waits so: not finished, no worker holds it.
     REVIEW = "review"
 
 
-# Nothing more happens to a job in one of these until it is retried (or a language in review
-# until a render approves it).
+# Finished: nothing more happens to a job in one of these until it is retried (and a rendered
+# language re-queues it).
 TERMINAL: frozenset[JobStatus] = frozenset(
-    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.REVIEW}
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
 )
+# Nothing happens until someone acts (a render approves a language in review, a retry): where a
+# follower (SSE stream, ``Client.wait``, ``polydub dub``) stops.
+SETTLED: frozenset[JobStatus] = TERMINAL | {JobStatus.REVIEW}
 # What counts against a key's concurrent-job quota, and what a purge must wait for.
 ACTIVE: frozenset[JobStatus] = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 

@@ -100,6 +100,8 @@ def from_stage_files(
 ) -> ReviewState:
     """The state the stages left: translation.json's segments (its ``source_text`` is what was
     said, its ``text`` the dub) and voices.json's assignments (None for a subtitles-only job)."""
+    # A segment's own voice, where a reviewer chose one (voices.json keeps it across renders).
+    own = {int(i): str(v) for i, v in ((voices or {}).get("segments") or {}).items()}
     segments = tuple(
         ReviewSegment(
             int(s["id"]),
@@ -108,6 +110,7 @@ def from_stage_files(
             str(s["speaker"]),
             str(s["source_text"]),
             str(s["text"]),
+            own.get(int(s["id"])),
         )
         for s in translation["segments"]
     )
@@ -138,10 +141,27 @@ class SegmentEdit(BaseModel):
     voice: Name | None = None
 
 
+class SegmentAdd(BaseModel):
+    """A segment the transcript missed. With ``translation`` it is spoken as written; with
+    ``source_text`` alone it is translated on render."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    start: Seconds
+    end: Seconds
+    speaker: Name
+    source_text: Text = ""
+    translation: Text = ""
+    voice: Name | None = None
+
+
 class SegmentsPatch(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     segments: Annotated[list[SegmentEdit], Field(max_length=10_000)] = []
+    # Added segments get new ids (never one a segment had); deleted ones are silent in a render.
+    add: Annotated[list[SegmentAdd], Field(max_length=1000)] = []
+    delete: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=10_000)] = []
     voices: Annotated[dict[Name, Name], Field(max_length=1000)] = {}  # speaker -> voice
     allow_overlap: bool = False  # segments may overlap (two people talking at once)
 
@@ -178,6 +198,8 @@ class VoiceOut(BaseModel):
     id: str
     language: str
     model: str
+    gender: str | None = None  # a pitch variant's range; None: the model's own voice
+    f0: float | None = None  # Hz, a pitch variant's median F0
 
 
 class VoicesOut(BaseModel):
@@ -194,10 +216,13 @@ def apply(
     duration: float,
     speakers: Iterable[str],
     voices: Iterable[str],
+    taken_ids: Iterable[int] = (),
 ) -> ReviewState:
-    """The state with ``patch`` applied; InvalidInput (with the field at fault in ``detail``)
-    when a segment is unknown, a time is outside the media or overlaps, or a speaker or a
-    voice is unknown."""
+    """The state with ``patch`` applied (edits, then deletions, then additions, numbered after
+    every id in the state or in ``taken_ids``: the segments of the render before, so an added
+    segment is never taken for a deleted one); InvalidInput (with the field at fault in
+    ``detail``) when a segment is unknown, a time is outside the media or overlaps, a speaker
+    or a voice is unknown, or nothing would be left to say."""
     known_speakers, known_voices = set(speakers), set(voices)
     by_id = {s.id: s for s in state.segments}
     edited = dict(by_id)
@@ -226,9 +251,45 @@ def apply(
         if voice not in known_voices:
             raise _unknown_voice(voice, known_voices, f"voices.{speaker}")
         cast[speaker] = voice
-    segments = tuple(edited[s.id] for s in state.segments)
+    deleted: set[int] = set()  # a repeated id is no error
+    for n, gone in enumerate(patch.delete):
+        if edited.pop(gone, None) is None and gone not in deleted:
+            raise _invalid(f"no segment {gone}", "unknown_segment", f"delete[{n}]")
+        deleted.add(gone)
+    next_id = max([*by_id, *taken_ids, -1]) + 1
+    for n, new in enumerate(patch.add):
+        added = _added(new, next_id + n, f"add[{n}]", known_speakers, known_voices)
+        edited[added.id] = added
+    if not edited:
+        raise _invalid("a language keeps at least one segment", "no_segments", "delete")
+    kept = [edited[s.id] for s in state.segments if s.id in edited]
+    if patch.add:  # in time order, where the added ones belong
+        kept = sorted(edited.values(), key=lambda s: (s.start, s.id))
+    segments = tuple(kept)
     check_times(segments, duration, allow_overlap=patch.allow_overlap)
     return ReviewState(segments, tuple(sorted(cast.items())))
+
+
+def _added(
+    new: SegmentAdd, id_: int, where: str, known_speakers: set[str], known_voices: set[str]
+) -> ReviewSegment:
+    if new.speaker not in known_speakers:
+        raise _invalid(
+            f"unknown speaker {new.speaker!r}; known: {', '.join(sorted(known_speakers))}",
+            "unknown_speaker",
+            f"{where}.speaker",
+        )
+    if new.voice is not None and new.voice not in known_voices:
+        raise _unknown_voice(new.voice, known_voices, f"{where}.voice")
+    if not (new.source_text.strip() or new.translation.strip()):
+        raise _invalid(
+            "an added segment needs its source_text (translated on render) or its translation",
+            "empty_segment",
+            f"{where}.source_text",
+        )
+    return ReviewSegment(
+        id_, new.start, new.end, new.speaker, new.source_text, new.translation, new.voice
+    )
 
 
 def check_times(

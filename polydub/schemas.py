@@ -296,6 +296,14 @@ class PreviewOut(BaseModel):
     size_bytes: int
 
 
+class OutputVersion(BaseModel):
+    """An earlier render of a language's outputs, kept downloadable until the job expires."""
+
+    version: int
+    created_at: datetime
+    files: list[OutputFile]
+
+
 class OutputsOut(BaseModel):
     job_id: uuid.UUID
     language: str
@@ -303,6 +311,10 @@ class OutputsOut(BaseModel):
     expires_in_seconds: int
     files: list[OutputFile]
     preview: PreviewOut | None = None
+    version: int = Field(1, description="the version ``files`` are (1 until a render)")
+    versions: list[OutputVersion] = Field(
+        default_factory=list, description="the earlier versions, oldest first"
+    )
 
 
 class PurgeOut(BaseModel):

@@ -98,6 +98,8 @@ class JobProgress:
             task = self.language_tasks[event.language]
             if event.status == "succeeded":
                 self.languages.update(task, completed=1.0, note="[green]done")
+            elif event.status == "review":
+                self.languages.update(task, note="[yellow]waits for review")
             else:
                 reason = f": {event.error.message}" if event.error else ""
                 self.languages.update(task, note=f"[red]{event.status}{reason}")
@@ -119,11 +121,21 @@ class JobProgress:
 
 
 def dub(
-    input: Annotated[
-        Path,
-        typer.Argument(exists=True, dir_okay=False, readable=True, help="A video or audio file."),
-    ],
     to: Annotated[str, typer.Option("--to", help="Target languages, ISO 639-3: spa,fra")],
+    input: Annotated[
+        Path | None,
+        typer.Argument(
+            exists=True, dir_okay=False, readable=True, help="A video or audio file (or --url)."
+        ),
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="Media the server fetches (https) instead of a file; the server must enable "
+            "source URLs (POLYDUB_SOURCE_URL_ENABLED).",
+        ),
+    ] = None,
     source: Annotated[
         str, typer.Option("--from", help="The spoken language (ISO 639-3), or auto.")
     ] = "auto",
@@ -143,28 +155,55 @@ def dub(
             "serves a separation model, else keep.",
         ),
     ] = None,
+    review: Annotated[
+        bool,
+        typer.Option(
+            "--review",
+            help="Stop each language after translation for a person to check: nothing is "
+            "spoken until 'polydub jobs render' approves it.",
+        ),
+    ] = False,
     api: ApiOption = None,
     key: KeyOption = None,
 ) -> None:
     """Dub a video into other languages and download the results."""
     targets = [t.strip() for t in to.split(",") if t.strip()]
+    media: Path | str | None = input if url is None else url
+    if media is None or (input is not None and url is not None) or not targets:
+        console.print("[red]give a file or --url (one of them) and the languages --to[/red]")
+        raise typer.Exit(2)
     connection = connect(console, api, key, start_stack=True)
     with Client(connection.url, connection.key) as client:
         try:
-            job = _submit(client, input, targets, source, speakers, background)
+            if isinstance(media, str):
+                job = client.create_job_from_url(
+                    media,
+                    targets,
+                    source_language=source,
+                    num_speakers=speakers,
+                    background=background.value if background else None,
+                    review=review,
+                    idempotency_key=str(uuid.uuid4()),
+                )
+            else:
+                job = _submit(client, media, targets, source, speakers, background, review)
         except ApiError as exc:
             console.print(f"[red]the job was refused ({exc.code}):[/red] {exc.message}")
             raise typer.Exit(2) from None
         where = "the local stack" if connection.local else connection.url
         _print_models(client)
         console.print(
-            f"job [bold]{job.id}[/bold] on {where}: {input.name} → {', '.join(job.target_languages)}"
+            f"job [bold]{job.id}[/bold] on {where}: {getattr(media, 'name', media)} → "
+            f"{', '.join(job.target_languages)}"
         )
         job = _follow(client, job)
         for warning in job.warnings:
             where = f"{warning.language}: " if warning.language else ""
             console.print(f"[yellow]warning[/yellow] {where}{warning.message} ({warning.code})")
         folder = out or Path("polydub-out") / str(job.id)
+        if job.status == "review":
+            _report_review(job)
+            return
         failed = [t for t in job.targets if t.status != "succeeded"]
         if job.status != "succeeded":
             _report_failure(job)
@@ -199,6 +238,7 @@ def _submit(
     source: str,
     speakers: int | None,
     background: Background | None = None,
+    review: bool = False,
 ) -> JobOut:
     with Progress(
         TextColumn("[bold]upload {task.description}"),
@@ -215,6 +255,7 @@ def _submit(
             source_language=source,
             num_speakers=speakers,
             background=background.value if background else None,
+            review=review,
             idempotency_key=str(uuid.uuid4()),  # a retried request never makes a second job
             on_progress=lambda sent, total: bars.update(task, completed=sent, total=total),
         )
@@ -264,6 +305,18 @@ def _print_outputs(written: dict[str, list[Path]], folder: Path) -> None:
         video = next((p for p in paths if p.suffix in (".mp4", ".mkv")), None)
         if video is not None:
             console.print(f"[green]{language}[/green]: {video}")
+
+
+def _report_review(job: JobOut) -> None:
+    """The job stopped after translation for a person to approve: nothing to download yet."""
+    waiting = [t.language for t in job.targets if t.status == "review"]
+    console.print(
+        f"[yellow]job {job.id} waits for review[/yellow]: {', '.join(waiting)} translated, "
+        "nothing spoken yet. Read and edit the segments, then render each language:"
+    )
+    for language in waiting:
+        console.print(f"  polydub jobs segments {job.id} --lang {language} --format srt")
+        console.print(f"  polydub jobs render {job.id} --lang {language}")
 
 
 def _report_failure(job: JobOut) -> None:

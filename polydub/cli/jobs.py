@@ -70,7 +70,7 @@ def _percent(job: JobOut) -> str:
 @app.command("list")
 def list_(
     status: Annotated[
-        str | None, typer.Option(help="queued, running, succeeded, failed or cancelled")
+        str | None, typer.Option(help="queued, running, review, succeeded, failed or cancelled")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=200)] = 20,
     api: ApiOption = None,
@@ -188,5 +188,7 @@ def download(
         # Nothing to download is a failure of this command, not silence and exit 0.
         why = f": {job.error.message} ({job.error.code})" if job.error else ""
         state = "not finished yet" if job.status in ACTIVE else "has no outputs"
+        if job.status == JobStatus.REVIEW:
+            state = "waits for review ('polydub jobs render ID --lang X' approves a language)"
         console.print(f"[red]job {full_id} {state} ({job.status}){why}[/red]")
         raise typer.Exit(1)

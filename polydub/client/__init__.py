@@ -14,7 +14,7 @@ a field the client sees. See docs/client.md::
 from polydub.client._async import AsyncClient
 from polydub.client._common import ApiError, JobEvent
 from polydub.client._sync import Client
-from polydub.jobs import TERMINAL, ArtifactKind, JobStatus
+from polydub.jobs import SETTLED, TERMINAL, ArtifactKind, JobStatus
 from polydub.schemas import (
     JobOut,
     JobPage,
@@ -26,6 +26,7 @@ from polydub.schemas import (
 )
 
 __all__ = [
+    "SETTLED",
     "TERMINAL",
     "ApiError",
     "ArtifactKind",

@@ -47,7 +47,7 @@ from polydub.client._presigned import (
     wants_presigned,
 )
 from polydub.client._sync import _check
-from polydub.jobs import TERMINAL, JobStatus
+from polydub.jobs import SETTLED, JobStatus
 from polydub.schemas import JobOut, JobPage, LanguagesOut, OutputsOut, PurgeOut
 
 JobId = uuid.UUID | str
@@ -143,6 +143,7 @@ class AsyncClient:
         keep_background: bool = True,
         background: Background | None = None,
         subtitles_only: bool = False,
+        review: bool = False,
         start_time: float | None = None,
         end_time: float | None = None,
         callback_url: str | None = None,
@@ -168,6 +169,7 @@ class AsyncClient:
             keep_background=keep_background,
             background=background,
             subtitles_only=subtitles_only,
+            review=review,
             start_time=start_time,
             end_time=end_time,
             callback_url=callback_url,
@@ -177,7 +179,7 @@ class AsyncClient:
         source = UploadSource.of(file, filename)
         if wants_presigned(upload, source.size, self.upload_threshold):
             upload_id = await self._upload_presigned(source, on_progress)
-            return await self._submit_json(json_body(fields, upload_id), idempotency_key)
+            return await self._submit_json(json_body(fields, upload_id=upload_id), idempotency_key)
         body = MultipartFile(file, fields, on_progress, filename)
         headers = body.headers()
         if idempotency_key:
@@ -190,6 +192,46 @@ class AsyncClient:
             timeout=httpx.Timeout(30.0, write=300.0, read=300.0),  # the server probes the file
         )
         return JobOut.model_validate(data)
+
+    async def create_job_from_url(
+        self,
+        source_url: str,
+        target_languages: Sequence[str] | str,
+        *,
+        source_language: str = "auto",
+        num_speakers: int | None = None,
+        keep_background: bool = True,
+        background: Background | None = None,
+        subtitles_only: bool = False,
+        review: bool = False,
+        start_time: float | None = None,
+        end_time: float | None = None,
+        callback_url: str | None = None,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> JobOut:
+        """Submit a job whose media the server's worker fetches from ``source_url`` (https,
+        public hosts; the server must enable it, else ApiError ``source_url_disabled``); nothing
+        is uploaded. A fetch the worker refuses fails the job with a ``source_url_*`` code."""
+        served = await self._served()
+        check_targets(target_languages, subtitles_only=subtitles_only, served=served)
+        fields = job_fields(
+            target_languages,
+            source_language=source_language,
+            num_speakers=num_speakers,
+            keep_background=keep_background,
+            background=background,
+            subtitles_only=subtitles_only,
+            review=review,
+            start_time=start_time,
+            end_time=end_time,
+            callback_url=callback_url,
+            name=name,
+            metadata=metadata,
+        )
+        body = json_body(fields, source_url=source_url)
+        return await self._submit_json(body, idempotency_key)
 
     async def _upload_presigned(
         self, source: UploadSource, on_progress: UploadProgress | None
@@ -311,7 +353,7 @@ class AsyncClient:
                 continue
             # The server ends the stream after the terminal state; ended without one, it went
             # away (a restart): resume after the last event.
-            if (await self.get_job(job_id)).status in TERMINAL:
+            if (await self.get_job(job_id)).status in SETTLED:
                 return
 
     async def wait(
@@ -323,7 +365,7 @@ class AsyncClient:
         poll_interval: float = 2.0,
         follow: bool = True,
     ) -> JobOut:
-        """Block until the job is succeeded, failed or cancelled and return it.
+        """Block until the job is succeeded, failed, cancelled or waits in review; return it.
 
         Follows the SSE stream (``on_event`` sees every event); if the stream cannot be had
         (a proxy that buffers, a dropped connection that will not come back), polls the job
@@ -348,7 +390,7 @@ class AsyncClient:
             if on_event is not None:
                 for event in polled_events(job, seen):
                     on_event(event)
-            if job.status in TERMINAL:
+            if job.status in SETTLED:
                 return job
             _check(deadline, job_id)
             await asyncio.sleep(poll_interval)

@@ -15,7 +15,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from polydub.errors import InvalidInput
-from polydub.jobs import TERMINAL
+from polydub.jobs import SETTLED
 from polydub.languages import check_served, suggest, unsupported_message
 from polydub.languages import resolve as resolve_language
 from polydub.retry import Backoff
@@ -101,8 +101,9 @@ class JobEvent(BaseModel):
 
     @property
     def terminal(self) -> bool:
-        """The job reached succeeded, failed or cancelled: nothing follows."""
-        return self.type == "state" and self.status in TERMINAL
+        """The job reached succeeded, failed or cancelled, or waits for a review: nothing
+        follows until someone acts."""
+        return self.type == "state" and self.status in SETTLED
 
 
 def polled_events(job: JobOut, seen: dict[str, str]) -> list[JobEvent]:
@@ -119,7 +120,7 @@ def polled_events(job: JobOut, seen: dict[str, str]) -> list[JobEvent]:
     ]
     for target in job.targets:
         events.append(_target_progress(target, job.progress))
-        if target.status in TERMINAL and seen.get(target.language) != target.status:
+        if target.status in SETTLED and seen.get(target.language) != target.status:
             events.append(
                 JobEvent(
                     id=0,
@@ -130,7 +131,7 @@ def polled_events(job: JobOut, seen: dict[str, str]) -> list[JobEvent]:
                 )
             )
         seen[target.language] = target.status
-    if job.status in TERMINAL:
+    if job.status in SETTLED:
         events.append(JobEvent(id=0, type="state", status=job.status, error=job.error))
     return events
 
@@ -192,6 +193,7 @@ def job_fields(
     num_speakers: int | None,
     keep_background: bool,
     subtitles_only: bool,
+    review: bool = False,
     background: Background | None = None,
     start_time: float | None,
     end_time: float | None,
@@ -211,6 +213,8 @@ def job_fields(
         ("keep_background", "true" if keep_background else "false"),
         ("subtitles_only", "true" if subtitles_only else "false"),
     ]
+    if review:  # each language stops after translation until a render approves it
+        fields.append(("review", "true"))
     optional = {
         "num_speakers": num_speakers,
         # None: the server's default (separate when a separation model is served, else keep).

@@ -121,10 +121,11 @@ def check_form_answer(response: httpx.Response) -> None:
     )
 
 
-def json_body(fields: Sequence[tuple[str, str]], upload_id: str) -> dict[str, Any]:
-    """``POST /jobs``'s JSON after an upload, from the form fields (``job_fields``): the server
-    reads the same strings as it does in a form, but target_languages as a list."""
-    body: dict[str, Any] = {"upload_id": upload_id}
+def json_body(fields: Sequence[tuple[str, str]], **media: str) -> dict[str, Any]:
+    """``POST /jobs``'s JSON naming the media (``upload_id`` after an upload, or
+    ``source_url``), from the form fields (``job_fields``): the server reads the same strings
+    as it does in a form, but target_languages as a list."""
+    body: dict[str, Any] = dict(media)
     for name, value in fields:
         body[name] = value.split(",") if name == "target_languages" else value
     return body

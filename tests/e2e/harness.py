@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import httpx
 import nats.js.errors
 
+from polydub.api.auth import create_key
 from polydub.infra.queue import connect
 from polydub.infra.storage import ObjectStore
 from polydub.jobs import JobKeys, JobMessage
@@ -63,6 +65,16 @@ async def wait_terminal(pool: asyncpg.Pool, job_id: uuid.UUID, limit: float) -> 
         while True:
             row = await pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
             if row["status"] in ("succeeded", "failed", "cancelled"):
+                return row
+            await asyncio.sleep(0.2)
+
+
+async def wait_settled(pool: asyncpg.Pool, job_id: uuid.UUID, limit: float) -> asyncpg.Record:
+    """The job once it is finished or waits for review (a ``review`` job's languages)."""
+    async with asyncio.timeout(limit):
+        while True:
+            row = await pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+            if row["status"] in ("succeeded", "failed", "cancelled", "review"):
                 return row
             await asyncio.sleep(0.2)
 
@@ -145,3 +157,32 @@ def run_polydub(
         timeout=timeout,
         check=False,
     )
+
+
+async def api_client(
+    pool: asyncpg.Pool, url: str, name: str
+) -> tuple[httpx.AsyncClient, uuid.UUID, str]:
+    """A client of the API at ``url`` with a new key: (client, key id, the key)."""
+    key = await create_key(pool, name)
+    headers = {"Authorization": f"Bearer {key.key}"}
+    client = httpx.AsyncClient(base_url=f"{url}/api/v1", headers=headers, timeout=30)
+    return client, key.id, key.key
+
+
+async def stage_output_key(pool: asyncpg.Pool, job_id: uuid.UUID, stage: str, output: str) -> str:
+    """The object key of one output of a Spanish stage record."""
+    outputs = await pool.fetchval(
+        "SELECT outputs FROM job_stages WHERE job_id = $1 AND stage = $2 AND language = 'spa'",
+        job_id,
+        stage,
+    )
+    return str(outputs[output])
+
+
+async def wait_terminal_after_render(pool: asyncpg.Pool, job_id: uuid.UUID) -> None:
+    job = await wait_terminal(pool, job_id, limit=300)
+    assert job["status"] == "succeeded", job["error_message"]
+    status = await pool.fetchval(
+        "SELECT status FROM job_targets WHERE job_id = $1 AND language = 'spa'", job_id
+    )
+    assert status == "succeeded"

@@ -8,69 +8,34 @@ import asyncio
 import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from polydub.api.app import create_app
 from polydub.api.auth import create_key
 from polydub.jobs import JobKeys, JobMessage
 from polydub.media.pcm import read_wav
-from polydub.settings import Settings
 from tests.e2e.harness import (
     Pipeline,
+    api_client,
     chromium_page,
     run_polydub,
-    running_pipeline,
+    stage_output_key,
+    wait_settled,
     wait_terminal,
+    wait_terminal_after_render,
 )
 from tests.factories import create_job
-from tests.integration.api.helpers import Served
 from tests.media import make_two_speaker_clip
 
 pytestmark = pytest.mark.e2e
 
 RATE = 48_000
 NEW_WORDS = "hola a todos, esto es una frase nueva y bastante larga"
-
-
-@pytest.fixture(scope="module")
-async def pipeline(
-    services: object,
-    tiny_models: list[str],
-    db_pool: asyncpg.Pool,
-    stack_settings: Settings,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Pipeline]:
-    async with running_pipeline(stack_settings, db_pool, tmp_path_factory.mktemp("work")) as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-async def api(pipeline: Pipeline) -> AsyncIterator[str]:
-    """The API on the pipeline's stream: a render it queues reaches the pipeline's worker."""
-    settings = pipeline.settings.model_copy(
-        update={"reconcile_interval_seconds": 0.0, "api_outbox_poll_seconds": 0.1}
-    )
-    served = Served(create_app(settings))
-    await served.start()
-    yield served.url
-    await served.stop()
-
-
-async def _client(
-    pool: asyncpg.Pool, url: str, name: str
-) -> tuple[httpx.AsyncClient, uuid.UUID, str]:
-    key = await create_key(pool, name)
-    headers = {"Authorization": f"Bearer {key.key}"}
-    client = httpx.AsyncClient(base_url=f"{url}/api/v1", headers=headers, timeout=30)
-    return client, key.id, key.key
 
 
 async def _finished_job(pipeline: Pipeline, owner: uuid.UUID, clip: Path) -> uuid.UUID:
@@ -85,15 +50,6 @@ async def _finished_job(pipeline: Pipeline, owner: uuid.UUID, clip: Path) -> uui
     job = await wait_terminal(pipeline.pool, job_id, limit=400)
     assert job["status"] == "succeeded", job["error_message"]
     return job_id
-
-
-async def _key_of(pool: asyncpg.Pool, job_id: uuid.UUID, stage: str, output: str) -> str:
-    outputs = await pool.fetchval(
-        "SELECT outputs FROM job_stages WHERE job_id = $1 AND stage = $2 AND language = 'spa'",
-        job_id,
-        stage,
-    )
-    return str(outputs[output])
 
 
 def _decode(path: Path) -> NDArray[np.float32]:
@@ -130,8 +86,8 @@ async def test_edit_one_translation_and_render_changes_only_its_span(
     pipeline: Pipeline, api: str, tmp_path: Path
 ) -> None:
     pool = pipeline.pool
-    a, owner, _ = await _client(pool, api, "reviewer")
-    b, _, _ = await _client(pool, api, "stranger")
+    a, owner, _ = await api_client(pool, api, "reviewer")
+    b, _, _ = await api_client(pool, api, "stranger")
     clip = make_two_speaker_clip(tmp_path / "speech.wav", seconds=8.0, with_video=False)
     job_id = await _finished_job(pipeline, owner, clip.path)
     url = f"/jobs/{job_id}/languages/spa/segments"
@@ -195,7 +151,7 @@ async def test_edit_one_translation_and_render_changes_only_its_span(
         == NEW_WORDS
     )
 
-    before_wav = await _key_of(pool, job_id, "mix", "dubbed_wav")
+    before_wav = await stage_output_key(pool, job_id, "mix", "dubbed_wav")
     before = await pool.fetch(
         "SELECT kind, object_key FROM artifacts WHERE job_id = $1 AND language = 'spa'", job_id
     )
@@ -259,7 +215,7 @@ async def _assert_only_the_span_changed(
     paths = {}
     for name, key in (
         ("v1.wav", before_wav),
-        ("v2.wav", await _key_of(pool, job_id, "mix", "dubbed_wav")),
+        ("v2.wav", await stage_output_key(pool, job_id, "mix", "dubbed_wav")),
         ("v1.m4a", old_audio),
         ("v2.m4a", new_audio),
     ):
@@ -284,20 +240,11 @@ async def _assert_only_the_span_changed(
     assert diff_rms < 0.1 * signal_rms, (diff_rms, signal_rms)
 
 
-async def wait_terminal_after_render(pool: asyncpg.Pool, job_id: uuid.UUID) -> None:
-    job = await wait_terminal(pool, job_id, limit=300)
-    assert job["status"] == "succeeded", job["error_message"]
-    status = await pool.fetchval(
-        "SELECT status FROM job_targets WHERE job_id = $1 AND language = 'spa'", job_id
-    )
-    assert status == "succeeded"
-
-
 async def test_a_review_job_waits_after_translation_until_a_render(
     pipeline: Pipeline, api: str, tmp_path: Path
 ) -> None:
     pool = pipeline.pool
-    a, owner, key = await _client(pool, api, "linguist")
+    a, owner, key = await api_client(pool, api, "linguist")
     clip = make_two_speaker_clip(tmp_path / "speech.wav", seconds=6.0, with_video=False)
     job_id = uuid.uuid4()
     input_key = JobKeys(job_id).input
@@ -307,7 +254,8 @@ async def test_a_review_job_waits_after_translation_until_a_render(
     await pipeline.nc.jetstream().publish(
         pipeline.settings.jobs_subject, message.to_bytes(), headers={"Nats-Msg-Id": message.msg_id}
     )
-    await wait_terminal(pool, job_id, limit=300)
+    job = await wait_settled(pool, job_id, limit=300)
+    assert job["status"] == "review" and job["finished_at"] is None  # waits, not finished
     target = await pool.fetchrow(
         "SELECT status, output_version FROM job_targets WHERE job_id = $1", job_id
     )
@@ -371,7 +319,7 @@ async def test_web_page_edits_a_segment_and_renders_a_new_version(
     async with httpx.AsyncClient(base_url=f"{api}/api/v1", headers=headers) as client:
         segments = (await client.get(f"/jobs/{job_id}/languages/spa/segments")).json()["segments"]
     target = max(segments, key=lambda s: s["end"] - s["start"])
-    before_wav = await _key_of(pool, job_id, "mix", "dubbed_wav")
+    before_wav = await stage_output_key(pool, job_id, "mix", "dubbed_wav")
     old_audio = await pool.fetchval(
         "SELECT object_key FROM artifacts WHERE job_id = $1 AND language = 'spa'"
         " AND kind = 'dubbed_audio'",

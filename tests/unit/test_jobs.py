@@ -9,12 +9,13 @@ import uuid
 import pytest
 
 from polydub import jobs, schemas
-from polydub.api import jobs_service
+from polydub.api import job_view, jobs_service
 from polydub.api.routes import events, outputs
 from polydub.client import _common as client_common
 from polydub.errors import InvalidInput
 from polydub.jobs import (
     ACTIVE,
+    SETTLED,
     TERMINAL,
     ArtifactKind,
     JobKeys,
@@ -84,17 +85,20 @@ def test_every_key_of_a_job_is_under_one_of_its_prefixes() -> None:
 
 
 def test_statuses() -> None:
-    assert set(JobStatus) == ACTIVE | TERMINAL and not ACTIVE & TERMINAL
-    # A StrEnum equals its value; "review": a language waiting for a person (and a render).
-    assert {"succeeded", "failed", "cancelled", "review"} == TERMINAL
+    assert set(JobStatus) == ACTIVE | SETTLED and not ACTIVE & SETTLED
+    # A StrEnum equals its value. "review" (a job or language waiting for a person and a
+    # render) is settled, not finished: a job in review has not succeeded yet.
+    assert {"succeeded", "failed", "cancelled"} == TERMINAL
+    assert {"review"} == SETTLED - TERMINAL and "review" not in TERMINAL
     assert "failed" in TERMINAL and "running" not in TERMINAL and None not in TERMINAL
 
 
 def test_terminal_and_the_statuses_are_defined_once() -> None:
     # vars(): each module imports the name, and must not define its own copy.
     assert vars(state)["TERMINAL"] is jobs.TERMINAL
-    assert vars(events)["TERMINAL"] is jobs.TERMINAL
-    assert vars(client_common)["TERMINAL"] is jobs.TERMINAL
+    assert vars(events)["SETTLED"] is jobs.SETTLED
+    for name in ("TERMINAL", "SETTLED"):
+        assert vars(client_common).get(name, getattr(jobs, name)) is getattr(jobs, name)
     assert schemas.JobOut.model_fields["status"].annotation is JobStatus
     assert schemas.TargetOut.model_fields["status"].annotation is JobStatus
     assert vars(jobs_service)["ACTIVE"] is jobs.ACTIVE
@@ -103,7 +107,7 @@ def test_terminal_and_the_statuses_are_defined_once() -> None:
 def test_artifact_kinds_are_defined_once() -> None:
     assert vars(deliver)["ArtifactKind"] is jobs.ArtifactKind
     assert vars(outputs)["ArtifactKind"] is jobs.ArtifactKind
-    # The outputs route names every kind the worker delivers, and no other.
-    assert set(outputs._NAMES) == set(ArtifactKind)
-    assert all(isinstance(kind, ArtifactKind) for kind in outputs._NAMES)
+    # The outputs' file names cover every kind the worker delivers, and no other.
+    assert set(job_view.FILE_NAMES) == set(ArtifactKind)
+    assert all(isinstance(kind, ArtifactKind) for kind in job_view.FILE_NAMES)
     assert set(deliver._SUBTITLES.values()) == {k for k in ArtifactKind if "subtitles" in k}

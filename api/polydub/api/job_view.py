@@ -4,11 +4,40 @@ routes answer and what a webhook carries."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import asyncpg
 
+from polydub.jobs import ArtifactKind
 from polydub.settings import Settings
+
+# kind -> (file name suffix, extension) for the Content-Disposition of each output's link
+FILE_NAMES: dict[str, tuple[str, str]] = {
+    ArtifactKind.DUBBED_VIDEO: ("", "mp4"),
+    ArtifactKind.DUBBED_AUDIO: ("", "m4a"),
+    ArtifactKind.SUBTITLES_SRT: ("", "srt"),
+    ArtifactKind.SUBTITLES_VTT: ("", "vtt"),
+    ArtifactKind.SOURCE_SUBTITLES_SRT: (".source", "srt"),
+    ArtifactKind.SOURCE_SUBTITLES_VTT: (".source", "vtt"),
+    ArtifactKind.TRANSCRIPT: (".transcript", "json"),
+    ArtifactKind.QUALITY_REPORT: (".quality", "json"),
+    ArtifactKind.PREVIEW_VIDEO: (".preview", "mp4"),
+}
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def download_name(
+    input_filename: str | None, language: str, kind: str, version: int | None = None
+) -> str:
+    """An output's file name, ``<input>.<language>[<suffix>][.v<n>].<ext>`` (``version``: an
+    earlier render's file)."""
+    # ASCII only: the name ends up in a header; the user's name is cleaned, never trusted.
+    stem = (input_filename or "output").rsplit(".", 1)[0]
+    stem = _UNSAFE.sub("_", stem).strip("._")[:80] or "output"
+    suffix, ext = FILE_NAMES.get(kind, (f".{kind}", "bin"))
+    rendered = "" if version is None else f".v{version}"
+    return f"{stem}.{language}{suffix}{rendered}.{ext}"
 
 
 def _api_base(settings: Settings) -> str:

@@ -78,6 +78,8 @@ class JobService:
         # This request's fingerprint (idempotency.request_hash), set by the route once the body
         # is read: stored with a new job's Idempotency-Key, compared with a replayed one's.
         self.request_hash: bytes | None = None
+        # What an existing job's record may also be: the fingerprint by an older formula.
+        self.also_accepted: frozenset[bytes] = frozenset()
 
     # -- intake -------------------------------------------------------------------------------
 
@@ -89,7 +91,7 @@ class JobService:
         row = await jobs_db.find_by_idempotency_key(self.state.pool, key.id, idempotency_key)
         if row is None:
             return None
-        check_same_request(row, self.request_hash)
+        check_same_request(row, self.request_hash, self.also_accepted)
         return Accepted(self._job_out(row), replayed=True)
 
     async def check_quota(self, key: ApiKey, idempotency_key: str | None = None) -> None:
@@ -324,7 +326,8 @@ class JobService:
             raise
         if not created:
             await self._drop_input(job.id)
-            check_same_request(row, self.request_hash)  # a concurrent twin with the same key
+            # a concurrent twin with the same key
+            check_same_request(row, self.request_hash, self.also_accepted)
             return Accepted(self._job_out(row), replayed=True)
         job_transition(JobStatus.QUEUED)
         self.state.relay.wake()

@@ -11,9 +11,10 @@ gives up after ``api_webhook_max_attempts``. The statements are ``polydub.api.db
 
 Destinations: the job's ``callback_url`` and every webhook endpoint of its key
 (``/api/v1/webhooks``). Events: ``job.succeeded``, ``job.partially_succeeded`` (it succeeded, but
-a target language failed), ``job.failed``, ``job.cancelled``, and per target language
-``job.language.succeeded`` / ``job.language.failed`` / ``job.language.cancelled`` (with
-``language``). Each carries the job as ``GET /jobs/{id}`` answers it (its name and metadata too).
+a target language failed), ``job.failed``, ``job.cancelled``, ``job.review_ready`` (a
+``review`` job's languages wait for a person: the job is in 'review', not finished; sent once per
+job), and per target language ``job.language.succeeded`` / ``job.language.failed`` /
+``job.language.cancelled`` / ``job.language.review_ready`` (with ``language``). Each carries the job as ``GET /jobs/{id}`` answers it (its name and metadata too).
 
 Signed per the Standard Webhooks spec (https://www.standardwebhooks.com), so an off-the-shelf
 verifier (the ``standardwebhooks`` package, Svix's libraries) checks it with the key's secret
@@ -79,7 +80,10 @@ def verify(secret: str, header: str, body: bytes, *, tolerance: float = 300.0) -
 
 def event_type(state: str, language: str, job: dict[str, Any]) -> str:
     """``job.<state>``, ``job.language.<state>`` for a language's own event, and
-    ``job.partially_succeeded`` for a job that succeeded while a target language did not."""
+    ``job.partially_succeeded`` for a job that succeeded while a target language did not.
+    State ``review`` is ``review_ready``: the segments wait for a person, nothing finished."""
+    if state == "review":
+        state = "review_ready"
     if language:
         return f"job.language.{state}"
     if state == "succeeded" and any(t["status"] != "succeeded" for t in job["targets"]):

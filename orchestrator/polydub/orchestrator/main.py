@@ -26,6 +26,7 @@ from polydub.infra.queue import WORKER_CONSUMER, connect, ensure_jobs_stream
 from polydub.infra.storage import ObjectStore
 from polydub.infra.triton import InferenceClient
 from polydub.media.runner import run_ffmpeg, run_ffprobe
+from polydub.media.source_url import tls_context
 from polydub.orchestrator.health import WorkerHealth
 from polydub.orchestrator.pipeline import PipelineRunner
 from polydub.orchestrator.services import Services
@@ -50,6 +51,9 @@ async def run_worker(
     """``on_services`` sees the worker's clients before the first job (benchmarks meter them)."""
     options = options or WorkerOptions()
     await asyncio.to_thread(check_media_tools)
+    if settings.source_url_enabled:
+        # A CA file that cannot be read stops the worker now, not each source_url job later.
+        await tls_context(settings.source_url_ca_file)
     tracing = configure_tracing(settings, WORKER_SERVICE)
     # Up first: the chart's liveness probe reads it (ready only once connected), and a port in
     # use should stop the worker early.

@@ -74,6 +74,8 @@ class StageStore(Protocol):
         fenced: bool = True,
     ) -> dict[str, Any] | None: ...
 
+    async def await_review(self, job: JobRecord, languages: list[str]) -> dict[str, Any] | None: ...
+
 
 @dataclass
 class StageResult:
@@ -166,7 +168,12 @@ class PipelineRunner:
 
         statuses = await self.store.target_statuses(job.id)
         failed = [lang for lang, s in statuses.items() if s == "failed"]
-        if failed and len(failed) == len(statuses):
+        waiting = [lang for lang, s in statuses.items() if s == "review"]
+        if waiting:
+            # Not finished: job.succeeded (or partially_succeeded) only once renders approved
+            # every language waiting for review.
+            event = await self.store.await_review(job, waiting)
+        elif failed and len(failed) == len(statuses):
             error = PermanentError(
                 f"every target language failed: {', '.join(sorted(failed))}",
                 code="all_targets_failed",

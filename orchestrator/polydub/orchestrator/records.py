@@ -343,16 +343,21 @@ class VoiceCast:
 
     voices: tuple[Voice, ...]
     assignments: tuple[VoiceAssignment, ...]
+    # A reviewer's voice for single segments (id, voice), kept here so a render keeps them.
+    segments: tuple[tuple[int, str], ...] = ()
 
     def semitones(self, speaker: str) -> float:
         """The speaker's pitch shift; 0 for a speaker without an assignment."""
         return next((a.semitones for a in self.assignments if a.speaker == speaker), 0.0)
 
     def to_json(self) -> Json:
-        return {
+        data: Json = {
             "voices": [asdict(v) for v in self.voices],
             "assignments": [asdict(a) for a in self.assignments],
         }
+        if self.segments:
+            data["segments"] = {str(i): v for i, v in self.segments}
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Self:
@@ -370,7 +375,8 @@ class VoiceCast:
             )
             for a in data["assignments"]
         )
-        return cls(voices, assignments)
+        segments = tuple(sorted((int(i), str(v)) for i, v in (data.get("segments") or {}).items()))
+        return cls(voices, assignments, segments)
 
 
 def deliverable_transcript(job_id: str, script: TranslatedTranscript, speakers: Speakers) -> Json:

@@ -10,10 +10,11 @@ spoken again, and an unchanged segment is placed sample for sample where it was.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,9 @@ class Review:
     base: str  # key of the translation.json the edits were made on
     gain_db: float | None  # the mix gain of the render before: kept, so loudness stays put
     version: int
+    # What the TTS said in the run before (SpeechCache), None for jobs made before it was one
+    # object per language.
+    speech_cache: str | None = None
 
     @classmethod
     def of(cls, ctx: StageContext) -> Review | None:
@@ -48,6 +52,7 @@ class Review:
             str(data["base"]),
             None if gain is None else float(gain),
             int(data.get("version") or 1),
+            None if data.get("speech_cache") is None else str(data["speech_cache"]),
         )
 
 
@@ -58,14 +63,19 @@ Choose = Callable[[list[ScoredText], float], int]  # candidates, slot seconds ->
 async def revised_translation(
     review: Review, base: TranslatedTranscript, translate: Translate, choose: Choose
 ) -> tuple[TranslatedTranscript, int]:
-    """The edited segments as translate's output, and how many were translated again."""
+    """The edited segments as translate's output, and how many were translated again (an
+    added segment with no translation is translated here; a deleted one is simply absent, so
+    nothing is spoken in its span)."""
     by_id = {s.id: s for s in base.segments}
     again = [
         s
         for s in review.state.segments
-        if s.id in by_id
-        and s.source_text != by_id[s.id].text
-        and s.translation == by_id[s.id].translation
+        if (
+            s.id in by_id
+            and s.source_text != by_id[s.id].text
+            and s.translation == by_id[s.id].translation
+        )
+        or (s.id not in by_id and not s.translation.strip() and s.source_text.strip())
     ]
     fresh: dict[int, list[ScoredText]] = {}
     if again:
@@ -99,29 +109,71 @@ async def revised_translation(
 
 
 class SpeechCache:
-    """What the TTS said, per request (text, voice, rate, seed), under the job's prefix: a
-    render speaks again only what changed. Content-addressed, so a late write of a fenced-out
-    attempt writes the same bytes. Every run writes it; only a render (``reuse``) reads it: a
-    first run would look up, segment by segment, objects that cannot exist yet."""
+    """What the TTS said, per request (text, voice, rate, seed): a render speaks again only what
+    changed. One object per language and run (``save``, the synthesize stage's output), not one
+    per segment: a job pays one S3 write for it, and a render one read (``load``) of the run
+    before's. Only a render reads it (``reuse``). Jobs from before (no such object) are read the
+    old way: an object per request under ``JobKeys.speech_cache``."""
 
-    def __init__(self, store: ObjectStore, job: JobKeys, language: str, *, reuse: bool) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        job: JobKeys,
+        language: str,
+        *,
+        reuse: bool,
+        previous: str | None = None,
+    ) -> None:
         self.store = store
         self.prefix = job.speech_cache(language)
         self.reuse = reuse
+        self.previous = previous
         self.hits = 0
+        self.known: dict[str, NDArray[np.float32]] = {}
+        self.said: dict[str, NDArray[np.float32]] = {}  # this run's requests, saved as one
 
     def key(self, text: str, voice: str, rate: float, seed: int) -> str:
         request = json.dumps([text, voice, round(rate, 6), seed], ensure_ascii=False)
-        return f"{self.prefix}{hashlib.sha256(request.encode()).hexdigest()}.npy"
+        return hashlib.sha256(request.encode()).hexdigest()
+
+    async def load(self) -> None:
+        """The run before's speech, in one read (a render only)."""
+        if self.reuse and self.previous:
+            data = await self.store.get_bytes(self.previous)
+            # A whole language's speech: decoding it off the event loop
+            self.known = await asyncio.to_thread(_read_speech, data)
 
     async def get(self, key: str) -> NDArray[np.float32] | None:
-        if not self.reuse or not await self.store.exists(key):
+        found = self.known.get(key)
+        if found is None and self.reuse and self.previous is None:
+            found = await self._legacy(f"{self.prefix}{key}.npy")
+        if found is not None:
+            self.hits += 1
+            self.said[key] = found
+        return found
+
+    def put(self, key: str, samples: NDArray[np.float32]) -> None:
+        self.said[key] = samples
+
+    async def save(self, key: str) -> str:
+        """Every request of this run as one object at ``key`` (the stage's own); returns it."""
+        data = await asyncio.to_thread(_write_speech, dict(self.said))  # off the loop
+        await self.store.put_bytes(key, data, "application/octet-stream")
+        return key
+
+    async def _legacy(self, key: str) -> NDArray[np.float32] | None:
+        if not await self.store.exists(key):
             return None
-        self.hits += 1
         loaded: NDArray[Any] = np.load(io.BytesIO(await self.store.get_bytes(key)))
         return loaded.astype(np.float32, copy=False)
 
-    async def put(self, key: str, samples: NDArray[np.float32]) -> None:
-        buffer = io.BytesIO()
-        np.save(buffer, samples, allow_pickle=False)
-        await self.store.put_bytes(key, buffer.getvalue(), "application/octet-stream")
+
+def _read_speech(data: bytes) -> dict[str, NDArray[np.float32]]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as saved:
+        return {name: saved[name].astype(np.float32) for name in saved.files}
+
+
+def _write_speech(said: Mapping[str, NDArray[np.float32]]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **said)  # plain arrays: read back with allow_pickle=False
+    return buffer.getvalue()

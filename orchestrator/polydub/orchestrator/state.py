@@ -354,7 +354,7 @@ class JobStore:
                 UPDATE jobs SET status = $2, error_code = $3, error_message = $4, finished_at = now(),
                        progress = CASE WHEN $2 = 'succeeded' THEN 1 ELSE progress END,
                        current_stage = NULL, eta_seconds = NULL, updated_at = now()
-                 WHERE id = $1 AND status NOT IN ('succeeded', 'failed', 'cancelled')
+                 WHERE id = $1 AND status IN ('queued', 'running')
              RETURNING callback_url
                 """,
                 job_id,
@@ -364,12 +364,14 @@ class JobStore:
             )
             if updated is None:
                 return None
-            # Targets still open end with the job (cancelled or failed with the job's reason).
+            # Targets still open end with the job (cancelled or failed with the job's reason);
+            # one waiting for review is cancelled with its job, and stays renderable otherwise.
             await conn.execute(
                 """
                 UPDATE job_targets SET status = $2, error_code = COALESCE(error_code, $3),
                        error_message = COALESCE(error_message, $4), updated_at = now()
-                 WHERE job_id = $1 AND status IN ('queued', 'running')
+                 WHERE job_id = $1 AND (status IN ('queued', 'running')
+                                        OR (status = 'review' AND $2 = 'cancelled'))
                 """,
                 job_id,
                 "cancelled" if status == "cancelled" else "failed",
@@ -385,6 +387,30 @@ class JobStore:
             await record_webhook_delivery(conn, job_id, JobStatus(status), updated["callback_url"])
             event = await record_event(conn, job_id, "state", data)
         job_transition(status)  # committed: counted once per job and state
+        return event
+
+    async def await_review(self, job: JobRecord, languages: list[str]) -> dict[str, Any] | None:
+        """The job's languages that did not fail wait for review: the job waits in 'review'
+        (not finished: no finished_at, no job.succeeded) until renders approve them. Its
+        ``job.review_ready`` webhook goes out once per job, however many renders follow."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._fence(conn, job)
+            updated = await conn.fetchrow(
+                """
+                UPDATE jobs SET status = 'review', current_stage = NULL, eta_seconds = NULL,
+                       updated_at = now()
+                 WHERE id = $1 AND status IN ('queued', 'running')
+             RETURNING callback_url
+                """,
+                job.id,
+            )
+            if updated is None:
+                return None
+            await record_webhook_delivery(conn, job.id, JobStatus.REVIEW, updated["callback_url"])
+            event = await record_event(
+                conn, job.id, "state", {"status": JobStatus.REVIEW, "review": sorted(languages)}
+            )
+        job_transition(JobStatus.REVIEW)
         return event
 
     @staticmethod

@@ -154,19 +154,30 @@ async def test_an_idempotency_key_reused_for_another_request_is_refused(
     listed = (await client.get("/api/v1/jobs")).json()["items"]
     assert [j["id"] for j in listed] == [job_id]
 
-    # the JSON path after a presigned upload: the upload id is part of the request
-    reserved = (await client.post("/api/v1/uploads")).json()
-    async with httpx.AsyncClient() as plain:
-        sent = await plain.post(
-            reserved["url"], data=reserved["fields"], files={"file": ("a.mp4", clip)}
-        )
-        assert sent.status_code == 204, sent.text
+    # the JSON path after a presigned upload
+    async def upload() -> str:
+        reserved = (await client.post("/api/v1/uploads")).json()
+        async with httpx.AsyncClient() as plain:
+            sent = await plain.post(
+                reserved["url"], data=reserved["fields"], files={"file": ("a.mp4", clip)}
+            )
+            assert sent.status_code == 204, sent.text
+        return str(reserved["upload_id"])
+
     json_headers = {"Idempotency-Key": f"idem-{uuid.uuid4()}"}
-    body = {"upload_id": reserved["upload_id"], "target_languages": ["fra"]}
+    body = {"upload_id": await upload(), "target_languages": ["fra"]}
     created = await client.post("/api/v1/jobs", json=body, headers=json_headers)
     assert created.status_code == 202, created.text
     again = await client.post("/api/v1/jobs", json=body, headers=json_headers)
     assert again.status_code == 202 and again.json()["id"] == created.json()["id"]
+    # a retry of the whole submission reserves and fills an upload of its own: the upload id is
+    # no part of the request, its content is (test_idempotency_uploads), so the same file replays
+    retried = await client.post(
+        "/api/v1/jobs", json={**body, "upload_id": await upload()}, headers=json_headers
+    )
+    assert retried.status_code == 202, retried.text
+    assert retried.json()["id"] == created.json()["id"]
+    assert retried.headers["Idempotent-Replayed"] == "true"
     changed = await client.post(
         "/api/v1/jobs", json={**body, "target_languages": ["spa"]}, headers=json_headers
     )

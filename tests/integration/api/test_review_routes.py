@@ -9,6 +9,7 @@ import uuid
 import httpx
 import pytest
 
+from polydub.voice_catalog import VARIANTS, voices_of
 from tests.integration.api.conftest import Clients
 from tests.integration.api.helpers import Media
 from tests.integration.api.test_lifecycle import submit
@@ -21,12 +22,19 @@ async def test_voices_of_the_served_speech_models(
 ) -> None:
     every = await clients.a.get("/api/v1/voices")
     assert every.status_code == 200, every.text
+    # Each model's own voice, then its pitch variants (polydub.voice_catalog).
     assert {(v["id"], v["language"]) for v in every.json()["voices"]} == {
-        ("mms_tts_spa", "spa"),
-        ("mms_tts_fra", "fra"),
+        (voice.id, language)
+        for language in ("spa", "fra")
+        for voice in voices_of(f"mms_tts_{language}")
     }
     spanish = await clients.a.get("/api/v1/voices", params={"language": "spa"})
-    assert [v["id"] for v in spanish.json()["voices"]] == ["mms_tts_spa"]
+    assert [(v["id"], v["gender"], v["f0"]) for v in spanish.json()["voices"]] == [
+        ("mms_tts_spa", None, None),
+        *((f"mms_tts_spa:{v.name}", v.gender, v.f0) for v in VARIANTS),
+    ]
+    tagged = await clients.a.get("/api/v1/voices", params={"language": "es-ES"})
+    assert tagged.json() == spanish.json()  # a tag as people write it
     none = await clients.a.get("/api/v1/voices", params={"language": "deu"})
     assert none.json()["voices"] == []
     assert (await anon.get("/api/v1/voices")).status_code == 401

@@ -56,6 +56,9 @@ def test_an_older_url_safe_secret_signs_with_its_real_bytes() -> None:
         ("cancelled", "", ["cancelled"], "job.cancelled"),
         ("failed", "fra", ["succeeded", "failed"], "job.language.failed"),
         ("succeeded", "spa", ["succeeded", "running"], "job.language.succeeded"),
+        # A review job: its segments wait for a person, nothing has finished.
+        ("review", "", ["review", "failed"], "job.review_ready"),
+        ("review", "spa", ["review", "running"], "job.language.review_ready"),
     ],
 )
 def test_event_types(state: str, language: str, statuses: list[str], expected: str) -> None:

@@ -14,6 +14,7 @@ from python_multipart.multipart import parse_options_header
 from polydub.api.multipart import validate_filename
 from polydub.client import JobEvent
 from polydub.client._common import MultipartFile, job_fields, output_path, polled_events
+from polydub.client._presigned import json_body
 from polydub.schemas import JobOut
 
 pytestmark = pytest.mark.unit
@@ -132,3 +133,39 @@ def test_polled_jobs_become_events_each_target_end_once() -> None:
 def test_events_keep_fields_the_client_does_not_know_yet() -> None:
     event = JobEvent.model_validate_json('{"id": 7, "type": "progress", "stage": "mix", "new": 1}')
     assert event.id == 7 and event.model_extra == {"new": 1} and not event.terminal
+
+
+def test_a_job_waiting_in_review_ends_the_polled_events() -> None:
+    seen: dict[str, str] = {}
+    waiting = polled_events(_job("review", [("spa", "review", None, 0.5)]), seen)
+    assert [(e.type, e.status) for e in waiting][-2:] == [("target", "review"), ("state", "review")]
+    assert waiting[-1].terminal  # wait() returns: nothing happens until a render
+
+
+def test_review_and_the_source_url_body_are_sent_as_the_server_reads_them() -> None:
+    fields = job_fields(
+        "spa",
+        source_language="eng",
+        num_speakers=None,
+        keep_background=True,
+        subtitles_only=False,
+        review=True,
+        start_time=None,
+        end_time=None,
+        callback_url=None,
+    )
+    assert ("review", "true") in fields
+    body = json_body(fields, source_url="https://example.com/a.mp4")
+    assert body["source_url"] == "https://example.com/a.mp4" and body["review"] == "true"
+    assert body["target_languages"] == ["spa"] and "upload_id" not in body
+    quiet = job_fields(
+        "spa",
+        source_language="eng",
+        num_speakers=None,
+        keep_background=True,
+        subtitles_only=False,
+        start_time=None,
+        end_time=None,
+        callback_url=None,
+    )
+    assert all(name != "review" for name, _ in quiet)  # an older server never sees the field

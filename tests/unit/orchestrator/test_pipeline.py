@@ -107,6 +107,10 @@ class MemoryStore:
         self.job_status = (status, error.code if error else None)
         return {"type": "state", "status": status}
 
+    async def await_review(self, job: JobRecord, languages: list[str]) -> dict[str, Any] | None:
+        self.job_status = ("review", None)
+        return {"type": "state", "status": "review", "review": sorted(languages)}
+
 
 @dataclass
 class Toys:

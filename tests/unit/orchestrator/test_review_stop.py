@@ -38,9 +38,24 @@ async def test_a_review_job_waits_after_translation(tmp_path: Path) -> None:
     assert of("deu", toys.calls) == ["translate", "assign_voices"]  # nothing spoken yet
     assert of("fra", toys.calls) == ["translate", "assign_voices", "synthesize", "mux"]
     assert store.statuses == {"deu": "review", "fra": "succeeded"}
-    assert store.job_status == ("succeeded", None)
+    # Not finished while a language waits for review: no job.succeeded before the approval.
+    assert store.job_status == ("review", None)
 
     # Resumed (a redelivery): a language in review is left as it is.
     again = Dub()
     await run(again, MemoryStore(record.targets, statuses=dict(store.statuses)), record, tmp_path)
     assert again.calls == [("extract", "")]
+
+
+async def test_the_job_succeeds_once_every_language_left_review(tmp_path: Path) -> None:
+    record = dataclasses.replace(job(("deu", "fra")), options={"review": True})
+    approved: dict[tuple[str, str], dict[str, Any]] = {
+        ("review", lang): {"state": {}} for lang in ("deu", "fra")
+    }
+    store = MemoryStore(record.targets, finished=approved, statuses={"fra": "succeeded"})
+    toys = Dub()
+    await run(toys, store, record, tmp_path)
+
+    assert of("deu", toys.calls) == ["translate", "assign_voices", "synthesize", "mux"]
+    assert store.statuses == {"deu": "succeeded", "fra": "succeeded"}
+    assert store.job_status == ("succeeded", None)

@@ -190,8 +190,9 @@ async def list_jobs(
 async def cancel_job(
     pool: asyncpg.Pool, owner: uuid.UUID, job_id: uuid.UUID
 ) -> tuple[asyncpg.Record, dict[str, Any] | None]:
-    """Queued: cancelled at once. Running: flagged, the worker stops at the next stage
-    boundary. Cancelled: unchanged (DELETE is idempotent). Succeeded or failed: 409."""
+    """Queued, or waiting for review (no worker holds either): cancelled at once, with the
+    languages not finished. Running: flagged, the worker stops at the next stage boundary.
+    Cancelled: unchanged (DELETE is idempotent). Succeeded or failed: 409."""
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "SELECT status, callback_url FROM jobs WHERE id = $1 AND owner_id = $2 FOR UPDATE",
@@ -207,7 +208,7 @@ async def cancel_job(
                 code="job_not_cancellable",
                 detail={"status": row["status"]},
             )
-        if row["status"] == JobStatus.QUEUED:
+        if row["status"] in {JobStatus.QUEUED, JobStatus.REVIEW}:
             await conn.execute(
                 "UPDATE jobs SET status = 'cancelled', cancel_requested = true,"
                 " finished_at = now(), eta_seconds = NULL, updated_at = now() WHERE id = $1",
@@ -215,7 +216,7 @@ async def cancel_job(
             )
             await conn.execute(
                 "UPDATE job_targets SET status = 'cancelled', updated_at = now()"
-                " WHERE job_id = $1 AND status IN ('queued', 'running')",
+                " WHERE job_id = $1 AND status IN ('queued', 'running', 'review')",
                 job_id,
             )
             await record_webhook_delivery(conn, job_id, JobStatus.CANCELLED, row["callback_url"])
@@ -285,10 +286,11 @@ async def retry_job(
 async def target_of(
     pool: asyncpg.Pool, owner: uuid.UUID, job_id: uuid.UUID, language: str
 ) -> asyncpg.Record | None:
-    """The job's input name and the language's status (None when the job has no such target);
+    """The job's input name, the language's status and output version (None when the job has
+    no such target);
     None when the caller does not own the job."""
     row: asyncpg.Record | None = await pool.fetchrow(
-        "SELECT j.input_filename, t.status FROM jobs j"
+        "SELECT j.input_filename, t.status, t.output_version FROM jobs j"
         " LEFT JOIN job_targets t ON t.job_id = j.id AND t.language = $3"
         " WHERE j.id = $1 AND j.owner_id = $2",
         job_id,
@@ -309,6 +311,17 @@ async def artifacts_of(
         language,
     )
     return rows
+
+
+async def original_audio(pool: asyncpg.Pool, job_id: uuid.UUID) -> str | None:
+    """The key of the job's audio as extract_audio decoded it (48 kHz WAV); None before then."""
+    outputs = await pool.fetchval(
+        "SELECT outputs FROM job_stages WHERE job_id = $1 AND stage = 'extract_audio'"
+        " AND language = '' AND status = 'succeeded'",
+        job_id,
+    )
+    audio = (outputs or {}).get("original48k")
+    return str(audio) if audio else None
 
 
 async def owner_key_active(pool: asyncpg.Pool, job_id: uuid.UUID) -> bool | None:

@@ -134,7 +134,8 @@ async def finish(
             UPDATE job_targets SET status = $2, error_code = COALESCE(error_code, $3),
                    error_message = COALESCE(error_message, $4), current_stage = NULL,
                    updated_at = now()
-             WHERE job_id = $1 AND status IN ('queued', 'running')
+             WHERE job_id = $1 AND (status IN ('queued', 'running')
+                                    OR (status = 'review' AND $2 = 'cancelled'))
             """,
             job.id,
             "cancelled" if status == JobStatus.CANCELLED else "failed",

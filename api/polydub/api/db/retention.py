@@ -41,10 +41,11 @@ async def delete_job_rows(pool: asyncpg.Pool, job_id: uuid.UUID) -> None:
 
 
 async def expired_jobs(pool: asyncpg.Pool, batch: int) -> list[uuid.UUID]:
-    """Finished jobs past their expiry, the longest expired first (a running job waits)."""
+    """Jobs past their expiry that no worker holds (finished, or waiting for a review nobody
+    did), the longest expired first (a running job waits)."""
     rows = await pool.fetch(
         "SELECT id FROM jobs WHERE expires_at < now()"
-        " AND status IN ('succeeded', 'failed', 'cancelled')"
+        " AND status IN ('succeeded', 'failed', 'cancelled', 'review')"
         " ORDER BY expires_at LIMIT $1",
         batch,
     )

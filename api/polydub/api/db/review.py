@@ -17,7 +17,8 @@ from polydub.jobs import JobMessage, JobStatus, record_event
 from polydub.settings import Settings
 
 # The stages a render runs again, in the language's order; the others' outputs are kept.
-RENDER_STAGES = ("translate", "synthesize", "mix", "mux", "subtitles")
+# assign_voices too: it writes a speaker's chosen voice into voices.json (cheap, no model call).
+RENDER_STAGES = ("translate", "assign_voices", "synthesize", "mix", "mux", "subtitles")
 # The record a render leaves for the worker: the edited state, and what it starts from.
 REVIEW_STAGE = "review"
 
@@ -103,7 +104,8 @@ async def start_render(
     """In the caller's transaction (the language locked): keep the current outputs as their
     version, leave ``review`` for the worker, forget the stages the render runs again, and
     re-queue the job for this language alone. Returns the version the render makes."""
-    if record.job_status not in {JobStatus.SUCCEEDED, JobStatus.FAILED}:
+    # A job in review waits for exactly this: a render approves one of its languages.
+    if record.job_status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.REVIEW}:
         raise Conflict(
             f"the job is {record.job_status}; render once it has finished",
             code="job_not_finished",
@@ -167,9 +169,13 @@ async def start_render(
         " updated_at = now() WHERE id = $1 RETURNING retries",
         job_id,
     )
-    # The next terminal state is a new state change: its webhook goes out again.
+    # The next terminal state is a new state change: its webhook goes out again. Not
+    # review_ready: the job (and each language) was ready for review once, however many renders
+    # approve its languages one by one.
     await conn.execute(
-        "DELETE FROM webhook_deliveries WHERE job_id = $1 AND status <> 'pending'", job_id
+        "DELETE FROM webhook_deliveries WHERE job_id = $1 AND status <> 'pending'"
+        " AND state <> 'review'",
+        job_id,
     )
     await record_event(
         conn, job_id, "state", {"status": JobStatus.QUEUED, "render": language, "version": version}
@@ -181,9 +187,10 @@ async def start_render(
 async def versions(
     pool: asyncpg.Pool, job_id: uuid.UUID, language: str
 ) -> dict[int, list[asyncpg.Record]]:
-    """Each earlier version's files (kind, object_key, content_type, size_bytes)."""
+    """Each earlier version's files (kind, object_key, content_type, size_bytes, created_at)."""
     rows = await pool.fetch(
-        "SELECT version, kind, object_key, content_type, size_bytes FROM artifact_versions"
+        "SELECT version, kind, object_key, content_type, size_bytes, created_at"
+        " FROM artifact_versions"
         " WHERE job_id = $1 AND language = $2 ORDER BY version, kind",
         job_id,
         language,

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from polydub.api import multipart
 from polydub.api.deps import Caller, Jobs, State
 from polydub.api.errors import PayloadTooLarge
-from polydub.api.idempotency import file_sha256, request_hash
+from polydub.api.idempotency import file_sha256, request_hash, upload_request_hashes
 from polydub.api.jobs_service import Accepted
 from polydub.schemas import (
     MAX_TIME_SECONDS,
@@ -181,7 +181,10 @@ async def create_job(
                 return _accepted(response, replayed)
             return _accepted(response, await jobs.submit_from_url(key, from_url, idempotency_key))
         body: JobFromUpload = _validate(JobFromUpload, raw)
-        jobs.request_hash = request_hash(body)
+        if idempotency_key:  # the upload's content is part of the request (api/idempotency.py)
+            jobs.request_hash, jobs.also_accepted = await upload_request_hashes(
+                state.pool, state.store, key.id, body, idempotency_key
+            )
         replayed = await jobs.replay(key, idempotency_key)
         if replayed is not None:
             return _accepted(response, replayed)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Annotated, Any
 
@@ -10,9 +9,11 @@ from fastapi import APIRouter, Query
 from fastapi.responses import RedirectResponse
 
 from polydub.api.db import jobs as jobs_db
-from polydub.api.deps import Caller, State
+from polydub.api.deps import AppState, Caller, State
 from polydub.api.errors import job_not_found
+from polydub.api.job_view import download_name
 from polydub.api.preview import make_preview
+from polydub.api.review_service import earlier_versions
 from polydub.api.routes.downloads import download_link
 from polydub.errors import Conflict, InvalidInput, NotFound
 from polydub.jobs import ArtifactKind
@@ -27,28 +28,6 @@ from polydub.schemas import (
 )
 
 router = APIRouter(tags=["outputs"])
-
-# kind -> (file name suffix, extension) for the Content-Disposition of each link
-_NAMES: dict[str, tuple[str, str]] = {
-    ArtifactKind.DUBBED_VIDEO: ("", "mp4"),
-    ArtifactKind.DUBBED_AUDIO: ("", "m4a"),
-    ArtifactKind.SUBTITLES_SRT: ("", "srt"),
-    ArtifactKind.SUBTITLES_VTT: ("", "vtt"),
-    ArtifactKind.SOURCE_SUBTITLES_SRT: (".source", "srt"),
-    ArtifactKind.SOURCE_SUBTITLES_VTT: (".source", "vtt"),
-    ArtifactKind.TRANSCRIPT: (".transcript", "json"),
-    ArtifactKind.QUALITY_REPORT: (".quality", "json"),
-    ArtifactKind.PREVIEW_VIDEO: (".preview", "mp4"),
-}
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def _download_name(input_filename: str | None, language: str, kind: str) -> str:
-    # ASCII only: the name ends up in a header; the user's name is cleaned, never trusted.
-    stem = (input_filename or "output").rsplit(".", 1)[0]
-    stem = _UNSAFE.sub("_", stem).strip("._")[:80] or "output"
-    suffix, ext = _NAMES.get(kind, (f".{kind}", "bin"))
-    return f"{stem}.{language}{suffix}.{ext}"
 
 
 @router.get(
@@ -83,11 +62,11 @@ async def outputs(
                 state,
                 job_id,
                 row["object_key"],
-                _download_name(job["input_filename"], language, kind),
+                download_name(job["input_filename"], language, kind),
             ),
             content_type=row["content_type"],
             size_bytes=row["size_bytes"],
-            filename=_download_name(job["input_filename"], language, kind),
+            filename=download_name(job["input_filename"], language, kind),
         )
         for kind, row in sorted(chosen.items())
     ]
@@ -103,6 +82,8 @@ async def outputs(
         expires_in_seconds=state.settings.presign_ttl_seconds,
         files=files,
         preview=preview,
+        version=job["output_version"],
+        versions=await earlier_versions(state, job_id, language, job["input_filename"]),
     )
 
 
@@ -127,12 +108,12 @@ async def output_file(
             code="output_not_found",
             detail={"available": sorted(chosen)},
         )
-    name = _download_name(job["input_filename"], language, kind)
+    name = download_name(job["input_filename"], language, kind)
     return RedirectResponse(download_link(state, job_id, row["object_key"], name), 302)
 
 
 async def _chosen(
-    state: Any, owner: uuid.UUID, job_id: uuid.UUID, language: str
+    state: AppState, owner: uuid.UUID, job_id: uuid.UUID, language: str
 ) -> tuple[Any, dict[str, Any]]:
     """The owner's job row for ``language`` and its outputs by kind; 404/409 when there are none."""
     job = await jobs_db.target_of(state.pool, owner, job_id, language)
@@ -155,7 +136,7 @@ async def _chosen(
 
 
 async def _preview(
-    state: Any,
+    state: AppState,
     owner: uuid.UUID,
     job_id: uuid.UUID,
     language: str,

@@ -8,14 +8,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
-from polydub.api.db import review as review_db
 from polydub.api.deps import Caller, State
 from polydub.api.review_service import ReviewService
-from polydub.api.routes.downloads import download_link
 from polydub.api.routes.languages import served_languages
-from polydub.errors import NotFound
+from polydub.languages import resolve
 from polydub.review import RenderOut, SegmentsOut, SegmentsPatch, VoiceOut, VoicesOut
 from polydub.schemas import ErrorEnvelope, OutputFile
+from polydub.voice_catalog import voices_of
 
 router = APIRouter(tags=["review"])
 
@@ -86,24 +85,7 @@ async def render(
 async def version_files(
     job_id: uuid.UUID, language: str, version: int, state: State, key: Caller
 ) -> list[OutputFile]:
-    await review_db.language_record(state.pool, key.id, job_id, language)  # owned, or 404
-    rows = (await review_db.versions(state.pool, job_id, language)).get(version)
-    if not rows:
-        raise NotFound(
-            f"no earlier version {version} of {language!r} (the current one is served by"
-            " .../outputs/{language})",
-            code="version_not_found",
-        )
-    return [
-        OutputFile(
-            kind=r["kind"],
-            url=download_link(state, job_id, r["object_key"], f"v{version}.{r['kind']}"),
-            content_type=r["content_type"],
-            size_bytes=r["size_bytes"],
-            filename=f"v{version}.{r['kind']}",
-        )
-        for r in rows
-    ]
+    return await ReviewService(state).version_files(key, job_id, language, version)
 
 
 @router.get(
@@ -119,10 +101,19 @@ async def voices(
 ) -> VoicesOut:
     served = await served_languages(state)
     found = [
-        VoiceOut(id=model, language=model.rsplit("_", 1)[-1], model=model)
+        VoiceOut(
+            id=voice.id,
+            language=model.rsplit("_", 1)[-1],
+            model=model,
+            gender=voice.variant.gender if voice.variant else None,
+            f0=voice.variant.f0 if voice.variant else None,
+        )
         for model in served.models
         if model.startswith("mms_tts_")
+        for voice in voices_of(model)  # the model's own voice, then its pitch variants
     ]
-    if language is not None:
-        found = [v for v in found if v.language == language]
+    if language is not None:  # a tag as people write it (es, es-ES, spa)
+        resolved = resolve(language)
+        code = resolved.code if resolved else language
+        found = [v for v in found if v.language == code]
     return VoicesOut(voices=found)

@@ -7,6 +7,8 @@
 const API = "/api/v1";
 const KEY_STORAGE = "polydub.apiKey";
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+// Where following a job stops: nothing happens until someone acts (a review waits for a render).
+const SETTLED = new Set([...TERMINAL, "review"]);
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -14,6 +16,7 @@ const state = {
   languages: new Map(), // code -> name
   job: null,
   originalUrl: null, // object URL of the file this page uploaded
+  originalLink: null, // {jobId, url}: the server's link to a job's original media
   stream: null, // AbortController of the event stream
   stages: new Map(), // job-wide stage -> <li>
   targets: new Map(), // language -> {bar, text}
@@ -209,7 +212,7 @@ function openJob(job, fromUpload = false) {
     state.targets.set(target.language, { bar, text });
   }
   renderJob(job);
-  if (TERMINAL.has(job.status)) finish(job.id);
+  if (SETTLED.has(job.status)) finish(job.id);
   else follow(job.id);
 }
 
@@ -305,12 +308,12 @@ async function follow(jobId) {
         const event = JSON.parse(message.data);
         last = event.id;
         onEvent(event);
-        if (event.type === "state" && TERMINAL.has(event.status)) {
+        if (event.type === "state" && SETTLED.has(event.status)) {
           return finish(jobId);
         }
       }
       const job = await api(`/jobs/${jobId}`);
-      if (TERMINAL.has(job.status)) return finish(jobId);
+      if (SETTLED.has(job.status)) return finish(jobId);
     } catch (error) {
       if (controller.signal.aborted) return;
       if (error instanceof ApiError && error.status < 500 && error.status !== 429) {
@@ -355,7 +358,7 @@ async function poll(jobId, controller) {
     try {
       const job = await api(`/jobs/${jobId}`);
       renderJob(job);
-      if (TERMINAL.has(job.status)) return finish(jobId);
+      if (SETTLED.has(job.status)) return finish(jobId);
     } catch (error) {
       showError(error.message);
     }
@@ -374,13 +377,16 @@ async function finish(jobId) {
     $("job-error").textContent = `${job.status}: ${job.error.message} (${job.error.code})`;
     $("job-error").hidden = false;
   }
-  const done = job.targets.filter((t) => t.status === "succeeded").map((t) => t.language);
+  // A language waiting in review gets a tab too: its segment table, before anything is spoken.
+  const shown = job.targets.filter((t) => t.status === "succeeded" || t.status === "review");
+  const done = shown.map((t) => t.language);
   if (!done.length) return;
   const tabs = $("result-tabs");
   tabs.replaceChildren();
-  for (const language of done) {
-    const tab = el("button", { type: "button", "data-language": language, text: languageName(language) });
-    tab.addEventListener("click", () => showResult(job.id, language));
+  for (const target of shown) {
+    const name = languageName(target.language) + (target.status === "review" ? " (review)" : "");
+    const tab = el("button", { type: "button", "data-language": target.language, "data-status": target.status, text: name });
+    tab.addEventListener("click", () => showResult(job.id, target.language));
     tabs.append(tab);
   }
   $("result").hidden = false;
@@ -391,16 +397,23 @@ async function showResult(jobId, language) {
   for (const tab of $("result-tabs").children) {
     tab.classList.toggle("active", tab.dataset.language === language);
   }
-  const outputs = await api(`/jobs/${jobId}/outputs/${language}`);
+  const target = state.job && state.job.targets.find((t) => t.language === language);
+  const waiting = !!target && target.status === "review"; // translated, nothing spoken yet
+  const outputs = waiting ? { files: [] } : await api(`/jobs/${jobId}/outputs/${language}`);
   const files = new Map(outputs.files.map((f) => [f.kind, f]));
-  $("original-figure").hidden = !state.originalUrl;
-  if (state.originalUrl && $("original").src !== state.originalUrl) $("original").src = state.originalUrl;
+  const original = await originalSource(jobId);
+  $("original-figure").hidden = !original;
+  // Compared resolved: the server's link may be relative, the src property never is.
+  if (original && $("original").src !== new URL(original, location.href).href) $("original").src = original;
   const media = files.get("dubbed_video") || files.get("dubbed_audio");
   $("dubbed-caption").textContent = `dubbed: ${languageName(language)}`;
   if (media) $("dubbed").src = media.url;
   else $("dubbed").removeAttribute("src");
-  $("players").hidden = !media;
-  $("no-media").hidden = !!media;
+  $("dubbed-figure").hidden = !media;
+  $("players").hidden = !media && !(waiting && original);
+  $("no-media").hidden = !!media || waiting;
+  $("review-waiting").hidden = !waiting;
+  $("render").textContent = waiting ? "Approve and render" : "Re-render";
 
   const list = $("downloads");
   list.replaceChildren();
@@ -410,6 +423,20 @@ async function showResult(jobId, language) {
   }
   await showTranscript(files.get("transcript"));
   if (typeof showReview === "function") await showReview(jobId, language); // review.js
+}
+
+// The original media: the file this page uploaded, else the server's short-lived link to the
+// job's input (so the original plays in any browser, for any job of the key).
+async function originalSource(jobId) {
+  if (state.originalUrl) return state.originalUrl;
+  if (state.originalLink && state.originalLink.jobId === jobId) return state.originalLink.url;
+  try {
+    const link = await api(`/jobs/${jobId}/original?redirect=false`);
+    state.originalLink = { jobId, url: link.url };
+    return link.url;
+  } catch (error) {
+    return null; // not fetched yet, or expired: the page goes on without it
+  }
 }
 
 async function showTranscript(file) {

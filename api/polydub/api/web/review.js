@@ -1,10 +1,11 @@
 // Review and re-dub on the web page: a language's segments as an editable table (source text,
-// translation, times), play buttons for the original and the dubbed audio of a segment, save
+// translation, times), a voice per speaker, play buttons for the original and the dubbed audio
+// of a segment, save
 // (PATCH with If-Match) and re-render. Loaded after app.js, whose helpers (api, el, $,
 // showError, formatTime, openJob) it uses; server data goes into the page as text only.
 "use strict";
 
-const review = { jobId: null, language: null, etag: null, segments: [], stopAt: null };
+const review = { jobId: null, language: null, etag: null, segments: [], voices: {}, choices: [], stopAt: null };
 
 async function showReview(jobId, language) {
   review.jobId = jobId;
@@ -16,13 +17,36 @@ async function showReview(jobId, language) {
     $("review").hidden = true;
     return;
   }
+  try {
+    review.choices = (await api(`/voices?language=${encodeURIComponent(language)}`)).voices;
+  } catch (error) {
+    review.choices = []; // no choice offered: the cast stays as it is
+  }
   fillReview(data);
   $("review").hidden = false;
+}
+
+// One select per speaker: the language's voices (the model's own, then its pitch variants).
+function fillVoices(data) {
+  const box = $("review-voices");
+  box.replaceChildren();
+  for (const [speaker, current] of Object.entries(data.voices)) {
+    const select = el("select", { class: "edit-voice", "data-speaker": speaker });
+    for (const voice of review.choices) {
+      const label = voice.f0 ? `${voice.id} (${voice.gender}, ${voice.f0} Hz)` : `${voice.id} (automatic)`;
+      select.append(el("option", { value: voice.id, text: label }));
+    }
+    if (!review.choices.some((v) => v.id === current)) select.append(el("option", { value: current, text: current }));
+    select.value = current;
+    box.append(el("label", {}, el("span", { class: "speaker", text: speaker }), select));
+  }
 }
 
 function fillReview(data) {
   review.etag = data.etag;
   review.segments = data.segments;
+  review.voices = data.voices;
+  fillVoices(data);
   $("review-version").textContent = `version ${data.version}${data.edited ? ", edited: not rendered yet" : ""}`;
   $("review-state").textContent = "";
   const body = $("review-table").querySelector("tbody");
@@ -84,14 +108,23 @@ function reviewEdits() {
   return edits;
 }
 
+function voiceEdits() {
+  const voices = {};
+  for (const select of $("review-voices").querySelectorAll("select")) {
+    if (select.value !== review.voices[select.dataset.speaker]) voices[select.dataset.speaker] = select.value;
+  }
+  return voices;
+}
+
 async function saveReview() {
   const edits = reviewEdits();
-  if (!edits.length) return true;
+  const voices = voiceEdits();
+  if (!edits.length && !Object.keys(voices).length) return true;
   try {
     const data = await api(`/jobs/${review.jobId}/languages/${review.language}/segments`, {
       method: "PATCH",
       headers: { "Content-Type": "application/json", "If-Match": review.etag },
-      body: JSON.stringify({ segments: edits }),
+      body: JSON.stringify({ segments: edits, voices }),
     });
     fillReview(data);
     showError("");
@@ -121,7 +154,8 @@ async function renderReview() {
     for (;;) {
       await new Promise((resolve) => setTimeout(resolve, 1000));
       const job = await api(`/jobs/${jobId}`);
-      if (TERMINAL.has(job.status)) {
+      const target = job.targets.find((t) => t.language === language);
+      if (SETTLED.has(job.status) && target && TERMINAL.has(target.status)) {
         openJob(job);
         break;
       }

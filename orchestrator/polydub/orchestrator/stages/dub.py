@@ -29,6 +29,11 @@ from polydub.orchestrator.records import (
 from polydub.orchestrator.revise import Review, SpeechCache, revised_translation
 from polydub.orchestrator.services import Services
 from polydub.orchestrator.timing import plan_timing
+from polydub.orchestrator.voice_choice import (
+    segment_shifts,
+    segment_voices,
+    with_chosen_voices,
+)
 from polydub.orchestrator.voices import Gender, Voice, cast_voices, estimate_f0
 from polydub.serving import names
 from polydub.serving.names import SAMPLE_RATE
@@ -105,7 +110,9 @@ async def assign_voices(ctx: StageContext) -> StageResult:
     speakers = Speakers.from_json(await artifacts.get_json(ctx.outputs_of("gender")["speakers"]))
     voice = await _voice(ctx.services, ctx.language)
     assignments = cast_voices(speakers.speakers, [voice])
-    cast = VoiceCast((voice,), tuple(assignments))
+    review = Review.of(ctx)
+    assignments = with_chosen_voices(assignments, review, voice)  # a reviewer's choice
+    cast = VoiceCast((voice,), tuple(assignments), segment_voices(review))
     key = await artifacts.put_json(ctx.key("voices.json"), cast.to_json())
     return StageResult(
         {"voices": key}, {"assignments": {a.speaker: round(a.semitones, 2) for a in assignments}}
@@ -135,8 +142,15 @@ async def synthesize(ctx: StageContext) -> StageResult:
     cast = VoiceCast.from_json(await artifacts.get_json(ctx.outputs_of("assign_voices")["voices"]))
     timeline_end = ctx.outputs_of("extract_audio")["duration"]
     seeds = [_seed(ctx.job.id.hex, s.id) for s in segments]
-    rendering = Review.of(ctx) is not None
-    cache = SpeechCache(services.store, JobKeys(ctx.job.id), ctx.language, reuse=rendering)
+    review = Review.of(ctx)
+    cache = SpeechCache(
+        services.store,
+        JobKeys(ctx.job.id),
+        ctx.language,
+        reuse=review is not None,
+        previous=review.speech_cache if review else None,
+    )
+    await cache.load()
     voice = names.mms_tts(ctx.language)
 
     async def speak(i: int, rate: float) -> np.ndarray:  # type: ignore[type-arg]
@@ -149,7 +163,7 @@ async def synthesize(ctx: StageContext) -> StageResult:
             segments[i].translation, ctx.language, speaking_rate=rate, seed=seeds[i]
         )
         samples = np.asarray(speech.samples, np.float32)
-        await cache.put(key, samples)
+        cache.put(key, samples)
         return samples
 
     first = await asyncio.gather(*(speak(i, 1.0) for i in range(len(segments))))
@@ -179,7 +193,7 @@ async def synthesize(ctx: StageContext) -> StageResult:
     }
     # No second of speech to dub: this language fails here (a warning on random weights).
     noise = enforce("synthesize", metrics, random_weights=await services.random_weights([voice]))
-    semitones = [cast.semitones(s.speaker) for s in segments]
+    semitones = segment_shifts(cast, review, segments)  # a chosen voice: its pitch
     rendered = await asyncio.to_thread(
         render_segments, audio, SAMPLE_RATE, final.segments, semitones
     )
@@ -194,8 +208,9 @@ async def synthesize(ctx: StageContext) -> StageResult:
         )
     )
     timing_key = await artifacts.put_json(ctx.key("timing.json"), timed.to_json())
+    said = await cache.save(ctx.key("speech_cache.npz"))  # what a render of this reuses
     return StageResult(
-        {"speech": speech["key"], "timing": timing_key},
+        {"speech": speech["key"], "timing": timing_key, "speech_cache": said},
         metrics,
         quality_warnings(ctx, "synthesize", metrics) + [w.to_dict() for w in noise],
     )
