@@ -1,6 +1,7 @@
 """Speech / background separation: quality on synthetic mixtures with known stems, and speed.
 
     .venv/bin/python -m bench.separation [--model random|DIR|HUB_ID] [--seconds 30] [--mixtures 3]
+    .venv/bin/python -m bench.separation --checkpoint PATH|HUB_ID  # HT-Demucs: a demucs .th
 
 Mixtures (16 kHz mono): espeak-ng sentences (``export/speech_clips.py``, two voices) with gaps,
 over generated "music" (a chord progression of harmonic notes with a pulse) and coloured noise,
@@ -18,6 +19,9 @@ speech at ``--snr`` dB over the background. For each mixture and each separator:
 Separators: ``none`` (the mix as both estimates: what ducking starts from), ``oracle`` (the ideal
 ratio mask |S| / (|S| + |B|) through the same STFT / overlap-add: this front end's ceiling), and
 the chosen checkpoint (``random``: the tiny random net, whose figures are noise by design).
+``--checkpoint`` takes a demucs checkpoint (HT-Demucs: a ``.th`` file, a directory holding
+one, or a Hub id whose repository holds one, ``owner/name:file.th`` among several): the export serves it as ``separation_htdemucs`` and the mixtures are resampled to its
+44.1 kHz, its speech stem back to 16 kHz, background = mix - speech (``--model`` takes one too).
 Prints a table and saves JSON under bench/results/.
 """
 
@@ -168,25 +172,35 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     from polydub.orchestrator.inference.separation import SeparationClient
     from polydub.serving.separation import Stems, separate
 
+    ref = args.checkpoint or args.model
     rows: list[dict[str, Any]] = []
-    notes: dict[str, Any] = {"model": args.model, "seconds": args.seconds, "snr_db": args.snr}
+    notes: dict[str, Any] = {"model": ref, "seconds": args.seconds, "snr_db": args.snr}
     with private_stack(["triton"]) as settings:
         repository = settings.model_repository
-        checkpoint = Checkpoint(args.model if args.model != RANDOM else RANDOM, "MIT")
+        checkpoint = Checkpoint(ref if ref != RANDOM else RANDOM, "MIT")
         report = SeparationExporter().export({MODEL: checkpoint}, Target.CPU, repository)
         copy_templates(TEMPLATES, repository, report.models)
         notes["export"] = report.notes
+        served = report.models[0]
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
-        session = ort.InferenceSession(str(repository / MODEL / "1" / "model.onnx"), options)
+        session = ort.InferenceSession(str(repository / served / "1" / "model.onnx"), options)
 
         def local(specs: Array) -> Array:
             out: Array = session.run(None, {"spectrogram": specs})[0]
             return out
 
+        def local_mask_net(mix: Array) -> Stems:
+            return separate(mix, local)
+
         async with InferenceClient(settings.triton_url) as triton:
-            await triton.load_model(MODEL)
-            client = SeparationClient(triton)
+            await triton.load_model(served)
+            client: Any = SeparationClient(triton)
+            local_stems: Any = local_mask_net
+            label = ref
+            if served != MODEL:  # HT-Demucs: its own front end at 44.1 kHz
+                client, local_stems = htdemucs_runners(session, triton)
+                label = f"htdemucs {ref}"
             for m in range(args.mixtures):
                 speech, intervals = speech_track(args.seconds, 3 * m)
                 bg = music(args.seconds, m)
@@ -199,15 +213,43 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     ("oracle", separate_with_starts(mix, oracle_mask(speech, background)), None),
                 ]
                 started = time.perf_counter()
-                stems = separate(mix, local)
-                runs.append((f"{args.model} onnxruntime", stems, time.perf_counter() - started))
+                stems = local_stems(mix)
+                runs.append((f"{label} onnxruntime", stems, time.perf_counter() - started))
                 started = time.perf_counter()
                 stems = await client.separate(mix)
-                runs.append((f"{args.model} triton", stems, time.perf_counter() - started))
+                runs.append((f"{label} triton", stems, time.perf_counter() - started))
                 for name, result, elapsed in runs:
                     figures = row(name, result, mix, speech, background, intervals, elapsed)
                     rows.append({"mixture": m, **figures})
     return {"notes": notes, "rows": rows}
+
+
+class _AtRate:
+    """``HtDemucsClient`` at the mixtures' 16 kHz, with ``separate(mix)`` like the mask net's."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    async def separate(self, mix: Array) -> Any:
+        return await self.client.separate(mix, SR)
+
+
+def htdemucs_runners(session: Any, triton: Any) -> tuple[Any, Any]:
+    """(Triton client, in-process separation) of the HT-Demucs graph in ``session``."""
+    from polydub.orchestrator.inference.htdemucs import HtDemucsClient, at_rate, resample
+    from polydub.serving import htdemucs as front
+
+    chunking = front.Chunking.of_waveform(session.get_inputs()[0].shape)
+
+    def speech(waves: Array, specs: Array) -> tuple[Array, Array]:
+        spec, wave = session.run(None, {"waveform": waves, "spectrogram": specs})
+        return spec, wave
+
+    def local(mix: Array) -> Any:
+        native = front.separate(resample(mix, SR, front.SAMPLE_RATE), speech, chunking)
+        return at_rate(mix, SR, native)
+
+    return _AtRate(HtDemucsClient(triton, chunking)), local
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -222,6 +264,11 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--model", default="random", help="random, a directory or a Hub id")
+    parser.add_argument(
+        "--checkpoint",
+        help="a demucs HT-Demucs checkpoint: a .th file, or a directory or Hub id holding one "
+        "(OWNER/NAME:FILE.th among several)",
+    )
     parser.add_argument("--seconds", type=float, default=30.0, help="per mixture")
     parser.add_argument("--mixtures", type=int, default=3)
     parser.add_argument("--snr", type=float, default=0.0, help="speech over background, dB")

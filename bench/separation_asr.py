@@ -1,6 +1,6 @@
 """Does the separated speech stem help ASR? Whisper-base WER on the mixture vs on speech stems.
 
-    .venv/bin/python -m bench.separation_asr [--model random|DIR|HUB_ID] [--seconds 60] [--snr 0 -5]
+    .venv/bin/python -m bench.separation_asr [--model random|DIR|HUB_ID|PATH.th] [--seconds 60] [--snr 0 -5]
 
 The recording: ``bench.asr_real``'s espeak-ng sentences with known text, over ``bench.separation``'s
 generated music and noise at each ``--snr`` dB (speech over background). The ASR: the real whisper-base
@@ -30,7 +30,7 @@ import numpy as np
 
 from bench.asr_real import MARGIN_S, Audio, make_recording
 from bench.common import TEMPLATES, private_stack, save
-from bench.separation import music, oracle_mask, sdr, separate_with_starts
+from bench.separation import htdemucs_runners, music, oracle_mask, sdr, separate_with_starts
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -59,14 +59,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         separation = SeparationExporter().export({MODEL: checkpoint}, Target.CPU, repository)
         copy_templates(TEMPLATES, repository, whisper.models + separation.models)
         notes["export_s"] = round(time.perf_counter() - started, 1)
+        served = separation.models[0]  # separation_htdemucs for a demucs checkpoint
         async with InferenceClient(settings.triton_url) as triton:
             await triton.load_model(BLS_MODEL)
-            await triton.load_model(MODEL)
+            await triton.load_model(served)
             asr = AsrClient(triton)
+            separator: Any = SeparationClient(triton)
+            if served != MODEL:
+                import onnxruntime as ort
+
+                graph = ort.InferenceSession(str(repository / served / "1" / "model.onnx"))
+                separator = htdemucs_runners(graph, triton)[0]
             rows = []
-            for snr, name, audio in await _inputs(
-                SeparationClient(triton), speech, generated, args
-            ):
+            for snr, name, audio in await _inputs(separator, speech, generated, args):
                 regions = [
                     AudioRegion(
                         max(0.0, a - MARGIN_S),

@@ -36,7 +36,10 @@ def export(
             "--model",
             help="KEY=REF[@REVISION] (repeatable): a Hub id, a local directory or 'random' for "
             "one served model, e.g. whisper=openai/whisper-large-v3-turbo, nllb=/srv/nllb-1.3B, "
-            "pyannote_segmentation=pyannote/segmentation-3.0 (gated: needs HF_TOKEN).",
+            "pyannote_segmentation=pyannote/segmentation-3.0 (gated: needs HF_TOKEN). "
+            "separation=HUB_ID|DIR|FILE.th also takes a demucs HT-Demucs checkpoint: a .th "
+            "file, or a directory or Hub repository holding one (OWNER/NAME:FILE.th among "
+            "several), served as separation_htdemucs.",
         ),
     ] = None,
 ) -> None:

@@ -30,12 +30,18 @@ MMS_LANGUAGES = ("spa", "fra", "deu", "eng")
 MMS_PREFIX = "facebook/mms-tts-"
 EMBEDDING = "pyannote/wespeaker-voxceleb-resnet34-LM"
 SEGMENTATION = "pyannote/segmentation-3.0"
+# Not a ``small``-preset model: an HT-Demucs checkpoint as demucs publishes them, one ``.th``
+# file at the repository's root (``--model separation=HUB_ID``).
+HTDEMUCS = "polydub-test/htdemucs-tiny"
+HTDEMUCS_FILE = "htdemucs-tiny.th"
+HTDEMUCS_SECONDS = 0.5  # its training segment: short, so that exporting it is quick
 REPOS: tuple[str, ...] = (
     WHISPER,
     NLLB,
     *(MMS_PREFIX + language for language in MMS_LANGUAGES),
     EMBEDDING,
     SEGMENTATION,
+    HTDEMUCS,
 )
 GATED = frozenset({SEGMENTATION})  # gated on the real Hub: files need an accepted token
 
@@ -78,11 +84,21 @@ def _builder(repo_id: str) -> Builder:
         NLLB: transformers_repos.build_nllb,
         EMBEDDING: pyannote_repos.build_embedding,
         SEGMENTATION: pyannote_repos.build_segmentation,
+        HTDEMUCS: build_htdemucs,
     }
     try:
         return builders[repo_id]
     except KeyError:
         raise KeyError(f"no fake-hub builder for {repo_id!r}; known: {', '.join(REPOS)}") from None
+
+
+def build_htdemucs(out_dir: Path, scale: Scale, repo_id: str) -> ModelCard:
+    """The tiny HT-Demucs of ``polydub.export.htdemucs`` (4 channels) at either scale: the
+    real one's weights are 168 MB and its architecture is tested elsewhere."""
+    from polydub.export.htdemucs import tiny_checkpoint
+
+    tiny_checkpoint(out_dir / HTDEMUCS_FILE, seconds=HTDEMUCS_SECONDS)
+    return ModelCard(license="mit", tags=("demucs", "audio-source-separation"))
 
 
 def build_repo(repo_id: str, out_dir: Path, scale: Scale = "ci") -> Path:
@@ -132,6 +148,8 @@ def parameter_counts(scale: Scale = "real") -> dict[str, int]:
     counts: dict[str, int] = {}
     with torch.device("meta"):
         for repo_id in REPOS:
+            if repo_id == HTDEMUCS:
+                continue  # the tiny network at every scale: no published count to match
             if repo_id in (EMBEDDING, SEGMENTATION):
                 model = pyannote_repos.model(repo_id)
             else:

@@ -1,10 +1,11 @@
 """Checkpoints on the Hugging Face Hub or in a local directory: access, loading, checks, errors.
 
-Every family loads through the same three calls, so a hub id, a revision and a local directory
+Every family loads through the same calls, so a hub id, a revision and a local directory
 (air-gapped sites copy weights in) work the same everywhere:
 
 * ``pretrained_args(checkpoint)``: ``(ref, kwargs)`` for transformers' ``from_pretrained``;
 * ``fetch_file(checkpoint, name)``: one file of the checkpoint on local disk;
+* ``fetch_single(checkpoint, suffix)``: a single-file checkpoint (demucs ``.th``) on the Hub;
 * ``inspect(checkpoint, expected)``: before any file is written into the repository, proves
   the checkpoint exists, is of the family (its config's ``model_type`` or its files), and fits
   this machine's memory and disk; returns the resolved revision or content hash.
@@ -115,6 +116,74 @@ def fetch_file(checkpoint: Checkpoint, filename: str) -> Path:
             token=require_access(checkpoint),
         )
     )
+
+
+# ``owner/name:file``: a Hub checkpoint that is one named file of its repository (a repository
+# may hold several, e.g. demucs's four HT-Demucs variants); Hub ids never contain a colon.
+FILE_SEPARATOR = ":"
+
+
+def split_file_ref(ref: str) -> tuple[str, str | None]:
+    """``(repo id, file)`` of a ``owner/name:file`` ref; ``(ref, None)`` without a file."""
+    repo_id, sep, filename = ref.partition(FILE_SEPARATOR)
+    return (repo_id, filename) if sep and filename else (ref, None)
+
+
+def fetch_single(checkpoint: Checkpoint, suffix: str) -> Path | None:
+    """The one file ending in ``suffix`` at the root of a Hub checkpoint (``owner/name``, or
+    ``owner/name:file`` naming it), downloaded into the Hub cache at the revision it was
+    listed at. None for a local or random checkpoint or a repository holding none; several
+    without a name: ConfigurationError ``checkpoint_ambiguous`` naming them."""
+    if checkpoint.random or checkpoint.local is not None:
+        return None
+    repo_id, filename = split_file_ref(checkpoint.ref)
+    token = require_access(checkpoint)
+    revision = checkpoint.revision
+    import requests
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    if filename is None:
+        try:
+            info = HfApi().model_info(repo_id, revision=revision, token=token)
+            listed = [s.rfilename for s in info.siblings or ()]
+        except (OfflineModeIsEnabled, requests.ConnectionError, requests.Timeout):
+            # No Hub: what the cache holds of the repository stands for its listing (a
+            # mask-net checkpoint then loads from the cache by its fixed file names).
+            cached, revision = _cached_files(repo_id, revision, suffix)
+            if cached is None:
+                return None
+            listed = [p.name for p in cached.glob(f"*{suffix}")]
+        else:
+            revision = info.sha or revision  # download at the commit that was listed
+        found = sorted(name for name in listed if "/" not in name and name.endswith(suffix))
+        if len(found) > 1:
+            raise ConfigurationError(
+                f"{checkpoint.describe()} holds {len(found)} {suffix} checkpoints "
+                f"({', '.join(found)}): name one as {repo_id}{FILE_SEPARATOR}{found[0]}",
+                code="checkpoint_ambiguous",
+            )
+        if not found:
+            return None
+        filename = found[0]
+    return Path(hf_hub_download(repo_id, filename, revision=revision, token=token))
+
+
+def _cached_files(repo_id: str, revision: str | None, suffix: str) -> tuple[Path | None, str]:
+    """(the cached snapshot of ``repo_id`` at ``revision``, its commit), or (None, revision)
+    when the Hub cache holds none; only files ending in ``suffix`` are looked at."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(
+            snapshot_download(
+                repo_id, revision=revision, allow_patterns=[f"*{suffix}"], local_files_only=True
+            )
+        )
+    except LocalEntryNotFoundError:
+        return None, revision or "main"
+    return folder, folder.name  # snapshots/<commit>/
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,11 @@ LICENSES: dict[str, ModelSource] = {
     ),
     "mms_tts_[a-z]{3}": ModelSource("mms_tts", "facebook/mms-tts-<lang>", "CC-BY-NC-4.0"),
     "separation": ModelSource("separation", "polydub-mask-net (a directory or Hub id)", "MIT"),
+    "separation_htdemucs": ModelSource(
+        "separation",
+        "HT-Demucs (a demucs .th checkpoint, or a directory / Hub id holding one)",
+        "MIT",
+    ),
 }
 
 

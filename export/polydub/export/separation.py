@@ -18,7 +18,9 @@ Checkpoints: ``random`` (the tiny preset: a 1-block, 4-channel net, the mask is 
 directory / Hub id holding ``config.json`` (``{"model_type": "polydub-mask-net", "channels",
 "blocks", "bottleneck"}``) and ``model.safetensors`` (this module's state dict). No preset but
 tiny serves it by default: random weights would damage every mix; ``--model separation=REF``
-adds it.
+adds it. A REF that is a demucs ``.th`` checkpoint (or a directory or Hub repository holding
+one at its root) is exported by ``polydub.export.htdemucs`` instead, as the Triton model
+``separation_htdemucs``.
 """
 
 from __future__ import annotations
@@ -176,8 +178,13 @@ class SeparationExporter:
         checkpoint = checkpoints.get(MODEL)
         if checkpoint is None:
             report = ExportReport(family=self.name, checkpoint="none")
-            report.notes.append(f"{MODEL}: not served (add --model separation=DIR|HUB_ID)")
+            report.notes.append(f"{MODEL}: not served (add --model separation=HUB_ID|DIR|FILE.th)")
             return report
+        from polydub.export import htdemucs
+
+        demucs_file = htdemucs.checkpoint_file(checkpoint)
+        if demucs_file is not None:  # a demucs .th checkpoint: HT-Demucs, its own graph
+            return htdemucs.export(checkpoint, demucs_file, repository)
         started = time.perf_counter()
         module, config = load(checkpoint)
         specs = parity_spectrograms()
@@ -187,6 +194,7 @@ class SeparationExporter:
             expected = module(torch.from_numpy(specs)).numpy()
         actual = run_onnx(path, {SeparationIn.SPECTROGRAM: specs})[0]
         report = ExportReport(family=self.name, checkpoint=checkpoint.describe(), models=[MODEL])
+        report.retired.append(names.SEPARATION_HTDEMUCS)  # one separation model at a time
         report.precision[MODEL] = "fp32"
         report.max_abs_diff[MODEL] = check_parity(
             MODEL, max_abs_diff([expected], [actual]), *SPEC.tolerance("fp32")

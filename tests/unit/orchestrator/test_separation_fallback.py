@@ -7,6 +7,7 @@ still fails the stage. The unreachable server is a real Triton client on a close
 
 from __future__ import annotations
 
+import errno
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
@@ -88,6 +89,9 @@ def test_failures_of_the_model_or_server_fall_back_and_bugs_surface() -> None:
     missing = ConfigurationError("unknown model 'separation'", code="model_not_found")
     assert fallback_reason(missing) == "separation failed: model_not_found"
     assert fallback_reason(MemoryError()) == "separation failed: out_of_memory"
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert fallback_reason(full) == "separation failed: disk_full"
+    assert fallback_reason(PermissionError(errno.EACCES, "denied")) is None
     assert fallback_reason(classify(RuntimeError("grpc hiccup"))) is not None
     assert fallback_reason(TypeError("bad call")) is None
     assert fallback_reason(ValueError("bad shape")) is None  # not ours to guess: surfaces
