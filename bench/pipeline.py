@@ -3,6 +3,10 @@
 Reports wall time / media duration and the share of wall time with no model inference in flight
 (platform overhead: media work, storage, database, queueing). Inference time is metered on the
 worker's Triton client as the union of the intervals with at least one request in flight.
+Per job it also reports each stage's wall time (job_stages started/finished, mean over jobs and
+languages), the ffmpeg/ffprobe processes started and their CPU seconds (the worker runs in this
+process, so its finished children are exactly those media tools): CPU seconds stay comparable
+on a loaded machine where wall seconds do not.
 
     .venv/bin/python -m bench.pipeline [--concurrent 8] [--seconds 60] [--targets spa,fra]
 """
@@ -11,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import resource
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -27,6 +34,7 @@ from polydub.infra.queue import connect, ensure_jobs_stream
 from polydub.infra.storage import ObjectStore
 from polydub.infra.triton import InferenceClient
 from polydub.jobs import JobKeys, JobMessage
+from polydub.media import runner
 from polydub.orchestrator.main import run_worker
 from polydub.orchestrator.services import Services
 from polydub.orchestrator.worker import WorkerOptions
@@ -65,6 +73,28 @@ class InferenceMeter:
         return self.busy, self.calls
 
 
+class MediaMeter:
+    """ffmpeg / ffprobe processes started through polydub.media.runner, by binary name."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: dict[str, int] = {}
+        run = runner._run
+
+        def counted(command: list[str], **kwargs: Any) -> runner.Completed:
+            name = os.path.basename(command[0])
+            with self.lock:
+                self.counts[name] = self.counts.get(name, 0) + 1
+            return run(command, **kwargs)
+
+        runner._run = counted
+
+    def snapshot(self) -> tuple[dict[str, int], float]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with self.lock:
+            return dict(self.counts), children.ru_utime + children.ru_stime
+
+
 async def load_models(settings: Any, preset: Preset) -> list[str]:
     await asyncio.to_thread(
         export_preset, preset, Target.CPU, settings.model_repository, templates=TEMPLATES
@@ -96,6 +126,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             b"x" * 32,
         )
         meter = InferenceMeter()
+        media = MediaMeter()
 
         def meter_services(services: Services) -> None:
             services.triton.infer = meter.wrap(services.triton.infer)  # type: ignore[method-assign]
@@ -130,6 +161,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 ids.append(job_id)
             busy0, calls0 = meter.snapshot()
+            tools0, media_cpu0 = media.snapshot()
+            cpu0 = time.process_time()
             started = time.perf_counter()
             for job_id in ids:
                 message = JobMessage(job_id)
@@ -151,11 +184,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(0.2)
             wall = time.perf_counter() - started
             busy, calls = meter.snapshot()
+            tools, media_cpu = media.snapshot()
+            cpu = time.process_time() - cpu0
             failed = await pool.fetchval(
                 "SELECT count(*) FROM jobs WHERE id = ANY($1) AND status <> 'succeeded'", ids
             )
             stages = await pool.fetch(
-                "SELECT stage, avg((metrics->>'seconds')::float) AS s FROM job_stages WHERE job_id = ANY($1) GROUP BY stage",
+                "SELECT stage, avg(extract(epoch FROM finished_at - started_at))::float AS s"
+                " FROM job_stages WHERE job_id = ANY($1) GROUP BY stage",
                 ids,
             )
             return {
@@ -168,6 +204,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "inference_calls": calls - calls0,
                 "overhead_share": round(1 - (busy - busy0) / wall, 3),
                 "stage_avg_seconds": {r["stage"]: round(r["s"], 3) for r in stages},
+                "media_processes_per_job": {
+                    k: round((v - tools0.get(k, 0)) / n, 1) for k, v in sorted(tools.items())
+                },
+                "media_cpu_seconds_per_job": round((media_cpu - media_cpu0) / n, 2),
+                "worker_cpu_seconds_per_job": round(cpu / n, 2),
             }
 
         try:
@@ -185,6 +226,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "targets": targets,
             "single": single,
             "concurrent": concurrent,
+            "load_average": os.getloadavg(),  # a shared machine: other work slows the wall
             "concurrent_vs_single_wall": round(
                 concurrent["wall_seconds"] / single["wall_seconds"], 2
             ),
@@ -202,17 +244,21 @@ def main() -> None:
     result = asyncio.run(run(parser.parse_args()))
     print(
         f"{'':10} {'jobs':>4} {'wall s':>8} {'x realtime':>10} {'inference s':>11} {'overhead':>8}"
+        f" {'media cpu s/job':>15} {'worker cpu s/job':>16}"
     )
     for name in ("single", "concurrent"):
         r = result[name]
         print(
             f"{name:10} {r['jobs']:>4} {r['wall_seconds']:>8} {r['realtime_factor']:>10} "
             f"{r['inference_busy_seconds']:>11} {r['overhead_share']:>8.1%}"
+            f" {r['media_cpu_seconds_per_job']:>15} {r['worker_cpu_seconds_per_job']:>16}"
         )
     print(
         f"{result['concurrent']['jobs']} jobs at once took {result['concurrent_vs_single_wall']}x the wall time of one"
     )
-    print("stage seconds (1 job):", result["single"]["stage_avg_seconds"])
+    print("stage wall seconds (1 job):", result["single"]["stage_avg_seconds"])
+    print("media processes per job:", result["single"]["media_processes_per_job"])
+    print("load average at the end:", os.getloadavg())
     print("saved", save("pipeline", result))
 
 

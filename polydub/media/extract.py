@@ -1,7 +1,8 @@
 """Extract audio from validated user media: 16 kHz mono float32 for the models, and the original
 mix as a float WAV (48 kHz stereo by default) for the background of the dub.
 
-Both decode only the chosen audio stream (``audio_index``: the n-th audio stream, as in
+``extract_audio`` makes both from one decode (what the worker runs); each alone is also here.
+All decode only the chosen audio stream (``audio_index``: the n-th audio stream, as in
 ``MediaInfo.audio``) and, when given, only ``[start, end)`` seconds of it, seeking accurately.
 """
 
@@ -102,9 +103,7 @@ def extract_mix_wav(
     run_ffmpeg(
         [
             *file_input(path, options=_range_options(start, end, media_duration)),
-            "-map", f"0:a:{audio_index}", "-vn", "-sn", "-dn", "-map_metadata", "-1",
-            "-ac", str(channels), "-ar", str(sample_rate), "-c:a", "pcm_f32le",
-            "-f", "wav", "-rf64", "never", file_url(target),
+            *_mix_wav_output(target, audio_index, sample_rate, channels),
         ],
         timeout=decode_timeout(media_duration),
         blame="input",
@@ -112,3 +111,43 @@ def extract_mix_wav(
     )  # fmt: skip
     info = wav_info(target)
     return ExtractedWav(target, info.sample_rate, info.channels, info.frames)
+
+
+def extract_audio(
+    path: str | os.PathLike[str],
+    mix_path: str | os.PathLike[str],
+    *,
+    start: float | None = None,
+    end: float | None = None,
+    audio_index: int = 0,
+    sample_rate: int = SAMPLE_RATE,
+    mix_sample_rate: int = MIX_SAMPLE_RATE,
+    mix_channels: int = 2,
+    media_duration: float,
+) -> tuple[NDArray[np.float32], ExtractedWav]:
+    """``extract_model_audio`` and ``extract_mix_wav`` from one ffmpeg run: the media is demuxed
+    and decoded once, and each output gets its own down-mix and resampler (the same samples as
+    the two functions give alone)."""
+    target = Path(mix_path)
+    out = run_ffmpeg(
+        [
+            *file_input(path, options=_range_options(start, end, media_duration)),
+            *_mix_wav_output(target, audio_index, mix_sample_rate, mix_channels),
+            "-map", f"0:a:{audio_index}", "-vn", "-sn", "-dn",
+            *pcm_output(sample_rate, 1),
+        ],
+        timeout=decode_timeout(media_duration),
+        blame="input",
+        what="extract audio",
+    ).stdout  # fmt: skip
+    info = wav_info(target)
+    mixed = ExtractedWav(target, info.sample_rate, info.channels, info.frames)
+    return np.frombuffer(out, dtype="<f4").astype(np.float32), mixed
+
+
+def _mix_wav_output(target: Path, audio_index: int, sample_rate: int, channels: int) -> list[str]:
+    return [
+        "-map", f"0:a:{audio_index}", "-vn", "-sn", "-dn", "-map_metadata", "-1",
+        "-ac", str(channels), "-ar", str(sample_rate), "-c:a", "pcm_f32le",
+        "-f", "wav", "-rf64", "never", file_url(target),
+    ]  # fmt: skip

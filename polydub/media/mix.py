@@ -8,7 +8,9 @@
   never sits in memory), ducks it under the dub with a gain envelope (``duck_db`` with an attack
   ramp before speech and a release after, short gaps bridged so it does not pump), adds the
   speech, normalises the result to EBU R128 (integrated loudness to ``target_lufs`` with a linear
-  gain, capped so the true peak stays under ``max_true_peak``), and counts clipped samples.
+  gain, capped so the true peak stays under ``max_true_peak``), and counts clipped samples. The
+  loudness is measured once: the delivered one is the measured one moved by the gain
+  (``shifted_loudness``), measured again only where clipping or the absolute gate forbid that.
 * Source separation hook: a ``BackgroundSeparator`` (e.g. a model served by Triton) writes a
   background stem without speech; ``background_track`` uses it when given, and ``mix_to_wav``
   then barely ducks (``separated_duck_db``) instead of hiding the original voices under the dub.
@@ -270,7 +272,7 @@ def mix_to_wav(
             background[offset : offset + n] * gain[:, None] + (speech * speech_gain)[:, None]
         )
     out.flush()
-    measured = measure_loudness(out_wav, duration=frames / rate)
+    measured, levels = _measure(out_wav, duration=frames / rate)
     if gain_db is None:
         gain_db = normalisation_gain(measured, policy.target_lufs, policy.max_true_peak)
     clipped = 0
@@ -281,7 +283,11 @@ def mix_to_wav(
         out[offset : offset + chunk] = np.clip(block, -1.0, 1.0)
     out.flush()
     del out
-    final = measure_loudness(out_wav, duration=frames / rate) if gain_db else measured
+    # The delivered loudness follows from the first measurement where a gain is all that changed.
+    final = measured
+    if gain_db:
+        shifted = None if clipped else shifted_loudness(measured, levels, gain_db)
+        final = shifted or measure_loudness(out_wav, duration=frames / rate)
     ducked = sum(e - s for s, e in merged)
     return MixResult(Path(out_wav), rate, channels, frames, measured, final, gain_db, clipped,
                      ducked, separated)  # fmt: skip
@@ -297,6 +303,31 @@ def normalisation_gain(measured: Loudness, target_lufs: float, max_true_peak: fl
     return round(gain, 2)
 
 
+def shifted_loudness(
+    measured: Loudness, levels: Sequence[float], gain_db: float
+) -> Loudness | None:
+    """The loudness after a linear gain of ``gain_db`` without measuring again, or None where that
+    cannot be known exactly. Integrated loudness and true peak move by the gain and the loudness
+    range not at all, unless a 400 ms or 3 s block crosses BS.1770's absolute gate (-70 LUFS):
+    the relative gates move with the gain. ``levels`` are the measurement's block loudnesses,
+    printed to 0.1 LU, hence the margin. Clipping breaks linearity: the caller measures then.
+    Silence (nothing over the gate: ebur128 reports its floor, -70) is measured again too."""
+    low, high = sorted((_ABSOLUTE_GATE, _ABSOLUTE_GATE - gain_db))
+    if measured.integrated_lufs <= _ABSOLUTE_GATE or any(
+        low - 0.1 <= level <= high + 0.1 for level in levels
+    ):
+        return None
+    return Loudness(
+        round(measured.integrated_lufs + gain_db, 2),
+        round(measured.true_peak_dbtp + gain_db, 2),
+        measured.lra,
+    )
+
+
+_ABSOLUTE_GATE = -70.0  # LUFS (ITU-R BS.1770-4, EBU Tech 3342)
+# One line per 100 ms frame at loglevel verbose: its momentary (M, 400 ms) and short-term (S, 3 s)
+# loudness, the blocks that the integrated loudness and the loudness range gate.
+_FRAME = re.compile(r"\bM:\s*(?P<m>-?[\d.]+|-?inf|nan)\s+S:\s*(?P<s>-?[\d.]+|-?inf|nan)")
 _SUMMARY = re.compile(
     r"Integrated loudness:\s*I:\s*(?P<i>-?[\d.]+|-?inf)\s*LUFS.*?"
     r"LRA:\s*(?P<lra>-?[\d.]+|-?inf)\s*LU.*?"
@@ -308,17 +339,26 @@ _SUMMARY = re.compile(
 def measure_loudness(path: str | os.PathLike[str], *, duration: float = 3600.0) -> Loudness:
     """EBU R128 / ITU-R BS.1770 integrated loudness, loudness range and true peak (ffmpeg
     ``ebur128``, 4x oversampled true peak) of an audio file."""
-    # The summary is logged at info; framelog=verbose keeps the per-frame lines below that.
+    return _measure(path, duration=duration, frames=False)[0]
+
+
+def _measure(
+    path: str | os.PathLike[str], *, duration: float = 3600.0, frames: bool = True
+) -> tuple[Loudness, list[float]]:
+    """The loudness and, with ``frames``, every frame's M and S block loudness (LUFS)."""
+    # The summary is logged at info, the per-frame lines (framelog=verbose) at verbose.
+    # The null muxer's default codec is 16-bit PCM; float skips a conversion nobody reads.
     run = run_ffmpeg(
         [*file_input(path, user_media=False), "-map", "0:a:0",
-         "-af", "ebur128=peak=true:framelog=verbose", "-f", "null", "-"],
+         "-af", "ebur128=peak=true:framelog=verbose", "-c:a", "pcm_f32le", "-f", "null", "-"],
         timeout=60.0 + 0.2 * duration,
         blame="internal",
         what="measure loudness",
-        loglevel="info",
+        loglevel="verbose" if frames else "info",
     )  # fmt: skip
     found = list(_SUMMARY.finditer(run.stderr))
     if not found:
         raise ValueError("no loudness summary in ffmpeg output")
     m = found[-1]
-    return Loudness(float(m["i"]), float(m["tp"]), float(m["lra"]))
+    levels = [float(v) for f in _FRAME.finditer(run.stderr) for v in (f["m"], f["s"])]
+    return Loudness(float(m["i"]), float(m["tp"]), float(m["lra"])), levels

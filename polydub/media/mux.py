@@ -2,7 +2,8 @@
 
 The video streams are copied (``-c:v copy``; never re-encoded), the dub is encoded to AAC, and
 nothing trims either side (no ``-shortest``): the output's audio lasts what the mix WAV lasts,
-which is the original audio's length. MP4 when the video codec is allowed in MP4, else Matroska
+which is the original audio's length. The worker encodes the dub once (``encode_audio``, the M4A
+deliverable) and muxes that AAC by copy (``copy_audio``): one encode per language, not two. MP4 when the video codec is allowed in MP4, else Matroska
 (e.g. VP8 or Theora), so the copy always succeeds.
 """
 
@@ -37,16 +38,18 @@ def container_for(video_codecs: list[str]) -> Container:
 
 def mux(
     video_path: str | os.PathLike[str],
-    audio_wav: str | os.PathLike[str],
+    audio: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
     *,
     video_codecs: list[str],
     language: str | None = None,
     audio_offset: float = 0.0,
     audio_bitrate: str = "192k",
+    copy_audio: bool = False,
     duration: float = 3600.0,
 ) -> MuxResult:
-    """Copy every video stream of ``video_path`` (not cover art) and add ``audio_wav`` as AAC.
+    """Copy every video stream of ``video_path`` (not cover art) and add ``audio``: a WAV encoded
+    to AAC, or with ``copy_audio`` an AAC file (``encode_audio``'s M4A) copied as it is.
 
     ``video_codecs`` comes from ``MediaInfo.video`` and picks the container; ``language`` (ISO
     639-2/3) tags the audio; ``audio_offset`` is the original audio's start relative to the video
@@ -54,11 +57,12 @@ def mux(
     """
     container = container_for(video_codecs)
     audio_options = ["-itsoffset", f"{audio_offset:.6f}"] if audio_offset else []
+    codec = ["-c:a", "copy"] if copy_audio else ["-c:a", "aac", "-b:a", audio_bitrate]
     args = [
         *file_input(video_path),
-        *file_input(audio_wav, user_media=False, options=audio_options),
+        *file_input(audio, user_media=False, options=audio_options),
         "-map", "0:V", "-map", "1:a:0",
-        "-c:v", "copy", "-c:a", "aac", "-b:a", audio_bitrate,
+        "-c:v", "copy", *codec,
         "-map_metadata", "0", "-map_chapters", "-1",
         "-disposition:a:0", "default",
     ]  # fmt: skip

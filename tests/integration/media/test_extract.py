@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from polydub.media.extract import extract_mix_wav, extract_model_audio
+from polydub.media.extract import extract_audio, extract_mix_wav, extract_model_audio
 from polydub.media.pcm import read_wav
 from polydub.media.probe import probe
 from tests.media import make_audio, make_video, tone
@@ -58,3 +58,19 @@ def test_output_never_runs_past_the_probed_duration(wav: Path) -> None:
     assert extract_model_audio(wav, start=0.5, end=9.0, media_duration=1.0).shape == (8000,)
     with pytest.raises(ValueError):
         extract_model_audio(wav, start=2.0, media_duration=1.0)
+
+
+@pytest.mark.parametrize("start, end", [(None, None), (0.5, 1.5)])
+def test_one_decode_gives_what_the_two_extracts_give(
+    tmp_path: Path, start: float | None, end: float | None
+) -> None:
+    video = make_video(tmp_path / "v.mp4", 2.0)  # AAC: a lossy decode, so compare it exactly
+    duration = probe(video).audio_duration
+    speech, mixed = extract_audio(video, tmp_path / "both.wav", start=start, end=end,
+                                  media_duration=duration)  # fmt: skip
+    alone = extract_model_audio(video, start=start, end=end, media_duration=duration)
+    assert speech.dtype == np.float32 and np.array_equal(speech, alone)
+    wav = extract_mix_wav(video, tmp_path / "alone.wav", start=start, end=end,
+                          media_duration=duration)  # fmt: skip
+    assert (mixed.sample_rate, mixed.channels, mixed.frames) == (48000, 2, wav.frames)
+    assert np.array_equal(read_wav(mixed.path)[0], read_wav(wav.path)[0])

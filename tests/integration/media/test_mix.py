@@ -52,6 +52,24 @@ def test_ducking_is_exact_and_loudness_is_normalised(music: Path, tmp_path: Path
     assert result.ducked_seconds == 1.0 and not result.separated
 
 
+@pytest.mark.parametrize("level_db, target", [(-40.0, -23.0), (-10.0, -23.0), (-60.0, -16.0)])
+def test_loudness_of_the_mix_is_its_measured_loudness(
+    tmp_path: Path, level_db: float, target: float
+) -> None:
+    # Noise with quiet stretches near the absolute gate: the shifted loudness (no second
+    # measurement) must be what ffmpeg measures of the delivered file.
+    x = background(6.0, level_db=level_db)
+    x[RATE : 2 * RATE] *= np.float32(10 ** (-35 / 20))
+    path = write_wav(tmp_path / "in.wav", stereo(x), RATE)
+    result = mix_to_wav(path, [], tmp_path / "out.wav", intervals=[],
+                        policy=MixPolicy(target_lufs=target))  # fmt: skip
+    again = measure_loudness(result.path)
+    assert result.clipped_samples == 0
+    assert result.loudness.integrated_lufs == pytest.approx(again.integrated_lufs, abs=0.11)
+    assert result.loudness.true_peak_dbtp == pytest.approx(again.true_peak_dbtp, abs=0.11)
+    assert result.loudness.lra == pytest.approx(again.lra, abs=0.11)
+
+
 def test_speech_is_placed_sample_accurately(tmp_path: Path) -> None:
     silence = write_wav(tmp_path / "silence.wav", np.zeros((RATE, 2), np.float32), RATE)
     click = np.zeros(100, np.float32)

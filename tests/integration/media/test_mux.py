@@ -68,3 +68,34 @@ def test_audio_that_starts_late_stays_late(tmp_path: Path) -> None:
     # within one AAC frame (21 ms): the encoder's priming is placed differently on re-encode
     assert probe(out.path).audio_offset == pytest.approx(info.audio_offset, abs=0.025)
     assert stream_md5(out.path) == stream_md5(shifted)
+
+
+@pytest.mark.parametrize("name, video_codec", [("in.mp4", None), ("in.webm", "libvpx")])
+def test_encoded_audio_is_muxed_by_copy(tmp_path: Path, name: str, video_codec: str | None) -> None:
+    source = make_video(tmp_path / name, 2.0, video_codec=video_codec)
+    info = probe(source)
+    wav = extract_mix_wav(source, tmp_path / "mix.wav", media_duration=info.audio_duration)
+    m4a = encode_audio(wav.path, tmp_path / "dub.m4a", language="spa")
+    result = mux(source, m4a, tmp_path / "out", video_codecs=[v.codec for v in info.video],
+                 language="spa", copy_audio=True, duration=info.duration)  # fmt: skip
+    assert stream_md5(result.path) == stream_md5(source)
+    # the muxed AAC is the M4A's, packet for packet: encoded once
+    assert stream_md5(result.path, "0:a") == stream_md5(m4a, "0:a")
+    out = probe(result.path)
+    assert [(a.codec, a.channels, a.language) for a in out.audio] == [("aac", 2, "spa")]
+    assert abs(out.audio_duration - info.audio_duration) <= 0.05
+    assert abs(out.duration - info.duration) <= 0.05
+
+
+def test_copied_audio_that_starts_late_stays_late(tmp_path: Path) -> None:
+    base = make_video(tmp_path / "base.mp4", 2.0)
+    shifted = tmp_path / "shifted.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(base), "-itsoffset", "0.5", "-i", str(base),
+                    "-map", "0:v", "-map", "1:a", "-c", "copy", str(shifted)], check=True)  # fmt: skip
+    info = probe(shifted)
+    wav = extract_mix_wav(shifted, tmp_path / "mix.wav", media_duration=info.audio_duration)
+    m4a = encode_audio(wav.path, tmp_path / "dub.m4a")
+    out = mux(shifted, m4a, tmp_path / "out.mp4", video_codecs=["h264"],
+              audio_offset=info.audio_offset, copy_audio=True)  # fmt: skip
+    assert probe(out.path).audio_offset == pytest.approx(info.audio_offset, abs=0.025)
+    assert abs(probe(out.path).audio_duration - info.audio_duration) <= 0.05

@@ -13,6 +13,7 @@ from polydub.media.mix import (
     duck_envelope,
     merge_intervals,
     normalisation_gain,
+    shifted_loudness,
     speech_intervals,
 )
 from polydub.media.stretch import bounded_tempo, fade_out, fit_length, tempo_to_fit
@@ -83,3 +84,20 @@ def test_tempo_bounds() -> None:
         bounded_tempo(0.0)
     with pytest.raises(ValueError):
         bounded_tempo(1.0, max_tempo=0.9)
+
+
+def test_loudness_after_a_gain_moves_by_the_gain_away_from_the_absolute_gate() -> None:
+    measured = Loudness(-30.0, -6.0, 4.0)
+    levels = [-120.7, -45.0, -31.0, -28.0]  # silence far under the gate, speech far above
+    assert shifted_loudness(measured, levels, 7.0) == Loudness(-23.0, 1.0, 4.0)
+    assert shifted_loudness(measured, levels, -3.5) == Loudness(-33.5, -9.5, 4.0)
+
+
+def test_loudness_after_a_gain_is_unknown_when_a_block_crosses_the_absolute_gate() -> None:
+    measured = Loudness(-30.0, -6.0, 4.0)
+    assert shifted_loudness(measured, [-74.0, -30.0], 7.0) is None  # -67 after: now gated in
+    assert shifted_loudness(measured, [-68.0, -30.0], -3.0) is None  # -71 after: now gated out
+    assert shifted_loudness(measured, [-70.05, -30.0], 0.5) is None  # at the gate, within rounding
+    assert shifted_loudness(measured, [-74.0, -30.0], -3.0) is not None  # stays under it
+    silence = Loudness(-70.0, float("-inf"), 0.0)  # ebur128's floor: nothing over the gate
+    assert shifted_loudness(silence, [-120.7, -120.7], 6.0) is None

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from polydub.errors import PolydubError
 from polydub.jobs import ArtifactKind
@@ -63,8 +64,7 @@ async def mix(ctx: StageContext) -> StageResult:
         original = await asyncio.to_thread(_silence_like, original, ctx.workdir / "silence.wav")
     synth = ctx.outputs_of("synthesize")
     timings = (await read_timing(ctx, artifacts)).timings
-    with np.load(await artifacts.fetch(synth["speech"])) as arrays:
-        rendered = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+    rendered = await asyncio.to_thread(_load_speech, await artifacts.fetch(synth["speech"]))
     placements = [Placement(t.start, r) for t, r in zip(timings, rendered, strict=True)]
     if separation.get("background_wav") and not dropped:
         background, separated = await artifacts.fetch(separation["background_wav"]), True
@@ -126,11 +126,12 @@ async def mux(ctx: StageContext) -> StageResult:
         result = await asyncio.to_thread(
             mux_media,
             source,
-            dubbed,
+            audio_path,  # the AAC just encoded, copied: the dub is encoded once
             video_path,
             video_codecs=facts["video_codecs"],
             language=ctx.language,
             audio_offset=facts["audio_offset"],
+            copy_audio=True,
             duration=facts["audio_duration"],
         )
         name, content_type = (
@@ -236,6 +237,7 @@ def served_models(language: str) -> list[str]:
     return [
         names.SILERO_VAD,
         names.SEPARATION,
+        names.SEPARATION_HTDEMUCS,
         names.PYANNOTE_SEGMENTATION,
         names.SPEAKER_EMBEDDING,
         names.WHISPER,
@@ -243,6 +245,12 @@ def served_models(language: str) -> list[str]:
         names.NLLB,
         names.mms_tts(language),
     ]
+
+
+def _load_speech(path: Path) -> list[NDArray[np.float32]]:
+    """The synthesize stage's rendered segments, in order (read off the event loop)."""
+    with np.load(path) as arrays:
+        return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
 
 
 def _silence_like(wav: Path, out: Path) -> Path:

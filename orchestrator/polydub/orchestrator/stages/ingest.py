@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from polydub.errors import InvalidInput
-from polydub.media.extract import extract_mix_wav, extract_model_audio
+from polydub.media.extract import extract_audio as extract_media_audio
 from polydub.media.probe import probe
 from polydub.media.source_url import fetch_source_url
 from polydub.orchestrator.artifacts import Artifacts
@@ -78,10 +78,11 @@ async def extract_audio(ctx: StageContext) -> StageResult:
     etag = ctx.job.input_etag or facts.get("input_etag")
     source = await artifacts.fetch_input(ctx.job.input_key, etag)
     duration = facts["audio_duration"]
-    speech = await asyncio.to_thread(extract_model_audio, source, media_duration=duration)
-    speech_key = await artifacts.put_wav(ctx.key("speech16k.wav"), speech, 16000)
     mix_path = ctx.workdir / "original48k.wav"
-    mixed = await asyncio.to_thread(extract_mix_wav, source, mix_path, media_duration=duration)
+    speech, mixed = await asyncio.to_thread(
+        extract_media_audio, source, mix_path, media_duration=duration
+    )  # one decode for both
+    speech_key = await artifacts.put_wav(ctx.key("speech16k.wav"), speech, 16000)
     original = await artifacts.put_file(ctx.key("original48k.wav"), mix_path, "audio/wav")
     return StageResult(
         {"speech16k": speech_key, "original48k": original["key"], "duration": mixed.duration},
