@@ -21,6 +21,11 @@ round (``--repeat`` rounds): the headline wall time is each system's best round 
 only add time), the median is recorded too, with CPU seconds and the load average of each round,
 and the Triton requests retried (a window still queued at the client's 120 s deadline is sent
 again: its work is done twice; per-region sends every window at once, so 2 cores can hit it).
+Memory: the peak RSS of the process tree doing the work in each round (tritonserver and its
+python stubs; this process for faster-whisper, which runs in it), sampled every 0.25 s; the
+Triton tree's peak over all rounds must stay under ``--triton-rss-ceiling-mib`` (exit status 1
+otherwise). ``--reuse`` serves the graphs of an earlier export (skips the export); ``--param``
+sets whisper config parameters (e.g. ``encoder_cpu_arena=true``, the setting before the fix).
 
     .venv/bin/python -m bench.asr_real [--seconds 150] [--repeat 2] [--threads 2]
 """
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,6 +47,7 @@ from numpy.typing import NDArray
 
 from bench.asr import cpu_seconds
 from bench.common import TEMPLATES, private_stack, save
+from bench.memory_watch import PeakMemory, sample, tritonserver_pid
 from polydub.export.wer import word_error_rate
 from polydub.serving.names import SAMPLE_RATE
 
@@ -100,6 +107,10 @@ class Run:
     cpus: list[float] = field(default_factory=list)  # CPU seconds of this process and the stack
     loads: list[float] = field(default_factory=list)  # 1-minute load average after each round
     retries: list[int] = field(default_factory=list)  # Triton requests retried (timeouts) in each
+    # peak RSS (MiB) of the process tree doing the work in each round: tritonserver and its
+    # python stubs for polydub, this process (where faster-whisper runs) for faster-whisper
+    peak_rss_mib: list[int] = field(default_factory=list)
+    start_rss_mib: list[int] = field(default_factory=list)  # the same tree when the round began
     texts_stable: bool = True  # every round decoded the same text
 
 
@@ -200,7 +211,7 @@ def _in_thread(run: Callable[[Audio], str], audio: Audio) -> Transcribe:
 
 
 async def measure(
-    systems: dict[str, Transcribe], recording: Recording, repeat: int, marker: str
+    systems: dict[str, Transcribe], recording: Recording, repeat: int, marker: str, triton: int
 ) -> list[Run]:
     """``repeat`` rounds, every system once per round in turn: the machine's load swings, and
     interleaving spreads it over all of them. A pause before each lets spinning threads idle."""
@@ -209,9 +220,12 @@ async def measure(
         for name, transcribe in systems.items():
             await asyncio.sleep(1.0)
             cpu, retried = cpu_seconds(marker), triton_retries()
+            memory = PeakMemory(triton if name.startswith("polydub") else os.getpid())
+            memory.start()
             started = time.perf_counter()
             text = await transcribe()
             wall = time.perf_counter() - started
+            peak = memory.stop()
             cpu = cpu_seconds(marker) - cpu
             run = runs.setdefault(name, Run(name, word_error_rate(recording.reference, text), text))
             run.texts_stable = run.texts_stable and run.text == text
@@ -219,8 +233,10 @@ async def measure(
             run.cpus.append(round(cpu, 1))
             run.loads.append(round(os.getloadavg()[0], 2))
             run.retries.append(round(triton_retries() - retried))
+            run.peak_rss_mib.append(peak.rss_mib)
+            run.start_rss_mib.append(peak.start_rss_mib)
             print(f"  round {number + 1} {name}: {wall:.1f}s, WER {run.wer:.3f} "
-                  f"(load {run.loads[-1]:.1f})", flush=True)  # fmt: skip
+                  f"(load {run.loads[-1]:.1f}, peak RSS {peak.rss_mib} MiB)", flush=True)  # fmt: skip
     return list(runs.values())
 
 
@@ -242,7 +258,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     from polydub.export.spec import Checkpoint, Target
     from polydub.export.whisper import WhisperExporter
     from polydub.export.whisper_graphs import BLS_MODEL
-    from polydub.infra.triton import InferenceClient
+    from polydub.infra.triton import Deadline, InferenceClient
     from polydub.orchestrator.inference.asr import AsrClient
 
     chosen = [s for s in args.systems.split(",") if s]
@@ -252,16 +268,25 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     notes: dict[str, Any] = {}
     with private_stack(["triton"]) as settings:
         started = time.perf_counter()
-        checkpoint = Checkpoint(str(bundled_checkpoint()), "MIT")
-        report = WhisperExporter().export(
-            {BLS_MODEL: checkpoint}, Target.CPU, settings.model_repository
-        )
-        copy_templates(TEMPLATES, settings.model_repository, report.models)
+        if args.reuse:  # an earlier export of the same weights: its graphs, linked
+            notes["served_precision"] = f"the graphs of {args.reuse}"
+            reuse_export(Path(args.reuse), settings.model_repository / BLS_MODEL)
+        else:
+            checkpoint = Checkpoint(str(bundled_checkpoint()), "MIT")
+            report = WhisperExporter().export(
+                {BLS_MODEL: checkpoint}, Target.CPU, settings.model_repository
+            )
+            notes["served_precision"] = report.precision[BLS_MODEL]
+        copy_templates(TEMPLATES, settings.model_repository, [BLS_MODEL])
+        set_parameters(settings.model_repository / BLS_MODEL / "config.pbtxt", args.param)
         notes["export_s"] = round(time.perf_counter() - started, 1)
-        notes["served_precision"] = report.precision[BLS_MODEL]
+        triton_pid = tritonserver_pid(settings.model_repository)
+        notes["triton_rss_mib_empty"] = sample(triton_pid)[0] // 2**20
         async with InferenceClient(settings.triton_url) as triton:
             await triton.load_model(BLS_MODEL)
-            client = AsrClient(triton)
+            # One generous deadline: per-region sends every window at once, and on a shared
+            # 2-core machine the last ones wait minutes; the bench measures work, not expiry.
+            client = AsrClient(triton, deadline=Deadline(floor=900.0, per_unit=0.0))
             # warm-up: the first windows allocate the sessions' buffers
             await client.transcribe(recording.audio[: 5 * SAMPLE_RATE], language="eng")
             systems = polydub_systems(client, recording) | faster_whisper_systems(
@@ -269,7 +294,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             )
             systems = {name: systems[name] for name in SYSTEMS if name in chosen}
             load_before = _load()
-            runs = await measure(systems, recording, args.repeat, str(settings.stack_dir))
+            runs = await measure(
+                systems, recording, args.repeat, str(settings.stack_dir), triton_pid
+            )
     return {
         "args": vars(args),
         "audio_seconds": round(recording.seconds, 2),
@@ -283,7 +310,38 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "notes": notes,
         "runs": [asdict(r) for r in runs],
         "summary": summarize(runs, recording.seconds),
+        "memory_ceiling": ceiling(runs, args.triton_rss_ceiling_mib),
     }
+
+
+def reuse_export(source: Path, model_dir: Path) -> None:
+    """``source``: an exported ``whisper`` model folder; its version folder's graphs and
+    tokenizer are linked into ``model_dir`` (configs and model.py come from the templates)."""
+    version = model_dir / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    for item in (source / "1").iterdir():
+        if item.suffix == ".onnx" or item.name == "tokenizer":
+            (version / item.name).symlink_to(item.resolve())
+
+
+def set_parameters(config: Path, settings: Sequence[str]) -> None:
+    """``key=value`` settings of parameters the config already has (e.g. the memory ones, to
+    measure the settings before the fix: encoder_cpu_arena=true, encoder_batch=16)."""
+    text = config.read_text()
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        pattern = rf'(key: "{re.escape(key)}" value {{ string_value: )"[^"]*"'
+        text, found = re.subn(pattern, rf'\1"{value}"', text)
+        if not found:
+            raise SystemExit(f"{config} has no parameter {key!r}")
+    config.write_text(text)
+
+
+def ceiling(runs: Sequence[Run], limit_mib: int) -> dict[str, Any]:
+    """The Triton tree's peak RSS over every polydub round against ``limit_mib``."""
+    peaks = [p for r in runs if r.system.startswith("polydub") for p in r.peak_rss_mib]
+    peak = max(peaks, default=0)
+    return {"limit_mib": limit_mib, "triton_peak_rss_mib": peak, "within": peak <= limit_mib}
 
 
 def summarize(runs: Sequence[Run], seconds: float) -> dict[str, Any]:
@@ -316,7 +374,7 @@ def print_table(result: dict[str, Any]) -> None:
           f"{result['load_average_before']} -> {result['load_average_after']}")  # fmt: skip
     print(f"threads: {result['threads']}")
     ratios = [f"vs {b}" for b in BASELINES]
-    print(f"{'system':<22}{'WER':>7}{'RTF':>8}{'RTF med':>9}{'CPU s':>7}"
+    print(f"{'system':<22}{'WER':>7}{'RTF':>8}{'RTF med':>9}{'CPU s':>7}{'peak MiB':>10}"
           + "".join(f"{x:>15}" for x in ratios) + "  walls (s), loads")  # fmt: skip
     runs = {r["system"]: r for r in result["runs"]}
     for system, row in result["summary"].items():
@@ -328,13 +386,16 @@ def print_table(result: dict[str, Any]) -> None:
         if any(runs[system]["retries"]):
             stable += f" retried requests {runs[system]['retries']}"
         print(f"{system:<22}{row['wer']:>7.3f}{row['rtf']:>8.3f}{row['rtf_median']:>9.3f}"
-              f"{row['cpu_s_median']:>7.0f}{speeds}  {runs[system]['walls']} "
+              f"{row['cpu_s_median']:>7.0f}{max(runs[system]['peak_rss_mib']):>10}"
+              f"{speeds}  {runs[system]['walls']} "
               f"{runs[system]['loads']}{stable}")  # fmt: skip
     print(
         "RTF: best round's wall time / audio time (lower is faster); vs: speed relative to "
         "plain faster-whisper (its wall / this wall)"
     )
     print("notes:", result["notes"])
+    print("peak MiB: RSS of tritonserver + its python stubs (polydub) or of this process "
+          "(faster-whisper, in-process); memory ceiling:", result["memory_ceiling"])  # fmt: skip
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -344,6 +405,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="faster-whisper cpu_threads")
     parser.add_argument("--batch-size", type=int, default=8, help="faster-whisper batched")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="which systems to run")
+    parser.add_argument("--reuse", default="", help="an exported whisper model folder to serve")
+    parser.add_argument(
+        "--param", action="append", default=[], help="whisper config parameter key=value"
+    )
+    parser.add_argument(
+        "--triton-rss-ceiling-mib",
+        type=int,
+        default=4096,
+        help="the Triton process tree's peak RSS allowed (exit status 1 above it)",
+    )
     return parser.parse_args(argv)
 
 
@@ -352,3 +423,5 @@ if __name__ == "__main__":
     outcome = asyncio.run(main(arguments))
     print_table(outcome)
     print("saved", save("asr_real", outcome))
+    if not outcome["memory_ceiling"]["within"]:
+        raise SystemExit(f"memory ceiling exceeded: {outcome['memory_ceiling']}")

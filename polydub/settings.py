@@ -55,6 +55,26 @@ class Settings(BaseSettings):
     model_repository: Path = Path("model_repository")
     # Models Triton loads at start (explicit model control); others are loaded on demand.
     triton_startup_models: tuple[str, ...] = ()
+    # Triton client deadlines (polydub/infra/triton.py Deadline): from the work asked, never one
+    # constant. A request may take floor + cost x (units of work in flight through that client:
+    # its own and those sent before it), at most max; when that expires the gRPC call is
+    # cancelled and Triton drops the request (queued) or the BLS model stops it (running).
+    # The costs suit the `small` preset on 2 CPU cores; raise them for `large` or slower hosts.
+    triton_deadline_floor_seconds: float = Field(default=60.0, gt=0)
+    triton_deadline_max_seconds: float = Field(default=3600.0, gt=0)
+    # per target token of one segment (all its beams): NLLB-600M decoded ~6 tokens/s under load
+    triton_translation_seconds_per_token: float = Field(default=0.25, ge=0)
+    triton_tts_seconds_per_token: float = Field(default=0.05, ge=0)  # an input token at rate 1
+    triton_asr_seconds_per_audio_second: float = Field(default=0.5, ge=0)
+    # Translation requests one process keeps in flight (the rest wait in the client, not in
+    # Triton's queue, which refuses requests beyond its max_queue_size).
+    triton_translation_max_in_flight: int = Field(default=64, ge=1)
+    # Retries of all the Triton clients of a process together (polydub/retry.py RetryBudget):
+    # at most ratio x the requests of the last window, plus min_retries per window. Beyond it
+    # the error surfaces as retryable: the job's message is redelivered later.
+    triton_retry_budget_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    triton_retry_budget_window_seconds: float = Field(default=60.0, gt=0)
+    triton_retry_budget_min_retries: int = Field(default=10, ge=0)
 
     log_level: str = "INFO"
     log_json: bool = True
@@ -105,6 +125,12 @@ class Settings(BaseSettings):
     # Failed authentications a client address may make a minute (a bucket per address, per
     # replica): beyond it, requests that carry a key are answered 429 before any lookup.
     api_auth_failures_per_minute: int = Field(default=60, ge=1)
+    # Authenticated keys are kept in each replica's memory this long (0: looked up on every
+    # request); a change to a key row evicts it within moments (NOTIFY, polydub.api.key_cache).
+    api_key_cache_seconds: float = Field(default=60.0, ge=0)
+    # Each replica takes a key's rate-limit tokens this many seconds' worth at a time (0: one
+    # database write per request); see polydub.api.ratelimit.TokenLeases.
+    api_rate_lease_seconds: float = Field(default=1.0, ge=0)
     # Slow clients: a request's headers must be complete within api_header_timeout_seconds of
     # the connection (or of the previous response); its body may wait at most
     # api_body_timeout_seconds for any chunk, and must average api_body_min_bytes_per_second
@@ -138,6 +164,9 @@ class Settings(BaseSettings):
     source_url_max_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
     source_url_timeout_seconds: float = Field(default=300.0, gt=0)
     source_url_max_redirects: int = Field(default=5, ge=0, le=20)
+    # A PEM file of CA certificates trusted for source URLs besides the public ones (certifi):
+    # a private CA, or a test's. The environment's SSL_CERT_FILE is not read (trust_env off).
+    source_url_ca_file: str | None = None
     # TEST ONLY: also http, and IPv4 loopback (127.0.0.0/8) hosts, so tests can serve media
     # locally. Private, link-local and metadata addresses stay refused. Never in a deployment.
     source_url_allow_loopback: bool = False

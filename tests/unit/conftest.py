@@ -65,7 +65,7 @@ def tiny_whisper(whisper_export: tuple[Path, ExportReport]) -> tuple[Any, Any, A
 def tiny_nllb(tmp_path_factory: pytest.TempPathFactory) -> TinyNllb:
     from polydub.export import nllb
     from polydub.export.nllb import NllbExporter
-    from polydub.export.nllb_graphs import DECODER, ENCODER, generation_config
+    from polydub.export.nllb_graphs import BLS, generation_config
     from polydub.export.spec import Target
     from tests.unit.tiny_exports import TinyNllb
 
@@ -79,10 +79,10 @@ def tiny_nllb(tmp_path_factory: pytest.TempPathFactory) -> TinyNllb:
         repository,
         report,
         generation_config(model),
-        repository / ENCODER / "1" / "model_fp32.onnx",
-        repository / DECODER / "1" / "model_fp32.onnx",
-        repository / ENCODER / "1" / "model.onnx",
-        repository / DECODER / "1" / "model.onnx",
+        repository / BLS / "1" / "encoder_fp32.onnx",
+        repository / BLS / "1" / "decoder_fp32.onnx",
+        repository / BLS / "1" / "encoder.onnx",
+        repository / BLS / "1" / "decoder.onnx",
     )
 
 

@@ -36,8 +36,9 @@ output [
   {{ name: "durations" data_type: TYPE_FP32 dims: [ -1 ] }}
 ]
 {instance_group}
-# Requests batch when their token counts are equal: the client pads input_ids to a multiple
-# of 16 (attention_mask 0), so sentences of similar length share one run.
+# A request carries up to 8 sentences of similar length (TtsClient groups concurrent ones and
+# pads input_ids to a multiple of 16, attention_mask 0); requests of equal width, e.g. from
+# other workers, batch here too. A run costs about rows x its longest row's frames.
 dynamic_batching {{
   preferred_batch_size: [ 4, 8 ]
   max_queue_delay_microseconds: {queue_delay}
@@ -49,7 +50,13 @@ dynamic_batching {{
 }}
 {optimization}"""
 
-_CPU_INSTANCES = "instance_group [ { count: 1 kind: KIND_CPU } ]"
+# Two single-threaded instances rather than one on two threads: VITS's convolutions split over
+# two threads spend much of the time synchronising (onnxruntime in-process, real shape, 2 cores:
+# 1.9 audio s per CPU s on one 2-thread run, 2.5 with requests run side by side), and the client
+# sends a job's sentences as several grouped requests, which keep both instances busy.
+_CPU_INSTANCES = """\
+instance_group [ { count: 2 kind: KIND_CPU } ]
+parameters { key: "intra_op_thread_count" value { string_value: "1" } }"""
 _GPU_INSTANCES = "instance_group [ { count: 1 kind: KIND_GPU } ]"
 _GPU_OPTIMIZATION = """\
 # fp32 graph, TensorRT builds FP16 engines for what it can run; the rest stays on CUDA in fp32.

@@ -1,15 +1,19 @@
 """NLLB-200 (M2M100 architecture) exporter: the encoder and KV-cached decoder graphs
 (``nllb_graphs``) checked against PyTorch and transformers' ``generate`` (``nllb_reference``),
-placed as the Triton models ``nllb_encoder`` and ``nllb_decoder``, plus the tokenizer and the
-search's ``GenerationConfig`` for the BLS model ``nllb`` that runs the beam search
-(``polydub.serving.nllb_service``).
+placed as files of the python model ``nllb`` that runs them in its own onnxruntime sessions
+(``polydub.serving.nllb_service``), with the tokenizer and the search's ``GenerationConfig``.
 
-CPU: ``model.onnx`` is the dynamic int8 graph when it stays within ``INT8_RTOL`` of fp32 (else
-fp32); GPU: ``model_fp16.onnx`` (named by configs/gpu.pbtxt) beside the fp32 ``model.onnx``.
+CPU: ``encoder.onnx`` / ``decoder.onnx`` are the dynamic int8 graphs when they stay within
+``INT8_RTOL`` of fp32 (``*_fp32.onnx`` beside them), else fp32; GPU: ``*_fp16.onnx`` (named by
+configs/gpu.pbtxt) beside the fp32 ``encoder.onnx`` / ``decoder.onnx``. The Triton models
+``nllb_encoder`` / ``nllb_decoder`` of earlier exports are retired.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import logging
 import re
 import shutil
@@ -38,11 +42,11 @@ from polydub.export.nllb_reference import (
     float_diff,
     hf_generate,
     onnx_search,
-    onnx_step_logits,
+    onnx_step_log_probs,
     sample_batch,
     sample_decoder_feeds,
     torch_encoder_outputs,
-    torch_logits,
+    torch_log_probs_at,
 )
 from polydub.export.onnx_tools import (
     check_parity,
@@ -75,6 +79,9 @@ CHECKPOINTS = {
     Preset.SMALL: Checkpoint("facebook/nllb-200-distilled-600M", LICENSE),
     Preset.LARGE: Checkpoint("facebook/nllb-200-3.3B", LICENSE),
 }
+# Served models of earlier exports (the graphs are files of the python model now): removed.
+STALE_MODELS = (ENCODER, DECODER)
+GRAPH_FILES = {ENCODER: "encoder", DECODER: "decoder"}  # <name><variant>.onnx in nllb/1/
 TINY_SEED = 1234
 TINY_EOS_BOOST = 4.0
 TINY_LATIN_BOOST = 6.0
@@ -155,6 +162,15 @@ def load_checkpoint(checkpoint: Checkpoint) -> tuple[Any, Any]:
     return model.eval(), tokenizer
 
 
+def _release_memory() -> None:
+    """Hand freed heap memory back to the system between the export's phases: each builds
+    onnxruntime sessions and ONNX protos of the whole checkpoint (1 GB of embedding alone at
+    NLLB-600M), and glibc keeps freed chunks in its arenas, so the peaks added up."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to hand back
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 # ----------------------------------------------------------------------------- exporter
 
 
@@ -197,7 +213,8 @@ class NllbExporter:
     ) -> ExportReport:
         """Export, check and place a loaded model and its tokenizer."""
         started = time.monotonic()
-        report = ExportReport(FAMILY, checkpoint, models=[ENCODER, DECODER, BLS], notes=notes or [])
+        report = ExportReport(FAMILY, checkpoint, models=[BLS], notes=notes or [])
+        report.retired.extend(STALE_MODELS)
         config = generation_config(model)
         with tempfile.TemporaryDirectory(prefix="nllb-export-") as tmp:
             work = Path(tmp)
@@ -207,7 +224,9 @@ class NllbExporter:
                 f"{DECODER}: lm_head reads the shared embedding, stored once: "
                 f"{saved / 1e6:.1f} MB less, fp32 decoder {graph_bytes(decoder_fp32) / 1e6:.1f} MB"
             )
+            _release_memory()
             self._check(model, tokenizer, config, encoder_fp32, decoder_fp32, report)
+            _release_memory()
             self._place(
                 target, repository, work, encoder_fp32, decoder_fp32, tokenizer, config, report
             )
@@ -261,14 +280,14 @@ class NllbExporter:
             ENCODER, max_abs_diff(expected, actual), *ENCODER_SPEC.tolerance("fp32")
         )
 
-        # Decoder: the cached step-by-step logits vs one uncached transformers forward.
+        # Decoder: the cached step-by-step top log-probs vs one uncached transformers forward.
         max_length = 12
         reference = hf_generate(model, ids, mask, targets, max_length)
         prefix_len = min(len(r[0]) for r in reference)
         prefix = np.array([r[0][:prefix_len] for r in reference], dtype=np.int64)
+        top_log_probs, top_ids = onnx_step_log_probs(decoder, encoder, ids, mask, prefix, config)
         diff = max_abs_diff(
-            [torch_logits(model, ids, mask, prefix)],
-            [onnx_step_logits(decoder, encoder, ids, mask, prefix, config)],
+            [torch_log_probs_at(model, ids, mask, prefix, top_ids)], [top_log_probs]
         )
         report.max_abs_diff[DECODER] = check_parity(DECODER, diff, *DECODER_SPEC.tolerance("fp32"))
 
@@ -289,25 +308,26 @@ class NllbExporter:
         config: GenerationConfig,
         report: ExportReport,
     ) -> None:
-        """Served files: CPU model.onnx = int8 when within tolerance; GPU model_fp16.onnx."""
+        """Served files: CPU <graph>.onnx = int8 when within tolerance; GPU <graph>_fp16.onnx."""
         ids, mask, targets = sample_batch(tokenizer)
         feeds = {
             ENCODER: {"input_ids": ids, "attention_mask": mask},
             DECODER: sample_decoder_feeds(encoder_fp32, ids, mask, targets, config, past_len=3),
         }
+        bls = version_dir(repository, BLS)
         for spec, fp32 in ((ENCODER_SPEC, encoder_fp32), (DECODER_SPEC, decoder_fp32)):
-            out = version_dir(repository, spec.name)
-            for stale in out.glob("model*.onnx*"):
+            stem = GRAPH_FILES[spec.name]
+            for stale in bls.glob(f"{stem}*.onnx*"):
                 stale.unlink()
             reference = run_onnx(fp32, feeds[spec.name])
             if target is Target.GPU:
-                # model.onnx (fp32) keeps the CPU profile usable; gpu.pbtxt names model_fp16.onnx.
+                # <graph>.onnx (fp32) keeps the CPU profile usable; gpu.pbtxt names *_fp16.onnx.
                 fp16 = convert_fp16(fp32, work / f"{spec.name}_fp16" / "model.onnx")
                 diff, rel = float_diff(spec, reference, run_onnx(fp16, feeds[spec.name]))
                 report.notes.append(f"{spec.name}: fp16 max |diff| {diff:.3g} ({rel:.2%} of range)")
                 check_parity(f"{spec.name} fp16 (relative)", rel, FP16_RTOL)
-                copy_graph(fp16, out / "model_fp16.onnx")
-                copy_graph(fp32, out / "model.onnx")
+                copy_graph(fp16, bls / f"{stem}_fp16.onnx")
+                copy_graph(fp32, bls / f"{stem}.onnx")
                 report.precision[spec.name] = "fp16"
                 continue
             int8 = quantize_int8(fp32, work / f"{spec.name}_int8" / "model.onnx")
@@ -318,21 +338,21 @@ class NllbExporter:
             served = "int8" if rel <= limit else "fp32"
             top1 = ""
             if spec is DECODER_SPEC:
-                agree = float(np.mean(reference[2][:, 0] == quantized[2][:, 0]))
+                agree = float(np.mean(reference[1][:, 0] == quantized[1][:, 0]))
                 top1 = f", top-1 token agreement {agree:.0%}"
             report.notes.append(
                 f"{spec.name}: dynamic int8 max |diff| {diff:.3g} = {rel:.2%} of the outputs' "
                 f"max |value| (limit {limit:.0%}){top1}: serving {served} on CPU"
             )
             if served == "int8":
-                copy_graph(int8, out / "model.onnx")
-                copy_graph(fp32, out / "model_fp32.onnx")  # for checks and comparisons
+                copy_graph(int8, bls / f"{stem}.onnx")
+                copy_graph(fp32, bls / f"{stem}_fp32.onnx")  # for checks and comparisons
             else:
-                # model.onnx is then the fp32 graph itself: no second copy of its bytes.
-                copy_graph(fp32, out / "model.onnx")
+                # <graph>.onnx is then the fp32 graph itself: no second copy of its bytes.
+                copy_graph(fp32, bls / f"{stem}.onnx")
             report.precision[spec.name] = served
+            _release_memory()
 
-        bls = version_dir(repository, BLS)
         tokenizer_dir = bls / TOKENIZER_DIR
         if tokenizer_dir.exists():
             shutil.rmtree(tokenizer_dir)

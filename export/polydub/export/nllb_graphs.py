@@ -1,14 +1,15 @@
-"""NLLB-200 (M2M100 architecture): the two ONNX graphs, each one Triton model, that the BLS model
-``nllb`` (``polydub.serving.nllb_service``) runs its beam search over.
+"""NLLB-200 (M2M100 architecture): the two ONNX graphs that the python model ``nllb``
+(``polydub.serving.nllb_service``) runs its beam search over, in onnxruntime sessions of its own
+(files ``nllb/1/encoder.onnx`` and ``decoder.onnx``; the names below are the graphs' names).
 
 * ``nllb_encoder``: input_ids, attention_mask [batch, src_len] -> last_hidden_state
   [batch, src_len, d_model] and the decoder's cross-attention keys/values, computed once per
   source: cross_key, cross_value [batch, layers, heads, src_len, head_dim].
 * ``nllb_decoder``: one decoding step over a self-attention KV cache. input_ids [batch, dec_len],
   encoder_attention_mask [batch, src_len], cross_key/value, past_key/value [batch, layers, heads,
-  past_len, head_dim] (past_len may be 0) -> logits [batch, dec_len, vocab], top_log_probs /
-  top_ids [batch, top_k] (log-softmax of the last position: all a beam search needs, instead of
-  a 256k-wide row per beam), present_key/value [batch, layers, heads, past_len + dec_len, head_dim].
+  past_len, head_dim] (past_len may be 0) -> top_log_probs / top_ids [batch, top_k]
+  (log-softmax of the last position: all a beam search needs, instead of a 256k-wide row per
+  beam), present_key/value [batch, layers, heads, past_len + dec_len, head_dim].
 
 The layer stack is the checkpoint's own modules (layer norms, projections, feed-forward); the
 wrappers only route the cache tensors, which keeps the graphs free of transformers' Cache
@@ -16,9 +17,8 @@ classes. optimum-onnx's M2M100 export was not used: it gives three decoder graph
 one with a scalar ``use_cache_branch`` input that has no batch axis, so Triton cannot batch it)
 and one input per layer and per K/V (96 for NLLB-3.3B) on every step.
 
-Model-structure axes (layers, heads, head_dim, d_model, vocab, top_k) are named dynamic too: the
-committed Triton configs declare them -1 and fit the tiny and the real checkpoints alike (the
-onnxruntime backend rejects a -1 in the config where the graph has a fixed size).
+Model-structure axes (layers, heads, head_dim, d_model, vocab, top_k) are named dynamic too: one
+python model configuration fits the tiny and the real checkpoints alike.
 """
 
 from __future__ import annotations
@@ -73,7 +73,6 @@ DECODER_SPEC = GraphSpec(
         ),
     ),
     outputs=(
-        TensorSpec(NllbDecoderOut.LOGITS, _F32, ("batch", "dec_len", "vocab")),
         TensorSpec(NllbDecoderOut.TOP_LOG_PROBS, _F32, ("batch", "top_k")),
         TensorSpec(NllbDecoderOut.TOP_IDS, _I64, ("batch", "top_k")),
         TensorSpec(
@@ -160,10 +159,13 @@ def wrappers(model: Any, top_k: int = TOP_K) -> tuple[Any, Any]:
                 )
                 x = layer.final_layer_norm(hidden)
                 hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
-            logits = self.lm_head(self.decoder.layer_norm(hidden))
-            log_probs = torch.log_softmax(logits[:, -1, :], dim=-1)
+            # The last position only, and no logits output: a [rows, 256k] graph output cannot
+            # share the projection's buffer, so serving it cost a copy of it (and a gather of
+            # the last position) every step, ~13% of a step at 64 rows (issue 17's profile).
+            logits = self.lm_head(self.decoder.layer_norm(hidden[:, -1, :]))
+            log_probs = torch.log_softmax(logits, dim=-1)
             top_log_probs, top_ids = torch.topk(log_probs, top_k, dim=-1)
-            return logits, top_log_probs, top_ids, torch.stack(keys, 1), torch.stack(values, 1)
+            return top_log_probs, top_ids, torch.stack(keys, 1), torch.stack(values, 1)
 
     return Encoder().eval(), Decoder().eval()
 

@@ -103,24 +103,32 @@ def torch_logits(model: Any, ids: Any, mask: Any, decoder_ids: Any) -> Any:
     return out.logits.numpy()
 
 
-def onnx_step_logits(
+def onnx_step_log_probs(
     decoder_path: Path, encoder_path: Path, ids: Any, mask: Any, decoder_ids: Any, config: Any
-) -> Any:
-    """Logits for every prefix position, fed token by token through the KV cache."""
+) -> tuple[Any, Any]:
+    """(top_log_probs, top_ids) [batch, T - 1, top_k] of every prefix position after the first,
+    fed as the search feeds them through the KV cache: the decoder start and the language code
+    in one call, then one token per call. One decoder session serves every step: a fresh
+    session per step loaded and optimised the 2.8 GB NLLB-600M graph again for every token, and
+    the export peaked at 11 GB (issue 17)."""
+    import onnxruntime as ort
+
     cross_key, cross_value = run_onnx(
         encoder_path, {"input_ids": ids, "attention_mask": mask}, ["cross_key", "cross_value"]
     )
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(decoder_path), options, providers=["CPUExecutionProvider"])
     shape = (len(ids), config.decoder_layers, config.decoder_heads, 0, config.head_dim)
     past = (np.zeros(shape, np.float32), np.zeros(shape, np.float32))
-    logits = []
-    # Two tokens on the first call (as the search does), then one per call.
+    values, indices = [], []
     chunks = [
         decoder_ids[:, :2],
         *(decoder_ids[:, i : i + 1] for i in range(2, decoder_ids.shape[1])),
     ]
     for chunk in chunks:
-        out, _, _, key, value = run_onnx(
-            decoder_path,
+        top_log_probs, top_ids, key, value = session.run(
+            None,
             {
                 "input_ids": chunk,
                 "encoder_attention_mask": mask,
@@ -130,9 +138,18 @@ def onnx_step_logits(
                 "past_value": past[1],
             },
         )
-        logits.append(out)
+        values.append(top_log_probs)
+        indices.append(top_ids)
         past = (key, value)
-    return np.concatenate(logits, axis=1)
+    return np.stack(values, axis=1), np.stack(indices, axis=1)
+
+
+def torch_log_probs_at(model: Any, ids: Any, mask: Any, decoder_ids: Any, top_ids: Any) -> Any:
+    """transformers' log-softmax (one uncached forward) of positions 1.. at the given ids."""
+    logits = torch_logits(model, ids, mask, decoder_ids)[:, 1:].astype(np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return np.take_along_axis(log_probs, top_ids, axis=-1)
 
 
 def hf_generate(

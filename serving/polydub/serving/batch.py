@@ -24,6 +24,7 @@ class Failure:
 
     message: str
     invalid: bool = False  # the request's own fault (INVALID_ARG), not the model's
+    cancelled: bool = False  # its client went away (Triton's CANCELLED), not a model error
 
 
 Outcome = Outputs | Failure

@@ -16,9 +16,9 @@ SAMPLE_RATE = 16000
 # ------------------------------------------------------------------------------------ models
 
 WHISPER = "whisper"  # python: features, language detection, greedy decoding
-NLLB = "nllb"  # python: tokenisation and beam search over the two graphs below
-NLLB_ENCODER = "nllb_encoder"
-NLLB_DECODER = "nllb_decoder"
+NLLB = "nllb"  # python: tokenisation and beam search over the two graphs below, in-process
+NLLB_ENCODER = "nllb_encoder"  # graph names (export reports); files nllb/1/encoder.onnx ...
+NLLB_DECODER = "nllb_decoder"  # ... and decoder.onnx, no longer Triton models of their own
 MMS_TTS_PREFIX = "mms_tts_"  # one graph per language: mms_tts_<ISO 639-3>
 MMS_TTS_TOKENIZER = "mms_tts_tokenizer"  # python: serves each voice's TtsTokenizer spec
 SILERO_VAD = "silero_vad"
@@ -26,6 +26,7 @@ PYANNOTE_SEGMENTATION = "pyannote_segmentation"
 SPEAKER_EMBEDDING = "speaker_embedding"
 GENDER = "gender"
 SEPARATION = "separation"  # speech mask of a spectrogram (polydub.serving.separation)
+SEPARATION_HTDEMUCS = "separation_htdemucs"  # HT-Demucs speech stem (polydub.serving.htdemucs)
 MANIFEST = "polydub_manifest"  # python: serves manifest.json (polydub.manifest)
 
 
@@ -109,7 +110,6 @@ class NllbDecoderIn(StrEnum):
 
 
 class NllbDecoderOut(StrEnum):
-    LOGITS = "logits"  # every position: for checks; the search reads the top-k only
     TOP_LOG_PROBS = "top_log_probs"
     TOP_IDS = "top_ids"
     PRESENT_KEY = "present_key"
@@ -198,6 +198,16 @@ class SeparationIn(StrEnum):
 
 class SeparationOut(StrEnum):
     SPEECH_MASK = "speech_mask"  # [batch, frames, bins] in [0, 1]
+
+
+class HtDemucsIn(StrEnum):
+    WAVEFORM = "waveform"  # [batch, channels, length] at 44.1 kHz
+    SPECTROGRAM = "spectrogram"  # [batch, 2 * channels (real, imag), 2048, frames]
+
+
+class HtDemucsOut(StrEnum):
+    SPEECH_SPECTROGRAM = "speech_spectrogram"  # the vocals' spectrogram branch, same shape
+    SPEECH_WAVEFORM = "speech_waveform"  # the vocals' waveform branch; the stem is their sum
 
 
 # The python models' tensors by model: what their committed configs must declare, in order.

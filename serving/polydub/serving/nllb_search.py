@@ -1,8 +1,8 @@
 """NLLB-200 beam search over a KV cache, batched across requests, in numpy.
 
-Shared by the ``nllb`` Triton model (``nllb_service``), whose steps are BLS calls of the
-``nllb_decoder`` graph, and the exporter's and the tests' in-process checks (onnxruntime), so
-"served tokens == in-process tokens" compares one algorithm.
+Shared by the ``nllb`` Triton model (``nllb_service``, whose steps run the decoder graph in an
+onnxruntime session of the instance) and the exporter's and the tests' checks, so "served
+tokens == in-process tokens" compares one algorithm.
 
 Conventions, as in the NLLB checkpoints and Hugging Face ``generate``:
   target ids  = [decoder_start (</s>), tgt_lang_code (forced, scored 0), ..., </s>]
@@ -15,7 +15,7 @@ after the decoder start, the forced language code included).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -145,12 +145,22 @@ class _Beams:
 
 
 def beam_search(
-    requests: Sequence[SearchRequest], step: StepFn, config: GenerationConfig
+    requests: Sequence[SearchRequest],
+    step: StepFn,
+    config: GenerationConfig,
+    cancelled: Callable[[Sequence[int]], Set[int]] | None = None,
+    select: Callable[[Past, IntArray], Past] | None = None,
 ) -> list[list[Hypothesis]]:
     """Batched beam search: every request's beams share one decoder call per step.
 
     Requests may have different beam counts, target languages and max lengths; a request leaves
     the batch (its rows leave the KV cache) as soon as it is done, so the batch shrinks.
+    ``cancelled(running)`` is asked once between steps with the running requests' indices and
+    answers those whose caller went away: they leave the batch there, with no hypotheses, so
+    they cost no more steps. (Once per step, not once per request: the caller maps requests to
+    its own clients and asks each of those once.)
+    ``select(present, rows)``: the next step's past, the rows each new beam continues (default:
+    numpy indexing; the onnxruntime runner gathers into buffers it reuses).
     """
     results: list[list[Hypothesis]] = [[] for _ in requests]
     start = config.decoder_start_token_id
@@ -177,9 +187,13 @@ def beam_search(
         next_tokens: list[IntArray] = []
         sources: list[IntArray] = []
         still: list[tuple[int, _Beams]] = []
+        gone = cancelled([i for i, _ in states]) if cancelled is not None else frozenset()
         offset = 0
         for i, beams in states:
             n = beams.tokens.shape[0]
+            if i in gone:
+                offset += n  # its rows are not carried into the next step
+                continue
             rows, tokens = beams.advance(
                 top_log_probs[offset : offset + n], top_ids[offset : offset + n], config
             )
@@ -194,7 +208,7 @@ def beam_search(
         states = still
         if states:
             index = np.concatenate(parents)
-            past = (present[0][index], present[1][index])
+            past = select(present, index) if select else (present[0][index], present[1][index])
             input_ids = np.concatenate(next_tokens)[:, None]
             source_index = np.concatenate(sources)
     return results

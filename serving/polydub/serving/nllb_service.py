@@ -6,46 +6,40 @@ Outputs (``names.NllbOut``): translations [n] and scores [n] (length-normalised
 log-probabilities, best first) and token_ids [n, T] (the decoded sequences as ``generate``
 returns them, padded with <pad>).
 
-Every request of one dynamic batch is tokenised, encoded by ONE ``nllb_encoder`` call, and decoded
-by ONE ``nllb_decoder`` call per step for all beams of all requests (requests may differ in target
-language, beam count and length; finished ones leave the batch): ``nllb_translate.Translator``.
-The graphs are reached through ``infer``, one Triton BLS call, which the model.py provides.
+Every request of one dynamic batch is tokenised, encoded by ONE encoder run, and decoded by ONE
+decoder run per step for all beams of all requests (requests may differ in target language, beam
+count and length; finished ones leave the batch): ``nllb_translate.Translator``. Both graphs run
+in onnxruntime sessions of this model instance (``nllb_ort.OrtNllb``), so the cross-attention
+K/V and the KV cache never leave the process. Between steps, a request whose client went away
+(Triton's cancellation, asked through ``cancelled``) leaves the batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from polydub.serving.batch import Failure, Inputs, MissingExport, Outcome, strings
-from polydub.serving.names import (
-    NLLB_DECODER,
-    NLLB_ENCODER,
-    NllbEncoderIn,
-    NllbEncoderOut,
-    NllbIn,
-    NllbOut,
-)
-from polydub.serving.nllb_search import GENERATION_FILE, FloatArray, GenerationConfig, IntArray
+from polydub.serving.names import NllbIn, NllbOut
+from polydub.serving.nllb_ort import OrtNllb
+from polydub.serving.nllb_search import GENERATION_FILE, GenerationConfig
 from polydub.serving.nllb_translate import (
-    STEP_OUTPUTS,
     NllbCodec,
     TranslationItem,
     TranslationLimits,
     Translator,
 )
 
-# One BLS call: (model, input arrays by name, output names) -> the outputs, in that order.
-Infer = Callable[[str, Mapping[str, NDArray[Any]], Sequence[str]], list[NDArray[Any]]]
-
 # config.pbtxt parameters and their defaults. num_beams: the beams of a request asking fewer
-# n-best; the limits: nllb_translate.TranslationLimits; the graphs' models and their
-# max_batch_size (a call with more rows is split).
+# n-best; the limits: nllb_translate.TranslationLimits; encoder_file / decoder_file: ONNX files
+# in the version folder, written by the export; *_providers: onnxruntime providers in order of
+# preference (cpu, cuda, tensorrt); intra_op_threads: per session, 0: one per core this instance
+# may use; trt_engine_cache_path: TensorRT engines (GPU profile).
 TOKENIZER_DIR = "tokenizer"  # in the version folder: tokenizer.json and generation.json
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
 PARAMETERS = {
     "tokenizer_dir": TOKENIZER_DIR,
     "num_beams": "4",
@@ -53,70 +47,30 @@ PARAMETERS = {
     "max_length_cap": "256",
     "max_len_a": "2.0",
     "max_len_b": "16",
-    "encoder_model": NLLB_ENCODER,
-    "decoder_model": NLLB_DECODER,
-    "encoder_max_batch_size": "32",
-    "decoder_max_batch_size": "256",
+    "encoder_file": ENCODER_FILE,
+    "decoder_file": DECODER_FILE,
+    "encoder_providers": "cpu",
+    "decoder_providers": "cpu",
+    "intra_op_threads": "0",
+    "trt_engine_cache_path": "",
 }
+CANCELLED = "nllb: cancelled by the client"
 
 
-class ChunkedGraphs:
-    """The two graphs as ``infer`` calls, split into chunks no larger than their max batch."""
-
-    def __init__(
-        self, infer: Infer, encoder: str, decoder: str, encoder_rows: int, decoder_rows: int
-    ) -> None:
-        self.infer = infer
-        self.encoder = encoder
-        self.decoder = decoder
-        self.encoder_rows = encoder_rows
-        self.decoder_rows = decoder_rows
-
-    def _chunked(
-        self,
-        model: str,
-        feeds: Mapping[str, NDArray[Any]],
-        outputs: Sequence[str],
-        max_rows: int,
-    ) -> list[NDArray[Any]]:
-        rows = len(next(iter(feeds.values())))
-        parts = [
-            self.infer(
-                model,
-                {n: np.ascontiguousarray(v[start : start + max_rows]) for n, v in feeds.items()},
-                outputs,
-            )
-            for start in range(0, rows, max_rows)
-        ]
-        if len(parts) == 1:
-            return parts[0]
-        return [np.concatenate(chunks, axis=0) for chunks in zip(*parts, strict=True)]
-
-    def encode(
-        self, input_ids: IntArray, attention_mask: IntArray
-    ) -> tuple[FloatArray, FloatArray]:
-        key, value = self._chunked(
-            self.encoder,
-            {NllbEncoderIn.INPUT_IDS: input_ids, NllbEncoderIn.ATTENTION_MASK: attention_mask},
-            [NllbEncoderOut.CROSS_KEY, NllbEncoderOut.CROSS_VALUE],
-            self.encoder_rows,
-        )
-        return key, value
-
-    def decode(self, feeds: dict[str, Any]) -> tuple[FloatArray, IntArray, FloatArray, FloatArray]:
-        top_log_probs, top_ids, key, value = self._chunked(
-            self.decoder, feeds, list(STEP_OUTPUTS), self.decoder_rows
-        )
-        return top_log_probs, top_ids, key, value
+def _names(value: str) -> list[str]:
+    return [name for name in value.split(",") if name.strip()]
 
 
 class NllbService:
     """The tokenizer, the search limits and the graphs of one exported checkpoint."""
 
-    def __init__(self, version_dir: Path, params: Mapping[str, str], infer: Infer) -> None:
+    def __init__(self, version_dir: Path, params: Mapping[str, str], device_id: int = 0) -> None:
         tokenizer_dir = version_dir / params["tokenizer_dir"]
         if not (tokenizer_dir / GENERATION_FILE).is_file():
             raise MissingExport(tokenizer_dir / GENERATION_FILE, "nllb")
+        for key in ("encoder_file", "decoder_file"):
+            if not (version_dir / params[key]).is_file():
+                raise MissingExport(version_dir / params[key], "nllb")
         generation = GenerationConfig.load(tokenizer_dir)
         self.default_beams = min(int(params["num_beams"]), generation.max_beams)
         limits = TranslationLimits(
@@ -125,18 +79,27 @@ class NllbService:
             max_len_a=float(params["max_len_a"]),
             max_len_b=int(params["max_len_b"]),
         )
-        graphs = ChunkedGraphs(
-            infer,
-            encoder=params["encoder_model"],
-            decoder=params["decoder_model"],
-            encoder_rows=int(params["encoder_max_batch_size"]),
-            decoder_rows=int(params["decoder_max_batch_size"]),
+        cache = params["trt_engine_cache_path"]
+        self.graphs = OrtNllb(
+            version_dir / params["encoder_file"],
+            version_dir / params["decoder_file"],
+            threads=int(params["intra_op_threads"]),
+            encoder_providers=_names(params["encoder_providers"]),
+            decoder_providers=_names(params["decoder_providers"]),
+            device_id=device_id,
+            trt_cache_dir=f"{cache}/{device_id}" if cache else None,
         )
-        self.translator = Translator(NllbCodec(tokenizer_dir), graphs, generation, limits)
+        self.translator = Translator(NllbCodec(tokenizer_dir), self.graphs, generation, limits)
         self.pad_id = generation.pad_token_id
 
-    def run(self, requests: Sequence[Inputs]) -> list[Outcome]:
-        """Translate every row of every request as one batch; one outcome per request."""
+    def run(
+        self,
+        requests: Sequence[Inputs],
+        cancelled: Sequence[Callable[[], bool]] | None = None,
+    ) -> list[Outcome]:
+        """Translate every row of every request as one batch; one outcome per request.
+        ``cancelled[i]()``: whether request i's client went away (asked between decode steps);
+        such a request stops being decoded and fails."""
         outcomes: list[Outcome] = [Failure("not translated")] * len(requests)
         items: list[TranslationItem] = []
         owners: list[tuple[int, int]] = []  # (request index, rows)
@@ -150,8 +113,20 @@ class NllbService:
             items.extend(rows)
         if not items:
             return outcomes
+        item_owner = [i for i, rows in owners for _ in range(rows)]
+        gone: set[int] = set()  # requests whose client went away
+
+        def items_cancelled(running: Sequence[int]) -> set[int]:
+            # Once per step: each request of a running item is asked once (a request of 100
+            # rows is not asked 100 times), and once gone it stays gone (not asked again).
+            if cancelled is not None:
+                for owner in {item_owner[item] for item in running} - gone:
+                    if cancelled[owner]():
+                        gone.add(owner)
+            return {item for item in running if item_owner[item] in gone}
+
         try:
-            results = self.translator.translate(items)
+            results = self.translator.translate(items, items_cancelled)
         except Exception as exc:  # a failed batch fails its requests, never the model
             for i, _ in owners:
                 outcomes[i] = Failure(f"nllb: {type(exc).__name__}: {exc}")
@@ -161,6 +136,9 @@ class NllbService:
         for i, count in owners:
             mine = results[offset : offset + count]
             offset += count
+            if i in gone:
+                outcomes[i] = Failure(CANCELLED, cancelled=True)
+                continue
             n = max(len(c) for c in mine)
             width = max(len(cand.tokens) for c in mine for cand in c)
             texts = np.full((count, n), b"", dtype=np.object_)

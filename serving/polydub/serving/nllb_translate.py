@@ -1,21 +1,22 @@
 """NLLB-200 translation: tokenisation with language codes, encoding, and the beam search
-(``nllb_search``) over whatever runs the two exported graphs (``NllbModel``): Triton BLS calls in
-the ``nllb`` model (``nllb_service``), onnxruntime sessions in the exporter's and the tests'
-checks (``OnnxRuntimeModel``). Needs ``tokenizers`` besides numpy.
+(``nllb_search``) over whatever runs the two exported graphs (``NllbModel``): onnxruntime
+sessions of this process (``nllb_ort.OrtNllb``) in the ``nllb`` Triton model, the exporter's and
+the tests' checks and the benchmark. Needs ``tokenizers`` besides numpy.
 
 Source ids are [src_lang_code] + pieces + [</s>], as in the NLLB checkpoints.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from polydub.serving.names import NllbDecoderIn, NllbDecoderOut, NllbEncoderIn, NllbEncoderOut
+from polydub.serving.names import NllbDecoderIn, NllbDecoderOut
+from polydub.serving.nllb_ort import OrtNllb
 from polydub.serving.nllb_search import (
     FloatArray,
     GenerationConfig,
@@ -96,6 +97,14 @@ class NllbModel(Protocol):
         """decoder feeds -> top_log_probs, top_ids, present_key, present_value"""
         ...
 
+    def select(self, present: Past, rows: IntArray) -> Past:
+        """The next step's past: the rows of ``present`` each new beam continues."""
+        ...
+
+    def release(self) -> None:
+        """A batch is done: buffers kept for it may go."""
+        ...
+
 
 @dataclass(frozen=True)
 class TranslationItem:
@@ -151,7 +160,14 @@ class Translator:
         wanted = item.max_length or int(self.limits.max_len_a * source_len + self.limits.max_len_b)
         return max(3, min(cap, wanted))
 
-    def translate(self, items: Sequence[TranslationItem]) -> list[list[Candidate]]:
+    def translate(
+        self,
+        items: Sequence[TranslationItem],
+        cancelled: Callable[[Sequence[int]], Set[int]] | None = None,
+    ) -> list[list[Candidate]]:
+        """Candidates per item; ``cancelled(running)``, asked once between decode steps: the
+        running items it answers are dropped from the batch and get no candidates (their caller
+        went away)."""
         for item in items:
             self.check(item)
         # The encoder's position table bounds the source length too.
@@ -203,7 +219,10 @@ class Translator:
             )
             return top_log_probs, top_ids, (present_key, present_value)
 
-        hypotheses = beam_search(requests, step, self.config)
+        try:
+            hypotheses = beam_search(requests, step, self.config, cancelled, self.model.select)
+        finally:
+            self.model.release()
         return [
             [
                 Candidate(self.codec.decode(h.tokens), h.tokens, h.score, h.log_prob)
@@ -213,29 +232,5 @@ class Translator:
         ]
 
 
-class OnnxRuntimeModel:
-    """The exported graphs run in-process (export checks, tests, the benchmark)."""
-
-    def __init__(self, encoder: Path | str, decoder: Path | str, threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = threads
-        providers = ["CPUExecutionProvider"]
-        self.encoder = ort.InferenceSession(str(encoder), options, providers=providers)
-        self.decoder = ort.InferenceSession(str(decoder), options, providers=providers)
-
-    def encode(
-        self, input_ids: IntArray, attention_mask: IntArray
-    ) -> tuple[FloatArray, FloatArray]:
-        key, value = self.encoder.run(
-            [NllbEncoderOut.CROSS_KEY, NllbEncoderOut.CROSS_VALUE],
-            {NllbEncoderIn.INPUT_IDS: input_ids, NllbEncoderIn.ATTENTION_MASK: attention_mask},
-        )
-        return key, value
-
-    def decode(self, feeds: dict[str, Any]) -> tuple[FloatArray, IntArray, FloatArray, FloatArray]:
-        names = list(STEP_OUTPUTS)
-        top_log_probs, top_ids, key, value = self.decoder.run(names, feeds)
-        return top_log_probs, top_ids, key, value
+# The exporter's checks, the tests and the benchmark run the graphs as the served model does.
+OnnxRuntimeModel = OrtNllb

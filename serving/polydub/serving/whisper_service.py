@@ -56,7 +56,9 @@ TOKENIZER_DIR = "tokenizer"
 # config.pbtxt parameters and their defaults. max_new_tokens: the most any request may ask for;
 # encoder_file / decoder_file: ONNX files in the version folder, written by the export;
 # *_providers: onnxruntime providers in order of preference (cpu, cuda, tensorrt);
-# intra_op_threads: per session, 0: one per core; trt_engine_cache_path: per GPU below it.
+# intra_op_threads: per session, 0: one per core; trt_engine_cache_path: per GPU below it;
+# encoder_cpu_arena / decoder_cpu_arena: onnxruntime's CPU arena per session, encoder_batch:
+# windows per encoder run (CPU; whisper_ort.OrtGraphs says why: memory).
 PARAMETERS = {
     "max_new_tokens": "224",
     "encoder_file": "encoder.onnx",
@@ -65,6 +67,9 @@ PARAMETERS = {
     "decoder_providers": "cpu",
     "intra_op_threads": "0",
     "trt_engine_cache_path": "",
+    "encoder_cpu_arena": "false",
+    "decoder_cpu_arena": "true",
+    "encoder_batch": "4",
 }
 
 
@@ -96,6 +101,9 @@ class WhisperService:
             decoder_providers=params["decoder_providers"].split(","),
             device_id=device_id,
             trt_cache_dir=str(Path(cache) / str(device_id)) if cache else None,
+            encoder_arena=_flag(params["encoder_cpu_arena"]),
+            decoder_arena=_flag(params["decoder_cpu_arena"]),
+            encoder_batch=int(params["encoder_batch"]),
         )
 
     def run(self, requests: Sequence[Inputs]) -> list[Outcome]:
@@ -188,6 +196,12 @@ class WhisperService:
             WhisperOut.AVG_LOGPROB: column(avg),
             WhisperOut.NO_SPEECH_PROB: column(no_speech),
         }
+
+
+def _flag(value: str) -> bool:
+    if value.strip().lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value.strip().lower() in ("true", "1")
 
 
 def _counts(request: Inputs, name: str, rows: int) -> list[int]:

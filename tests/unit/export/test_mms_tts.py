@@ -136,6 +136,16 @@ def test_a_row_is_the_same_alone_and_in_a_padded_batch(
     assert max_abs_diff([alone[0][0, :n]], [together[0][0, :n]]) <= 1e-4
 
 
+def test_served_graph_runs_every_convolution_as_2d(tts_export: tuple[Path, ExportReport]) -> None:
+    import onnx
+
+    graph = onnx.load(str(tts_onnx_path(tts_export[0]))).graph
+    weights = {i.name: len(i.dims) for i in graph.initializer}
+    convs = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    assert len(convs) > 10 and all(weights[n.input[1]] == 4 for n in convs)
+    assert any(f"{len(convs)} convolutions served as 2-D" in n for n in tts_export[1].notes)
+
+
 def test_seed_and_noise_scale_change_the_speech(
     tts_export: tuple[Path, ExportReport], tts_spec: TtsTokenizer
 ) -> None:

@@ -95,12 +95,10 @@ def test_export_stages_swaps_and_writes_the_manifest(tmp_path: Path) -> None:
     assert (repository / MANIFEST_MODEL / "config.pbtxt").is_file()
     assert (repository / MANIFEST_MODEL / "1" / "model.py").is_file()
     assert json.loads(manifest_path(repository).read_text())["format"] == 1
-    # A family's parts share its checkpoint: NLLB's graphs are as random as its search model.
+    # NLLB's graphs are files of its python model: one served model, as random as they are.
     nllb = export_all(make_plan(Preset.TINY, families=["nllb"]), Target.CPU, repository, TEMPLATES)
     assert {m.name: m.random for m in nllb.manifest.models.values() if m.family == "nllb"} == {
         "nllb": True,
-        "nllb_encoder": True,
-        "nllb_decoder": True,
     }
     # Nothing is left beside the repository: no staging or trash folder.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]

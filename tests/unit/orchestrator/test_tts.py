@@ -38,7 +38,12 @@ class LocalTriton:
         self.last_inference_ms = 0
 
     async def infer(
-        self, model: str, inputs: Mapping[str, NDArray[Any]], outputs: Sequence[str]
+        self,
+        model: str,
+        inputs: Mapping[str, NDArray[Any]],
+        outputs: Sequence[str],
+        *,
+        deadline: float | None = None,
     ) -> dict[str, NDArray[Any]]:
         assert model in self.loaded, f"{model} used before it was loaded"
         self.calls.append(model)

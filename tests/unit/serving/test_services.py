@@ -3,7 +3,6 @@ their graph calls answered by onnxruntime in-process (the integration tests serv
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +12,10 @@ from numpy.typing import NDArray
 
 from polydub.export import nllb
 from polydub.export.nllb import NllbExporter
-from polydub.export.onnx_tools import run_onnx
 from polydub.export.spec import Target
 from polydub.serving.batch import Failure, parameters
-from polydub.serving.names import NLLB, NLLB_DECODER, NLLB_ENCODER, NllbIn, NllbOut
-from polydub.serving.nllb_service import PARAMETERS, NllbService
+from polydub.serving.names import NLLB, NllbDecoderIn, NllbIn, NllbOut
+from polydub.serving.nllb_service import CANCELLED, PARAMETERS, NllbService
 from polydub.serving.tts_tokenizer import SpecFolder, TtsTokenizer, spec_path
 
 pytestmark = pytest.mark.unit
@@ -31,19 +29,21 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repository
 
 
-def _graphs(repository: Path, calls: list[tuple[str, int]]) -> Any:
-    """One BLS call, as the model.py makes it, answered by onnxruntime."""
+def _count_steps(service: NllbService, rows: list[int]) -> None:
+    """Record the rows of every decoder run the service makes (its own session, in-process)."""
+    graphs = service.graphs
+    decode = graphs.decode
 
-    def infer(
-        model: str, feeds: Mapping[str, NDArray[Any]], outputs: Sequence[str]
-    ) -> list[NDArray[Any]]:
-        calls.append((model, len(next(iter(feeds.values())))))
-        return run_onnx(repository / model / "1" / "model.onnx", dict(feeds), list(outputs))
+    def counted(feeds: dict[str, Any]) -> Any:
+        rows.append(len(feeds[NllbDecoderIn.INPUT_IDS]))
+        return decode(feeds)
 
-    return infer
+    graphs.decode = counted  # type: ignore[method-assign]
 
 
-def _request(text: str, tgt: str, n_best: int | None = None) -> dict[str, NDArray[Any]]:
+def _request(
+    text: str, tgt: str, n_best: int | None = None, max_length: int | None = None
+) -> dict[str, NDArray[Any]]:
     request: dict[str, NDArray[Any]] = {
         NllbIn.TEXT: np.array([[text.encode()]], dtype=np.object_),
         NllbIn.SRC_LANG: np.array([[b"eng_Latn"]], dtype=np.object_),
@@ -51,6 +51,8 @@ def _request(text: str, tgt: str, n_best: int | None = None) -> dict[str, NDArra
     }
     if n_best is not None:
         request[NllbIn.N_BEST] = np.array([[n_best]], dtype=np.int32)
+    if max_length is not None:
+        request[NllbIn.MAX_LENGTH] = np.array([[max_length]], dtype=np.int32)
     return request
 
 
@@ -68,18 +70,19 @@ def test_parameters_take_the_config_over_the_defaults() -> None:
     assert parameters({}, PARAMETERS) == PARAMETERS
 
 
-def test_nllb_service_batches_chunks_and_fails_one_request_alone(repository: Path) -> None:
-    calls: list[tuple[str, int]] = []
+def test_nllb_service_batches_in_process_and_fails_one_request_alone(repository: Path) -> None:
     version = repository / NLLB / "1"
-    whole = NllbService(version, PARAMETERS, _graphs(repository, calls))
-    small = {**PARAMETERS, "encoder_max_batch_size": "1", "decoder_max_batch_size": "3"}
-    chunked = NllbService(version, small, _graphs(repository, calls))
+    service = NllbService(version, PARAMETERS)
+    assert service.graphs.threads >= 1  # 0 in the config: one per CPU, set explicitly
+    assert service.graphs.providers["decoder"] == ["CPUExecutionProvider"]
+    rows: list[int] = []
+    _count_steps(service, rows)
     requests = [
         _request("Hello there.", "fra_Latn", n_best=2),
         _request("Where is the station?", "xx_Latn"),  # not a language: this request only
         _request("We meet tomorrow.", "spa_Latn"),
     ]
-    outcomes = whole.run(requests)
+    outcomes = service.run(requests)
     assert isinstance(outcomes[1], Failure) and outcomes[1].invalid
     assert "xx_Latn" in outcomes[1].message
     first, third = outcomes[0], outcomes[2]
@@ -87,14 +90,72 @@ def test_nllb_service_batches_chunks_and_fails_one_request_alone(repository: Pat
     assert first[NllbOut.TRANSLATIONS].shape == (1, 2) and third[NllbOut.SCORES].shape == (1, 1)
     assert first[NllbOut.SCORES][0, 0] >= first[NllbOut.SCORES][0, 1]
     assert first[NllbOut.TOKEN_IDS].dtype == np.int64
+    # Both valid requests in one search: the first step has a row per request, then every
+    # beam of both (4 each) until one finishes.
+    assert rows[0] == 2 and max(rows) == 2 * int(PARAMETERS["num_beams"])
+    # The cache buffers are given back once the batch is done.
+    assert all(b.flat.size == 0 for b in (*service.graphs._present, *service.graphs._past))
 
-    calls.clear()
-    again = chunked.run(requests)
-    assert max(rows for model, rows in calls if model == NLLB_ENCODER) == 1
-    assert max(rows for model, rows in calls if model == NLLB_DECODER) <= 3
-    for served, expected in ((again[0], first), (again[2], third)):
-        assert not isinstance(served, Failure)
-        assert np.array_equal(served[NllbOut.TOKEN_IDS], expected[NllbOut.TOKEN_IDS])
+
+def test_a_cancelled_request_stops_being_decoded(repository: Path) -> None:
+    """Triton's cancellation, asked between steps: the abandoned request leaves the batch at
+    once, its rows leave every later step, and the other request's result is unchanged."""
+    service = NllbService(repository / NLLB / "1", PARAMETERS)
+    requests = [
+        _request("Hello there, how are you today?", "fra_Latn", max_length=40),
+        _request("We meet tomorrow at the station.", "spa_Latn", max_length=40),
+    ]
+    full: list[int] = []
+    _count_steps(service, full)
+    alone = service.run(requests)
+    steps_alone = len(full)
+
+    asked = 0
+
+    def cancelled_after_three_steps() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked > 3
+
+    cut: list[int] = []
+    service = NllbService(repository / NLLB / "1", PARAMETERS)
+    _count_steps(service, cut)
+    outcomes = service.run(requests, [cancelled_after_three_steps, lambda: False])
+    assert outcomes[0] == Failure(CANCELLED, cancelled=True)
+    kept, expected = outcomes[1], alone[1]
+    assert not isinstance(kept, Failure) and not isinstance(expected, Failure)
+    assert np.array_equal(kept[NllbOut.TOKEN_IDS], expected[NllbOut.TOKEN_IDS])
+    # Asked once per step until it said yes, then never again; the rows it had (4 beams) are
+    # gone from the step after: fewer rows decoded in all.
+    assert asked == 4
+    beams = int(PARAMETERS["num_beams"])
+    assert cut[:4] == [2, 2 * beams, 2 * beams, 2 * beams] and set(cut[4:]) <= {beams}
+    assert sum(cut) < sum(full) and len(cut) <= steps_alone
+
+
+def test_a_request_of_many_rows_is_asked_once_per_step(repository: Path) -> None:
+    """Triton is asked about a request once per decode step, not once per row of it."""
+    service = NllbService(repository / NLLB / "1", PARAMETERS)
+    texts = ["Hello there.", "We meet tomorrow at the station.", "Good night.", "Thank you."]
+    many: dict[str, NDArray[Any]] = {
+        NllbIn.TEXT: np.array([[t.encode()] for t in texts], dtype=np.object_),
+        NllbIn.SRC_LANG: np.array([[b"eng_Latn"]] * len(texts), dtype=np.object_),
+        NllbIn.TGT_LANG: np.array([[b"fra_Latn"]] * len(texts), dtype=np.object_),
+        NllbIn.MAX_LENGTH: np.array([[12]] * len(texts), dtype=np.int32),
+    }
+    steps: list[int] = []
+    _count_steps(service, steps)
+    asked = 0
+
+    def never() -> bool:
+        nonlocal asked
+        asked += 1
+        return False
+
+    outcomes = service.run([many], [never])
+    assert not isinstance(outcomes[0], Failure)
+    assert outcomes[0][NllbOut.TOKEN_IDS].shape[0] == len(texts)
+    assert asked == len(steps)  # one question a step, whatever the rows
 
 
 def test_spec_folder_serves_specs_and_lists_languages(tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ before rounding up). ``mms_tts_tokenizer`` (python) returns a language's ``TtsTo
 Client side: text normalisation and tokenisation (``polydub.orchestrator.text_normalize``), with
 ``input_ids`` padded to a multiple of ``TOKEN_BUCKET`` so that Triton's dynamic batcher, which
 batches equal shapes, can put sentences of similar length from concurrent jobs in one run.
+With ``batch_rows`` > 1 (for GPU serving), concurrent syntheses in this process (a job's segments,
+other jobs') go out as multi-row requests of sentences of similar length (``tts_batch``).
 
 Fitting a time slot (the first step of the timing strategy; bounded time-stretch comes after,
 elsewhere): synthesise at rate 1 with a seed, then solve for the length scale from the returned
@@ -45,9 +47,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from polydub.errors import ConfigurationError, InvalidInput, PolydubError
+from polydub.infra.triton import Deadline, WorkDeadlines
 from polydub.languages import get_language
+from polydub.orchestrator.inference.tts_batch import Row, RowBatcher
 from polydub.orchestrator.text_normalize import TtsTokenizer
 from polydub.serving.names import MMS_TTS_PREFIX, MMS_TTS_TOKENIZER, SAMPLE_RATE, MmsTtsOut
+from polydub.settings import get_settings
 
 MODEL_PREFIX = MMS_TTS_PREFIX
 TOKENIZER_MODEL = MMS_TTS_TOKENIZER
@@ -62,7 +67,12 @@ class Triton(Protocol):
     """What this module needs from Triton: ``polydub.infra.triton.InferenceClient`` fits."""
 
     async def infer(
-        self, model: str, inputs: Mapping[str, NDArray[Any]], outputs: Sequence[str]
+        self,
+        model: str,
+        inputs: Mapping[str, NDArray[Any]],
+        outputs: Sequence[str],
+        *,
+        deadline: float | None = None,
     ) -> dict[str, NDArray[Any]]: ...
 
     async def load_model(self, model: str) -> None: ...
@@ -203,11 +213,21 @@ class TtsClient:
         *,
         pool: ModelPool | None = None,
         idle_seconds: float = 600.0,
+        deadline: Deadline | None = None,
+        batch_rows: int = 1,
     ) -> None:
+        """``deadline``: per input token at speaking rate 1 (the audio, and the work, grow with
+        both); default: the settings' ``triton_tts_seconds_per_token``. ``batch_rows``: the most
+        concurrent sentences one request carries (up to the models' max_batch_size, 8); 1, the
+        default, sends each alone: on CPU a batch costs more than its rows (tts_batch)."""
         self.triton = triton
+        self.deadlines = WorkDeadlines(
+            deadline or Deadline.from_settings(get_settings().triton_tts_seconds_per_token)
+        )
         self.pool = pool or ModelPool(triton, idle_seconds=idle_seconds)
         self.pool.pinned.add(TOKENIZER_MODEL)
         self._tokenizers: dict[str, TtsTokenizer] = {}
+        self.batcher = RowBatcher(self._infer, max_rows=batch_rows, bucket=TOKEN_BUCKET)
 
     async def languages(self) -> list[str]:
         """The languages with an exported voice (ISO 639-3)."""
@@ -331,18 +351,18 @@ class TtsClient:
         ids = spec.encode(text)
         if not ids:
             return Speech(np.zeros(0, np.float32), spec.sampling_rate, speaking_rate, seed), None
-        feeds = request_inputs(ids, length_scale, noise_scale, noise_scale_duration, seed)
-        result = await self._infer(model_name(code), feeds)
-        valid = int(result["waveform_lengths"].reshape(-1)[0])
-        samples = np.ascontiguousarray(result["waveform"][0, :valid], dtype=np.float32)
-        durations = np.asarray(result["durations"][0, : len(ids)], dtype=np.float32)
-        return Speech(samples, spec.sampling_rate, speaking_rate, seed), durations
+        row = Row(ids, length_scale, noise_scale, noise_scale_duration, seed)
+        done = await self.batcher.run(model_name(code), row)  # with concurrent ones: tts_batch
+        return Speech(done.samples, spec.sampling_rate, speaking_rate, seed), done.durations
 
-    async def _infer(self, model: str, feeds: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+    async def _infer(
+        self, model: str, feeds: dict[str, NDArray[Any]], units: float
+    ) -> dict[str, NDArray[Any]]:
         for attempt in range(2):
             async with self.pool.using(model):
                 try:
-                    return await self.triton.infer(model, feeds, OUTPUTS)
+                    with self.deadlines.admit(units) as deadline:
+                        return await self.triton.infer(model, feeds, OUTPUTS, deadline=deadline)
                 except ConfigurationError as exc:
                     # Unloaded by another process since we loaded it: load again, once.
                     if exc.code != "model_not_found" or attempt:

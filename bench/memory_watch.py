@@ -1,0 +1,100 @@
+"""Peak resident memory of a process tree while a benchmark runs, sampled in a thread.
+
+``PeakMemory(pid)`` samples RSS and PSS of ``pid`` and its descendants (for Triton: the python
+backend stubs, where the models' onnxruntime sessions live) every ``interval`` seconds between
+``start()`` and ``stop()``, and keeps the largest. Sampling misses spikes shorter than the
+interval; the stubs' own high-water marks (VmHWM, never missed) are read at ``stop()`` too.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class MemoryPeak:
+    rss_mib: int  # the largest RSS sum of the tree seen by a sample
+    pss_mib: int  # PSS at that sample (shared pages split between the processes)
+    hwm_mib: int  # sum of each process's own VmHWM (their peaks, not necessarily simultaneous)
+    start_rss_mib: int  # the tree's RSS when sampling began
+    processes: int
+
+
+def tritonserver_pid(model_repository: Path) -> int:
+    """The tritonserver serving ``model_repository`` (found by its command line)."""
+    flag = f"--model-repository={model_repository}"
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        if flag in (proc.info["cmdline"] or []):
+            return int(proc.pid)
+    raise LookupError(f"no tritonserver serves {model_repository}")
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def _hwm_bytes(proc: psutil.Process) -> int:
+    try:
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def sample(pid: int) -> tuple[int, int, int]:
+    """(RSS, PSS, processes) of the tree now."""
+    rss = pss = count = 0
+    try:
+        tree = _tree(pid)
+    except psutil.NoSuchProcess:  # the server has gone (the run is ending)
+        return 0, 0, 0
+    for proc in tree:
+        try:
+            info = proc.memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        rss, pss, count = rss + info.rss, pss + info.pss, count + 1
+    return rss, pss, count
+
+
+class PeakMemory:
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        self.pid = pid
+        self.interval = interval
+        self._peak = (0, 0, 0)
+        self._start = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._peak = sample(self.pid)
+        self._start = self._peak[0]
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            now = sample(self.pid)
+            if now[0] > self._peak[0]:
+                self._peak = now
+
+    def stop(self) -> MemoryPeak:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            hwm = sum(_hwm_bytes(p) for p in _tree(self.pid))
+        except psutil.NoSuchProcess:
+            hwm = 0
+        rss, pss, count = self._peak
+        return MemoryPeak(rss // MIB, pss // MIB, hwm // MIB, self._start // MIB, count)
