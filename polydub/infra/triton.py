@@ -92,15 +92,18 @@ class WorkDeadlines:
             self.units -= units
 
 
-@functools.cache
-def process_retry_budget() -> RetryBudget:
-    """The retry budget every InferenceClient of this process shares unless given its own."""
-    settings = get_settings()
+def retry_budget(settings: Settings) -> RetryBudget:
     return RetryBudget(
         settings.triton_retry_budget_ratio,
         settings.triton_retry_budget_window_seconds,
         settings.triton_retry_budget_min_retries,
     )
+
+
+@functools.cache
+def process_retry_budget() -> RetryBudget:
+    """The retry budget every InferenceClient of this process shares unless given its own."""
+    return retry_budget(get_settings())
 
 
 def channel_args() -> list[tuple[str, Any]]:

@@ -24,7 +24,7 @@ from polydub.errors import ConfigurationError, PolydubError
 from polydub.infra.db import create_pool
 from polydub.infra.queue import WORKER_CONSUMER, connect, ensure_jobs_stream
 from polydub.infra.storage import ObjectStore
-from polydub.infra.triton import InferenceClient
+from polydub.infra.triton import InferenceClient, retry_budget
 from polydub.media.runner import run_ffmpeg, run_ffprobe
 from polydub.media.source_url import tls_context
 from polydub.orchestrator.health import WorkerHealth
@@ -90,7 +90,8 @@ async def _run(
 ) -> None:
     pool = await create_pool(settings, max_size=max(4, options.concurrency * 3))
     nc = await connect(settings, name="polydub-worker")
-    triton = InferenceClient(settings.triton_url)
+    # The worker's settings, not the environment's: one budget for all its model clients.
+    triton = InferenceClient(settings.triton_url, budget=retry_budget(settings))
     scratch = workdir or Path(tempfile.mkdtemp(prefix="polydub-worker-"))
     try:
         js = nc.jetstream()

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from polydub.infra.storage import ObjectStore
-from polydub.infra.triton import InferenceClient
+from polydub.infra.triton import Deadline, InferenceClient
 from polydub.manifest import Manifest, fetch_manifest
 from polydub.media.mix import BackgroundSeparator, MixPolicy
 from polydub.media.probe import Limits
@@ -61,6 +61,9 @@ class Services:
     def create(
         cls, settings: Settings, jobs: JobStore, store: ObjectStore, triton: InferenceClient
     ) -> Services:
+        def per_unit(seconds: float) -> Deadline:
+            return Deadline.from_settings(seconds, settings)
+
         return cls(
             settings=settings,
             jobs=jobs,
@@ -68,9 +71,13 @@ class Services:
             triton=triton,
             vad=VadClient(triton),
             diarization=DiarizationClient(triton),
-            asr=AsrClient(triton),
+            asr=AsrClient(triton, deadline=per_unit(settings.triton_asr_seconds_per_audio_second)),
             gender=GenderClient(triton),
-            translation=TranslationClient(triton),
-            tts=TtsClient(triton),
+            translation=TranslationClient(
+                triton,
+                deadline=per_unit(settings.triton_translation_seconds_per_token),
+                max_in_flight=settings.triton_translation_max_in_flight,
+            ),
+            tts=TtsClient(triton, deadline=per_unit(settings.triton_tts_seconds_per_token)),
             limits=Limits.from_settings(settings),
         )
