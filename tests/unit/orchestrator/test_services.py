@@ -1,4 +1,5 @@
-"""The worker's model clients take their deadlines from the worker's own settings."""
+"""The worker's model clients take their deadlines from the worker's own settings (async: the
+clients create their asyncio primitives, as they do in the worker's loop)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from polydub.settings import Settings
 pytestmark = pytest.mark.unit
 
 
-def test_clients_follow_the_settings_they_are_given() -> None:
+async def test_clients_follow_the_settings_they_are_given() -> None:
     settings = Settings(
         triton_deadline_floor_seconds=7.0,
         triton_deadline_max_seconds=99.0,
