@@ -5,7 +5,8 @@ Why our own wrappers rather than optimum's ``encoder_model`` + ``decoder_model_m
 * the cross-attention keys/values of every decoder layer are projected once, inside the
   encoder call, for the whole batch of windows; the decoder never sees the encoder output;
 * the decoder graph has a single branch (no ``If`` on ``use_cache_branch``): step 1 simply
-  feeds an empty past (length 0), which onnxruntime and TensorRT both handle plainly;
+  feeds an empty past (length 0), which onnxruntime's CPU and CUDA providers handle (checked
+  on an H100 by ``bench/gpu_check.py``);
 * the decoder returns the logits of the last position only ([B, vocab]): the prompt step
   feeds two tokens, and shipping [B, S, vocab] back to the BLS loop would be waste.
 
@@ -96,7 +97,9 @@ class DecoderGraph(nn.Module):
         # Positions past_len .. past_len + S - 1, from shapes so they stay dynamic in the graph.
         ones = torch.ones_like(input_ids[0])
         steps = torch.cumsum(ones, dim=0) - 1  # 0 .. S-1
-        past_len = torch.ones_like(past_k[0][0, 0, :, 0]).sum().to(steps.dtype)
+        # keepdim: CUDA's ReduceSum refuses to drop a dimension of size 0 (the empty past of
+        # the first step); a [1] here broadcasts like the scalar would.
+        past_len = torch.ones_like(past_k[0][0, 0, :, 0]).sum(0, keepdim=True).to(steps.dtype)
         positions = past_len + steps
         x = self.embed_tokens(input_ids) + self.embed_positions.weight[positions].unsqueeze(0)
 
