@@ -125,6 +125,22 @@ def test_export_parity_within_tolerances(whisper_export: tuple[Path, ExportRepor
     assert report.token_match == {BLS_MODEL: True}
 
 
+def test_no_reduction_drops_a_dimension_the_first_step_leaves_empty(
+    whisper_export: tuple[Path, ExportReport],
+) -> None:
+    """The first decoder step feeds an empty past. onnxruntime's CUDA provider refuses to drop
+    a dimension of size 0 in a reduction (every Whisper request failed on an H100 until the
+    past-length sum kept its dimension; bench/gpu_check.py), while the CPU provider accepts it,
+    so only the graph's structure can guard it here."""
+    repository, _ = whisper_export
+    graph = onnx.load(str(graph_path(repository, DECODER_MODEL, "_fp32"))).graph
+    reductions = [node for node in graph.node if node.op_type.startswith("Reduce")]
+    assert reductions
+    for node in reductions:
+        keepdims = {a.name: a.i for a in node.attribute}.get("keepdims", 1)
+        assert keepdims == 1, f"{node.name} drops its reduced dimension"
+
+
 def test_random_weights_keep_fp32_for_their_fragile_greedy_tokens(
     whisper_export: tuple[Path, ExportReport],
 ) -> None:
