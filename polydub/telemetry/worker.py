@@ -158,8 +158,13 @@ async def run_pollers(
         for name, poll in polls:
             try:
                 await poll()
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
+                if _cancelling():  # a client that turned our cancellation into its own error
+                    raise asyncio.CancelledError from exc
                 log.debug("metrics poll failed", extra={"poll": name, "error": str(exc)})
         await asyncio.sleep(interval)
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

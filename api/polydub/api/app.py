@@ -45,6 +45,7 @@ from polydub.infra.storage import ObjectStore
 from polydub.infra.triton import InferenceClient
 from polydub.retry import Backoff
 from polydub.settings import Settings, get_settings
+from polydub.tasks import cancel_and_wait
 from polydub.telemetry.http import TelemetryMiddleware, instrument_http, metrics_endpoint
 from polydub.telemetry.tracing import API_SERVICE, configure_tracing, shutdown_tracing
 from polydub.version import __version__
@@ -93,11 +94,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for task in state.tasks:
-            task.cancel()
-        for task in state.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(state.tasks)
         await sender.close()
         await nats.close()
         with contextlib.suppress(Exception):

@@ -13,7 +13,6 @@ taking jobs and failing every one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import tempfile
@@ -34,6 +33,7 @@ from polydub.orchestrator.stages import STAGES
 from polydub.orchestrator.state import JobStore
 from polydub.orchestrator.worker import Worker, WorkerOptions
 from polydub.settings import Settings
+from polydub.tasks import cancel_and_wait
 from polydub.telemetry.tracing import WORKER_SERVICE, configure_tracing, shutdown_tracing
 from polydub.telemetry.worker import OperationsServer, run_pollers
 
@@ -131,10 +131,7 @@ async def _run(
         finally:
             if operations is not None:
                 operations.not_ready()
-            for task in (unloader, pollers):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait((unloader, pollers))
         log.info("worker stopped")
     finally:
         await triton.close()
