@@ -113,13 +113,16 @@ def tie_graph(path: Path) -> int:
 # ------------------------------------------------------------------ int8 and fp16
 
 
-def quantize_int8(src: Path, dst: Path, external_data: bool | None = None) -> Path:
+def quantize_int8(
+    src: Path, dst: Path, external_data: bool | None = None, *, token_embeddings: bool = False
+) -> Path:
     """Dynamic int8 quantization of the weights of MatMul/Gemm; activations are quantized at
     run time with one scale per tensor, i.e. per batch: a row's result depends on the other rows
     (see ``quantize_weights_int8`` for a batch-invariant recipe). A tied output projection
     (``tie_transposed_weights``) is quantized too, from a transposed copy.
-    ``external_data``: write the weights beside the graph (over protobuf's 2 GB); None: when
-    the fp32 graph is that large."""
+    ``token_embeddings``: the token embedding tables too (``embedding_int8``), looked up in 8
+    bits. ``external_data``: write the weights beside the graph (over protobuf's 2 GB); None:
+    when the fp32 graph is that large."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -135,6 +138,13 @@ def quantize_int8(src: Path, dst: Path, external_data: bool | None = None) -> Pa
         op_types_to_quantize=["MatMul", "Gemm"],
         use_external_data_format=external_data,
     )
+    if token_embeddings:
+        from polydub.export.embedding_int8 import quantize_token_embeddings
+
+        model = onnx.load(str(dst))
+        if quantize_token_embeddings(model):
+            weights = sum(len(t.raw_data) for t in model.graph.initializer)
+            save_graph(model, dst, weights > EXTERNAL_DATA_BYTES)
     return dst
 
 
