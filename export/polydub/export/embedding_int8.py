@@ -36,23 +36,28 @@ def block_for(width: int, largest: int = BLOCK_SIZE) -> int | None:
 
 
 def quantize_rows(
-    table: NDArray[np.float32], block: int
+    table: NDArray[np.float32], block: int, rows_per_pass: int = 8192
 ) -> tuple[NDArray[np.uint8], NDArray[np.float32], NDArray[np.uint8]]:
     """Asymmetric uint8 per block of ``block`` values of each row: (q, scales, zero points),
-    value = (q - zero_point) * scale. Scales and zero points are [rows, width / block]."""
+    value = (q - zero_point) * scale. Scales and zero points are [rows, width / block].
+    ``rows_per_pass`` rows at a time: NLLB's table is 1 GB, and whole-table temporaries would
+    add several GB to the export's peak."""
     rows, width = table.shape
-    blocks = table.reshape(rows, width // block, block)
-    low = np.minimum(blocks.min(axis=-1), 0.0)  # 0 stays exact: padding rows are all zeros
-    high = np.maximum(blocks.max(axis=-1), 0.0)
-    scales = ((high - low) / 255.0).astype(np.float32)
-    scales[scales == 0] = 1.0  # an all-zero block
-    zero_points = np.clip(np.round(-low / scales), 0, 255).astype(np.uint8)
-    q = np.round(blocks / scales[..., None]) + zero_points[..., None]
-    return (
-        np.clip(q, 0, 255).astype(np.uint8).reshape(rows, width),
-        scales,
-        zero_points,
-    )
+    q = np.empty((rows, width), np.uint8)
+    scales = np.empty((rows, width // block), np.float32)
+    zero_points = np.empty((rows, width // block), np.uint8)
+    for start in range(0, rows, rows_per_pass):
+        part = slice(start, min(start + rows_per_pass, rows))
+        blocks = table[part].reshape(-1, width // block, block)
+        low = np.minimum(blocks.min(axis=-1), 0.0)  # 0 stays exact: padding rows are all zeros
+        high = np.maximum(blocks.max(axis=-1), 0.0)
+        scale = ((high - low) / 255.0).astype(np.float32)
+        scale[scale == 0] = 1.0  # an all-zero block
+        zero = np.clip(np.round(-low / scale), 0, 255)
+        values = np.round(blocks / scale[..., None]) + zero[..., None]
+        q[part] = np.clip(values, 0, 255).astype(np.uint8).reshape(-1, width)
+        scales[part], zero_points[part] = scale, zero.astype(np.uint8)
+    return q, scales, zero_points
 
 
 def dequantize_rows(

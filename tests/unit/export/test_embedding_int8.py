@@ -38,6 +38,10 @@ def test_rows_come_back_within_one_step_and_zero_stays_exact() -> None:
     step = np.repeat(scales, 32, axis=1)
     assert np.all(np.abs(back - table) <= step * 1.01)
     assert np.all(back[1] == 0.0)
+    # done a few rows at a time (the export's memory), the same bytes
+    q7, scales7, zero_points7 = quantize_rows(table, 32, rows_per_pass=7)
+    assert np.array_equal(q7, q) and np.array_equal(scales7, scales)
+    assert np.array_equal(zero_points7, zero_points)
 
 
 def _graph(table: NDArray[np.float32], shared: NDArray[np.float32]) -> onnx.ModelProto:
