@@ -11,11 +11,10 @@ text changed (and whose translation did not), and re-synthesises only what chang
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
@@ -226,6 +225,7 @@ def apply(
     known_speakers, known_voices = set(speakers), set(voices)
     by_id = {s.id: s for s in state.segments}
     edited = dict(by_id)
+    moved: set[int] = set()  # segments whose times this patch sets (edited or added)
     for n, edit in enumerate(patch.segments):
         where = f"segments[{n}]"
         segment = edited.get(edit.id)
@@ -244,6 +244,8 @@ def apply(
         if "voice" in changes and changes["voice"] not in known_voices:
             raise _unknown_voice(changes["voice"], known_voices, f"{where}.voice")
         edited[edit.id] = replace(segment, **changes)
+        if {"start", "end"} & changes.keys():
+            moved.add(edit.id)
     cast = state.speaker_voices
     for speaker, voice in patch.voices.items():
         if speaker not in known_speakers:
@@ -260,13 +262,14 @@ def apply(
     for n, new in enumerate(patch.add):
         added = _added(new, next_id + n, f"add[{n}]", known_speakers, known_voices)
         edited[added.id] = added
+        moved.add(added.id)
     if not edited:
         raise _invalid("a language keeps at least one segment", "no_segments", "delete")
     kept = [edited[s.id] for s in state.segments if s.id in edited]
     if patch.add:  # in time order, where the added ones belong
         kept = sorted(edited.values(), key=lambda s: (s.start, s.id))
     segments = tuple(kept)
-    check_times(segments, duration, allow_overlap=patch.allow_overlap)
+    check_times(segments, duration, allow_overlap=patch.allow_overlap, checked=moved)
     return ReviewState(segments, tuple(sorted(cast.items())))
 
 
@@ -293,10 +296,20 @@ def _added(
 
 
 def check_times(
-    segments: Sequence[ReviewSegment], duration: float, *, allow_overlap: bool = False
+    segments: Sequence[ReviewSegment],
+    duration: float,
+    *,
+    allow_overlap: bool = False,
+    checked: Collection[int] | None = None,
 ) -> None:
-    """Every segment inside the media and long enough; none overlapping unless allowed."""
-    for segment in segments:
+    """Every segment inside the media and long enough; none overlapping another unless allowed.
+    ``checked``: the ids whose times an edit set (None: all). Only those are checked, against
+    every segment: the pipeline's own overlaps (two people talking at once) never block an
+    edit of something else, such as a translation."""
+    if checked is not None:
+        checked = set(checked)
+    mine = [s for s in segments if checked is None or s.id in checked]
+    for segment in mine:
         where = f"segment {segment.id}"
         if not (math.isfinite(segment.start) and math.isfinite(segment.end)):
             raise _invalid(f"{where}: times must be finite", "invalid_times", where)
@@ -315,9 +328,14 @@ def check_times(
             )
     if allow_overlap:
         return
-    ordered = sorted(segments, key=lambda s: (s.start, s.end))
-    for before, after in itertools.pairwise(ordered):
-        if after.start < before.end - 1e-6:
+    ordered = sorted(segments, key=lambda s: (s.start, s.end, s.id))
+    for segment in sorted(mine, key=lambda s: (s.start, s.end, s.id)):
+        for other in ordered:
+            if other.start >= segment.end - 1e-6:
+                break  # the rest start later still
+            if other.id == segment.id or other.end <= segment.start + 1e-6:
+                continue
+            before, after = sorted((segment, other), key=lambda s: (s.start, s.end, s.id))
             raise _invalid(
                 f"segment {after.id} starts at {after.start:.3f} s, inside segment {before.id}"
                 f" (until {before.end:.3f} s); set allow_overlap to keep both",

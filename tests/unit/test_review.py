@@ -103,6 +103,35 @@ def test_overlap_when_allowed_retime_and_voices() -> None:
     assert voiced.speaker_voices["SPEAKER_01"] == "mms_tts_spa"
 
 
+def test_overlaps_the_pipeline_left_never_block_an_edit_elsewhere() -> None:
+    """Two speakers talking at once give overlapping segments; editing a translation, or moving
+    another segment, must not be refused for them (a fresh-clone e2e run hit exactly that). A
+    segment moved into another is still refused, also where a third lies between them."""
+    talking_at_once = {
+        **TRANSLATION,
+        "segments": [
+            {**TRANSLATION["segments"][0], "start": 0.5, "end": 6.0},  # long, under the others
+            *TRANSLATION["segments"][1:],
+        ],
+    }
+    state = from_stage_files(talking_at_once, VOICES)
+    words = edit(state, segments=[{"id": s.id, "translation": "palabras"} for s in state.segments])
+    assert {s.translation for s in words.segments} == {"palabras"}
+    # segment 2 (5.0-7.5) already overlaps segment 0; moving it later is fine
+    assert edit(state, segments=[{"id": 2, "start": 6.2}]).segments[2].start == 6.2
+    # segment 1 moved to 6.5-7.0 overlaps segment 2 only; 0 ends before it
+    with pytest.raises(InvalidInput) as refused:
+        edit(state, segments=[{"id": 1, "start": 6.5, "end": 7.0}])
+    assert refused.value.code == "segments_overlap"
+    # a segment moved to start under 0 (which reaches past 1) is refused against 0 itself
+    plain = from_stage_files(TRANSLATION, VOICES)
+    stretched = edit(plain, segments=[{"id": 0, "end": 4.8}], allow_overlap=True)
+    with pytest.raises(InvalidInput) as refused:
+        edit(stretched, segments=[{"id": 2, "start": 4.5}])
+    assert refused.value.code == "segments_overlap"
+    assert "inside segment 0" in refused.value.message
+
+
 def test_wire_refuses_non_finite_and_unknown_fields() -> None:
     with pytest.raises(ValueError):
         SegmentsPatch.model_validate({"segments": [{"id": 0, "start": float("nan")}]})
