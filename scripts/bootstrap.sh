@@ -45,15 +45,18 @@ fi
 stamp=.venv/.polydub-installed
 # One distribution per tier (see pyproject.toml); re-install when any of them changes.
 want=$(cat pyproject.toml serving/pyproject.toml api/pyproject.toml orchestrator/pyproject.toml \
-  export/pyproject.toml | sha256sum | cut -d' ' -f1)
+  export/pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing polydub's distributions with all extras (editable)"
   # web-test: Playwright's Python package only; it drives Debian's /usr/bin/chromium.
   # load: locust, for the load tests (loadtests/, tests/integration/load).
   # The old single distribution linked the tiers into polydub/; remove it if a venv still has it.
   "${pip[@]}" uninstall -y polydub >/dev/null 2>&1 || true
-  "${pip[@]}" install -e ".[stack,dev,web-test,load]" -e ./serving -e ./api -e ./orchestrator \
-    -e ./export 2>&1 | grep -v "^WARNING: Location" || true
+  # constraints.txt: the versions the suite last passed with (a release of any dependency,
+  # direct or not, in a fresh venv once moved a tiny model's int8 error past its test's limit
+  # with no change of ours).
+  "${pip[@]}" install -c constraints.txt -e ".[stack,dev,web-test,load]" -e ./serving -e ./api \
+    -e ./orchestrator -e ./export 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c 'import torch, polydub.api, polydub.export, polydub.orchestrator, polydub.serving; assert "+cpu" in torch.__version__ or not torch.cuda.is_available()'
   echo "$want" >"$stamp"
 fi
