@@ -24,10 +24,10 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -78,16 +78,59 @@ def _answer(outcome: Outputs | Failure) -> Outputs:
     return outcome
 
 
-def check_nllb(cpu_repo: Path, gpu_repo: Path) -> dict[str, Any]:
-    from polydub.serving.nllb_service import PARAMETERS, NllbService
+class _Service(Protocol):
+    def run(self, requests: Sequence[Inputs]) -> list[Outputs | Failure]: ...
 
-    template = Path("model_repository/nllb")
-    gpu_params = config_parameters(template / "configs" / "gpu.pbtxt")
+
+def _three_ways(
+    family: str,
+    make: Callable[[Path, dict[str, str]], _Service],
+    cpu_repo: Path,
+    gpu_repo: Path,
+) -> dict[str, _Service]:
+    """The family's service as the CPU runs it, and its GPU profile on the fp32 and on the
+    fp16 graphs."""
+    from polydub.serving import nllb_service, whisper_service
+
+    defaults = {"nllb": nllb_service.PARAMETERS, "whisper": whisper_service.PARAMETERS}[family]
+    gpu = config_parameters(Path("model_repository") / family / "configs" / "gpu.pbtxt")
     fp32 = {"encoder_file": "encoder_fp32.onnx", "decoder_file": "decoder_fp32.onnx"}
-    version = "nllb/1"
-    cpu = NllbService(cpu_repo / version, {**PARAMETERS, **fp32, "intra_op_threads": "4"})
-    gpu32 = NllbService(cpu_repo / version, {**PARAMETERS, **gpu_params, **fp32})
-    gpu16 = NllbService(gpu_repo / version, {**PARAMETERS, **gpu_params})
+    version = Path(family) / "1"
+    return {
+        "cpu_fp32": make(cpu_repo / version, {**defaults, **fp32, "intra_op_threads": "4"}),
+        "gpu_fp32": make(cpu_repo / version, {**defaults, **gpu, **fp32}),
+        "gpu_fp16": make(gpu_repo / version, {**defaults, **gpu}),
+    }
+
+
+def _compare(
+    services: dict[str, _Service], request: Inputs, output: str, unit: str
+) -> dict[str, Any]:
+    """Each service on ``request``: rows of ``output`` equal to the CPU's, per GPU variant. The
+    check is fp32; fp16 may choose other tokens where a random model's scores are near ties,
+    so it is reported only."""
+    answers, seconds = {}, {}
+    for name, service in services.items():
+        outcome, seconds[name] = _timed(partial(service.run, [request]))
+        answers[name] = list(_answer(outcome[0])[output])
+
+    def agree(name: str) -> int:
+        pairs = zip(answers["cpu_fp32"], answers[name], strict=True)
+        return sum(bool(np.array_equal(a, b)) for a, b in pairs)
+
+    rows = len(answers["cpu_fp32"])
+    return {
+        "agree": f"fp32 {agree('gpu_fp32')}/{rows}, fp16 {agree('gpu_fp16')}/{rows} {unit}",
+        "ok": agree("gpu_fp32") == rows,
+        "cpu_s": seconds["cpu_fp32"],
+        "gpu_s": seconds["gpu_fp16"],
+    }
+
+
+def check_nllb(cpu_repo: Path, gpu_repo: Path) -> dict[str, Any]:
+    from polydub.serving.nllb_service import NllbService
+
+    services = _three_ways("nllb", NllbService, cpu_repo, gpu_repo)
     texts = [b"Hello world, this is a test.", b"The train leaves at noon.", b"Good morning."]
     request: Inputs = {
         NllbIn.TEXT: np.array([[t] for t in texts], dtype=np.object_),
@@ -95,60 +138,31 @@ def check_nllb(cpu_repo: Path, gpu_repo: Path) -> dict[str, Any]:
         NllbIn.TGT_LANG: np.array([[b"spa_Latn"]] * len(texts), dtype=np.object_),
         NllbIn.MAX_LENGTH: np.array([[24]] * len(texts), dtype=np.int32),
     }
-    answers = {}
-    seconds = {}
-    for name, service in (("cpu_fp32", cpu), ("gpu_fp32", gpu32), ("gpu_fp16", gpu16)):
-        outcome, seconds[name] = _timed(partial(service.run, [request]))
-        answers[name] = _answer(outcome[0])[NllbOut.TRANSLATIONS].tolist()
-    same32 = sum(a == b for a, b in zip(answers["cpu_fp32"], answers["gpu_fp32"], strict=True))
-    same16 = sum(a == b for a, b in zip(answers["cpu_fp32"], answers["gpu_fp16"], strict=True))
+    fp16 = services["gpu_fp16"]
+    assert isinstance(fp16, NllbService)
     return {
         "model": "nllb",
-        "providers": gpu16.graphs.providers,
-        # fp16 may pick other beams where a random model's scores are near ties: reported only
-        "agree": f"fp32 {same32}/{len(texts)}, fp16 {same16}/{len(texts)} translations",
-        "ok": same32 == len(texts),
-        "cpu_s": seconds["cpu_fp32"],
-        "gpu_s": seconds["gpu_fp16"],
+        "providers": fp16.graphs.providers,
+        **_compare(services, request, NllbOut.TRANSLATIONS, "translations"),
     }
 
 
 def check_whisper(cpu_repo: Path, gpu_repo: Path) -> dict[str, Any]:
-    from polydub.serving.whisper_service import PARAMETERS, WhisperService
+    from polydub.serving.whisper_service import WhisperService
 
-    template = Path("model_repository/whisper")
-    gpu_params = config_parameters(template / "configs" / "gpu.pbtxt")
-    fp32 = {"encoder_file": "encoder_fp32.onnx", "decoder_file": "decoder_fp32.onnx"}
-    version = "whisper/1"
-    cpu = WhisperService(cpu_repo / version, {**PARAMETERS, **fp32, "intra_op_threads": "4"})
-    gpu32 = WhisperService(cpu_repo / version, {**PARAMETERS, **gpu_params, **fp32})
-    gpu16 = WhisperService(gpu_repo / version, {**PARAMETERS, **gpu_params})
-    rng = np.random.default_rng(0)
-    audio = rng.normal(0, 0.1, (4, 16000 * 3)).astype(np.float32)
+    services = _three_ways("whisper", WhisperService, cpu_repo, gpu_repo)
+    audio = np.random.default_rng(0).normal(0, 0.1, (4, 16000 * 3)).astype(np.float32)
     request: Inputs = {
         WhisperIn.AUDIO: audio,
         WhisperIn.LANGUAGE: np.array([[b"en"]] * 4, dtype=np.object_),
         WhisperIn.MAX_NEW_TOKENS: np.array([[16]] * 4, dtype=np.int32),
     }
-    answers = {}
-    seconds = {}
-    for name, service in (("cpu_fp32", cpu), ("gpu_fp32", gpu32), ("gpu_fp16", gpu16)):
-        outcome, seconds[name] = _timed(partial(service.run, [request]))
-        answers[name] = _answer(outcome[0])[WhisperOut.TOKENS]
-
-    def agree(name: str) -> int:
-        return sum(
-            bool(np.array_equal(a, b))
-            for a, b in zip(answers["cpu_fp32"], answers[name], strict=True)
-        )
-
+    fp16 = services["gpu_fp16"]
+    assert isinstance(fp16, WhisperService)
     return {
         "model": "whisper",
-        "providers": {"device": gpu16.backend.device},
-        "agree": f"fp32 {agree('gpu_fp32')}/4, fp16 {agree('gpu_fp16')}/4 token rows",
-        "ok": agree("gpu_fp32") == 4,
-        "cpu_s": seconds["cpu_fp32"],
-        "gpu_s": seconds["gpu_fp16"],
+        "providers": {"device": fp16.backend.device},
+        **_compare(services, request, WhisperOut.TOKENS, "token rows"),
     }
 
 

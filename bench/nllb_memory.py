@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from bench.common import save
 from bench.translation import BEAMS, SRC, TGT, ct2_dir, repository_dir, run_child, sentences
 
@@ -29,10 +31,7 @@ GIB = 2**30
 
 
 def _rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return int(psutil.Process().memory_info().rss)
 
 
 def _fp32_embedding_graphs(version: Path, out: Path) -> tuple[Path, Path]:

@@ -36,9 +36,9 @@ from polydub.export.repository import copy_templates
 from polydub.export.spec import Preset, Target
 from polydub.infra.triton import Deadline, InferenceClient, RetryPolicy
 from polydub.orchestrator.inference.translation import TranslationClient, expected_tokens
+from polydub.orchestrator.stages.dub import N_BEST  # what the dub stage asks for
 from polydub.retry import RetryBudget
 
-N_BEST = 3  # the dub stage's
 WORDS = [
     "the",
     "film",

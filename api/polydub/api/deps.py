@@ -26,6 +26,7 @@ from polydub.infra.storage import ObjectStore
 from polydub.infra.triton import InferenceClient
 from polydub.retry import Backoff
 from polydub.settings import Settings
+from polydub.tasks import cancel_and_wait
 
 log = logging.getLogger("polydub.api")
 
@@ -58,9 +59,8 @@ class NatsHolder:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            # connect() may raise a cancellation as its own error, which the loop catches
+            await cancel_and_wait([self._task])
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.close()
