@@ -165,9 +165,14 @@ def _from_asyncpg(exc: BaseException, message: str) -> PolydubError | None:
 
 def _from_s3(exc: BaseException, message: str) -> PolydubError | None:
     import urllib3.exceptions
-    from minio.error import S3Error, ServerError
+    from minio.error import InvalidResponseError, S3Error, ServerError
 
     if isinstance(exc, S3Error):
+        if not exc.request_id:
+            # Every answer of the S3 service itself carries a request id. Without one, minio-py
+            # made the code up from a bare HTTP status: a server shutting down answers "403
+            # http: Server closed", which it reads as AccessDenied. Transient, not our keys.
+            return ServiceUnavailable(message, code="s3_unavailable")
         if exc.code in _NOT_FOUND_S3:
             return NotFound(message, code="object_not_found")
         if exc.code in _RETRYABLE_S3:
@@ -175,7 +180,8 @@ def _from_s3(exc: BaseException, message: str) -> PolydubError | None:
         if exc.code in {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
             return ConfigurationError(message, code="s3_access_denied")
         return PermanentError(message, code="s3_error")
-    if isinstance(exc, ServerError):
+    if isinstance(exc, ServerError | InvalidResponseError):
+        # InvalidResponseError: a reply that is not S3's XML (a proxy's page, a closing server)
         return ServiceUnavailable(message, code="s3_unavailable")
     if isinstance(exc, urllib3.exceptions.HTTPError):
         return ServiceUnavailable(message, code="s3_unavailable")

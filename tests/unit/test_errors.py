@@ -2,7 +2,7 @@ import asyncpg
 import nats.errors
 import nats.js.errors
 import pytest
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error
 from tritonclient.utils import InferenceServerException
 
 from polydub.errors import (
@@ -21,8 +21,8 @@ from polydub.errors import (
 pytestmark = pytest.mark.unit
 
 
-def _s3(code: str) -> S3Error:
-    return S3Error(None, code, "msg", "/res", "req", "host")  # type: ignore[arg-type]
+def _s3(code: str, request_id: str | None = "req") -> S3Error:
+    return S3Error(None, code, "msg", "/res", request_id, "host")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -68,6 +68,14 @@ def _s3(code: str) -> S3Error:
         (_s3("NoSuchKey"), NotFound, "object_not_found"),
         (_s3("SlowDown"), ServiceUnavailable, "s3_unavailable"),
         (_s3("AccessDenied"), ConfigurationError, "s3_access_denied"),
+        # minio-py's own reading of a bare 403 (a server shutting down), not S3's verdict
+        (_s3("AccessDenied", request_id=None), ServiceUnavailable, "s3_unavailable"),
+        (_s3("NoSuchKey", request_id=None), ServiceUnavailable, "s3_unavailable"),
+        (
+            InvalidResponseError(403, "text/plain", "http: Server closed"),
+            ServiceUnavailable,
+            "s3_unavailable",
+        ),
         (ConnectionRefusedError(), ServiceUnavailable, "connection_error"),
         (TimeoutError(), ServiceUnavailable, "timeout"),
         (ValueError("bug"), InternalError, "internal_error"),

@@ -10,6 +10,7 @@ fails that language alone. A retryable error propagates, so the job is redeliver
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import time
 import uuid
@@ -24,6 +25,8 @@ from polydub.orchestrator.services import Services
 from polydub.orchestrator.state import Cancelled, Fenced, FinishedStages, JobRecord
 from polydub.telemetry.metrics import time_stage
 from polydub.telemetry.tracing import span
+
+log = logging.getLogger(__name__)
 
 Scope = Literal["job", "target"]
 Publish = Callable[[JobRecord, dict[str, Any]], Awaitable[None]]
@@ -206,6 +209,10 @@ class PipelineRunner:
             error = classify(exc)
             if error.retryable:
                 raise error from exc
+            log.error(
+                "target failed",
+                extra={"language": language, "code": error.code, "error": error.message},
+            )
             event = await self.store.finish_target(job, language, "failed", error)
             await self.publish(job, event)
             return
