@@ -102,6 +102,12 @@ class JobStore:
             input_etag=row["input_etag"],
         )
 
+    async def superseded(self, job: JobRecord) -> bool:
+        """Whether a newer attempt has claimed the job since ``job`` was (read, not locked:
+        attempts only grow, so True stays true)."""
+        current = await self.pool.fetchval("SELECT attempt FROM jobs WHERE id = $1", job.id)
+        return bool(current != job.attempt)
+
     async def finished_stages(self, job_id: uuid.UUID) -> FinishedStages:
         rows = await self.pool.fetch(
             "SELECT stage, language, outputs FROM job_stages WHERE job_id = $1 AND status = 'succeeded'",

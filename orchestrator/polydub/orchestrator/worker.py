@@ -258,6 +258,15 @@ class Worker:
     ) -> None:
         error = classify(exc)
         mark_error(exc)
+        if job is not None and await self._superseded(job):
+            # A worker that stalled past the ack wait (SIGSTOP, a long GC pause, a frozen VM)
+            # often wakes to an error of its own (its Triton deadline ran out while it slept)
+            # rather than a fenced write: the job is a newer attempt's, so hand nothing back.
+            log.warning(
+                "fenced out; dropping the job without ack",
+                extra={"reason": f"superseded by a newer attempt ({error.code})"},
+            )
+            return
         delivered = msg.metadata.num_delivered
         last_try = delivered >= self.options.policy.max_deliver
         if error.retryable and not last_try:
@@ -283,6 +292,12 @@ class Worker:
         if event and job is not None:
             await self.publish(job, event)
         await msg.term()
+
+    async def _superseded(self, job: JobRecord) -> bool:
+        try:
+            return await self.store.superseded(job)
+        except Exception:  # the database may be the error: decide as if still ours
+            return False
 
     async def _heartbeat(self, msg: Msg, progress_clock: list[float]) -> None:
         interval = max(self.options.policy.ack_wait_seconds / 3, 0.2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import inspect
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -118,12 +119,27 @@ async def open_api(deploy: Deployment, pool: asyncpg.Pool) -> Api:
 
 
 async def wait_until(check: Any, limit: float, interval: float = 0.05) -> Any:
-    async with asyncio.timeout(limit):
-        while True:
-            value = await check()
-            if value:
-                return value
-            await asyncio.sleep(interval)
+    """Poll ``check`` until it returns something true; an AssertionError naming the check
+    (a lambda's source line) when ``limit`` seconds pass first."""
+    try:
+        async with asyncio.timeout(limit):
+            while True:
+                value = await check()
+                if value:
+                    return value
+                await asyncio.sleep(interval)
+    except TimeoutError:
+        raise AssertionError(f"not true after {limit:.0f} s: {_describe(check)}") from None
+
+
+def _describe(check: Any) -> str:
+    name = getattr(check, "__qualname__", repr(check))
+    if "<lambda>" not in name:
+        return str(name)
+    try:
+        return inspect.getsource(check).strip()
+    except (OSError, TypeError):
+        return str(name)
 
 
 async def wait_terminal(pool: asyncpg.Pool, ids: list[str], limit: float) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from polydub.errors import ServiceUnavailable
 from polydub.infra.queue import ConsumerPolicy, connect, ensure_jobs_stream
 from polydub.infra.storage import ObjectStore
 from polydub.jobs import ArtifactKind, JobMessage
@@ -40,6 +42,7 @@ class Muxer:
     store: ObjectStore
     jobs: JobStore
     gate: asyncio.Event | None = None
+    fail_with: Exception | None = None  # raised instead of uploading, once through the gate
     entered: asyncio.Event = field(default_factory=asyncio.Event)
     uploaded: list[str] = field(default_factory=list)
 
@@ -51,6 +54,8 @@ class Muxer:
         self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
+        if self.fail_with is not None:
+            raise self.fail_with
         key = ctx.key("dubbed.mp4")
         await self.store.put_bytes(key, data, "video/mp4")
         self.uploaded.append(key)
@@ -146,6 +151,52 @@ async def test_a_stale_attempts_late_upload_is_never_what_the_job_serves(
     assert recorded["outputs"] == {ArtifactKind.DUBBED_VIDEO: fresh_key}
     assert stale_key != fresh_key and "/a1/" in stale_key and "/a2/" in fresh_key
     assert await store.get_bytes(stale_key) == b"attempt 1"  # S3 took it, but nothing names it
+
+    for worker, task in ((stale, stale_task), (fresh, fresh_task)):
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_a_stale_attempt_that_wakes_to_an_error_hands_nothing_back(
+    env: Env,
+    db_pool: asyncpg.Pool,
+    stack_settings: Settings,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Stalled past its Triton deadline, a worker wakes to a retryable error, not a fenced
+    write: it must see that a newer attempt owns the job and drop it, not nak it."""
+    caplog.set_level(logging.INFO, logger="polydub.orchestrator.worker")
+    store, jobs = ObjectStore(stack_settings), JobStore(db_pool)
+    job_id = await create_job(db_pool, await create_owner(db_pool), ["fra"])
+    expired = ServiceUnavailable("deadline ran out while stalled", code="triton_deadline_exceeded")
+    stale_muxer = Muxer(store, jobs, gate=asyncio.Event(), fail_with=expired)
+    stale = make_worker(env, jobs, stale_muxer, tmp_path / "a", stall=0.1)
+    stale_task = asyncio.create_task(stale.run())
+    message = JobMessage(job_id)
+    await env.js.publish(
+        env.settings.jobs_subject, message.to_bytes(), headers={"Nats-Msg-Id": message.msg_id}
+    )
+    await asyncio.wait_for(stale_muxer.entered.wait(), 10)
+    fresh = make_worker(env, jobs, Muxer(store, jobs), tmp_path / "b", stall=600)
+    fresh_task = asyncio.create_task(fresh.run())
+    for _ in range(300):
+        if await db_pool.fetchval("SELECT status FROM jobs WHERE id = $1", job_id) == "succeeded":
+            break
+        await asyncio.sleep(0.05)
+
+    stale_muxer.gate.set()  # type: ignore[union-attr]
+    for _ in range(100):
+        if not stale.in_flight:
+            break
+        await asyncio.sleep(0.05)
+    assert not stale.in_flight
+    messages = [(r.getMessage(), getattr(r, "reason", "")) for r in caplog.records]
+    assert ("fenced out; dropping the job without ack",
+            "superseded by a newer attempt (triton_deadline_exceeded)") in messages  # fmt: skip
+    assert not any(m == "retryable error; nak" for m, _ in messages), messages
+    row = await db_pool.fetchrow("SELECT status, attempt FROM jobs WHERE id = $1", job_id)
+    assert (row["status"], row["attempt"]) == ("succeeded", 2)
 
     for worker, task in ((stale, stale_task), (fresh, fresh_task)):
         worker.stop()
