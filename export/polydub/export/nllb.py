@@ -30,11 +30,11 @@ from polydub.export.hub import pretrained_args
 from polydub.export.nllb_graphs import (
     BLS,
     DECODER,
-    DECODER_SPEC,
     ENCODER,
-    ENCODER_SPEC,
     FP16_RTOL,
     TOP_K,
+    decoder_spec,
+    encoder_spec,
     generation_config,
     wrappers,
 )
@@ -243,8 +243,9 @@ class NllbExporter:
         ids = torch.tensor([[5, 6, 7, 8, 2], [9, 10, 2, 1, 1]], dtype=torch.int64)
         mask = (ids != cfg.pad_token_id).long()
         with torch.inference_mode():
-            _, cross_key, cross_value = encoder(ids, mask)
-        past = torch.zeros(2, cfg.decoder_layers, heads, 3, head_dim)
+            _, *cross = encoder(ids, mask)
+        layers = cfg.decoder_layers
+        past = [torch.zeros(2, heads, 3, head_dim) for _ in range(2 * layers)]
         dec_ids = torch.tensor([[11], [12]], dtype=torch.int64)
         with warnings.catch_warnings():
             # The traced Python branches (position-table growth, mask helpers) are constant for
@@ -253,12 +254,12 @@ class NllbExporter:
             warnings.simplefilter("ignore", jit.TracerWarning)
             # One folder per graph: checkpoints over 2 GB export one external file per tensor.
             encoder_path = export_module(
-                encoder, (ids, mask), ENCODER_SPEC, work / "encoder" / "model.onnx"
+                encoder, (ids, mask), encoder_spec(layers), work / "encoder" / "model.onnx"
             )
             decoder_path = export_module(
                 decoder,
-                (dec_ids, mask, cross_key, cross_value, past, past.clone()),
-                DECODER_SPEC,
+                (dec_ids, mask, *past, *cross),
+                decoder_spec(layers),
                 work / "decoder" / "model.onnx",
             )
         return encoder_path, decoder_path
@@ -277,7 +278,9 @@ class NllbExporter:
         expected = torch_encoder_outputs(model, ids, mask)
         actual = run_onnx(encoder, {"input_ids": ids, "attention_mask": mask})
         report.max_abs_diff[ENCODER] = check_parity(
-            ENCODER, max_abs_diff(expected, actual), *ENCODER_SPEC.tolerance("fp32")
+            ENCODER,
+            max_abs_diff(expected, actual),
+            *encoder_spec(config.decoder_layers).tolerance("fp32"),
         )
 
         # Decoder: the cached step-by-step top log-probs vs one uncached transformers forward.
@@ -289,7 +292,8 @@ class NllbExporter:
         diff = max_abs_diff(
             [torch_log_probs_at(model, ids, mask, prefix, top_ids)], [top_log_probs]
         )
-        report.max_abs_diff[DECODER] = check_parity(DECODER, diff, *DECODER_SPEC.tolerance("fp32"))
+        tolerance = decoder_spec(config.decoder_layers).tolerance("fp32")
+        report.max_abs_diff[DECODER] = check_parity(DECODER, diff, *tolerance)
 
         found = onnx_search(encoder, decoder, ids, mask, targets, config, max_length)
         same = all(list(h[0].tokens) == r[0] for h, r in zip(found, reference, strict=True))
@@ -315,7 +319,11 @@ class NllbExporter:
             DECODER: sample_decoder_feeds(encoder_fp32, ids, mask, targets, config, past_len=3),
         }
         bls = version_dir(repository, BLS)
-        for spec, fp32 in ((ENCODER_SPEC, encoder_fp32), (DECODER_SPEC, decoder_fp32)):
+        layers = config.decoder_layers
+        for spec, fp32 in (
+            (encoder_spec(layers), encoder_fp32),
+            (decoder_spec(layers), decoder_fp32),
+        ):
             stem = GRAPH_FILES[spec.name]
             for stale in bls.glob(f"{stem}*.onnx*"):
                 stale.unlink()
@@ -339,7 +347,7 @@ class NllbExporter:
             limit = spec.tolerance("int8")[0]
             served = "int8" if rel <= limit else "fp32"
             top1 = ""
-            if spec is DECODER_SPEC:
+            if spec.name == DECODER:
                 agree = float(np.mean(reference[1][:, 0] == quantized[1][:, 0]))
                 top1 = f", top-1 token agreement {agree:.0%}"
             report.notes.append(

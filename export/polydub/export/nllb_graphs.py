@@ -4,21 +4,25 @@
 
 * ``nllb_encoder``: input_ids, attention_mask [batch, src_len] -> last_hidden_state
   [batch, src_len, d_model] and the decoder's cross-attention keys/values, computed once per
-  source: cross_key, cross_value [batch, layers, heads, src_len, head_dim].
+  source: ``cross_key.i`` / ``cross_value.i`` [batch, heads, src_len, head_dim] per layer.
 * ``nllb_decoder``: one decoding step over a self-attention KV cache. input_ids [batch, dec_len],
-  encoder_attention_mask [batch, src_len], cross_key/value, past_key/value [batch, layers, heads,
-  past_len, head_dim] (past_len may be 0) -> top_log_probs / top_ids [batch, top_k]
+  encoder_attention_mask [batch, src_len], ``past_*.i`` [batch, heads, past_len, head_dim]
+  (past_len may be 0) and ``cross_*.i`` per layer -> top_log_probs / top_ids [batch, top_k]
   (log-softmax of the last position: all a beam search needs, instead of a 256k-wide row per
-  beam), present_key/value [batch, layers, heads, past_len + dec_len, head_dim].
+  beam) and ``present_*.i`` [batch, heads, past_len + dec_len, head_dim].
+
+One K/V tensor per layer (``names.layer_tensors``, as Whisper's graphs): with one
+[batch, layers, ...] tensor per kind, every step copied the whole cache once to stack the
+layers' presents and once to slice each layer out of the past and the cross K/V (16% of the
+decoder's kernel time at NLLB-600M's shape, issue 17's profile).
 
 The layer stack is the checkpoint's own modules (layer norms, projections, feed-forward); the
 wrappers only route the cache tensors, which keeps the graphs free of transformers' Cache
 classes. optimum-onnx's M2M100 export was not used: it gives three decoder graphs (or a merged
-one with a scalar ``use_cache_branch`` input that has no batch axis, so Triton cannot batch it)
-and one input per layer and per K/V (96 for NLLB-3.3B) on every step.
+one with a scalar ``use_cache_branch`` input that has no batch axis, so Triton cannot batch it).
 
-Model-structure axes (layers, heads, head_dim, d_model, vocab, top_k) are named dynamic too: one
-python model configuration fits the tiny and the real checkpoints alike.
+Model-structure axes (heads, head_dim, d_model, vocab, top_k) are named dynamic; the layer
+count is in the tensor names, read back from the graph by whoever runs it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,13 @@ from typing import Any
 
 from polydub.export.spec import GraphSpec, TensorSpec
 from polydub.serving import names
-from polydub.serving.names import NllbDecoderIn, NllbDecoderOut, NllbEncoderIn, NllbEncoderOut
+from polydub.serving.names import (
+    NllbDecoderIn,
+    NllbDecoderOut,
+    NllbEncoderIn,
+    NllbEncoderOut,
+    layer_tensors,
+)
 from polydub.serving.nllb_search import GenerationConfig
 
 ENCODER = names.NLLB_ENCODER
@@ -41,53 +51,50 @@ INT8_RTOL = 0.1
 FP16_RTOL = 0.02
 
 _F32, _I64 = "float32", "int64"
-_CACHE = ("batch", "layers", "heads", "src_len", "head_dim")
 
-ENCODER_SPEC = GraphSpec(
-    name=ENCODER,
-    inputs=(
-        TensorSpec(NllbEncoderIn.INPUT_IDS, _I64, ("batch", "src_len")),
-        TensorSpec(NllbEncoderIn.ATTENTION_MASK, _I64, ("batch", "src_len")),
-    ),
-    outputs=(
-        TensorSpec(NllbEncoderOut.LAST_HIDDEN_STATE, _F32, ("batch", "src_len", "d_model")),
-        TensorSpec(NllbEncoderOut.CROSS_KEY, _F32, _CACHE),
-        TensorSpec(NllbEncoderOut.CROSS_VALUE, _F32, _CACHE),
-    ),
-    fp32_atol=FP32_ATOL,
-    int8_atol=None,
-    int8_rtol=INT8_RTOL,
-)
-DECODER_SPEC = GraphSpec(
-    name=DECODER,
-    inputs=(
-        TensorSpec(NllbDecoderIn.INPUT_IDS, _I64, ("batch", "dec_len")),
-        TensorSpec(NllbDecoderIn.ENCODER_ATTENTION_MASK, _I64, ("batch", "src_len")),
-        TensorSpec(NllbDecoderIn.CROSS_KEY, _F32, _CACHE),
-        TensorSpec(NllbDecoderIn.CROSS_VALUE, _F32, _CACHE),
-        TensorSpec(
-            NllbDecoderIn.PAST_KEY, _F32, ("batch", "layers", "heads", "past_len", "head_dim")
+
+def _kv(kind: str, layers: int, length: str) -> tuple[TensorSpec, ...]:
+    return tuple(
+        TensorSpec(name, _F32, ("batch", "heads", length, "head_dim"))
+        for name in layer_tensors(kind, layers)
+    )
+
+
+def encoder_spec(layers: int) -> GraphSpec:
+    return GraphSpec(
+        name=ENCODER,
+        inputs=(
+            TensorSpec(NllbEncoderIn.INPUT_IDS, _I64, ("batch", "src_len")),
+            TensorSpec(NllbEncoderIn.ATTENTION_MASK, _I64, ("batch", "src_len")),
         ),
-        TensorSpec(
-            NllbDecoderIn.PAST_VALUE, _F32, ("batch", "layers", "heads", "past_len", "head_dim")
+        outputs=(
+            TensorSpec(NllbEncoderOut.LAST_HIDDEN_STATE, _F32, ("batch", "src_len", "d_model")),
+            *_kv("cross", layers, "src_len"),
         ),
-    ),
-    outputs=(
-        TensorSpec(NllbDecoderOut.TOP_LOG_PROBS, _F32, ("batch", "top_k")),
-        TensorSpec(NllbDecoderOut.TOP_IDS, _I64, ("batch", "top_k")),
-        TensorSpec(
-            NllbDecoderOut.PRESENT_KEY, _F32, ("batch", "layers", "heads", "total_len", "head_dim")
+        fp32_atol=FP32_ATOL,
+        int8_atol=None,
+        int8_rtol=INT8_RTOL,
+    )
+
+
+def decoder_spec(layers: int) -> GraphSpec:
+    return GraphSpec(
+        name=DECODER,
+        inputs=(
+            TensorSpec(NllbDecoderIn.INPUT_IDS, _I64, ("batch", "dec_len")),
+            TensorSpec(NllbDecoderIn.ENCODER_ATTENTION_MASK, _I64, ("batch", "src_len")),
+            *_kv("past", layers, "past_len"),
+            *_kv("cross", layers, "src_len"),
         ),
-        TensorSpec(
-            NllbDecoderOut.PRESENT_VALUE,
-            _F32,
-            ("batch", "layers", "heads", "total_len", "head_dim"),
+        outputs=(
+            TensorSpec(NllbDecoderOut.TOP_LOG_PROBS, _F32, ("batch", "top_k")),
+            TensorSpec(NllbDecoderOut.TOP_IDS, _I64, ("batch", "top_k")),
+            *_kv("present", layers, "total_len"),
         ),
-    ),
-    fp32_atol=FP32_ATOL,
-    int8_atol=None,
-    int8_rtol=INT8_RTOL,
-)
+        fp32_atol=FP32_ATOL,
+        int8_atol=None,
+        int8_rtol=INT8_RTOL,
+    )
 
 
 def wrappers(model: Any, top_k: int = TOP_K) -> tuple[Any, Any]:
@@ -118,9 +125,11 @@ def wrappers(model: Any, top_k: int = TOP_K) -> tuple[Any, Any]:
 
         def forward(self, input_ids: Any, attention_mask: Any) -> Any:
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
-            keys = [split(layer.encoder_attn.k_proj(hidden)) for layer in self.layers]
-            values = [split(layer.encoder_attn.v_proj(hidden)) for layer in self.layers]
-            return hidden, torch.stack(keys, 1), torch.stack(values, 1)
+            outputs = [hidden]
+            for layer in self.layers:  # in layer_tensors order: key.0, value.0, key.1, ...
+                outputs.append(split(layer.encoder_attn.k_proj(hidden)))
+                outputs.append(split(layer.encoder_attn.v_proj(hidden)))
+            return tuple(outputs)
 
     class Decoder(nn.Module):
         def __init__(self) -> None:
@@ -128,16 +137,11 @@ def wrappers(model: Any, top_k: int = TOP_K) -> tuple[Any, Any]:
             self.decoder = decoder
             self.lm_head = model.lm_head
 
-        def forward(
-            self,
-            input_ids: Any,
-            encoder_attention_mask: Any,
-            cross_key: Any,
-            cross_value: Any,
-            past_key: Any,
-            past_value: Any,
-        ) -> Any:
-            past_len = past_key.shape[3]
+        def forward(self, input_ids: Any, encoder_attention_mask: Any, *states: Any) -> Any:
+            n = len(self.decoder.layers)  # states: past K/V per layer, then cross K/V
+            past_key, past_value = states[0 : 2 * n : 2], states[1 : 2 * n : 2]
+            cross_key, cross_value = states[2 * n :: 2], states[2 * n + 1 :: 2]
+            past_len = past_key[0].shape[2]
             new_len = input_ids.shape[1]
             embeds = self.decoder.embed_tokens(input_ids)  # scaled by sqrt(d_model) inside
             hidden = embeds + self.decoder.embed_positions(input_ids, embeds, past_len)
@@ -145,17 +149,16 @@ def wrappers(model: Any, top_k: int = TOP_K) -> tuple[Any, Any]:
             key_pos = torch.arange(past_len + new_len, device=input_ids.device)
             causal = (key_pos[None, :] <= query_pos[:, None])[None, None]  # [1, 1, T, P+T]
             cross_visible = encoder_attention_mask[:, None, None, :].bool()  # [B, 1, 1, S]
-            keys, values = [], []
+            presents = []
             for i, layer in enumerate(self.decoder.layers):
                 x = layer.self_attn_layer_norm(hidden)
-                key = torch.cat([past_key[:, i], split(layer.self_attn.k_proj(x))], dim=2)
-                value = torch.cat([past_value[:, i], split(layer.self_attn.v_proj(x))], dim=2)
-                keys.append(key)
-                values.append(value)
+                key = torch.cat([past_key[i], split(layer.self_attn.k_proj(x))], dim=2)
+                value = torch.cat([past_value[i], split(layer.self_attn.v_proj(x))], dim=2)
+                presents += [key, value]
                 hidden = hidden + attend(layer.self_attn, x, key, value, causal)
                 x = layer.encoder_attn_layer_norm(hidden)
                 hidden = hidden + attend(
-                    layer.encoder_attn, x, cross_key[:, i], cross_value[:, i], cross_visible
+                    layer.encoder_attn, x, cross_key[i], cross_value[i], cross_visible
                 )
                 x = layer.final_layer_norm(hidden)
                 hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
@@ -165,7 +168,7 @@ def wrappers(model: Any, top_k: int = TOP_K) -> tuple[Any, Any]:
             logits = self.lm_head(self.decoder.layer_norm(hidden[:, -1, :]))
             log_probs = torch.log_softmax(logits, dim=-1)
             top_log_probs, top_ids = torch.topk(log_probs, top_k, dim=-1)
-            return top_log_probs, top_ids, torch.stack(keys, 1), torch.stack(values, 1)
+            return (top_log_probs, top_ids, *presents)
 
     return Encoder().eval(), Decoder().eval()
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from polydub.export.onnx_tools import max_abs_diff, run_onnx
 from polydub.export.spec import GraphSpec
+from polydub.serving.names import layer_tensors
 from polydub.serving.nllb_search import GenerationConfig, Hypothesis, SearchRequest, beam_search
 from polydub.serving.nllb_translate import OnnxRuntimeModel
 
@@ -37,22 +38,32 @@ def sample_batch(tokenizer: Any) -> tuple[Any, Any, list[int]]:
     return ids, mask, targets
 
 
+def _cross(encoder_path: Path, ids: Any, mask: Any, layers: int) -> list[Any]:
+    """The encoder graph's cross K/V per layer, in layer_tensors order."""
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    return run_onnx(encoder_path, feeds, layer_tensors("cross", layers))
+
+
 def sample_decoder_feeds(
     encoder_path: Path, ids: Any, mask: Any, targets: list[int], config: Any, past_len: int
 ) -> dict[str, Any]:
     """Decoder feeds: real cross K/V, a random past of ``past_len`` steps, two new tokens."""
-    cross_key, cross_value = run_onnx(
-        encoder_path, {"input_ids": ids, "attention_mask": mask}, ["cross_key", "cross_value"]
-    )
+    layers = config.decoder_layers
     rng = np.random.default_rng(0)
-    shape = (len(ids), config.decoder_layers, config.decoder_heads, past_len, config.head_dim)
+    shape = (len(ids), layers, config.decoder_heads, past_len, config.head_dim)
+    keys, values = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    past = [kv[:, i] for i in range(layers) for kv in (keys, values)]  # layer_tensors order
     return {
         "input_ids": np.array([[t, 100 + i] for i, t in enumerate(targets)], dtype=np.int64),
         "encoder_attention_mask": mask,
-        "cross_key": cross_key,
-        "cross_value": cross_value,
-        "past_key": rng.standard_normal(shape).astype(np.float32),
-        "past_value": rng.standard_normal(shape).astype(np.float32),
+        **dict(zip(layer_tensors("past", layers), past, strict=True)),
+        **dict(
+            zip(
+                layer_tensors("cross", layers),
+                _cross(encoder_path, ids, mask, layers),
+                strict=True,
+            )
+        ),
     }
 
 
@@ -74,19 +85,11 @@ def torch_encoder_outputs(model: Any, ids: Any, mask: Any) -> list[Any]:
         ).last_hidden_state
         b, s, d = hidden.shape
         heads = model.config.decoder_attention_heads
-        kv = [
-            torch.stack(
-                [
-                    getattr(layer.encoder_attn, proj)(hidden)
-                    .view(b, s, heads, d // heads)
-                    .transpose(1, 2)
-                    for layer in model.model.decoder.layers
-                ],
-                1,
-            )
-            for proj in ("k_proj", "v_proj")
-        ]
-    return [hidden.numpy(), kv[0].numpy(), kv[1].numpy()]
+        outputs = [hidden.numpy()]
+        for layer in model.model.decoder.layers:  # in layer_tensors order
+            for proj in (layer.encoder_attn.k_proj, layer.encoder_attn.v_proj):
+                outputs.append(proj(hidden).view(b, s, heads, d // heads).transpose(1, 2).numpy())
+    return outputs
 
 
 def torch_logits(model: Any, ids: Any, mask: Any, decoder_ids: Any) -> Any:
@@ -113,34 +116,26 @@ def onnx_step_log_probs(
     the export peaked at 11 GB (issue 17)."""
     import onnxruntime as ort
 
-    cross_key, cross_value = run_onnx(
-        encoder_path, {"input_ids": ids, "attention_mask": mask}, ["cross_key", "cross_value"]
+    layers = config.decoder_layers
+    cross = dict(
+        zip(layer_tensors("cross", layers), _cross(encoder_path, ids, mask, layers), strict=True)
     )
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(decoder_path), options, providers=["CPUExecutionProvider"])
-    shape = (len(ids), config.decoder_layers, config.decoder_heads, 0, config.head_dim)
-    past = (np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+    shape = (len(ids), config.decoder_heads, 0, config.head_dim)
+    past = [np.zeros(shape, np.float32) for _ in range(2 * layers)]
     values, indices = [], []
     chunks = [
         decoder_ids[:, :2],
         *(decoder_ids[:, i : i + 1] for i in range(2, decoder_ids.shape[1])),
     ]
     for chunk in chunks:
-        top_log_probs, top_ids, key, value = session.run(
-            None,
-            {
-                "input_ids": chunk,
-                "encoder_attention_mask": mask,
-                "cross_key": cross_key,
-                "cross_value": cross_value,
-                "past_key": past[0],
-                "past_value": past[1],
-            },
-        )
+        feeds = {"input_ids": chunk, "encoder_attention_mask": mask, **cross}
+        feeds.update(zip(layer_tensors("past", layers), past, strict=True))
+        top_log_probs, top_ids, *past = session.run(None, feeds)
         values.append(top_log_probs)
         indices.append(top_ids)
-        past = (key, value)
     return np.stack(values, axis=1), np.stack(indices, axis=1)
 
 
@@ -200,23 +195,14 @@ def onnx_search(
 ) -> list[list[Hypothesis]]:
     """The BLS model's beam search, in-process, on a batch of (already tokenised) sources."""
     model = OnnxRuntimeModel(encoder_path, decoder_path)
-    cross_key, cross_value = model.encode(ids, mask)
+    cross = model.encode(ids, mask)
 
     def step(dec_ids: Any, source_index: Any, past: Any) -> Any:
         if past is None:
-            shape = (len(dec_ids), config.decoder_layers, config.decoder_heads, 0, config.head_dim)
-            past = (np.zeros(shape, np.float32), np.zeros(shape, np.float32))
-        top_log_probs, top_ids, key, value = model.decode(
-            {
-                "input_ids": dec_ids,
-                "encoder_attention_mask": mask[source_index],
-                "cross_key": cross_key[source_index],
-                "cross_value": cross_value[source_index],
-                "past_key": past[0],
-                "past_value": past[1],
-            }
-        )
-        return top_log_probs, top_ids, (key, value)
+            shape = (len(dec_ids), config.decoder_heads, 0, config.head_dim)
+            past = tuple(np.zeros(shape, np.float32) for _ in cross)
+        row_cross = tuple(c[source_index] for c in cross)
+        return model.decode(dec_ids, mask[source_index], row_cross, past)
 
     requests = [SearchRequest(t, num_beams, max_length) for t in targets]
     return beam_search(requests, step, config)

@@ -95,25 +95,17 @@ class NllbEncoderIn(StrEnum):
 
 
 class NllbEncoderOut(StrEnum):
-    LAST_HIDDEN_STATE = "last_hidden_state"
-    CROSS_KEY = "cross_key"
-    CROSS_VALUE = "cross_value"
+    LAST_HIDDEN_STATE = "last_hidden_state"  # for checks; plus cross_key.i / cross_value.i
 
 
 class NllbDecoderIn(StrEnum):
     INPUT_IDS = "input_ids"
-    ENCODER_ATTENTION_MASK = "encoder_attention_mask"
-    CROSS_KEY = "cross_key"
-    CROSS_VALUE = "cross_value"
-    PAST_KEY = "past_key"
-    PAST_VALUE = "past_value"
+    ENCODER_ATTENTION_MASK = "encoder_attention_mask"  # plus past_* and cross_* per layer
 
 
 class NllbDecoderOut(StrEnum):
     TOP_LOG_PROBS = "top_log_probs"
-    TOP_IDS = "top_ids"
-    PRESENT_KEY = "present_key"
-    PRESENT_VALUE = "present_value"
+    TOP_IDS = "top_ids"  # plus present_* per layer
 
 
 class WhisperEncoderIn(StrEnum):
@@ -135,8 +127,10 @@ class WhisperDecoderOut(StrEnum):
 
 
 def layer_tensors(kind: str, layers: int) -> list[str]:
-    """Whisper's per-layer K/V tensors, in graph order: ``<kind>_key.0``, ``<kind>_value.0``,
-    ``<kind>_key.1``, ...; kind is ``cross``, ``past`` or ``present``."""
+    """The per-layer K/V tensors of the Whisper and NLLB graphs, in graph order:
+    ``<kind>_key.0``, ``<kind>_value.0``, ``<kind>_key.1``, ...; kind is ``cross``, ``past`` or
+    ``present``. One tensor per layer: a [batch, layers, ...] stack costs a copy of the whole
+    cache to build every step and one to slice each layer out of it."""
     return [f"{kind}_{part}.{i}" for i in range(layers) for part in ("key", "value")]
 
 

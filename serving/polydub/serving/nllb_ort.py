@@ -7,9 +7,10 @@ per step for 16 sentences at NLLB-600M), and the graphs ran with one thread: the
 reached 0.55x CTranslate2 where the same graphs in-process reached 0.95x (issue 17). Here a
 step costs the decoder's compute and one reorder of the cache:
 
-* the present K/V are written by onnxruntime straight into buffers this object keeps (bound
-  with io_binding), and the beam reorder gathers them into a second pair of buffers that the
-  next step reads as its past: no fresh arrays (and page faults) of the cache's size per step;
+* the present K/V (one tensor per layer) are written by onnxruntime straight into a buffer
+  this object keeps (bound with io_binding), and the beam reorder gathers them into a second
+  buffer that the next step reads as its past: no fresh arrays (and page faults) of the
+  cache's size per step;
 * the buffers grow with the batch and the length, and are given back by ``release`` when a
   batch is done, so an idle instance does not hold its largest batch's cache.
 
@@ -22,11 +23,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from polydub.serving.names import NllbDecoderIn, NllbDecoderOut, NllbEncoderIn, NllbEncoderOut
+from polydub.serving.names import (
+    NllbDecoderIn,
+    NllbDecoderOut,
+    NllbEncoderIn,
+    layer_tensors,
+)
 from polydub.serving.nllb_search import FloatArray, IntArray, Past
 from polydub.serving.ort import providers, session_options
 
@@ -34,16 +39,17 @@ _GROWTH = 1.25  # a buffer that must grow takes this much more, so it grows a fe
 
 
 class _Buffer:
-    """A flat float32 buffer handing out contiguous views of any shape that fits."""
+    """A flat float32 buffer handing out contiguous views of any shapes that fit."""
 
     def __init__(self) -> None:
         self.flat: FloatArray = np.empty(0, np.float32)
 
-    def view(self, shape: tuple[int, ...]) -> FloatArray:
+    def views(self, shape: tuple[int, ...], count: int) -> list[FloatArray]:
+        """``count`` arrays of ``shape``, one after the other in the buffer."""
         size = math.prod(shape)
-        if self.flat.size < size:
-            self.flat = np.empty(int(size * _GROWTH), np.float32)
-        return self.flat[:size].reshape(shape)
+        if self.flat.size < size * count:
+            self.flat = np.empty(int(size * count * _GROWTH), np.float32)
+        return [self.flat[i * size : (i + 1) * size].reshape(shape) for i in range(count)]
 
     def release(self) -> None:
         self.flat = np.empty(0, np.float32)
@@ -80,53 +86,61 @@ class OrtNllb:
             str(decoder), options, providers=providers(decoder_providers, device_id, trt_cache_dir)
         )
         self.threads = options.intra_op_num_threads
-        self._present = (_Buffer(), _Buffer())
-        self._past = (_Buffer(), _Buffer())
+        inputs = {i.name for i in self.decoder.get_inputs()}
+        self.layers = sum(1 for name in inputs if name.startswith("past_key."))
+        self.cross_names = layer_tensors("cross", self.layers)
+        self.past_names = layer_tensors("past", self.layers)
+        self.present_names = layer_tensors("present", self.layers)
+        self._present = _Buffer()
+        self._past = _Buffer()
 
     @property
     def providers(self) -> dict[str, list[str]]:
         return {"encoder": self.encoder.get_providers(), "decoder": self.decoder.get_providers()}
 
-    def encode(
-        self, input_ids: IntArray, attention_mask: IntArray
-    ) -> tuple[FloatArray, FloatArray]:
-        """-> cross_key, cross_value [batch, layers, heads, src_len, head_dim]"""
-        key, value = self.encoder.run(
-            [NllbEncoderOut.CROSS_KEY, NllbEncoderOut.CROSS_VALUE],
+    def encode(self, input_ids: IntArray, attention_mask: IntArray) -> Past:
+        """-> cross K/V per layer [batch, heads, src_len, head_dim], in layer_tensors order"""
+        outputs = self.encoder.run(
+            self.cross_names,
             {NllbEncoderIn.INPUT_IDS: input_ids, NllbEncoderIn.ATTENTION_MASK: attention_mask},
         )
-        return key, value
+        return tuple(outputs)
 
-    def decode(self, feeds: dict[str, Any]) -> tuple[FloatArray, IntArray, FloatArray, FloatArray]:
-        """One step -> top_log_probs, top_ids, present_key, present_value. The present K/V are
-        views of this object's buffers, valid until the next ``decode``: ``select`` them (or
-        copy) before feeding them back."""
+    def decode(
+        self, input_ids: IntArray, encoder_attention_mask: IntArray, cross: Past, past: Past
+    ) -> tuple[FloatArray, IntArray, Past]:
+        """One step -> top_log_probs, top_ids, present K/V per layer. The presents are views
+        of this object's buffer, valid until the next ``decode``: ``select`` them (or copy)
+        before feeding them back."""
         binding = self.decoder.io_binding()
-        for name, value in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        batch, layers, heads, past_len, head_dim = feeds[NllbDecoderIn.PAST_KEY].shape
-        shape = (batch, layers, heads, past_len + feeds[NllbDecoderIn.INPUT_IDS].shape[1], head_dim)
-        presents = [buffer.view(shape) for buffer in self._present]
+        binding.bind_cpu_input(NllbDecoderIn.INPUT_IDS, np.ascontiguousarray(input_ids))
+        binding.bind_cpu_input(
+            NllbDecoderIn.ENCODER_ATTENTION_MASK, np.ascontiguousarray(encoder_attention_mask)
+        )
+        for names, arrays in ((self.past_names, past), (self.cross_names, cross)):
+            for name, array in zip(names, arrays, strict=True):
+                binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        batch, heads, past_len, head_dim = past[0].shape
+        shape = (batch, heads, past_len + input_ids.shape[1], head_dim)
+        presents = self._present.views(shape, len(self.present_names))
         binding.bind_output(NllbDecoderOut.TOP_LOG_PROBS, "cpu")
         binding.bind_output(NllbDecoderOut.TOP_IDS, "cpu")
-        for name, array in zip(
-            (NllbDecoderOut.PRESENT_KEY, NllbDecoderOut.PRESENT_VALUE), presents, strict=True
-        ):
+        for name, array in zip(self.present_names, presents, strict=True):
             binding.bind_output(name, "cpu", 0, np.float32, list(shape), array.ctypes.data)
         self.decoder.run_with_iobinding(binding)
         top_log_probs, top_ids = (value.numpy() for value in binding.get_outputs()[:2])
-        return top_log_probs, top_ids, presents[0], presents[1]
+        return top_log_probs, top_ids, tuple(presents)
 
     def select(self, present: Past, rows: IntArray) -> Past:
         """The next step's past: the rows of ``present`` each new beam continues, gathered into
-        this object's past buffers (the previous past is no longer read by then)."""
+        this object's past buffer (the previous past is no longer read by then)."""
         shape = (len(rows), *present[0].shape[1:])
-        key, value = (buffer.view(shape) for buffer in self._past)
-        np.take(present[0], rows, axis=0, out=key)
-        np.take(present[1], rows, axis=0, out=value)
-        return key, value
+        past = self._past.views(shape, len(present))
+        for source, target in zip(present, past, strict=True):
+            np.take(source, rows, axis=0, out=target)
+        return tuple(past)
 
     def release(self) -> None:
         """Give the cache buffers back (between batches)."""
-        for buffer in (*self._present, *self._past):
-            buffer.release()
+        self._present.release()
+        self._past.release()

@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
-Past = tuple[FloatArray, FloatArray]
+Past = tuple[FloatArray, ...]  # K/V per layer, in names.layer_tensors order
 # (decoder input ids [rows, T], source row of each row [rows], past or None) ->
 # (top log-probs [rows, K], their token ids [rows, K], present)
 StepFn = Callable[[IntArray, IntArray, Past | None], tuple[FloatArray, IntArray, Past]]
@@ -208,7 +208,7 @@ def beam_search(
         states = still
         if states:
             index = np.concatenate(parents)
-            past = select(present, index) if select else (present[0][index], present[1][index])
+            past = select(present, index) if select else tuple(p[index] for p in present)
             input_ids = np.concatenate(next_tokens)[:, None]
             source_index = np.concatenate(sources)
     return results

@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from polydub.serving.names import NllbDecoderIn, NllbDecoderOut
 from polydub.serving.nllb_ort import OrtNllb
 from polydub.serving.nllb_search import (
     FloatArray,
@@ -75,26 +74,17 @@ def _looks_like_flores(code: str) -> bool:
 # ----------------------------------------------------------------------------- translation
 
 
-# What the search reads of each decoder step, in this order.
-STEP_OUTPUTS = (
-    NllbDecoderOut.TOP_LOG_PROBS,
-    NllbDecoderOut.TOP_IDS,
-    NllbDecoderOut.PRESENT_KEY,
-    NllbDecoderOut.PRESENT_VALUE,
-)
-
-
 class NllbModel(Protocol):
-    """The two exported graphs, however they are run (Triton BLS calls or onnxruntime)."""
+    """The two exported graphs, however they are run (onnxruntime sessions, on any provider)."""
 
-    def encode(
-        self, input_ids: IntArray, attention_mask: IntArray
-    ) -> tuple[FloatArray, FloatArray]:
-        """-> cross_key, cross_value [batch, layers, heads, src_len, head_dim]"""
+    def encode(self, input_ids: IntArray, attention_mask: IntArray) -> Past:
+        """-> cross K/V per layer [batch, heads, src_len, head_dim] (layer_tensors order)"""
         ...
 
-    def decode(self, feeds: dict[str, Any]) -> tuple[FloatArray, IntArray, FloatArray, FloatArray]:
-        """decoder feeds -> top_log_probs, top_ids, present_key, present_value"""
+    def decode(
+        self, input_ids: IntArray, encoder_attention_mask: IntArray, cross: Past, past: Past
+    ) -> tuple[FloatArray, IntArray, Past]:
+        """One step -> top_log_probs, top_ids, present K/V per layer"""
         ...
 
     def select(self, present: Past, rows: IntArray) -> Past:
@@ -179,7 +169,7 @@ class Translator:
         for row, ids in enumerate(sources):
             input_ids[row, : len(ids)] = ids
             attention_mask[row, : len(ids)] = 1
-        cross_key, cross_value = self.model.encode(input_ids, attention_mask)
+        cross = self.model.encode(input_ids, attention_mask)
 
         requests = [
             SearchRequest(
@@ -189,35 +179,21 @@ class Translator:
             )
             for item, src in zip(items, sources, strict=True)
         ]
-        empty = np.zeros(
-            (0, self.config.decoder_layers, self.config.decoder_heads, 0, self.config.head_dim),
-            dtype=np.float32,
-        )
-        gathered: dict[str, Any] = {}
+        per_row: dict[bytes, tuple[IntArray, Past]] = {}
 
         def step(ids: IntArray, source_index: IntArray, past: Past | None) -> Any:
             key = source_index.tobytes()
-            if gathered.get("key") != key:  # rows change only when a request finishes
-                gathered.update(
-                    key=key,
-                    encoder_attention_mask=attention_mask[source_index],
-                    cross_key=np.ascontiguousarray(cross_key[source_index]),
-                    cross_value=np.ascontiguousarray(cross_value[source_index]),
+            if key not in per_row:  # rows change only when a request finishes
+                per_row.clear()
+                per_row[key] = (
+                    attention_mask[source_index],
+                    tuple(np.ascontiguousarray(c[source_index]) for c in cross),
                 )
+            mask, row_cross = per_row[key]
             if past is None:
-                shape = (len(ids), *empty.shape[1:])
-                past = (np.zeros(shape, np.float32), np.zeros(shape, np.float32))
-            top_log_probs, top_ids, present_key, present_value = self.model.decode(
-                {
-                    NllbDecoderIn.INPUT_IDS: ids,
-                    NllbDecoderIn.ENCODER_ATTENTION_MASK: gathered["encoder_attention_mask"],
-                    NllbDecoderIn.CROSS_KEY: gathered["cross_key"],
-                    NllbDecoderIn.CROSS_VALUE: gathered["cross_value"],
-                    NllbDecoderIn.PAST_KEY: past[0],
-                    NllbDecoderIn.PAST_VALUE: past[1],
-                }
-            )
-            return top_log_probs, top_ids, (present_key, present_value)
+                shape = (len(ids), self.config.decoder_heads, 0, self.config.head_dim)
+                past = tuple(np.zeros(shape, np.float32) for _ in row_cross)
+            return self.model.decode(ids, mask, row_cross, past)
 
         try:
             hypotheses = beam_search(requests, step, self.config, cancelled, self.model.select)

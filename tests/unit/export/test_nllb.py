@@ -21,17 +21,18 @@ from polydub.export.nllb import NllbExporter
 from polydub.export.nllb_graphs import (
     BLS,
     DECODER,
-    DECODER_SPEC,
     ENCODER,
-    ENCODER_SPEC,
     FP32_ATOL,
     INT8_RTOL,
+    decoder_spec,
+    encoder_spec,
 )
 from polydub.export.onnx_tools import max_abs_diff, run_onnx
 from polydub.export.registry import get_family
 from polydub.export.spec import Preset
 from polydub.languages import LANGUAGES
 from polydub.serving import nllb_search, nllb_translate
+from polydub.serving.names import layer_tensors
 from polydub.serving.nllb_service import PARAMETERS, TOKENIZER_DIR
 from tests.checkout import TEMPLATES
 from tests.unit.tiny_exports import NLLB_SENTENCES, TinyNllb, nllb_batch
@@ -133,7 +134,8 @@ def test_encoder_matches_transformers(tiny_nllb: TinyNllb) -> None:
     expected = nllb_reference.torch_encoder_outputs(tiny_nllb.model, ids, mask)
     actual = run_onnx(tiny_nllb.encoder_fp32, {"input_ids": ids, "attention_mask": mask})
     assert [a.shape for a in actual] == [e.shape for e in expected]
-    assert actual[1].shape == (len(NLLB_SENTENCES), 2, 4, ids.shape[1], 16)
+    assert len(actual) == 1 + 2 * 2  # hidden state, then a key and a value per layer
+    assert actual[1].shape == (len(NLLB_SENTENCES), 4, ids.shape[1], 16)
     assert max_abs_diff(expected, actual) <= FP32_ATOL
 
 
@@ -157,10 +159,13 @@ def test_cached_decoder_steps_match_transformers_full_forward(tiny_nllb: TinyNll
     feeds = nllb_reference.sample_decoder_feeds(
         tiny_nllb.encoder_fp32, ids, mask, targets, tiny_nllb.config, 0
     )
-    outputs = [o.name for o in onnx.load(str(tiny_nllb.decoder_fp32)).graph.output]
-    assert outputs == ["top_log_probs", "top_ids", "present_key", "present_value"]
-    _, _, present_key, _ = run_onnx(tiny_nllb.decoder_fp32, feeds)
-    assert present_key.shape == (len(NLLB_SENTENCES), 2, 4, 2, 16)  # past 0 + 2 new tokens
+    graph = onnx.load(str(tiny_nllb.decoder_fp32)).graph
+    outputs = [o.name for o in graph.output]
+    assert outputs == ["top_log_probs", "top_ids", *layer_tensors("present", 2)]
+    _, _, *presents = run_onnx(tiny_nllb.decoder_fp32, feeds)
+    assert {p.shape for p in presents} == {(len(NLLB_SENTENCES), 4, 2, 16)}  # past 0 + 2 new
+    # One tensor per layer: nothing stacks the presents or slices layers out of a stacked past.
+    assert not any(node.op_type == "Gather" and "past" in node.input[0] for node in graph.node)
 
 
 def test_int8_graphs_within_stated_tolerance(tiny_nllb: TinyNllb) -> None:
@@ -170,12 +175,12 @@ def test_int8_graphs_within_stated_tolerance(tiny_nllb: TinyNllb) -> None:
     )
     for spec, fp32, int8, graph_feeds in (
         (
-            ENCODER_SPEC,
+            encoder_spec(2),
             tiny_nllb.encoder_fp32,
             tiny_nllb.encoder_int8,
             {"input_ids": ids, "attention_mask": mask},
         ),
-        (DECODER_SPEC, tiny_nllb.decoder_fp32, tiny_nllb.decoder_int8, feeds),
+        (decoder_spec(2), tiny_nllb.decoder_fp32, tiny_nllb.decoder_int8, feeds),
     ):
         diff, relative = nllb_reference.float_diff(
             spec, run_onnx(fp32, graph_feeds), run_onnx(int8, graph_feeds)

@@ -14,7 +14,7 @@ from polydub.export import nllb
 from polydub.export.nllb import NllbExporter
 from polydub.export.spec import Target
 from polydub.serving.batch import Failure, parameters
-from polydub.serving.names import NLLB, NllbDecoderIn, NllbIn, NllbOut
+from polydub.serving.names import NLLB, NllbIn, NllbOut
 from polydub.serving.nllb_service import CANCELLED, PARAMETERS, NllbService
 from polydub.serving.tts_tokenizer import SpecFolder, TtsTokenizer, spec_path
 
@@ -34,11 +34,11 @@ def _count_steps(service: NllbService, rows: list[int]) -> None:
     graphs = service.graphs
     decode = graphs.decode
 
-    def counted(feeds: dict[str, Any]) -> Any:
-        rows.append(len(feeds[NllbDecoderIn.INPUT_IDS]))
-        return decode(feeds)
+    def counted(input_ids: NDArray[Any], *rest: Any) -> Any:
+        rows.append(len(input_ids))
+        return decode(input_ids, *rest)
 
-    graphs.decode = counted  # type: ignore[method-assign]
+    graphs.decode = counted  # type: ignore[method-assign,assignment]
 
 
 def _request(
@@ -94,7 +94,7 @@ def test_nllb_service_batches_in_process_and_fails_one_request_alone(repository:
     # beam of both (4 each) until one finishes.
     assert rows[0] == 2 and max(rows) == 2 * int(PARAMETERS["num_beams"])
     # The cache buffers are given back once the batch is done.
-    assert all(b.flat.size == 0 for b in (*service.graphs._present, *service.graphs._past))
+    assert all(b.flat.size == 0 for b in (service.graphs._present, service.graphs._past))
 
 
 def test_a_cancelled_request_stops_being_decoded(repository: Path) -> None:
