@@ -125,15 +125,24 @@ class Infer(Protocol):
 
 async def fetch_manifest(client: Infer) -> Manifest:
     """The served repository's manifest, through Triton; empty when the repository has none
-    (exported before manifests existed) or Triton cannot say."""
+    (exported before manifests existed). When Triton cannot answer now (restarting,
+    overloaded), its retryable error is raised: an empty manifest would read as "every model
+    has real weights" and turn the random-weights warnings into failed languages."""
     from polydub.errors import classify
 
     try:
         result = await client.infer(
             MANIFEST_MODEL, {"format": np.array([b"json"], dtype=np.object_)}, ["manifest"]
         )
-        raw = result["manifest"].reshape(-1)[0]
-        return Manifest.from_json(raw if isinstance(raw, bytes | str) else bytes(raw))
     except Exception as exc:
-        log.warning("no model manifest from Triton: %s", classify(exc).message)
+        error = classify(exc)
+        if error.retryable:
+            raise error from exc
+        log.warning("no model manifest from Triton: %s", error.message)
+        return Manifest()
+    raw = result["manifest"].reshape(-1)[0]
+    try:
+        return Manifest.from_json(raw if isinstance(raw, bytes | str) else bytes(raw))
+    except (ValueError, TypeError, KeyError) as exc:  # a repository's mistake: retrying won't help
+        log.warning("unreadable model manifest from Triton: %s", exc)
         return Manifest()

@@ -70,7 +70,7 @@ async def test_one_client_spreads_its_calls_over_every_triton(
     target = "ipv4:" + ",".join(f"127.0.0.1:{s.triton_grpc_port}" for s in two_tritons)
     async with InferenceClient(target) as client:
         assert await client.is_ready()
-        # the real call the API and workers make (it answers an empty manifest on failure)
+        # the real call the API and workers make
         assert await fetch_manifest(client) == MANIFEST
         request = {"format": np.array([b"json"], dtype=np.object_)}
         for _ in range(REQUESTS - 1):  # one after another: no concurrency needed to spread

@@ -27,6 +27,7 @@ from polydub.orchestrator.inference.gender import GenderClient
 from polydub.orchestrator.inference.vad import VadClient
 from polydub.orchestrator.speaker_turns import diarize
 from polydub.settings import Settings
+from polydub.stack.isolated import free_port
 from tests.checkout import place_templates
 from tests.speech_audio import FEMALE, MALE, speak, with_gaps
 
@@ -184,3 +185,17 @@ async def test_diarize_two_espeak_speakers(triton: InferenceClient, served: Path
         assert (in_turn & ~in_speech).sum() <= 0.05 * in_speech.sum()
     assert await diarize(np.zeros(0, np.float32), client=client) == []
     assert await diarize(np.zeros(2 * SR, np.float32), client=client, speech=[]) == []
+
+
+async def test_whether_segmentation_is_served_is_not_decided_by_a_triton_that_is_away(
+    triton: InferenceClient,
+) -> None:
+    """A Triton that does not answer (restarting) says nothing about the optional segmentation
+    model: assumed served and asked again, not cached as absent for the next minute of jobs."""
+    absent = DiarizationClient(triton, segmentation_model="no_such_segmentation")
+    assert await absent.has_segmentation() is False  # a ready Triton without it: remembered
+    assert absent._segmentation is not None
+    async with InferenceClient(f"127.0.0.1:{free_port()}", timeout=2) as away:
+        client = DiarizationClient(away)
+        assert await client.has_segmentation() is True
+        assert client._segmentation is None

@@ -222,6 +222,9 @@ class NoSegmentationServed(EmbeddingOnly):
     async def is_model_ready(self, model: str) -> bool:
         return model != "pyannote_segmentation"
 
+    async def is_ready(self) -> bool:
+        return True
+
 
 async def test_a_client_that_knows_skips_the_missing_model() -> None:
     speech = [SpeechRegion(s, e) for s, e, _ in SPANS]

@@ -125,6 +125,8 @@ class ReadyCheck(Protocol):
 
     async def is_model_ready(self, model: str) -> bool: ...
 
+    async def is_ready(self) -> bool: ...
+
 
 # Whether the (gated, optional) segmentation model is served, re-asked at most this often.
 SEGMENTATION_CHECK_SECONDS = 60.0
@@ -155,7 +157,12 @@ class DiarizationClient:
             return True
         cached = self._segmentation
         if cached is None or time.monotonic() - cached[0] > SEGMENTATION_CHECK_SECONDS:
-            cached = (time.monotonic(), await self.client.is_model_ready(self.segmentation_model))
+            served = await self.client.is_model_ready(self.segmentation_model)
+            if not served and not await self.client.is_ready():
+                # Triton cannot say now (restarting): not "not served", or every job of the
+                # next minute would be diarized without it. Ask again next time.
+                return True
+            cached = (time.monotonic(), served)
             self._segmentation = cached
         return cached[1]
 
