@@ -168,10 +168,10 @@ def _from_s3(exc: BaseException, message: str) -> PolydubError | None:
     from minio.error import InvalidResponseError, S3Error, ServerError
 
     if isinstance(exc, S3Error):
-        if not exc.request_id:
-            # Every answer of the S3 service itself carries a request id. Without one, minio-py
-            # made the code up from a bare HTTP status: a server shutting down answers "403
-            # http: Server closed", which it reads as AccessDenied. Transient, not our keys.
+        if exc.code == "AccessDenied" and not exc.request_id:
+            # S3's own refusals carry a request id (MinIO, AWS, the JuiceFS gateway). Without
+            # one, minio-py made the code up from a bare 403: a gateway shutting down answers
+            # "403 http: Server closed". Transient, not our keys.
             return ServiceUnavailable(message, code="s3_unavailable")
         if exc.code in _NOT_FOUND_S3:
             return NotFound(message, code="object_not_found")

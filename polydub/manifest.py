@@ -140,9 +140,9 @@ async def fetch_manifest(client: Infer) -> Manifest:
             raise error from exc
         log.warning("no model manifest from Triton: %s", error.message)
         return Manifest()
-    raw = result["manifest"].reshape(-1)[0]
     try:
+        raw = result["manifest"].reshape(-1)[0]
         return Manifest.from_json(raw if isinstance(raw, bytes | str) else bytes(raw))
-    except (ValueError, TypeError, KeyError) as exc:  # a repository's mistake: retrying won't help
+    except Exception as exc:  # the repository's content is wrong: retrying won't help
         log.warning("unreadable model manifest from Triton: %s", exc)
         return Manifest()

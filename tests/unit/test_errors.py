@@ -70,7 +70,7 @@ def _s3(code: str, request_id: str | None = "req") -> S3Error:
         (_s3("AccessDenied"), ConfigurationError, "s3_access_denied"),
         # minio-py's own reading of a bare 403 (a server shutting down), not S3's verdict
         (_s3("AccessDenied", request_id=None), ServiceUnavailable, "s3_unavailable"),
-        (_s3("NoSuchKey", request_id=None), ServiceUnavailable, "s3_unavailable"),
+        (_s3("NoSuchKey", request_id=None), NotFound, "object_not_found"),
         (
             InvalidResponseError(403, "text/plain", "http: Server closed"),
             ServiceUnavailable,

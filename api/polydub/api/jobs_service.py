@@ -39,7 +39,7 @@ from polydub.api.multipart import Upload, too_large
 from polydub.api.ratelimit import quota_error
 from polydub.api.retention import purge_job
 from polydub.api.webhooks import check_callback_url
-from polydub.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
+from polydub.errors import Conflict, InvalidInput, NotFound, RetryableError
 from polydub.jobs import ACTIVE, JobKeys, JobStatus, publish_event
 from polydub.languages import check_served
 from polydub.media.probe import Limits, MediaInfo, probe
@@ -289,7 +289,7 @@ class JobService:
 
         try:
             served = await served_languages(self.state)
-        except ServiceUnavailable:
+        except RetryableError:  # unreachable, restarting or overloaded: a passing state
             log.warning("model server unreachable: target languages not checked at submission")
             return
         check_served(

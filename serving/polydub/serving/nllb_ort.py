@@ -88,6 +88,12 @@ class OrtNllb:
         self.threads = options.intra_op_num_threads
         inputs = {i.name for i in self.decoder.get_inputs()}
         self.layers = sum(1 for name in inputs if name.startswith("past_key."))
+        if not self.layers:
+            # Exports before per-layer K/V stacked the layers in one past_key input.
+            raise ValueError(
+                f"{decoder} has no per-layer past_key.N inputs: it was exported by an older "
+                "polydub; export it again (`polydub models export --family nllb`)"
+            )
         self.cross_names = layer_tensors("cross", self.layers)
         self.past_names = layer_tensors("past", self.layers)
         self.present_names = layer_tensors("present", self.layers)

@@ -85,3 +85,22 @@ def test_search_rejects_bad_requests(tiny_nllb: TinyNllb) -> None:
         translator.check(nllb_translate.TranslationItem("Hi", "eng_Latn", "fra_Latn", 9, 9))
     with pytest.raises(ValueError, match="n_best"):
         translator.check(nllb_translate.TranslationItem("Hi", "eng_Latn", "fra_Latn", 2, 3))
+
+
+def test_an_export_with_stacked_layers_is_refused_at_load(tmp_path: Path) -> None:
+    """Exports before per-layer K/V had one ``past_key`` for every layer: loading one must say
+    to export again, not serve a model that fails every request."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from polydub.serving.nllb_ort import OrtNllb
+
+    names = ("input_ids", "encoder_attention_mask", "past_key", "past_value")
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names]
+    outputs = [helper.make_tensor_value_info(f"{n}_out", TensorProto.FLOAT, None) for n in names]
+    nodes = [helper.make_node("Identity", [n], [f"{n}_out"]) for n in names]
+    graph = helper.make_graph(nodes, "stacked", inputs, outputs)
+    path = tmp_path / "decoder.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(ValueError, match="export it again"):
+        OrtNllb(path, path)
