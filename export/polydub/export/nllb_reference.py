@@ -38,10 +38,11 @@ def sample_batch(tokenizer: Any) -> tuple[Any, Any, list[int]]:
     return ids, mask, targets
 
 
-def _cross(encoder_path: Path, ids: Any, mask: Any, layers: int) -> list[Any]:
-    """The encoder graph's cross K/V per layer, in layer_tensors order."""
-    feeds = {"input_ids": ids, "attention_mask": mask}
-    return run_onnx(encoder_path, feeds, layer_tensors("cross", layers))
+def _cross(encoder_path: Path, ids: Any, mask: Any, layers: int) -> dict[str, Any]:
+    """The encoder graph's cross K/V per layer, as decoder feeds (name -> array)."""
+    names = layer_tensors("cross", layers)
+    outputs = run_onnx(encoder_path, {"input_ids": ids, "attention_mask": mask}, names)
+    return dict(zip(names, outputs, strict=True))
 
 
 def sample_decoder_feeds(
@@ -57,13 +58,7 @@ def sample_decoder_feeds(
         "input_ids": np.array([[t, 100 + i] for i, t in enumerate(targets)], dtype=np.int64),
         "encoder_attention_mask": mask,
         **dict(zip(layer_tensors("past", layers), past, strict=True)),
-        **dict(
-            zip(
-                layer_tensors("cross", layers),
-                _cross(encoder_path, ids, mask, layers),
-                strict=True,
-            )
-        ),
+        **_cross(encoder_path, ids, mask, layers),
     }
 
 
@@ -117,9 +112,7 @@ def onnx_step_log_probs(
     import onnxruntime as ort
 
     layers = config.decoder_layers
-    cross = dict(
-        zip(layer_tensors("cross", layers), _cross(encoder_path, ids, mask, layers), strict=True)
-    )
+    cross = _cross(encoder_path, ids, mask, layers)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(decoder_path), options, providers=["CPUExecutionProvider"])
