@@ -18,12 +18,13 @@ from urllib.parse import quote, unquote
 
 from minio import Minio
 from minio.commonconfig import CopySource
+from minio.datatypes import Object as MinioObject
 from minio.datatypes import PostPolicy
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 from urllib3 import BaseHTTPResponse
 
-from polydub.errors import Conflict, PolydubError, classify
+from polydub.errors import Conflict, PolydubError, ServiceUnavailable, classify
 from polydub.settings import Settings
 
 P = ParamSpec("P")
@@ -253,7 +254,7 @@ class ObjectStore:
         return (written.etag or "").strip('"')
 
     async def stat(self, key: str) -> StoredObject:
-        info = await self._run(self._client.stat_object, self.bucket, key)
+        info = await self._head(key)
         metadata = {
             k.lower().removeprefix("x-amz-meta-"): unquote(v)
             for k, v in (info.metadata or {}).items()
@@ -265,13 +266,24 @@ class ObjectStore:
 
     async def exists(self, key: str) -> bool:
         try:
-            await self._run(self._client.stat_object, self.bucket, key)
+            await self._head(key)
         except Exception as exc:
             cause = exc.__cause__
             if isinstance(cause, S3Error) and cause.code in {"NoSuchKey", "NoSuchObject"}:
-                return False
+                return False  # but a missing bucket is an error
             raise
         return True
+
+    async def _head(self, key: str) -> MinioObject:
+        info = await self._run(self._client.stat_object, self.bucket, key)
+        if not info.etag:
+            # Every S3 server sends an object's ETag. A JuiceFS gateway going down answers some
+            # HEADs "200" with no ETag, length or type: read as an object of 0 bytes, that
+            # would be a wrong answer, not a slow one.
+            raise ServiceUnavailable(
+                f"S3 answered HEAD {key!r} without an ETag", code="s3_unavailable"
+            )
+        return info
 
     async def list_keys(self, prefix: str) -> list[str]:
         def names() -> list[str]:
