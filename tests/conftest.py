@@ -48,6 +48,13 @@ def stack_settings() -> Iterator[Settings]:
 
 
 @pytest.fixture(scope="session")
+def export_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An export cache (``POLYDUB_EXPORT_CACHE``) for the tests that export the same real
+    checkpoint: the second export of the session is a copy of the first."""
+    yield tmp_path_factory.mktemp("export-cache")
+
+
+@pytest.fixture(scope="session")
 def services(stack_settings: Settings) -> Iterator[Stack]:
     """PostgreSQL, NATS and S3 up for the whole session (Triton has its own fixture)."""
     stack = Stack(stack_settings, only=["postgres", "nats", "s3"])

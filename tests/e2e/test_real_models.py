@@ -17,6 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from polydub.export import cache
 from polydub.export.wer import word_error_rate
 from polydub.infra.triton import InferenceClient
 from polydub.manifest import Manifest, read_manifest
@@ -43,11 +44,16 @@ class Exported:
 
 @pytest.fixture(scope="module")
 def offline(
-    stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+    stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory, export_cache: Path
 ) -> Iterator[Exported]:
     root = tmp_path_factory.mktemp("offline")
     repository = root / "model_repository"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "POLYDUB_MMS_TTS_LANGUAGES": "spa"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "POLYDUB_MMS_TTS_LANGUAGES": "spa",
+        cache.ENV: str(export_cache),  # the real whisper export test's, or the other way round
+    }
     env.pop("HF_TOKEN", None)
     done = polydub(
         "models",

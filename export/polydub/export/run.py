@@ -17,15 +17,17 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from polydub.errors import ConfigurationError
+from polydub.export.cache import ExportCache
 from polydub.export.hub import Expected, Inspected, explain, inspect
 from polydub.export.plan import Plan, make_plan
 from polydub.export.registry import get_family, model_source
 from polydub.export.repository import copy_templates, require_configs, require_templates
-from polydub.export.spec import RANDOM, Checkpoint, ExportReport, Preset, Target
+from polydub.export.spec import RANDOM, Checkpoint, Checkpoints, ExportReport, Preset, Target
 from polydub.manifest import MANIFEST_MODEL, Manifest, ServedModel, manifest_path, read_manifest
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ def export_all(
     repository = repository.resolve()
     templates = repository if templates is None else templates.resolve()
     plan, inspected = check_plan(plan)
+    cache = ExportCache.from_env()
     require_templates(templates, MANIFEST_MODEL)
     repository.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{repository.name}.staging-", dir=repository.parent))
@@ -93,7 +96,7 @@ def export_all(
         for family, checkpoints in plan.families.items():
             log.info("exporting %s: %s", family, {m: c.describe() for m, c in checkpoints.items()})
             try:
-                report = get_family(family).export(checkpoints, target, staging)
+                report = export_family(family, checkpoints, target, staging, inspected, cache)
             except Exception as exc:
                 explained = explain(exc)
                 if explained is None:
@@ -113,6 +116,24 @@ def export_all(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(reports, merged)
+
+
+def export_family(
+    family: str,
+    checkpoints: Checkpoints,
+    target: Target,
+    out: Path,
+    inspected: Mapping[str, Inspected],
+    cache: ExportCache | None,
+) -> ExportReport:
+    """One family's export into ``out``, or a copy of the same export from ``cache``."""
+    key = cache.key(family, checkpoints, target, inspected) if cache else None
+    if cache and key and (report := cache.load(key, out)):
+        return report
+    report = get_family(family).export(checkpoints, target, out)
+    if cache and key:
+        cache.store(key, out, report)
+    return report
 
 
 def _manifest(

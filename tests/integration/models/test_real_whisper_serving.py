@@ -3,7 +3,8 @@ the session's Triton, heard against faster-whisper on the same weights and the s
 speech, and the packed transcription of short regions checked on real words.
 
 The export (about a minute and a half on 2 busy cores) runs once for the module, into the
-session's model repository; what was there as ``whisper`` (the tiny preset of other modules)
+session's model repository (a copy from the session's export cache when the offline e2e test
+exported the same checkpoint first, or the other way round); what was there as ``whisper`` (the tiny preset of other modules)
 is put back and reloaded afterwards. Every region is decoded alone once (``alone``): those
 transcripts serve both the comparison with faster-whisper and the one with packing.
 
@@ -19,15 +20,19 @@ import asyncio
 import shutil
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from polydub.export.ct2_whisper import bundled_checkpoint, locate_bundled
-from polydub.export.spec import Checkpoint, ExportReport, Target
+from polydub.export.cache import ExportCache
+from polydub.export.ct2_whisper import locate_bundled
+from polydub.export.hub import inspect
+from polydub.export.plan import bundled_whisper
+from polydub.export.run import EXPECTED, export_family
+from polydub.export.spec import ExportReport, Target
 from polydub.export.wer import pooled_word_error_rate, word_error_rate
-from polydub.export.whisper import WhisperExporter
 from polydub.export.whisper_graphs import BLS_MODEL
 from polydub.infra.triton import InferenceClient
 from polydub.orchestrator.inference.asr import AsrClient, AudioRegion, Transcription, cut_regions
@@ -66,7 +71,10 @@ class Span:
 
 @pytest.fixture(scope="module")
 async def served(
-    triton: InferenceClient, stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+    triton: InferenceClient,
+    stack_settings: Settings,
+    tmp_path_factory: pytest.TempPathFactory,
+    export_cache: Path,
 ) -> AsyncIterator[ExportReport]:
     repository = stack_settings.model_repository
     current = repository / BLS_MODEL
@@ -76,9 +84,17 @@ async def served(
     if existed:
         shutil.move(current, saved)
     try:
-        checkpoint = Checkpoint(str(await asyncio.to_thread(bundled_checkpoint)), "MIT")
+        checkpoint = await asyncio.to_thread(bundled_whisper)
+        assert checkpoint is not None
+        found = await asyncio.to_thread(inspect, checkpoint, EXPECTED[BLS_MODEL])
         report = await asyncio.to_thread(
-            WhisperExporter().export, {BLS_MODEL: checkpoint}, Target.CPU, repository
+            export_family,
+            "whisper",
+            {BLS_MODEL: checkpoint},
+            Target.CPU,
+            repository,
+            {BLS_MODEL: found},
+            ExportCache(export_cache),
         )
         place_templates(repository, report.models)
         await triton.load_model(BLS_MODEL)
