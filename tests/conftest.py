@@ -118,15 +118,11 @@ async def tiny_models(triton: InferenceClient, stack_settings: Settings) -> list
 
     from polydub.export.run import export_preset
     from polydub.export.spec import Preset, Target
-    from polydub.stack.models import loadable_models
-    from tests.checkout import TEMPLATES
+    from tests.checkout import TEMPLATES, load_repository
 
     repository = stack_settings.model_repository
     await asyncio.to_thread(export_preset, Preset.TINY, Target.CPU, repository, templates=TEMPLATES)
-    names, _ = loadable_models(repository)  # graphs before the BLS models that call them
-    for name in names:
-        await triton.load_model(name)
-    return names
+    return await load_repository(triton, repository)
 
 
 @pytest.fixture(scope="session")

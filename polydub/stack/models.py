@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ Notify = Callable[[str], None]
 
 # One model's load: real checkpoints take a while to read and build sessions for.
 LOAD_TIMEOUT_SECONDS = 600.0
+PARALLEL_LOADS = 4  # Triton's own default --model-load-thread-count
 
 
 class ModelsError(RuntimeError):
@@ -44,6 +46,18 @@ def has_weights(repository: Path) -> bool:
 
 def loadable_models(repository: Path) -> tuple[list[str], list[str]]:
     """(models in load order, configs without weights): graphs before python (BLS) models."""
+    graphs, python, skipped = _kinds(repository)
+    return graphs + python, skipped
+
+
+def load_groups(repository: Path) -> tuple[list[str], list[str]]:
+    """The loadable models in two groups to load one after the other, each all at once: the
+    graphs, then the python (BLS) models that call them."""
+    graphs, python, _ = _kinds(repository)
+    return graphs, python
+
+
+def _kinds(repository: Path) -> tuple[list[str], list[str], list[str]]:
     graphs: list[str] = []
     python: list[str] = []
     skipped: list[str] = []
@@ -55,7 +69,7 @@ def loadable_models(repository: Path) -> tuple[list[str], list[str]]:
             graphs.append(folder.name)
         else:
             skipped.append(folder.name)
-    return graphs + python, skipped
+    return graphs, python, skipped
 
 
 def export_models(settings: Settings, log_file: Path, notify: Notify) -> str:
@@ -106,8 +120,10 @@ def export_models(settings: Settings, log_file: Path, notify: Notify) -> str:
 
 
 def load_models(settings: Settings, models: list[str], result: Provisioned) -> None:
-    """Load each model Triton has not loaded yet, in order. A model that fails to load is
-    recorded, not fatal: the others still serve, and a job that needs it fails with the reason."""
+    """Load each model Triton has not loaded yet: the graphs, then the python (BLS) models that
+    call them, each group at once (Triton loads them in parallel: a python model's start is
+    mostly its stub importing numpy and onnxruntime). A model that fails to load is recorded,
+    not fatal: the others still serve, and a job that needs it fails with the reason."""
     base = settings.triton_http_url
     with httpx.Client(base_url=base, timeout=LOAD_TIMEOUT_SECONDS) as http:
         try:
@@ -116,15 +132,22 @@ def load_models(settings: Settings, models: list[str], result: Provisioned) -> N
             raise ModelsError(
                 f"Triton does not answer on {base}: start it first (polydub stack up)"
             ) from exc
-        for name in models:
+
+        def load(name: str) -> None:
             if http.get(f"/v2/models/{name}/ready").status_code == 200:
                 result.ready.append(name)
-                continue
+                return
             answer = http.post(f"/v2/repository/models/{name}/load")
             if answer.status_code == 200:
                 result.loaded.append(name)
             else:
                 result.failed[name] = _reason(answer)
+
+        graphs, python = load_groups(settings.model_repository)
+        with ThreadPoolExecutor(max_workers=PARALLEL_LOADS) as pool:
+            for group in (graphs, python):
+                list(pool.map(load, [name for name in group if name in models]))
+        result.loaded.sort(key=models.index)  # finished in any order; told in load order
 
 
 def _reason(answer: httpx.Response) -> str:

@@ -29,8 +29,7 @@ from polydub.orchestrator.inference.htdemucs import served_chunking
 from polydub.serving import htdemucs as front
 from polydub.serving.names import SEPARATION, SEPARATION_HTDEMUCS
 from polydub.settings import Settings
-from polydub.stack.models import loadable_models
-from tests.checkout import TEMPLATES
+from tests.checkout import TEMPLATES, load_repository
 from tests.conftest import own_triton
 from tests.e2e.harness import running_pipeline, wait_terminal
 from tests.media import make_two_speaker_clip
@@ -56,10 +55,8 @@ def exported(
 
 @pytest.fixture(scope="module")
 async def served(exported: Settings) -> AsyncIterator[Settings]:
-    names, _ = loadable_models(exported.model_repository)
     async with InferenceClient(exported.triton_url) as triton:
-        for name in names:
-            await triton.load_model(name)
+        await load_repository(triton, exported.model_repository)
         # The chunk the separator will use: what Triton says of the served graph.
         assert await served_chunking(triton) == CHUNKING
     yield exported

@@ -24,8 +24,7 @@ from polydub.manifest import Manifest, read_manifest
 from polydub.orchestrator.subtitles import parse_srt
 from polydub.samples import SAMPLE_TURNS, make_sample
 from polydub.settings import Settings
-from polydub.stack.models import loadable_models
-from tests.checkout import TEMPLATES
+from tests.checkout import TEMPLATES, load_repository
 from tests.conftest import own_triton
 from tests.e2e.harness import run_polydub as polydub
 from tests.e2e.harness import running_pipeline, wait_terminal
@@ -99,10 +98,8 @@ def test_offline_auto_exports_real_whisper_and_says_what_is_random(offline: Expo
 
 @pytest.fixture(scope="module")
 async def served(offline: Exported) -> AsyncIterator[Settings]:
-    names, _ = loadable_models(offline.settings.model_repository)
     async with InferenceClient(offline.settings.triton_url) as triton:
-        for name in names:
-            await triton.load_model(name)
+        await load_repository(triton, offline.settings.model_repository)
     yield offline.settings
 
 
