@@ -69,8 +69,14 @@ class ExportCache:
             report = ExportReport(**json.loads((entry / REPORT).read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError):
             return None
-        for model in report.models:
-            shutil.copytree(entry / model, out / model, dirs_exist_ok=True)
+        try:
+            for model in report.models:
+                shutil.copytree(entry / model, out / model, dirs_exist_ok=True)
+        except OSError as exc:  # a damaged entry or a full disk: export as if there were none
+            log.warning("could not reuse the %s export cached in %s: %s", key, entry, exc)
+            for model in report.models:
+                shutil.rmtree(out / model, ignore_errors=True)
+            return None
         log.info("%s: reused the export cached in %s", report.family, entry)
         return report
 
@@ -97,11 +103,15 @@ class ExportCache:
 
 @cache
 def _code() -> str:
-    """The exporter's own source and the library versions it ran with."""
+    """The exporter's own source (and the serving package's, whose names and conventions the
+    graphs follow) and the library versions it ran with."""
+    import polydub.serving
+
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+    for package in (Path(__file__).parent, Path(polydub.serving.__file__).parent):
+        for path in sorted(package.glob("*.py")):
+            digest.update(f"{package.name}/{path.name}".encode())
+            digest.update(path.read_bytes())
     for name in _LIBRARIES:
         try:
             digest.update(f"{name}=={metadata.version(name)}".encode())

@@ -3,6 +3,7 @@ exporter; a load copies the model folders back and returns the report it stored.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -62,3 +63,17 @@ def test_a_stored_export_loads_into_another_folder(tmp_path: Path) -> None:
     assert (second / "whisper" / "1" / "model.onnx").read_bytes() == b"graph"
     assert not (second / "other_family").exists()
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [entry]
+
+
+def test_a_damaged_entry_is_exported_again(tmp_path: Path) -> None:
+    cache = ExportCache(tmp_path / "cache")
+    first = tmp_path / "first"
+    (first / "whisper" / "1").mkdir(parents=True)
+    (first / "whisper" / "1" / "model.onnx").write_bytes(b"graph")
+    entry = key(cache)
+    assert entry is not None
+    cache.store(entry, first, ExportReport("whisper", "whisper-base", models=["whisper"]))
+    shutil.rmtree(tmp_path / "cache" / entry / "whisper")  # the report stays, the files do not
+    second = tmp_path / "second"
+    assert cache.load(entry, second) is None
+    assert not (second / "whisper").exists()
