@@ -39,7 +39,7 @@ from polydub.orchestrator.main import run_worker
 from polydub.orchestrator.services import Services
 from polydub.orchestrator.worker import WorkerOptions
 from polydub.samples import DEFAULT_TURNS, make_two_speaker_clip
-from polydub.stack.models import loadable_models
+from polydub.stack.models import load_groups
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -99,11 +99,10 @@ async def load_models(settings: Any, preset: Preset) -> list[str]:
     await asyncio.to_thread(
         export_preset, preset, Target.CPU, settings.model_repository, templates=TEMPLATES
     )
-    names, _ = loadable_models(settings.model_repository)  # graphs before BLS models
+    groups = load_groups(settings.model_repository)  # graphs, then the BLS models
     async with InferenceClient(settings.triton_url) as triton:
-        for name in names:
-            await triton.load_model(name)
-    return names
+        await triton.load_models(groups)
+    return [name for group in groups for name in group]
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

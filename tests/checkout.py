@@ -3,13 +3,10 @@ tests' exports into temporary repositories copy (``polydub.export.run.export_all
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from pathlib import Path
 
 from polydub.export.repository import copy_templates
-from polydub.infra.triton import InferenceClient
-from polydub.stack.models import load_groups
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "model_repository"
 
@@ -22,13 +19,3 @@ def place_templates(repository: Path, models: Iterable[str]) -> None:
 def seed_templates(repository: Path) -> None:
     """A repository as a fresh clone has it: every model's configs and python models, no weights."""
     copy_templates(TEMPLATES, repository, [p.name for p in TEMPLATES.iterdir() if p.is_dir()])
-
-
-async def load_repository(triton: InferenceClient, repository: Path) -> list[str]:
-    """Load every model with weights, as ``polydub stack up`` does: the graphs at once, then the
-    python models that call them at once. -> the names, in load order."""
-    names: list[str] = []
-    for group in load_groups(repository):
-        await asyncio.gather(*(triton.load_model(name) for name in group))
-        names += group
-    return names

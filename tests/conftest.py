@@ -118,11 +118,14 @@ async def tiny_models(triton: InferenceClient, stack_settings: Settings) -> list
 
     from polydub.export.run import export_preset
     from polydub.export.spec import Preset, Target
-    from tests.checkout import TEMPLATES, load_repository
+    from polydub.stack.models import load_groups
+    from tests.checkout import TEMPLATES
 
     repository = stack_settings.model_repository
     await asyncio.to_thread(export_preset, Preset.TINY, Target.CPU, repository, templates=TEMPLATES)
-    return await load_repository(triton, repository)
+    groups = load_groups(repository)
+    await triton.load_models(groups)
+    return [name for group in groups for name in group]
 
 
 @pytest.fixture(scope="session")

@@ -270,6 +270,18 @@ class InferenceClient:
         except Exception as exc:
             raise classify(exc) from exc
 
+    async def load_models(self, groups: Sequence[Sequence[str]]) -> None:
+        """Load each group's models at once, one group after the other (``stack.models
+        .load_groups``: the graphs, then the python models that call them)."""
+        for group in groups:
+            # every load of the group ends before the first error is raised
+            outcomes = await asyncio.gather(
+                *(self.load_model(model) for model in group), return_exceptions=True
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+
     async def _reload(self, model: str) -> None:
         """Load ``model`` again, with new instances (the old ones serve until those are ready).
         Triton skips a load whose model files and config did not change, so the model's own

@@ -134,10 +134,14 @@ def load_models(settings: Settings, models: list[str], result: Provisioned) -> N
             ) from exc
 
         def load(name: str) -> None:
-            if http.get(f"/v2/models/{name}/ready").status_code == 200:
-                result.ready.append(name)
+            try:
+                if http.get(f"/v2/models/{name}/ready").status_code == 200:
+                    result.ready.append(name)
+                    return
+                answer = http.post(f"/v2/repository/models/{name}/load")
+            except httpx.HTTPError as exc:  # Triton died or stopped answering mid-load
+                result.failed[name] = f"{type(exc).__name__}: {exc}"
                 return
-            answer = http.post(f"/v2/repository/models/{name}/load")
             if answer.status_code == 200:
                 result.loaded.append(name)
             else:
@@ -147,7 +151,10 @@ def load_models(settings: Settings, models: list[str], result: Provisioned) -> N
         with ThreadPoolExecutor(max_workers=PARALLEL_LOADS) as pool:
             for group in (graphs, python):
                 list(pool.map(load, [name for name in group if name in models]))
-        result.loaded.sort(key=models.index)  # finished in any order; told in load order
+        # finished in any order; told in load order
+        result.ready.sort(key=models.index)
+        result.loaded.sort(key=models.index)
+        result.failed = {name: result.failed[name] for name in models if name in result.failed}
 
 
 def _reason(answer: httpx.Response) -> str:

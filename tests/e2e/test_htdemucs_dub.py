@@ -29,7 +29,8 @@ from polydub.orchestrator.inference.htdemucs import served_chunking
 from polydub.serving import htdemucs as front
 from polydub.serving.names import SEPARATION, SEPARATION_HTDEMUCS
 from polydub.settings import Settings
-from tests.checkout import TEMPLATES, load_repository
+from polydub.stack.models import load_groups
+from tests.checkout import TEMPLATES
 from tests.conftest import own_triton
 from tests.e2e.harness import running_pipeline, wait_terminal
 from tests.media import make_two_speaker_clip
@@ -56,7 +57,7 @@ def exported(
 @pytest.fixture(scope="module")
 async def served(exported: Settings) -> AsyncIterator[Settings]:
     async with InferenceClient(exported.triton_url) as triton:
-        await load_repository(triton, exported.model_repository)
+        await triton.load_models(load_groups(exported.model_repository))
         # The chunk the separator will use: what Triton says of the served graph.
         assert await served_chunking(triton) == CHUNKING
     yield exported

@@ -24,7 +24,8 @@ from polydub.manifest import Manifest, read_manifest
 from polydub.orchestrator.subtitles import parse_srt
 from polydub.samples import SAMPLE_TURNS, make_sample
 from polydub.settings import Settings
-from tests.checkout import TEMPLATES, load_repository
+from polydub.stack.models import load_groups
+from tests.checkout import TEMPLATES
 from tests.conftest import own_triton
 from tests.e2e.harness import run_polydub as polydub
 from tests.e2e.harness import running_pipeline, wait_terminal
@@ -99,7 +100,7 @@ def test_offline_auto_exports_real_whisper_and_says_what_is_random(offline: Expo
 @pytest.fixture(scope="module")
 async def served(offline: Exported) -> AsyncIterator[Settings]:
     async with InferenceClient(offline.settings.triton_url) as triton:
-        await load_repository(triton, offline.settings.model_repository)
+        await triton.load_models(load_groups(offline.settings.model_repository))
     yield offline.settings
 
 

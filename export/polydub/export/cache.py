@@ -7,7 +7,8 @@ are as large as the checkpoint, so the cache is for those who re-export the same
 An entry is keyed by everything its bytes depend on: the family, the target, each checkpoint
 (what it is called and its content: a local folder's hash, a Hub commit) and the exporter
 itself (its source files and the versions of the libraries that trace and quantize). A
-checkpoint known by name only (a Hub branch not resolved, random weights) is never cached.
+checkpoint known by name only (a Hub branch rather than a commit, random weights) is never
+cached.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Mapping
 from functools import cache
@@ -31,8 +34,20 @@ log = logging.getLogger(__name__)
 
 ENV = "POLYDUB_EXPORT_CACHE"
 REPORT = "report.json"
-# What traces, converts and quantizes: a new version may write other bytes.
-_LIBRARIES = ("torch", "onnx", "onnxruntime", "transformers", "numpy")
+# What reads, traces, converts and quantizes: a new version may write other bytes.
+_LIBRARIES = (
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "transformers",
+    "numpy",
+    "tokenizers",
+    "sentencepiece",
+    "safetensors",
+    "demucs",
+    "einops",
+)
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 class ExportCache:
@@ -55,7 +70,10 @@ class ExportCache:
         parts: dict[str, object] = {"family": family, "target": target.value, "code": _code()}
         for model, checkpoint in sorted(checkpoints.items()):
             found = inspected.get(model)
-            content = found and (found.content_sha256 or found.revision)
+            # A Hub checkpoint only when asked for by commit: a branch may move between the
+            # check and the download, and the export would be kept under the wrong commit.
+            pinned = checkpoint.revision is not None and _COMMIT.fullmatch(checkpoint.revision)
+            content = found and (found.content_sha256 or (pinned and found.revision))
             if checkpoint.random or not content:
                 return None
             parts[model] = [checkpoint.describe(), checkpoint.license, content]
@@ -76,6 +94,7 @@ class ExportCache:
             log.warning("could not reuse the %s export cached in %s: %s", key, entry, exc)
             for model in report.models:
                 shutil.rmtree(out / model, ignore_errors=True)
+            shutil.rmtree(entry, ignore_errors=True)  # so that this export is stored afresh
             return None
         log.info("%s: reused the export cached in %s", report.family, entry)
         return report
@@ -103,15 +122,18 @@ class ExportCache:
 
 @cache
 def _code() -> str:
-    """The exporter's own source (and the serving package's, whose names and conventions the
-    graphs follow) and the library versions it ran with."""
+    """The exporter's own source, the polydub modules it imports (the serving package, whose
+    names and conventions the graphs follow; the language tables), the Python and library
+    versions it ran with."""
+    import polydub.languages
     import polydub.serving
 
-    digest = hashlib.sha256()
-    for package in (Path(__file__).parent, Path(polydub.serving.__file__).parent):
-        for path in sorted(package.glob("*.py")):
-            digest.update(f"{package.name}/{path.name}".encode())
-            digest.update(path.read_bytes())
+    digest = hashlib.sha256(sys.version.encode())
+    serving = Path(polydub.serving.__file__).parent
+    sources = [*Path(__file__).parent.glob("*.py"), *serving.glob("*.py")]
+    for path in [*sorted(sources), Path(polydub.languages.__file__)]:
+        digest.update(f"{path.parent.name}/{path.name}".encode())
+        digest.update(path.read_bytes())
     for name in _LIBRARIES:
         try:
             digest.update(f"{name}=={metadata.version(name)}".encode())

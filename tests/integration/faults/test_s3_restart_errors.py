@@ -4,8 +4,9 @@ comes back is classified retryable, never a permanent error that would fail a jo
 It found that a stopping gateway answers some requests "403 http: Server closed", which
 minio-py reads as AccessDenied (a permanent configuration error): the restart drill then failed
 a job now and then. It also found that the gateway answers some HEADs "200" with no ETag,
-length or type, which read as an object of 0 bytes; the store now calls that unavailable. A server of its own, restarted five times under four clients (the
-client's own retries hide most of the downtime; what does reach the caller must be retryable).
+length or type, which read as an object of 0 bytes; the store now calls that unavailable.
+A server of its own, restarted five times under four clients (the client's own retries hide
+most of the downtime; what does reach the caller must be retryable).
 """
 
 from __future__ import annotations

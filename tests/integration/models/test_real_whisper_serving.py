@@ -4,9 +4,10 @@ speech, and the packed transcription of short regions checked on real words.
 
 The export (about a minute and a half on 2 busy cores) runs once for the module, into the
 session's model repository (a copy from the session's export cache when the offline e2e test
-exported the same checkpoint first, or the other way round); what was there as ``whisper`` (the tiny preset of other modules)
-is put back and reloaded afterwards. Every region is decoded alone once (``alone``): those
-transcripts serve both the comparison with faster-whisper and the one with packing.
+exported the same checkpoint first, or the other way round); what was there as ``whisper``
+(the tiny preset of other modules) is put back and reloaded afterwards. Every region is
+decoded alone once (``alone``): those transcripts serve both the comparison with
+faster-whisper and the one with packing.
 
 faster-whisper does not compute quite the same input: it pads a short clip's log-mel with zeros
 where openai/whisper (and polydub) pad the audio (patched to pad like them, it decodes exactly

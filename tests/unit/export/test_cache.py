@@ -7,6 +7,9 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+import pytest
+
+from polydub.export import run
 from polydub.export.cache import ExportCache
 from polydub.export.hub import Inspected
 from polydub.export.spec import RANDOM, Checkpoint, Checkpoints, ExportReport, Target
@@ -77,3 +80,50 @@ def test_a_damaged_entry_is_exported_again(tmp_path: Path) -> None:
     second = tmp_path / "second"
     assert cache.load(entry, second) is None
     assert not (second / "whisper").exists()
+    cache.store(entry, first, ExportReport("whisper", "whisper-base", models=["whisper"]))
+    assert cache.load(entry, second) is not None  # stored afresh
+    assert (second / "whisper" / "1" / "model.onnx").read_bytes() == b"graph"
+
+
+def test_a_hub_checkpoint_is_cached_only_when_asked_for_by_commit(tmp_path: Path) -> None:
+    cache = ExportCache(tmp_path)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    found = {"whisper": Inspected(revision=commit, content_sha256=None, weight_bytes=1)}
+    by_branch = {"whisper": Checkpoint("openai/whisper-base", "MIT")}
+    main = {"whisper": Checkpoint("openai/whisper-base", "MIT", revision="main")}
+    by_commit = {"whisper": Checkpoint("openai/whisper-base", "MIT", revision=commit)}
+    assert key(cache, checkpoints=by_branch, inspected=found) is None  # main may move
+    assert key(cache, checkpoints=main, inspected=found) is None
+    assert key(cache, checkpoints=by_commit, inspected=found) is not None
+
+
+class CountingFamily:
+    name = "whisper"
+
+    def __init__(self) -> None:
+        self.exports = 0
+
+    def export(self, checkpoints: Checkpoints, target: Target, repository: Path) -> ExportReport:
+        self.exports += 1
+        (repository / "whisper" / "1").mkdir(parents=True)
+        (repository / "whisper" / "1" / "model.onnx").write_bytes(b"graph")
+        return ExportReport("whisper", "whisper-base", models=["whisper"])
+
+
+def test_export_family_exports_once_then_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    family = CountingFamily()
+    monkeypatch.setattr(run, "get_family", lambda name: family)
+    cache = ExportCache(tmp_path / "cache")
+    checkpoints = {"whisper": CHECKPOINT}
+    for n in range(3):
+        out = tmp_path / f"out{n}"
+        report = run.export_family("whisper", checkpoints, Target.CPU, out, FOUND, cache)
+        assert report.models == ["whisper"]
+        assert (out / "whisper" / "1" / "model.onnx").read_bytes() == b"graph"
+    assert family.exports == 1
+    # without a cache, or with a checkpoint it cannot key, the exporter runs every time
+    run.export_family("whisper", checkpoints, Target.CPU, tmp_path / "out3", FOUND, None)
+    run.export_family("whisper", checkpoints, Target.CPU, tmp_path / "out4", {}, cache)
+    assert family.exports == 3
