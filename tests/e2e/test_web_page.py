@@ -69,9 +69,14 @@ async def test_web_page_hints_clears_errors_resets_uploads_and_cancels_and_retri
         ) as retried:
             await page.click("#retry-job")
         assert (await retried.value).status == 202
-        assert await page.locator("#retry-job").is_hidden() or (
-            await status.text_content() in ("failed", "cancelled")
+        # The page shows the retried job (queued, or already further: the session's worker takes
+        # it). Status and button are read in one go: the page renders both together.
+        await status.filter(has_not_text="cancelled").wait_for(timeout=10_000)
+        shown, retry_hidden = await page.evaluate(
+            "() => [document.getElementById('job-status').textContent,"
+            " document.getElementById('retry-job').hidden]"
         )
+        assert retry_hidden == (shown not in ("failed", "cancelled")), shown
         assert errors == []
 
 
