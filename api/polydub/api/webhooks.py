@@ -52,13 +52,15 @@ from polydub.api.db import jobs as jobs_db
 from polydub.api.db import webhooks as webhooks_db
 from polydub.api.job_view import job_json
 from polydub.api.secrets_at_rest import SecretBox
-from polydub.errors import InvalidInput
+from polydub.errors import InvalidInput, classify
 from polydub.retry import Backoff
 from polydub.settings import Settings
 
 log = logging.getLogger("polydub.api.webhooks")
 
 SIGNATURE_HEADER = "Polydub-Signature"
+# Recording a delivered webhook through a PostgreSQL outage.
+_RECORD_RETRY = Backoff(base=0.2, cap=2.0, jitter="equal")
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -164,9 +166,11 @@ class WebhookSender:
     async def close(self) -> None:
         await self.client.aclose()
 
+    def _lease(self) -> timedelta:
+        return timedelta(seconds=self.settings.api_webhook_timeout_seconds * 3 + 5)
+
     async def _claim(self, batch: int) -> list[asyncpg.Record]:
-        lease = timedelta(seconds=self.settings.api_webhook_timeout_seconds * 3 + 5)
-        return await webhooks_db.claim_due(self.pool, batch, lease)
+        return await webhooks_db.claim_due(self.pool, batch, self._lease())
 
     async def _payload(self, delivery: asyncpg.Record) -> tuple[bytes, str | None] | None:
         row = await jobs_db.job_for_webhook(self.pool, delivery["job_id"])
@@ -190,13 +194,31 @@ class WebhookSender:
         self, delivery: asyncpg.Record, ok: bool, error: str | None, *, final: bool = False
     ) -> None:
         if ok:
-            await webhooks_db.mark_delivered(self.pool, delivery["id"])
+            await self._mark_delivered(delivery["id"])
             return
         give_up = final or delivery["attempts"] >= self.settings.api_webhook_max_attempts
         delay = timedelta(seconds=backoff_seconds(delivery["attempts"], self.settings))
         await webhooks_db.mark_attempt_failed(
             self.pool, delivery["id"], give_up=give_up, error=(error or "")[:500], retry_in=delay
         )
+
+    async def _mark_delivered(self, delivery_id: int) -> None:
+        """Record a delivery the receiver accepted. Not recorded, it is sent again when its lease
+        ends (same id, so receivers that dedupe drop it, as Standard Webhooks asks): ride out a
+        brief PostgreSQL outage (a restart, a failover) for up to half the lease first."""
+        deadline = time.monotonic() + self._lease().total_seconds() / 2
+        attempt = 0
+        while True:
+            try:
+                await webhooks_db.mark_delivered(self.pool, delivery_id)
+                return
+            except Exception as exc:
+                error = classify(exc)
+                attempt += 1
+                pause = _RECORD_RETRY.delay(attempt)
+                if not error.retryable or time.monotonic() + pause > deadline:
+                    raise error from exc
+                await asyncio.sleep(pause)
 
     async def deliver(self, delivery: asyncpg.Record) -> bool:
         built = await self._payload(delivery)

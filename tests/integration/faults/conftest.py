@@ -70,16 +70,18 @@ async def receiver() -> AsyncIterator[tuple[Receiver, Served]]:
 
 
 def webhook_counts(hook: Receiver) -> dict[tuple[str, str], int]:
-    """(job id, state) -> how many POSTs of the job's own event arrived (a language's events,
-    ``job.language.*``, are not counted)."""
-    counts: dict[tuple[str, str], int] = {}
+    """(job id, state) -> how many distinct webhooks of the job's own event arrived (a
+    language's events, ``job.language.*``, are not counted). Distinct by delivery id: a webhook
+    whose acceptance could not be recorded (PostgreSQL restarting just then) is sent again with
+    the same id, which receivers drop (at-least-once, as Standard Webhooks specifies)."""
+    seen: dict[tuple[str, str], set[str]] = {}
     for request in hook.requests:
         body = json.loads(request.body)
         if body.get("language"):
             continue
         key = (str(body["job"]["id"]), str(body["job"]["status"]))
-        counts[key] = counts.get(key, 0) + 1
-    return counts
+        seen.setdefault(key, set()).add(request.headers["polydub-delivery"])
+    return {key: len(ids) for key, ids in seen.items()}
 
 
 @dataclass
