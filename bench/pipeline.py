@@ -101,8 +101,7 @@ async def load_models(settings: Any, preset: Preset) -> list[str]:
     )
     groups = load_groups(settings.model_repository)  # graphs, then the BLS models
     async with InferenceClient(settings.triton_url) as triton:
-        await triton.load_models(groups)
-    return [name for group in groups for name in group]
+        return await triton.load_models(groups)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

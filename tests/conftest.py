@@ -123,9 +123,7 @@ async def tiny_models(triton: InferenceClient, stack_settings: Settings) -> list
 
     repository = stack_settings.model_repository
     await asyncio.to_thread(export_preset, Preset.TINY, Target.CPU, repository, templates=TEMPLATES)
-    groups = load_groups(repository)
-    await triton.load_models(groups)
-    return [name for group in groups for name in group]
+    return await triton.load_models(load_groups(repository))
 
 
 @pytest.fixture(scope="session")

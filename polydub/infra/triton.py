@@ -270,9 +270,10 @@ class InferenceClient:
         except Exception as exc:
             raise classify(exc) from exc
 
-    async def load_models(self, groups: Sequence[Sequence[str]]) -> None:
+    async def load_models(self, groups: Sequence[Sequence[str]]) -> list[str]:
         """Load each group's models at once, one group after the other (``stack.models
-        .load_groups``: the graphs, then the python models that call them)."""
+        .load_groups``: the graphs, then the python models that call them). -> the names, in
+        load order."""
         for group in groups:
             # every load of the group ends before the first error is raised
             outcomes = await asyncio.gather(
@@ -281,6 +282,7 @@ class InferenceClient:
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
+        return [model for group in groups for model in group]
 
     async def _reload(self, model: str) -> None:
         """Load ``model`` again, with new instances (the old ones serve until those are ready).

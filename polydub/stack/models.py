@@ -63,13 +63,17 @@ def _kinds(repository: Path) -> tuple[list[str], list[str], list[str]]:
     skipped: list[str] = []
     for folder in sorted(p for p in repository.iterdir() if (p / "config.pbtxt").is_file()):
         versions = [v for v in folder.iterdir() if v.is_dir() and v.name.isdigit()]
-        if any((v / "model.py").is_file() for v in versions):
+        if _is_python(folder):
             python.append(folder.name)
         elif any(f.is_file() for v in versions for f in v.iterdir()):
             graphs.append(folder.name)
         else:
             skipped.append(folder.name)
     return graphs, python, skipped
+
+
+def _is_python(folder: Path) -> bool:
+    return any((v / "model.py").is_file() for v in folder.iterdir() if v.name.isdigit())
 
 
 def export_models(settings: Settings, log_file: Path, notify: Notify) -> str:
@@ -147,10 +151,11 @@ def load_models(settings: Settings, models: list[str], result: Provisioned) -> N
             else:
                 result.failed[name] = _reason(answer)
 
-        graphs, python = load_groups(settings.model_repository)
+        python = [name for name in models if _is_python(settings.model_repository / name)]
+        graphs = [name for name in models if name not in python]
         with ThreadPoolExecutor(max_workers=PARALLEL_LOADS) as pool:
             for group in (graphs, python):
-                list(pool.map(load, [name for name in group if name in models]))
+                list(pool.map(load, group))
         # finished in any order; told in load order
         result.ready.sort(key=models.index)
         result.loaded.sort(key=models.index)
