@@ -9,7 +9,15 @@
   encoder_attention_mask [batch, src_len], ``past_*.i`` [batch, heads, past_len, head_dim]
   (past_len may be 0) and ``cross_*.i`` per layer -> top_log_probs / top_ids [batch, top_k]
   (log-softmax of the last position: all a beam search needs, instead of a 256k-wide row per
-  beam) and ``present_*.i`` [batch, heads, past_len + dec_len, head_dim].
+  beam) and ``new_*.i`` [batch, heads, dec_len, head_dim]: this step's keys/values only.
+
+Self-attention reads the past and this step's keys/values as two parts (two score matmuls, one
+softmax over both, two weighted sums) and the graph gives back only the new part. A graph that
+appended the new K/V to the past gave back the whole cache, a Concat that copied it every step
+(14% of the decoder's kernel time at NLLB-600M's shape, 16 sentences x 4 beams: issue 17's
+profile), and the beam reorder then copied it again. The runner now builds the next past in
+one pass: each beam's parent row of the past followed by its new K/V
+(``polydub.serving.nllb_ort.OrtNllb.select``).
 
 One K/V tensor per layer (``names.layer_tensors``, as Whisper's graphs): with one
 [batch, layers, ...] tensor per kind, every step copied the whole cache once to stack the
@@ -89,7 +97,7 @@ def decoder_spec(layers: int) -> GraphSpec:
         outputs=(
             TensorSpec(NllbDecoderOut.TOP_LOG_PROBS, _F32, ("batch", "top_k")),
             TensorSpec(NllbDecoderOut.TOP_IDS, _I64, ("batch", "top_k")),
-            *_kv("present", layers, "total_len"),
+            *_kv("new", layers, "dec_len"),
         ),
         fp32_atol=FP32_ATOL,
         int8_atol=None,
@@ -110,12 +118,32 @@ def wrappers(model: Any, top_k: int = TOP_K) -> tuple[Any, Any]:
     def split(x: Any) -> Any:  # [B, T, D] -> [B, H, T, Dh]
         return x.reshape(x.shape[0], x.shape[1], heads, head_dim).transpose(1, 2)
 
+    def merge(attn: Any, out: Any) -> Any:  # [B, H, T, Dh] -> out_proj([B, T, D])
+        out = out.transpose(1, 2)
+        return attn.out_proj(out.reshape(out.shape[0], out.shape[1], -1))
+
     def attend(attn: Any, x: Any, key: Any, value: Any, visible: Any) -> Any:
         # As transformers' eager attention: (q k^T) * scaling, masked, softmax, @ v.
         scores = torch.matmul(split(attn.q_proj(x)), key.transpose(2, 3)) * attn.scaling
         weights = torch.softmax(scores.masked_fill(~visible, neg), dim=-1)
-        out = torch.matmul(weights, value).transpose(1, 2)
-        return attn.out_proj(out.reshape(out.shape[0], out.shape[1], -1))
+        return merge(attn, torch.matmul(weights, value))
+
+    def attend_cached(attn: Any, x: Any, past: tuple[Any, Any], new: tuple[Any, Any]) -> Any:
+        # The same over the keys past + new without joining them: every past position is
+        # visible to every new query, the new ones causally.
+        query = split(attn.q_proj(x))
+        (past_key, past_value), (new_key, new_value) = past, new
+        to_past = torch.matmul(query, past_key.transpose(2, 3)) * attn.scaling
+        to_new = torch.matmul(query, new_key.transpose(2, 3)) * attn.scaling
+        scores = torch.cat([to_past, to_new.masked_fill(~causal_new(x), neg)], dim=-1)
+        weights = torch.softmax(scores, dim=-1)
+        past_len = past_key.shape[2]
+        out = torch.matmul(weights[..., :past_len], past_value)
+        return merge(attn, out + torch.matmul(weights[..., past_len:], new_value))
+
+    def causal_new(x: Any) -> Any:  # [1, 1, T, T]: new position j visible from new position i
+        positions = torch.arange(x.shape[1], device=x.device)
+        return (positions[None, :] <= positions[:, None])[None, None]
 
     class Encoder(nn.Module):
         def __init__(self) -> None:
@@ -142,20 +170,17 @@ def wrappers(model: Any, top_k: int = TOP_K) -> tuple[Any, Any]:
             past_key, past_value = states[0 : 2 * n : 2], states[1 : 2 * n : 2]
             cross_key, cross_value = states[2 * n :: 2], states[2 * n + 1 :: 2]
             past_len = past_key[0].shape[2]
-            new_len = input_ids.shape[1]
             embeds = self.decoder.embed_tokens(input_ids)  # scaled by sqrt(d_model) inside
             hidden = embeds + self.decoder.embed_positions(input_ids, embeds, past_len)
-            query_pos = torch.arange(new_len, device=input_ids.device) + past_len
-            key_pos = torch.arange(past_len + new_len, device=input_ids.device)
-            causal = (key_pos[None, :] <= query_pos[:, None])[None, None]  # [1, 1, T, P+T]
             cross_visible = encoder_attention_mask[:, None, None, :].bool()  # [B, 1, 1, S]
-            presents = []
+            news = []
             for i, layer in enumerate(self.decoder.layers):
                 x = layer.self_attn_layer_norm(hidden)
-                key = torch.cat([past_key[i], split(layer.self_attn.k_proj(x))], dim=2)
-                value = torch.cat([past_value[i], split(layer.self_attn.v_proj(x))], dim=2)
-                presents += [key, value]
-                hidden = hidden + attend(layer.self_attn, x, key, value, causal)
+                key, value = split(layer.self_attn.k_proj(x)), split(layer.self_attn.v_proj(x))
+                news += [key, value]
+                hidden = hidden + attend_cached(
+                    layer.self_attn, x, (past_key[i], past_value[i]), (key, value)
+                )
                 x = layer.encoder_attn_layer_norm(hidden)
                 hidden = hidden + attend(
                     layer.encoder_attn, x, cross_key[i], cross_value[i], cross_visible
@@ -168,7 +193,7 @@ def wrappers(model: Any, top_k: int = TOP_K) -> tuple[Any, Any]:
             logits = self.lm_head(self.decoder.layer_norm(hidden[:, -1, :]))
             log_probs = torch.log_softmax(logits, dim=-1)
             top_log_probs, top_ids = torch.topk(log_probs, top_k, dim=-1)
-            return (top_log_probs, top_ids, *presents)
+            return (top_log_probs, top_ids, *news)
 
     return Encoder().eval(), Decoder().eval()
 

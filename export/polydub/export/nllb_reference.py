@@ -126,7 +126,8 @@ def onnx_step_log_probs(
     for chunk in chunks:
         feeds = {"input_ids": chunk, "encoder_attention_mask": mask, **cross}
         feeds.update(zip(layer_tensors("past", layers), past, strict=True))
-        top_log_probs, top_ids, *past = session.run(None, feeds)
+        top_log_probs, top_ids, *new = session.run(None, feeds)
+        past = [np.concatenate([p, n], axis=2) for p, n in zip(past, new, strict=True)]
         values.append(top_log_probs)
         indices.append(top_ids)
     return np.stack(values, axis=1), np.stack(indices, axis=1)
@@ -198,4 +199,4 @@ def onnx_search(
         return model.decode(dec_ids, mask[source_index], row_cross, past)
 
     requests = [SearchRequest(t, num_beams, max_length) for t in targets]
-    return beam_search(requests, step, config)
+    return beam_search(requests, step, config, select=model.select)

@@ -7,10 +7,13 @@ per step for 16 sentences at NLLB-600M), and the graphs ran with one thread: the
 reached 0.55x CTranslate2 where the same graphs in-process reached 0.95x (issue 17). Here a
 step costs the decoder's compute and one reorder of the cache:
 
-* the present K/V (one tensor per layer) are written by onnxruntime straight into a buffer
-  this object keeps (bound with io_binding), and the beam reorder gathers them into a second
-  buffer that the next step reads as its past: no fresh arrays (and page faults) of the
-  cache's size per step;
+* the decoder gives back only this step's K/V (``new_*.i``; it reads the past and the new part
+  without joining them), written by onnxruntime straight into a buffer this object keeps
+  (bound with io_binding);
+* ``select`` builds the next step's past in one pass, each new beam's parent row of the past
+  followed by the parent's new K/V, into the one of two buffers that the current past is not
+  in: one copy of the cache per step, where a graph that appended the new K/V copied it once
+  more (issue 17's profile: 14% of the decoder's kernel time at NLLB-600M's shape);
 * the buffers grow with the batch and the length, and are given back by ``release`` when a
   batch is done, so an idle instance does not hold its largest batch's cache.
 
@@ -35,7 +38,12 @@ from polydub.serving.names import (
 from polydub.serving.nllb_search import FloatArray, IntArray, Past
 from polydub.serving.ort import providers, session_options
 
-_GROWTH = 1.25  # a buffer that must grow takes this much more, so it grows a few times a batch
+# A buffer that must grow takes twice what it needs. The cache grows by a position per step,
+# and every new buffer's pages are faulted in on first write: growing by 1.25x made the past's
+# two buffers reallocate ~14 times each over 60 steps, and the beam reorder took 2.5x longer
+# than with 2x (16 sentences x 4 beams at NLLB-600M's shape). Pages never written are never
+# resident, so the headroom costs address space, not memory.
+_GROWTH = 2.0
 
 
 class _Buffer:
@@ -88,17 +96,20 @@ class OrtNllb:
         self.threads = options.intra_op_num_threads
         inputs = {i.name for i in self.decoder.get_inputs()}
         self.layers = sum(1 for name in inputs if name.startswith("past_key."))
-        if not self.layers:
-            # Exports before per-layer K/V stacked the layers in one past_key input.
-            raise ValueError(
-                f"{decoder} has no per-layer past_key.N inputs: it was exported by an older "
-                "polydub; export it again (`polydub models export --family nllb`)"
-            )
         self.cross_names = layer_tensors("cross", self.layers)
         self.past_names = layer_tensors("past", self.layers)
-        self.present_names = layer_tensors("present", self.layers)
-        self._present = _Buffer()
-        self._past = _Buffer()
+        self.new_names = layer_tensors("new", self.layers)
+        outputs = {o.name for o in self.decoder.get_outputs()}
+        if not self.layers or not outputs.issuperset(self.new_names):
+            # Older exports stacked the layers in one past_key input, or gave back the whole
+            # cache (present_*.i) instead of this step's part.
+            raise ValueError(
+                f"{decoder} has no per-layer past_key.N inputs and new_key.N outputs: it was "
+                "exported by an older polydub; export it again "
+                "(`polydub models export --family nllb`)"
+            )
+        self._new = _Buffer()
+        self._pasts = (_Buffer(), _Buffer())
 
     @property
     def providers(self) -> dict[str, list[str]]:
@@ -115,9 +126,9 @@ class OrtNllb:
     def decode(
         self, input_ids: IntArray, encoder_attention_mask: IntArray, cross: Past, past: Past
     ) -> tuple[FloatArray, IntArray, Past]:
-        """One step -> top_log_probs, top_ids, present K/V per layer. The presents are views
-        of this object's buffer, valid until the next ``decode``: ``select`` them (or copy)
-        before feeding them back."""
+        """One step -> top_log_probs, top_ids, this step's K/V per layer [batch, heads, dec_len,
+        head_dim]. Those are views of this object's buffer, valid until the next ``decode``:
+        ``select`` them (or copy) before the next step."""
         binding = self.decoder.io_binding()
         binding.bind_cpu_input(NllbDecoderIn.INPUT_IDS, np.ascontiguousarray(input_ids))
         binding.bind_cpu_input(
@@ -126,30 +137,42 @@ class OrtNllb:
         for names, arrays in ((self.past_names, past), (self.cross_names, cross)):
             for name, array in zip(names, arrays, strict=True):
                 binding.bind_cpu_input(name, np.ascontiguousarray(array))
-        batch, heads, past_len, head_dim = past[0].shape
-        shape = (batch, heads, past_len + input_ids.shape[1], head_dim)
-        presents = self._present.views(shape, len(self.present_names))
+        batch, heads, _, head_dim = past[0].shape
+        shape = (batch, heads, input_ids.shape[1], head_dim)
+        new = self._new.views(shape, len(self.new_names))
         binding.bind_output(NllbDecoderOut.TOP_LOG_PROBS, "cpu")
         binding.bind_output(NllbDecoderOut.TOP_IDS, "cpu")
-        for name, array in zip(self.present_names, presents, strict=True):
+        for name, array in zip(self.new_names, new, strict=True):
             binding.bind_output(name, "cpu", 0, np.float32, list(shape), array.ctypes.data)
         self.decoder.run_with_iobinding(binding)
         top_log_probs, top_ids = (value.numpy() for value in binding.get_outputs()[:2])
-        return top_log_probs, top_ids, tuple(presents)
+        return top_log_probs, top_ids, tuple(new)
 
-    def select(self, present: Past, rows: IntArray) -> Past:
-        """The next step's past: the rows of ``present`` each new beam continues, gathered into
-        this object's past buffer (the previous past is no longer read by then)."""
-        shape = (len(rows), *present[0].shape[1:])
-        past = self._past.views(shape, len(present))
-        for source, target in zip(present, past, strict=True):
-            # mode="clip": with the default "raise", numpy writes into a temporary and copies
-            # that into ``out`` (so a bad index leaves it untouched): a second copy of the whole
-            # cache per step, 4x the time of the gather itself. The rows come from the search.
-            np.take(source, rows, axis=0, out=target, mode="clip")
-        return tuple(past)
+    def select(self, past: Past | None, new: Past, rows: IntArray) -> Past:
+        """The next step's past: for each new beam, row ``rows[i]`` of ``past`` (None: empty)
+        followed by the same row of ``new``, gathered into the past buffer ``past`` is not in."""
+        past_len = 0 if past is None else past[0].shape[2]
+        _, heads, new_len, head_dim = new[0].shape
+        buffer = next(
+            b for b in self._pasts if past is None or not np.may_share_memory(past[0], b.flat)
+        )
+        target = buffer.views((len(rows), heads, past_len + new_len, head_dim), len(new))
+        if past is None:
+            for source, out in zip(new, target, strict=True):
+                # mode="clip": with the default "raise", numpy gathers into a temporary and
+                # copies that into ``out``. The rows come from the search.
+                np.take(source, rows, axis=0, out=out, mode="clip")
+            return tuple(target)
+        parents = rows.tolist()
+        # Row by row: a gather into the first past_len positions of ``out`` (not contiguous)
+        # would go through a temporary, a second copy of the cache.
+        for old, fresh, out in zip(past, new, target, strict=True):
+            for row, parent in enumerate(parents):
+                out[row, :, :past_len] = old[parent]
+                out[row, :, past_len:] = fresh[parent]
+        return tuple(target)
 
     def release(self) -> None:
         """Give the cache buffers back (between batches)."""
-        self._present.release()
-        self._past.release()
+        for buffer in (self._new, *self._pasts):
+            buffer.release()

@@ -26,8 +26,10 @@ IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
 Past = tuple[FloatArray, ...]  # K/V per layer, in names.layer_tensors order
 # (decoder input ids [rows, T], source row of each row [rows], past or None) ->
-# (top log-probs [rows, K], their token ids [rows, K], present)
+# (top log-probs [rows, K], their token ids [rows, K], this step's K/V per layer)
 StepFn = Callable[[IntArray, IntArray, Past | None], tuple[FloatArray, IntArray, Past]]
+# (past or None, this step's K/V, the row each new beam continues) -> the next step's past
+SelectFn = Callable[[Past | None, Past, IntArray], Past]
 
 GENERATION_FILE = "generation.json"  # written by the exporter next to tokenizer.json
 _DEAD = np.float32(-1.0e9)  # a running beam that already ended (transformers uses the same value)
@@ -149,7 +151,7 @@ def beam_search(
     step: StepFn,
     config: GenerationConfig,
     cancelled: Callable[[Sequence[int]], Set[int]] | None = None,
-    select: Callable[[Past, IntArray], Past] | None = None,
+    select: SelectFn | None = None,
 ) -> list[list[Hypothesis]]:
     """Batched beam search: every request's beams share one decoder call per step.
 
@@ -159,8 +161,9 @@ def beam_search(
     answers those whose caller went away: they leave the batch there, with no hypotheses, so
     they cost no more steps. (Once per step, not once per request: the caller maps requests to
     its own clients and asks each of those once.)
-    ``select(present, rows)``: the next step's past, the rows each new beam continues (default:
-    numpy indexing; the onnxruntime runner gathers into buffers it reuses).
+    ``select(past, new, rows)``: the next step's past, the rows each new beam continues of the
+    past and of the step's new K/V, joined (default: ``extend_past``; the onnxruntime runner
+    gathers into buffers it reuses).
     """
     results: list[list[Hypothesis]] = [[] for _ in requests]
     start = config.decoder_start_token_id
@@ -182,7 +185,7 @@ def beam_search(
     source_index = np.array([i for i, _ in states], dtype=np.int64)
     past: Past | None = None
     while states:
-        top_log_probs, top_ids, present = step(input_ids, source_index, past)
+        top_log_probs, top_ids, new = step(input_ids, source_index, past)
         parents: list[IntArray] = []
         next_tokens: list[IntArray] = []
         sources: list[IntArray] = []
@@ -208,7 +211,15 @@ def beam_search(
         states = still
         if states:
             index = np.concatenate(parents)
-            past = select(present, index) if select else tuple(p[index] for p in present)
+            past = (select or extend_past)(past, new, index)
             input_ids = np.concatenate(next_tokens)[:, None]
             source_index = np.concatenate(sources)
     return results
+
+
+def extend_past(past: Past | None, new: Past, rows: IntArray) -> Past:
+    """The next step's past in plain numpy: ``past`` and ``new`` joined on the time axis, then
+    the rows each new beam continues."""
+    if past is None:
+        return tuple(n[rows] for n in new)
+    return tuple(np.concatenate([p, n], axis=2)[rows] for p, n in zip(past, new, strict=True))

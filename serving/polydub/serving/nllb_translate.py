@@ -84,11 +84,12 @@ class NllbModel(Protocol):
     def decode(
         self, input_ids: IntArray, encoder_attention_mask: IntArray, cross: Past, past: Past
     ) -> tuple[FloatArray, IntArray, Past]:
-        """One step -> top_log_probs, top_ids, present K/V per layer"""
+        """One step -> top_log_probs, top_ids, this step's K/V per layer"""
         ...
 
-    def select(self, present: Past, rows: IntArray) -> Past:
-        """The next step's past: the rows of ``present`` each new beam continues."""
+    def select(self, past: Past | None, new: Past, rows: IntArray) -> Past:
+        """The next step's past: row ``rows[i]`` of ``past`` and of ``new``, joined on the
+        time axis, for each new beam i."""
         ...
 
     def release(self) -> None:

@@ -161,7 +161,7 @@ def test_cached_decoder_steps_match_transformers_full_forward(tiny_nllb: TinyNll
     )
     graph = onnx.load(str(tiny_nllb.decoder_fp32)).graph
     outputs = [o.name for o in graph.output]
-    assert outputs == ["top_log_probs", "top_ids", *layer_tensors("present", 2)]
+    assert outputs == ["top_log_probs", "top_ids", *layer_tensors("new", 2)]
     _, _, *presents = run_onnx(tiny_nllb.decoder_fp32, feeds)
     assert {p.shape for p in presents} == {(len(NLLB_SENTENCES), 4, 2, 16)}  # past 0 + 2 new
     # One tensor per layer: nothing stacks the presents or slices layers out of a stacked past.

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from polydub.export.nllb_graphs import BLS
@@ -87,20 +88,55 @@ def test_search_rejects_bad_requests(tiny_nllb: TinyNllb) -> None:
         translator.check(nllb_translate.TranslationItem("Hi", "eng_Latn", "fra_Latn", 2, 3))
 
 
-def test_an_export_with_stacked_layers_is_refused_at_load(tmp_path: Path) -> None:
-    """Exports before per-layer K/V had one ``past_key`` for every layer: loading one must say
-    to export again, not serve a model that fails every request."""
+@pytest.mark.parametrize(
+    ("inputs", "outputs"),
+    [
+        # Before per-layer K/V: one past_key for every layer.
+        (("past_key", "past_value"), ("present_key", "present_value")),
+        # Before two-part attention: the graph gave back the whole cache.
+        (("past_key.0", "past_value.0"), ("present_key.0", "present_value.0")),
+    ],
+)
+def test_an_older_export_is_refused_at_load(
+    tmp_path: Path, inputs: tuple[str, ...], outputs: tuple[str, ...]
+) -> None:
+    """Loading an export from an older polydub must say to export again, not serve a model that
+    fails every request."""
     import onnx
     from onnx import TensorProto, helper
 
     from polydub.serving.nllb_ort import OrtNllb
 
-    names = ("input_ids", "encoder_attention_mask", "past_key", "past_value")
-    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names]
-    outputs = [helper.make_tensor_value_info(f"{n}_out", TensorProto.FLOAT, None) for n in names]
-    nodes = [helper.make_node("Identity", [n], [f"{n}_out"]) for n in names]
-    graph = helper.make_graph(nodes, "stacked", inputs, outputs)
+    names = ("input_ids", "encoder_attention_mask", *inputs)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [n], [o]) for n, o in zip(names[2:], outputs, strict=True)],
+        "older",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+    )
     path = tmp_path / "decoder.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     with pytest.raises(ValueError, match="export it again"):
         OrtNllb(path, path)
+
+
+def test_select_joins_each_parents_past_and_new_rows(tiny_nllb: TinyNllb) -> None:
+    """The runner's buffered ``select`` = numpy's concatenate-then-index, step after step, and
+    the past it gives is never in the buffer the past it read was in."""
+    from polydub.serving.nllb_search import extend_past
+
+    model = nllb_translate.OnnxRuntimeModel(tiny_nllb.encoder_int8, tiny_nllb.decoder_int8)
+    rng = np.random.default_rng(0)
+    shape = (3, 2, 1, 4)  # rows, heads, new positions, head_dim
+    past, expected = None, None
+    for step in range(4):
+        rows = rng.integers(0, shape[0], shape[0])
+        new = tuple(rng.standard_normal(shape, dtype=np.float32) for _ in range(4))
+        following = model.select(past, new, rows)
+        expected = extend_past(expected, new, rows)
+        for got, want in zip(following, expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+            assert got.shape[2] == step + 1
+        if past is not None:
+            assert not np.may_share_memory(past[0], following[0])
+        past = following

@@ -94,7 +94,7 @@ def test_nllb_service_batches_in_process_and_fails_one_request_alone(repository:
     # beam of both (4 each) until one finishes.
     assert rows[0] == 2 and max(rows) == 2 * int(PARAMETERS["num_beams"])
     # The cache buffers are given back once the batch is done.
-    assert all(b.flat.size == 0 for b in (service.graphs._present, service.graphs._past))
+    assert all(b.flat.size == 0 for b in (service.graphs._new, *service.graphs._pasts))
 
 
 def test_a_cancelled_request_stops_being_decoded(repository: Path) -> None:
