@@ -129,8 +129,9 @@ class WhisperDecoderOut(StrEnum):
 def layer_tensors(kind: str, layers: int) -> list[str]:
     """The per-layer K/V tensors of the Whisper and NLLB graphs, in graph order:
     ``<kind>_key.0``, ``<kind>_value.0``, ``<kind>_key.1``, ...; kind is ``cross``, ``past``,
-    ``present`` (Whisper: past + this step) or ``new`` (NLLB: this step only). One tensor per layer: a [batch, layers, ...] stack costs a copy of the whole
-    cache to build every step and one to slice each layer out of it."""
+    ``present`` (Whisper: past + this step) or ``new`` (NLLB: this step only). One tensor per
+    layer: a [batch, layers, ...] stack costs a copy of the whole cache to build every step and
+    one to slice each layer out of it."""
     return [f"{kind}_{part}.{i}" for i in range(layers) for part in ("key", "value")]
 
 
