@@ -128,22 +128,19 @@ def wrappers(model: Any, top_k: int = TOP_K) -> tuple[Any, Any]:
         weights = torch.softmax(scores.masked_fill(~visible, neg), dim=-1)
         return merge(attn, torch.matmul(weights, value))
 
-    def attend_cached(attn: Any, x: Any, past: tuple[Any, Any], new: tuple[Any, Any]) -> Any:
+    def attend_cached(
+        attn: Any, x: Any, past: tuple[Any, Any], new: tuple[Any, Any], causal: Any
+    ) -> Any:
         # The same over the keys past + new without joining them: every past position is
-        # visible to every new query, the new ones causally.
+        # visible to every new query, the new ones as ``causal`` [1, 1, T, T] says.
         query = split(attn.q_proj(x))
         (past_key, past_value), (new_key, new_value) = past, new
         to_past = torch.matmul(query, past_key.transpose(2, 3)) * attn.scaling
         to_new = torch.matmul(query, new_key.transpose(2, 3)) * attn.scaling
-        scores = torch.cat([to_past, to_new.masked_fill(~causal_new(x), neg)], dim=-1)
-        weights = torch.softmax(scores, dim=-1)
-        past_len = past_key.shape[2]
-        out = torch.matmul(weights[..., :past_len], past_value)
-        return merge(attn, out + torch.matmul(weights[..., past_len:], new_value))
-
-    def causal_new(x: Any) -> Any:  # [1, 1, T, T]: new position j visible from new position i
-        positions = torch.arange(x.shape[1], device=x.device)
-        return (positions[None, :] <= positions[:, None])[None, None]
+        scores = torch.cat([to_past, to_new.masked_fill(~causal, neg)], dim=-1)
+        weights = torch.split(torch.softmax(scores, dim=-1), [past_key.shape[2], x.shape[1]], -1)
+        out = torch.matmul(weights[0], past_value) + torch.matmul(weights[1], new_value)
+        return merge(attn, out)
 
     class Encoder(nn.Module):
         def __init__(self) -> None:
@@ -172,6 +169,8 @@ def wrappers(model: Any, top_k: int = TOP_K) -> tuple[Any, Any]:
             past_len = past_key[0].shape[2]
             embeds = self.decoder.embed_tokens(input_ids)  # scaled by sqrt(d_model) inside
             hidden = embeds + self.decoder.embed_positions(input_ids, embeds, past_len)
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+            causal = (positions[None, :] <= positions[:, None])[None, None]  # [1, 1, T, T]
             cross_visible = encoder_attention_mask[:, None, None, :].bool()  # [B, 1, 1, S]
             news = []
             for i, layer in enumerate(self.decoder.layers):
@@ -179,7 +178,7 @@ def wrappers(model: Any, top_k: int = TOP_K) -> tuple[Any, Any]:
                 key, value = split(layer.self_attn.k_proj(x)), split(layer.self_attn.v_proj(x))
                 news += [key, value]
                 hidden = hidden + attend_cached(
-                    layer.self_attn, x, (past_key[i], past_value[i]), (key, value)
+                    layer.self_attn, x, (past_key[i], past_value[i]), (key, value), causal
                 )
                 x = layer.encoder_attn_layer_norm(hidden)
                 hidden = hidden + attend(

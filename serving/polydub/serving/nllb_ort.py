@@ -69,8 +69,9 @@ class OrtNllb:
     ``threads``: intra-op threads per session; 0: one per CPU this process may run on (set
     explicitly: onnxruntime's default pins its threads to cores, and a pinned thread cannot
     leave a core another process keeps busy). ``*_providers``: short names in order of
-    preference (``cpu``, ``cuda``, ``tensorrt``). On a GPU the cache still crosses to the host
-    once per step for the beam reorder (numpy); the graphs' compute runs on the device.
+    preference (``cpu``, ``cuda``, ``tensorrt``). On a GPU the graphs' compute runs on the
+    device, but the beam reorder is numpy's: each step uploads the past and brings this step's
+    K/V back to the host.
     """
 
     def __init__(
@@ -149,8 +150,9 @@ class OrtNllb:
         return top_log_probs, top_ids, tuple(new)
 
     def select(self, past: Past | None, new: Past, rows: IntArray) -> Past:
-        """The next step's past: for each new beam, row ``rows[i]`` of ``past`` (None: empty)
-        followed by the same row of ``new``, gathered into the past buffer ``past`` is not in."""
+        """The next step's past: for each new beam, row ``rows[i]`` of ``past`` (None: the first
+        step, no past) followed by the same row of ``new``, gathered into the past buffer
+        ``past`` is not in. Valid until the ``select`` after next, which reuses that buffer."""
         past_len = 0 if past is None else past[0].shape[2]
         _, heads, new_len, head_dim = new[0].shape
         buffer = next(

@@ -162,9 +162,9 @@ def test_cached_decoder_steps_match_transformers_full_forward(tiny_nllb: TinyNll
     graph = onnx.load(str(tiny_nllb.decoder_fp32)).graph
     outputs = [o.name for o in graph.output]
     assert outputs == ["top_log_probs", "top_ids", *layer_tensors("new", 2)]
-    _, _, *presents = run_onnx(tiny_nllb.decoder_fp32, feeds)
-    assert {p.shape for p in presents} == {(len(NLLB_SENTENCES), 4, 2, 16)}  # past 0 + 2 new
-    # One tensor per layer: nothing stacks the presents or slices layers out of a stacked past.
+    _, _, *news = run_onnx(tiny_nllb.decoder_fp32, feeds)
+    assert {n.shape for n in news} == {(len(NLLB_SENTENCES), 4, 2, 16)}  # the 2 new positions
+    # One tensor per layer: nothing stacks the layers' K/V or slices layers out of a stacked past.
     assert not any(node.op_type == "Gather" and "past" in node.input[0] for node in graph.node)
 
 

@@ -121,22 +121,24 @@ def test_an_older_export_is_refused_at_load(
 
 
 def test_select_joins_each_parents_past_and_new_rows(tiny_nllb: TinyNllb) -> None:
-    """The runner's buffered ``select`` = numpy's concatenate-then-index, step after step, and
-    the past it gives is never in the buffer the past it read was in."""
+    """The runner's buffered ``select`` = numpy's concatenate-then-index, step after step, as the
+    search calls it (two new positions first, the batch growing, then shrinking), and the past it
+    gives is never in the buffer the past it read was in."""
     from polydub.serving.nllb_search import extend_past
 
     model = nllb_translate.OnnxRuntimeModel(tiny_nllb.encoder_int8, tiny_nllb.decoder_int8)
     rng = np.random.default_rng(0)
-    shape = (3, 2, 1, 4)  # rows, heads, new positions, head_dim
     past, expected = None, None
-    for step in range(4):
-        rows = rng.integers(0, shape[0], shape[0])
-        new = tuple(rng.standard_normal(shape, dtype=np.float32) for _ in range(4))
+    # (rows before the step, the rows the next step continues): 1 -> 3 beams, then 3 -> 2
+    for step, (before, after) in enumerate([(1, 3), (3, 3), (3, 2), (2, 2)]):
+        new_len = 2 if step == 0 else 1
+        new = tuple(rng.standard_normal((before, 2, new_len, 4), dtype=np.float32) for _ in "kv")
+        rows = rng.integers(0, before, after)
         following = model.select(past, new, rows)
         expected = extend_past(expected, new, rows)
         for got, want in zip(following, expected, strict=True):
             np.testing.assert_array_equal(got, want)
-            assert got.shape[2] == step + 1
+            assert got.shape == (after, 2, step + 2, 4)
         if past is not None:
             assert not np.may_share_memory(past[0], following[0])
         past = following
