@@ -22,6 +22,14 @@ _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 Pool: TypeAlias = asyncpg.Pool
 
+# PostgreSQL ends a session that sits inside a transaction this long without sending a statement,
+# and so releases its row locks. Our transactions send their statements back to back (at most
+# one S3 read or NATS publish between two), so only a client that stopped (a frozen or
+# SIGSTOPped worker, a paused VM, a partition) trips it. Without it, a worker stopped while its
+# fenced write held a job's row lock (``SELECT ... FOR UPDATE``) blocked the worker taking the
+# job over until the stopped one woke: every claim timed out (issue 17's CI, the SIGSTOP drill).
+IDLE_IN_TRANSACTION_S = 15.0
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -36,13 +44,22 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int = 10) -> Pool:
+async def create_pool(
+    settings: Settings,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    idle_in_transaction_s: float = IDLE_IN_TRANSACTION_S,
+) -> Pool:
     pool = await asyncpg.create_pool(
         settings.postgres_dsn,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
         command_timeout=30,
+        server_settings={
+            "idle_in_transaction_session_timeout": str(int(idle_in_transaction_s * 1000))
+        },
     )
     assert pool is not None
     return pool

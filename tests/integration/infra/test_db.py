@@ -74,3 +74,36 @@ async def test_jsonb_round_trips_as_python_objects(db_pool: asyncpg.Pool) -> Non
     async with db_pool.acquire() as conn:
         value = await conn.fetchval("SELECT $1::jsonb", {"speakers": 2, "langs": ["spa", "fra"]})
     assert value == {"speakers": 2, "langs": ["spa", "fra"]}
+
+
+async def test_a_client_stalled_inside_a_transaction_releases_its_row_lock(
+    db_pool: asyncpg.Pool, stack_settings: Settings
+) -> None:
+    """A process that stops while holding a row lock (a worker's fenced write) must not block
+    the process taking its work over: the server ends the stalled session after the pool's
+    idle-in-transaction limit, its lock goes, and the stalled client's next statement fails."""
+    from polydub.infra.db import IDLE_IN_TRANSACTION_S, create_pool
+
+    await db_pool.execute("CREATE TABLE IF NOT EXISTS stall_probe (id int PRIMARY KEY, n int)")
+    await db_pool.execute("INSERT INTO stall_probe VALUES (1, 0) ON CONFLICT (id) DO NOTHING")
+    stalled_pool = await create_pool(stack_settings, idle_in_transaction_s=1.0)
+    try:
+        async with stalled_pool.acquire() as conn:
+            limit = await conn.fetchval("SHOW idle_in_transaction_session_timeout")
+            assert limit == "1s"
+            transaction = conn.transaction()
+            await transaction.start()
+            await conn.execute("SELECT n FROM stall_probe WHERE id = 1 FOR UPDATE")
+            # The stalled client sends nothing more; another takes the row within the limit.
+            async with db_pool.acquire() as other:
+                await other.execute("SET lock_timeout = '10s'")
+                await other.execute("UPDATE stall_probe SET n = n + 1 WHERE id = 1")
+            with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+                await conn.execute("UPDATE stall_probe SET n = n + 100 WHERE id = 1")
+        assert await db_pool.fetchval("SELECT n FROM stall_probe WHERE id = 1") >= 1
+    finally:
+        await stalled_pool.close()
+        await db_pool.execute("DROP TABLE IF EXISTS stall_probe")
+    assert await db_pool.fetchval("SHOW idle_in_transaction_session_timeout") == (
+        f"{int(IDLE_IN_TRANSACTION_S)}s"
+    )
