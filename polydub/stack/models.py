@@ -62,18 +62,21 @@ def _kinds(repository: Path) -> tuple[list[str], list[str], list[str]]:
     python: list[str] = []
     skipped: list[str] = []
     for folder in sorted(p for p in repository.iterdir() if (p / "config.pbtxt").is_file()):
-        versions = [v for v in folder.iterdir() if v.is_dir() and v.name.isdigit()]
         if _is_python(folder):
             python.append(folder.name)
-        elif any(f.is_file() for v in versions for f in v.iterdir()):
+        elif any(f.is_file() for v in _versions(folder) for f in v.iterdir()):
             graphs.append(folder.name)
         else:
             skipped.append(folder.name)
     return graphs, python, skipped
 
 
+def _versions(folder: Path) -> list[Path]:
+    return [v for v in folder.iterdir() if v.is_dir() and v.name.isdigit()]
+
+
 def _is_python(folder: Path) -> bool:
-    return any((v / "model.py").is_file() for v in folder.iterdir() if v.name.isdigit())
+    return any((v / "model.py").is_file() for v in _versions(folder))
 
 
 def export_models(settings: Settings, log_file: Path, notify: Notify) -> str:

@@ -12,7 +12,13 @@ import numpy as np
 from polydub.export.onnx_tools import max_abs_diff, run_onnx
 from polydub.export.spec import GraphSpec
 from polydub.serving.names import layer_tensors
-from polydub.serving.nllb_search import GenerationConfig, Hypothesis, SearchRequest, beam_search
+from polydub.serving.nllb_search import (
+    GenerationConfig,
+    Hypothesis,
+    SearchRequest,
+    beam_search,
+    extend_past,
+)
 from polydub.serving.nllb_translate import OnnxRuntimeModel
 
 PARITY_TEXTS = (
@@ -117,7 +123,8 @@ def onnx_step_log_probs(
     options.log_severity_level = 3
     session = ort.InferenceSession(str(decoder_path), options, providers=["CPUExecutionProvider"])
     shape = (len(ids), config.decoder_heads, 0, config.head_dim)
-    past = [np.zeros(shape, np.float32) for _ in range(2 * layers)]
+    past = tuple(np.zeros(shape, np.float32) for _ in range(2 * layers))
+    every_row = np.arange(len(ids))  # no beams here: each row continues itself
     values, indices = [], []
     chunks = [
         decoder_ids[:, :2],
@@ -127,7 +134,7 @@ def onnx_step_log_probs(
         feeds = {"input_ids": chunk, "encoder_attention_mask": mask, **cross}
         feeds.update(zip(layer_tensors("past", layers), past, strict=True))
         top_log_probs, top_ids, *new = session.run(None, feeds)
-        past = [np.concatenate([p, n], axis=2) for p, n in zip(past, new, strict=True)]
+        past = extend_past(past, tuple(new), every_row)
         values.append(top_log_probs)
         indices.append(top_ids)
     return np.stack(values, axis=1), np.stack(indices, axis=1)
