@@ -23,9 +23,15 @@ TEMPLATES = Path(__file__).resolve().parents[1] / "model_repository"
 
 
 @contextmanager
-def private_stack(servers: list[str]) -> Iterator[Settings]:
-    settings = isolated_settings(Path(tempfile.mkdtemp(prefix="polydub-bench-")))
-    settings.model_repository.mkdir()
+def private_stack(servers: list[str], model_repository: Path | None = None) -> Iterator[Settings]:
+    """The servers on free ports; the model repository an empty one of its own, or
+    ``model_repository`` (served as it is)."""
+    root = Path(tempfile.mkdtemp(prefix="polydub-bench-"))
+    if model_repository is None:
+        settings = isolated_settings(root)
+        settings.model_repository.mkdir()
+    else:
+        settings = isolated_settings(root, model_repository=model_repository.resolve())
     stack = Stack(settings, only=servers)
     # A SIGTERM (timeout, kill) must still take the servers down: they run in sessions of
     # their own and would outlive this process.

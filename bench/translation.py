@@ -15,9 +15,15 @@ random weights never choose </s> before that; CTranslate2 gets min = max decodin
 * ``triton``: the ``nllb`` python model in a real Triton (its own onnxruntime sessions, one
   instance, a thread per core), requests sent through polydub's gRPC ``InferenceClient``, N at
   once (the dynamic batcher forms the batch);
-* ``ort``: the same graphs and search in this process (``Translator`` over ``OrtNllb``), the N
-  sentences as one batch: what serving costs on top of the graphs;
-* ``ct2``: ``ctranslate2.Translator`` (int8, intra_threads = cores), ``translate_batch`` of the N.
+* ``ort``: the same graphs and search in this process (``Translator`` over ``OrtNllb``, with the
+  served model's defaults: one search per core), the N sentences as one batch: what serving
+  costs on top of the graphs;
+* ``ct2``: ``ctranslate2.Translator`` (int8, intra_threads = cores), ``translate_batch`` of the N;
+* ``ct2-split``: the same, one translator replica per core (inter_threads = cores,
+  intra_threads 1) and the N split into as many sub-batches: CTranslate2 set up the way
+  polydub's CPU default runs (searches at once on single-threaded runs).
+
+The ratios (``vs ct2``) are to the faster of the two CTranslate2 set-ups at each concurrency.
 
 Each round runs every system at every concurrency, one after the other (interleaved: the
 machine is shared); the table shows medians and best rounds. Tokens/s = output tokens of all
@@ -50,7 +56,7 @@ GIB = 2**30
 FLOOR_BYTES = 2 * GIB  # a child is stopped when the machine's free memory falls below this
 BEAMS = 4
 SRC, TGT = "eng_Latn", "fra_Latn"
-SYSTEMS = ("triton", "ort", "ct2")
+SYSTEMS = ("triton", "ort", "ct2", "ct2-split")
 WORDS = [
     "the",
     "weather",
@@ -209,12 +215,14 @@ Run = Callable[[list[str]], list[int]]  # sentences -> output tokens of each
 def ort_system(version: Path, length: int) -> tuple[Run, Any]:
     from polydub.serving.nllb_ort import OrtNllb
     from polydub.serving.nllb_search import GenerationConfig
-    from polydub.serving.nllb_service import TOKENIZER_DIR
+    from polydub.serving.nllb_service import TOKENIZER_DIR, cpu_share
     from polydub.serving.nllb_translate import NllbCodec, TranslationItem, Translator
 
     codec = NllbCodec(version / TOKENIZER_DIR)
-    graphs = OrtNllb(version / "encoder.onnx", version / "decoder.onnx")
-    translator = Translator(codec, graphs, GenerationConfig.load(version / TOKENIZER_DIR))
+    searches, threads = cpu_share(0, 0)  # the served model's defaults
+    graphs = OrtNllb(version / "encoder.onnx", version / "decoder.onnx", threads=threads)
+    config = GenerationConfig.load(version / TOKENIZER_DIR)
+    translator = Translator(codec, graphs, config, searches=searches)
 
     def run(texts: list[str]) -> list[int]:
         items = [TranslationItem(t, SRC, TGT, BEAMS, 1, length + 1) for t in texts]
@@ -223,12 +231,18 @@ def ort_system(version: Path, length: int) -> tuple[Run, Any]:
     return run, codec
 
 
-def ct2_system(path: Path, codec: Any, length: int) -> Run:
+def ct2_system(path: Path, codec: Any, length: int, split: bool) -> Run:
+    """``split``: a replica per core on one thread each, the batch in as many sub-batches."""
     import ctranslate2
 
-    threads = len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))
+    replicas = cores if split else 1
     translator = ctranslate2.Translator(
-        str(path), device="cpu", compute_type="int8", inter_threads=1, intra_threads=threads
+        str(path),
+        device="cpu",
+        compute_type="int8",
+        inter_threads=replicas,
+        intra_threads=cores // replicas,
     )
     tokens = codec.tokenizer
 
@@ -241,6 +255,7 @@ def ct2_system(path: Path, codec: Any, length: int) -> Run:
             num_hypotheses=1,
             min_decoding_length=length,
             max_decoding_length=length,
+            max_batch_size=-(-len(texts) // replicas),
         )
         return [len(r.hypotheses[0]) for r in results]  # the language code included
 
@@ -318,8 +333,9 @@ def summarize(runs: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, Any
                 "lengths": sorted({x for r in rows for x in r["lengths"]}),
             }
     for by_system in summary.values():
-        base = by_system.get("ct2", {}).get("median_tokens_per_s")
-        best = by_system.get("ct2", {}).get("best_tokens_per_s")
+        peers = [e for name, e in by_system.items() if name.startswith("ct2")]
+        base = max((e["median_tokens_per_s"] for e in peers), default=None)
+        best = max((e["best_tokens_per_s"] for e in peers), default=None)
         for entry in by_system.values():
             entry["vs_ct2"] = entry["median_tokens_per_s"] / base if base else None
             entry["best_vs_ct2"] = entry["best_tokens_per_s"] / best if best else None
@@ -372,7 +388,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         loop.run_until_complete(client.load_model("nllb"))
         systems["triton"] = triton_system(client, loop, args.length)
         systems["ort"] = ort_run
-        systems["ct2"] = ct2_system(ct2_dir(work, args.layers), codec, args.length)
+        for name, split in (("ct2", False), ("ct2-split", True)):
+            systems[name] = ct2_system(ct2_dir(work, args.layers), codec, args.length, split)
         for run in systems.values():  # warm-up: sessions' first allocations, thread pools
             run(texts[:2])
         runs = measure(systems, texts, concurrency, args.rounds)

@@ -23,6 +23,7 @@ export's, not a dependency of polydub-serving.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,6 +112,14 @@ class OrtNllb:
             )
         self._new = _Buffer()
         self._pasts = (_Buffer(), _Buffer())
+
+    def sibling(self) -> OrtNllb:
+        """The same sessions with buffers of its own: onnxruntime sessions take concurrent runs,
+        so searches in several threads share the weights, each reordering its own cache."""
+        other = copy.copy(self)
+        other._new = _Buffer()
+        other._pasts = (_Buffer(), _Buffer())
+        return other
 
     @property
     def providers(self) -> dict[str, list[str]]:

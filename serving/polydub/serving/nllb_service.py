@@ -6,9 +6,11 @@ Outputs (``names.NllbOut``): translations [n] and scores [n] (length-normalised
 log-probabilities, best first) and token_ids [n, T] (the decoded sequences as ``generate``
 returns them, padded with <pad>).
 
-Every request of one dynamic batch is tokenised, encoded by ONE encoder run, and decoded by ONE
-decoder run per step for all beams of all requests (requests may differ in target language, beam
-count and length; finished ones leave the batch): ``nllb_translate.Translator``. Both graphs run
+Every request of one dynamic batch is tokenised, encoded and decoded with the beams of the other
+requests (requests may differ in target language, beam count and length; finished ones leave
+the batch): ``nllb_translate.Translator``. On a GPU that is one encoder run and one decoder run
+per step for the whole batch; on CPUs the batch's sentences are shared out among ``searches``
+beam searches running at once, one per CPU by default. Both graphs run
 in onnxruntime sessions of this model instance (``nllb_ort.OrtNllb``), so the cross-attention
 K/V and the KV cache never leave the process. Between steps, a request whose client went away
 (Triton's cancellation, asked through ``cancelled``) leaves the batch.
@@ -16,6 +18,7 @@ K/V and the KV cache never leave the process. Between steps, a request whose cli
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -35,8 +38,10 @@ from polydub.serving.nllb_translate import (
 # config.pbtxt parameters and their defaults. num_beams: the beams of a request asking fewer
 # n-best; the limits: nllb_translate.TranslationLimits; encoder_file / decoder_file: ONNX files
 # in the version folder, written by the export; *_providers: onnxruntime providers in order of
-# preference (cpu, cuda, tensorrt); intra_op_threads: per session, 0: one per core this instance
-# may use; trt_engine_cache_path: TensorRT engines (GPU profile).
+# preference (cpu, cuda, tensorrt); searches: beam searches run at once over a batch's sentences
+# (threads sharing the sessions; 0: one per CPU this instance may use); intra_op_threads: per
+# session, 0: the CPUs shared out among the searches; trt_engine_cache_path: TensorRT engines
+# (GPU profile).
 TOKENIZER_DIR = "tokenizer"  # in the version folder: tokenizer.json and generation.json
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
@@ -51,10 +56,19 @@ PARAMETERS = {
     "decoder_file": DECODER_FILE,
     "encoder_providers": "cpu",
     "decoder_providers": "cpu",
+    "searches": "0",
     "intra_op_threads": "0",
     "trt_engine_cache_path": "",
 }
 CANCELLED = "nllb: cancelled by the client"
+
+
+def cpu_share(searches: int, threads: int) -> tuple[int, int]:
+    """(searches, intra-op threads per session) with 0s resolved: one search per CPU this
+    process may use, and the CPUs shared out among the searches."""
+    cpus = len(os.sched_getaffinity(0))
+    searches = searches or cpus
+    return searches, threads or max(1, cpus // searches)
 
 
 def _names(value: str) -> list[str]:
@@ -80,16 +94,19 @@ class NllbService:
             max_len_b=int(params["max_len_b"]),
         )
         cache = params["trt_engine_cache_path"]
+        searches, threads = cpu_share(int(params["searches"]), int(params["intra_op_threads"]))
         self.graphs = OrtNllb(
             version_dir / params["encoder_file"],
             version_dir / params["decoder_file"],
-            threads=int(params["intra_op_threads"]),
+            threads=threads,
             encoder_providers=_names(params["encoder_providers"]),
             decoder_providers=_names(params["decoder_providers"]),
             device_id=device_id,
             trt_cache_dir=f"{cache}/{device_id}" if cache else None,
         )
-        self.translator = Translator(NllbCodec(tokenizer_dir), self.graphs, generation, limits)
+        self.translator = Translator(
+            NllbCodec(tokenizer_dir), self.graphs, generation, limits, searches
+        )
         self.pad_id = generation.pad_token_id
 
     def run(

@@ -27,7 +27,7 @@ from polydub.infra.triton import InferenceClient
 from polydub.languages import LANGUAGES
 from polydub.orchestrator.inference.translation import TranslationClient
 from polydub.serving import nllb_search, nllb_translate
-from polydub.serving.nllb_service import TOKENIZER_DIR
+from polydub.serving.nllb_service import TOKENIZER_DIR, cpu_share
 from polydub.settings import Settings
 from tests.checkout import place_templates
 
@@ -56,10 +56,15 @@ async def served(triton: InferenceClient, stack_settings: Settings) -> Path:
 
 @pytest.fixture(scope="module")
 def local(served: Path) -> Any:
-    """The BLS model's Translator, run in-process on the served (int8) files."""
+    """The BLS model's Translator, run in-process on the served (int8) files with the served
+    defaults: a batch is shared out among the same searches, so each row is decoded beside the
+    same rows (int8 activations are quantized per run) and the scores match exactly."""
     tokenizer = served / BLS / "1" / TOKENIZER_DIR
     version = served / BLS / "1"
-    model = nllb_translate.OnnxRuntimeModel(version / "encoder.onnx", version / "decoder.onnx")
+    searches, threads = cpu_share(0, 0)
+    model = nllb_translate.OnnxRuntimeModel(
+        version / "encoder.onnx", version / "decoder.onnx", threads=threads
+    )
     limits = nllb_translate.TranslationLimits(
         max_source_tokens=256, max_length_cap=256, max_len_a=2.0, max_len_b=16
     )
@@ -68,6 +73,7 @@ def local(served: Path) -> Any:
         model,
         nllb_search.GenerationConfig.load(tokenizer),
         limits,
+        searches,
     )
 
 

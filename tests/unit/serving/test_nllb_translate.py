@@ -3,6 +3,7 @@ codec against the NLLB tokenizer, n-best candidates, batching, and the request c
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,13 @@ def test_codec_encodes_like_the_nllb_tokenizer(tiny_nllb: TinyNllb) -> None:
             codec.language_id(bad)
 
 
-def _translator(tiny_nllb: TinyNllb, encoder: Path, decoder: Path) -> Any:
+def _translator(tiny_nllb: TinyNllb, encoder: Path, decoder: Path, searches: int = 1) -> Any:
     codec = nllb_translate.NllbCodec(tiny_nllb.repository / BLS / "1" / TOKENIZER_DIR)
     return nllb_translate.Translator(
-        codec, nllb_translate.OnnxRuntimeModel(encoder, decoder), tiny_nllb.config
+        codec,
+        nllb_translate.OnnxRuntimeModel(encoder, decoder),
+        tiny_nllb.config,
+        searches=searches,
     )
 
 
@@ -60,9 +64,13 @@ def test_n_best_candidates_are_distinct_and_sorted(tiny_nllb: TinyNllb) -> None:
             assert c.score == pytest.approx(c.log_prob / (len(c.tokens) - 1), rel=1e-5)
 
 
-def test_a_batch_gives_each_request_its_own_result(tiny_nllb: TinyNllb) -> None:
-    """Mixed targets, beam sizes and lengths in one batch = each request alone (fp32 graphs)."""
-    translator = _translator(tiny_nllb, tiny_nllb.encoder_fp32, tiny_nllb.decoder_fp32)
+@pytest.mark.parametrize("searches", [1, 3])
+def test_a_batch_gives_each_request_its_own_result(tiny_nllb: TinyNllb, searches: int) -> None:
+    """Mixed targets, beam sizes and lengths in one batch = each request alone (fp32 graphs),
+    whether the batch is one search or shared out among several running at once."""
+    translator = _translator(
+        tiny_nllb, tiny_nllb.encoder_fp32, tiny_nllb.decoder_fp32, searches=searches
+    )
     items = [
         nllb_translate.TranslationItem(NLLB_SENTENCES[0][0], "eng_Latn", "fra_Latn", 4, 2, 40),
         nllb_translate.TranslationItem(NLLB_SENTENCES[1][0], "deu_Latn", "rus_Cyrl", 1, 1, 20),
@@ -76,6 +84,42 @@ def test_a_batch_gives_each_request_its_own_result(tiny_nllb: TinyNllb) -> None:
     assert max(len(c.tokens) for c in together[1]) <= 20
     # Default max_length: from the source length (2 * tokens + 16), capped.
     assert translator.max_length(items[2], 10) == 36
+
+
+def test_shares_balance_the_work_and_keep_item_order() -> None:
+    costs = [40, 5, 5, 30, 10, 10]
+    shares = nllb_translate._shares(costs, 2)
+    assert sorted(i for share in shares for i in share) == list(range(len(costs)))
+    assert [sum(costs[i] for i in share) for share in shares] == [50, 50]
+    assert all(share == sorted(share) for share in shares)
+    assert nllb_translate._shares([7, 7], 4) == [[0], [1]]  # never an empty share
+    assert nllb_translate._shares([3], 1) == [[0]]
+
+
+def test_a_failing_search_fails_the_batch_after_the_others_end(tiny_nllb: TinyNllb) -> None:
+    """One search raising fails the whole batch, and only once every search of the batch has
+    ended, so no search still uses its cache when the next batch starts."""
+    translator = _translator(tiny_nllb, tiny_nllb.encoder_int8, tiny_nllb.decoder_int8, searches=2)
+    ended: list[str] = []
+    first, second = translator.models
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("decoder failed")
+
+    def slow_release() -> None:
+        time.sleep(0.5)
+        ended.append("other search")
+        type(second).release(second)
+
+    first.decode = broken
+    second.release = slow_release
+    items = [
+        nllb_translate.TranslationItem(text, src, tgt, 2, 1, 12)
+        for text, src, tgt in NLLB_SENTENCES[:2]
+    ]
+    with pytest.raises(RuntimeError, match="decoder failed"):
+        translator.translate(items)
+    assert ended == ["other search"]
 
 
 def test_search_rejects_bad_requests(tiny_nllb: TinyNllb) -> None:

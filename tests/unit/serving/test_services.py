@@ -3,6 +3,7 @@ their graph calls answered by onnxruntime in-process (the integration tests serv
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,13 @@ from polydub.export.nllb import NllbExporter
 from polydub.export.spec import Target
 from polydub.serving.batch import Failure, parameters
 from polydub.serving.names import NLLB, NllbIn, NllbOut
-from polydub.serving.nllb_service import CANCELLED, PARAMETERS, NllbService
+from polydub.serving.nllb_ort import OrtNllb
+from polydub.serving.nllb_service import CANCELLED, PARAMETERS, NllbService, cpu_share
 from polydub.serving.tts_tokenizer import SpecFolder, TtsTokenizer, spec_path
 
 pytestmark = pytest.mark.unit
+# One search per batch: the tests that count a batch's rows per decoder run.
+ONE_SEARCH = {**PARAMETERS, "searches": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +76,7 @@ def test_parameters_take_the_config_over_the_defaults() -> None:
 
 def test_nllb_service_batches_in_process_and_fails_one_request_alone(repository: Path) -> None:
     version = repository / NLLB / "1"
-    service = NllbService(version, PARAMETERS)
+    service = NllbService(version, ONE_SEARCH)
     assert service.graphs.threads >= 1  # 0 in the config: one per CPU, set explicitly
     assert service.graphs.providers["decoder"] == ["CPUExecutionProvider"]
     rows: list[int] = []
@@ -100,7 +104,7 @@ def test_nllb_service_batches_in_process_and_fails_one_request_alone(repository:
 def test_a_cancelled_request_stops_being_decoded(repository: Path) -> None:
     """Triton's cancellation, asked between steps: the abandoned request leaves the batch at
     once, its rows leave every later step, and the other request's result is unchanged."""
-    service = NllbService(repository / NLLB / "1", PARAMETERS)
+    service = NllbService(repository / NLLB / "1", ONE_SEARCH)
     requests = [
         _request("Hello there, how are you today?", "fra_Latn", max_length=40),
         _request("We meet tomorrow at the station.", "spa_Latn", max_length=40),
@@ -118,7 +122,7 @@ def test_a_cancelled_request_stops_being_decoded(repository: Path) -> None:
         return asked > 3
 
     cut: list[int] = []
-    service = NllbService(repository / NLLB / "1", PARAMETERS)
+    service = NllbService(repository / NLLB / "1", ONE_SEARCH)
     _count_steps(service, cut)
     outcomes = service.run(requests, [cancelled_after_three_steps, lambda: False])
     assert outcomes[0] == Failure(CANCELLED, cancelled=True)
@@ -135,7 +139,7 @@ def test_a_cancelled_request_stops_being_decoded(repository: Path) -> None:
 
 def test_a_request_of_many_rows_is_asked_once_per_step(repository: Path) -> None:
     """Triton is asked about a request once per decode step, not once per row of it."""
-    service = NllbService(repository / NLLB / "1", PARAMETERS)
+    service = NllbService(repository / NLLB / "1", ONE_SEARCH)
     texts = ["Hello there.", "We meet tomorrow at the station.", "Good night.", "Thank you."]
     many: dict[str, NDArray[Any]] = {
         NllbIn.TEXT: np.array([[t.encode()] for t in texts], dtype=np.object_),
@@ -156,6 +160,55 @@ def test_a_request_of_many_rows_is_asked_once_per_step(repository: Path) -> None
     assert not isinstance(outcomes[0], Failure)
     assert outcomes[0][NllbOut.TOKEN_IDS].shape[0] == len(texts)
     assert asked == len(steps)  # one question a step, whatever the rows
+
+
+def test_several_searches_answer_as_one(repository: Path) -> None:
+    """A batch shared out among searches running at once (threads over one set of sessions)
+    answers every request as one search does, a cancelled request included."""
+    requests = [
+        _request(text, tgt, n_best=2, max_length=16)
+        for text, tgt in [
+            ("Hello there.", "fra_Latn"),
+            ("Where is the station?", "deu_Latn"),
+            ("We meet tomorrow.", "spa_Latn"),
+            ("Good night, see you soon.", "ita_Latn"),
+        ]
+    ]
+    one = NllbService(repository / NLLB / "1", ONE_SEARCH).run(requests)
+    service = NllbService(repository / NLLB / "1", {**PARAMETERS, "searches": "3"})
+    assert len(service.translator.models) == 3 and service.graphs.threads >= 1
+    asked: list[int] = []
+
+    def asks(i: int) -> Callable[[], bool]:
+        def gone() -> bool:
+            asked.append(i)
+            return i == 1  # request 1's client went away
+
+        return gone
+
+    outcomes = service.run(requests, [asks(i) for i in range(len(requests))])
+    assert outcomes[1] == Failure(CANCELLED, cancelled=True)
+    assert asked.count(1) == 1  # once gone, never asked again
+    for i in (0, 2, 3):
+        got, want = outcomes[i], one[i]
+        assert not isinstance(got, Failure) and not isinstance(want, Failure)
+        np.testing.assert_array_equal(got[NllbOut.TOKEN_IDS], want[NllbOut.TOKEN_IDS])
+        # int8 graphs quantize each run's activations with one scale for the whole batch, so a
+        # score moves a little with the rows it was decoded beside.
+        np.testing.assert_allclose(got[NllbOut.SCORES], want[NllbOut.SCORES], atol=0.05)
+    for model in service.translator.models:  # every search gave its cache back
+        assert isinstance(model, OrtNllb)
+        assert all(b.flat.size == 0 for b in (model._new, *model._pasts))
+
+
+def test_cpu_share_resolves_zeros() -> None:
+    import os
+
+    cpus = len(os.sched_getaffinity(0))
+    assert cpu_share(0, 0) == (cpus, 1)
+    assert cpu_share(1, 0) == (1, cpus)
+    assert cpu_share(cpus * 2, 0) == (cpus * 2, 1)
+    assert cpu_share(2, 3) == (2, 3)
 
 
 def test_spec_folder_serves_specs_and_lists_languages(tmp_path: Path) -> None:
