@@ -9,6 +9,7 @@ process, so its finished children are exactly those media tools): CPU seconds st
 on a loaded machine where wall seconds do not.
 
     .venv/bin/python -m bench.pipeline [--concurrent 8] [--seconds 60] [--targets spa,fra]
+        [--preset tiny | --repository DIR]
 """
 
 from __future__ import annotations
@@ -95,19 +96,22 @@ class MediaMeter:
             return dict(self.counts), children.ru_utime + children.ru_stime
 
 
-async def load_models(settings: Any, preset: Preset) -> list[str]:
-    await asyncio.to_thread(
-        export_preset, preset, Target.CPU, settings.model_repository, templates=TEMPLATES
-    )
+async def load_models(settings: Any, preset: Preset | None) -> list[str]:
+    """Export ``preset`` into the stack's repository (None: serve the repository it has)."""
+    if preset is not None:
+        await asyncio.to_thread(
+            export_preset, preset, Target.CPU, settings.model_repository, templates=TEMPLATES
+        )
     groups = load_groups(settings.model_repository)  # graphs, then the BLS models
     async with InferenceClient(settings.triton_url) as triton:
         return await triton.load_models(groups)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    with private_stack(["postgres", "nats", "s3", "triton"]) as settings:
+    servers = ["postgres", "nats", "s3", "triton"]
+    with private_stack(servers, args.repository) as settings:
         await migrate_database(settings)
-        models = await load_models(settings, Preset(args.preset))
+        models = await load_models(settings, None if args.repository else Preset(args.preset))
         clip = make_two_speaker_clip(
             Path(settings.stack_dir) / "bench.mp4",
             seconds=args.seconds,
@@ -218,7 +222,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await nc.close()
             await pool.close()
         return {
-            "preset": args.preset,
+            "preset": str(args.repository) if args.repository else args.preset,
             "models": models,
             "clip_seconds": clip.duration,
             "targets": targets,
@@ -239,6 +243,12 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=8)
     parser.add_argument("--targets", default="spa,fra")
     parser.add_argument("--preset", default="tiny", choices=["tiny", "small", "large"])
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        help="serve this exported repository instead of exporting --preset (real-shape models"
+        " built offline: see docs/benchmarks.md)",
+    )
     result = asyncio.run(run(parser.parse_args()))
     print(
         f"{'':10} {'jobs':>4} {'wall s':>8} {'x realtime':>10} {'inference s':>11} {'overhead':>8}"

@@ -197,13 +197,14 @@ class Translator:
             for item, src in zip(items, sources, strict=True)
         ]
         shares = _shares([r.num_beams * r.max_length for r in requests], len(self.models))
-        runs = [
-            (model, share, self._share_cancelled(share, cancelled))
-            for model, share in zip(self.models, shares, strict=False)
-        ]
         first, *others = [
-            (model, [sources[i] for i in share], [requests[i] for i in share], asks)
-            for model, share, asks in runs
+            (
+                model,
+                [sources[i] for i in share],
+                [requests[i] for i in share],
+                self._share_cancelled(share, cancelled),
+            )
+            for model, share in zip(self.models, shares, strict=False)  # items < searches: fewer
         ]
         pending = [self._pool.submit(self._search, *args) for args in others] if self._pool else []
         try:
