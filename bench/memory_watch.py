@@ -35,9 +35,9 @@ def tritonserver_pid(model_repository: Path) -> int:
     raise LookupError(f"no tritonserver serves {model_repository}")
 
 
-def _tree(pid: int) -> list[psutil.Process]:
+def _tree(pid: int, children: bool = True) -> list[psutil.Process]:
     root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
+    return [root, *root.children(recursive=True)] if children else [root]
 
 
 def _hwm_bytes(proc: psutil.Process) -> int:
@@ -50,33 +50,43 @@ def _hwm_bytes(proc: psutil.Process) -> int:
     return 0
 
 
-def sample(pid: int) -> tuple[int, int, int]:
-    """(RSS, PSS, processes) of the tree now."""
-    rss = pss = count = 0
+def sample(pid: int, children: bool = True, pss: bool = True) -> tuple[int, int, int]:
+    """(RSS, PSS, processes) of the tree now (of ``pid`` alone without ``children``). PSS walks
+    every page of every process (tens of ms for a model server's stubs); without ``pss`` it is
+    0 and a sample reads only the RSS counters."""
+    rss = shared = count = 0
     try:
-        tree = _tree(pid)
+        tree = _tree(pid, children)
     except psutil.NoSuchProcess:  # the server has gone (the run is ending)
         return 0, 0, 0
     for proc in tree:
         try:
-            info = proc.memory_full_info()
+            info = proc.memory_full_info() if pss else proc.memory_info()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        rss, pss, count = rss + info.rss, pss + info.pss, count + 1
-    return rss, pss, count
+        rss, count = rss + info.rss, count + 1
+        shared += info.pss if pss else 0
+    return rss, shared, count
 
 
 class PeakMemory:
-    def __init__(self, pid: int, interval: float = 0.25) -> None:
+    """``children``: the process tree (else ``pid`` alone); ``pss``: sample PSS too (see
+    ``sample``: costly beside a busy benchmark)."""
+
+    def __init__(
+        self, pid: int, interval: float = 0.25, *, children: bool = True, pss: bool = True
+    ) -> None:
         self.pid = pid
         self.interval = interval
+        self.children = children
+        self.pss = pss
         self._peak = (0, 0, 0)
         self._start = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._peak = sample(self.pid)
+        self._peak = sample(self.pid, self.children, self.pss)
         self._start = self._peak[0]
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -84,7 +94,7 @@ class PeakMemory:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            now = sample(self.pid)
+            now = sample(self.pid, self.children, self.pss)
             if now[0] > self._peak[0]:
                 self._peak = now
 
@@ -93,7 +103,7 @@ class PeakMemory:
         if self._thread is not None:
             self._thread.join()
         try:
-            hwm = sum(_hwm_bytes(p) for p in _tree(self.pid))
+            hwm = sum(_hwm_bytes(p) for p in _tree(self.pid, self.children))
         except psutil.NoSuchProcess:
             hwm = 0
         rss, pss, count = self._peak

@@ -6,7 +6,10 @@ worker's Triton client as the union of the intervals with at least one request i
 Per job it also reports each stage's wall time (job_stages started/finished, mean over jobs and
 languages), the ffmpeg/ffprobe processes started and their CPU seconds (the worker runs in this
 process, so its finished children are exactly those media tools): CPU seconds stay comparable
-on a loaded machine where wall seconds do not.
+on a loaded machine where wall seconds do not. Memory: the peak RSS of the Triton
+process tree (the sum of its processes' RSS: pages they share are counted in each) and of this
+process (the worker) while each part runs, sampled once a second: the whole stack's resident
+memory under load (issue 17 item 7).
 
     .venv/bin/python -m bench.pipeline [--concurrent 8] [--seconds 60] [--targets spa,fra]
         [--preset tiny | --repository DIR]
@@ -22,12 +25,14 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
 from bench.common import TEMPLATES, private_stack, save
+from bench.memory_watch import PeakMemory, tritonserver_pid
 from polydub.export.run import export_preset
 from polydub.export.spec import Preset, Target
 from polydub.infra.db import migrate_database
@@ -164,6 +169,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 ids.append(job_id)
             busy0, calls0 = meter.snapshot()
             tools0, media_cpu0 = media.snapshot()
+            # RSS only, once a second: PSS would walk every page of the stubs, and the sampling
+            # thread would take CPU (and the GIL) from the worker running in this process.
+            memory = {
+                "triton": PeakMemory(tritonserver_pid(settings.model_repository), 1.0, pss=False),
+                # this process alone: the stack's servers are its children too
+                "worker": PeakMemory(os.getpid(), 1.0, children=False, pss=False),
+            }
+            for watch in memory.values():
+                watch.start()
             cpu0 = time.process_time()
             started = time.perf_counter()
             for job_id in ids:
@@ -185,6 +199,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     raise RuntimeError("the worker stopped before the jobs finished")
                 await asyncio.sleep(0.2)
             wall = time.perf_counter() - started
+            peaks = {name: watch.stop() for name, watch in memory.items()}
             busy, calls = meter.snapshot()
             tools, media_cpu = media.snapshot()
             cpu = time.process_time() - cpu0
@@ -211,6 +226,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 },
                 "media_cpu_seconds_per_job": round((media_cpu - media_cpu0) / n, 2),
                 "worker_cpu_seconds_per_job": round(cpu / n, 2),
+                "memory_peak_mib": {name: asdict(peak) for name, peak in peaks.items()},
             }
 
         try:
@@ -252,14 +268,16 @@ def main() -> None:
     result = asyncio.run(run(parser.parse_args()))
     print(
         f"{'':10} {'jobs':>4} {'wall s':>8} {'x realtime':>10} {'inference s':>11} {'overhead':>8}"
-        f" {'media cpu s/job':>15} {'worker cpu s/job':>16}"
+        f" {'media cpu s/job':>15} {'worker cpu s/job':>16} {'triton MiB':>10} {'worker MiB':>10}"
     )
     for name in ("single", "concurrent"):
         r = result[name]
+        peak = r["memory_peak_mib"]  # RSS: the largest sum over the tree seen by a sample
         print(
             f"{name:10} {r['jobs']:>4} {r['wall_seconds']:>8} {r['realtime_factor']:>10} "
             f"{r['inference_busy_seconds']:>11} {r['overhead_share']:>8.1%}"
             f" {r['media_cpu_seconds_per_job']:>15} {r['worker_cpu_seconds_per_job']:>16}"
+            f" {peak['triton']['rss_mib']:>10} {peak['worker']['rss_mib']:>10}"
         )
     print(
         f"{result['concurrent']['jobs']} jobs at once took {result['concurrent_vs_single_wall']}x the wall time of one"

@@ -134,8 +134,9 @@ class NllbService:
         gone: set[int] = set()  # requests whose client went away
 
         def items_cancelled(running: Sequence[int]) -> set[int]:
-            # Once per step: each request of a running item is asked once (a request of 100
-            # rows is not asked 100 times), and once gone it stays gone (not asked again).
+            # Once per step of each search: each request of a running item is asked once (a
+            # request of 100 rows is not asked 100 times, only by each search holding some of
+            # them), and once gone it stays gone (not asked again).
             if cancelled is not None:
                 for owner in {item_owner[item] for item in running} - gone:
                     if cancelled[owner]():

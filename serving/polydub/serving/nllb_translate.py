@@ -213,7 +213,7 @@ class Translator:
             wait(pending)  # a failed batch ends with its searches: their caches are free again
         found = [mine, *(future.result() for future in pending)]
         hypotheses: list[list[Hypothesis]] = [[] for _ in items]
-        for share, results in zip(shares, found, strict=False):
+        for share, results in zip(shares, found, strict=True):
             for i, hyps in zip(share, results, strict=True):
                 hypotheses[i] = hyps
         return [
