@@ -263,7 +263,7 @@ def main() -> None:
         "--repository",
         type=Path,
         help="serve this exported repository instead of exporting --preset (real-shape models"
-        " built offline: see docs/benchmarks.md)",
+        " built offline: python -m bench.real_shape)",
     )
     result = asyncio.run(run(parser.parse_args()))
     print(

@@ -9,7 +9,8 @@ where inference is no longer nearly free.
 * NLLB: ``--nllb-from``, the ``nllb`` folder of an earlier real-shape export (hard-linked), e.g.
   ``bench.translation``'s ``repository-12/nllb``: exporting NLLB-600M takes ~6 min and ~15 GiB.
   Without it NLLB is the tiny random model, and the table says so (``models`` in the JSON);
-* the rest (VAD, gender, separation, the other voices): the ``auto`` preset's.
+* the rest (VAD, gender, the other voices): the ``auto`` preset's (without the Hub it has no
+  separation model: the ``separate`` stage passes the mix through).
 
     .venv/bin/python -m bench.real_shape --out /tmp/polydub-real-shape \
         [--voices spa,fra] [--nllb-from /tmp/polydub-translation/repository-12/nllb]

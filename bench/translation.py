@@ -13,7 +13,7 @@ same length (``--length`` tokens after the decoder start, the target language co
 random weights never choose </s> before that; CTranslate2 gets min = max decoding length):
 
 * ``triton``: the ``nllb`` python model in a real Triton (its own onnxruntime sessions, one
-  instance, a thread per core), requests sent through polydub's gRPC ``InferenceClient``, N at
+  instance, its default of one beam search per core), requests sent through polydub's gRPC ``InferenceClient``, N at
   once (the dynamic batcher forms the batch);
 * ``ort``: the same graphs and search in this process (``Translator`` over ``OrtNllb``, with the
   served model's defaults: one search per core), the N sentences as one batch: what serving
@@ -56,7 +56,6 @@ GIB = 2**30
 FLOOR_BYTES = 2 * GIB  # a child is stopped when the machine's free memory falls below this
 BEAMS = 4
 SRC, TGT = "eng_Latn", "fra_Latn"
-SYSTEMS = ("triton", "ort", "ct2", "ct2-split")
 WORDS = [
     "the",
     "weather",
