@@ -4,8 +4,9 @@ CTranslate2 int8 on the same weights (the peer), each in its own process (issue 
 
 Reuses ``bench.translation``'s work folder (its random real-width checkpoint, export and
 CTranslate2 conversion: run that benchmark first, or pass ``--prepare``). Each system loads its
-model, translates 16 sentences (beam 4, 60 tokens forced) and reports its resident set after
-loading, its peak, and its files' size on disk.
+model, translates 16 sentences (beam 4, 60 tokens forced; polydub with the served defaults, a
+search per core) and reports its resident set after loading, its peak, and its files' size on
+disk.
 
     .venv/bin/python -m bench.nllb_memory [--layers 12] [--work /tmp/polydub-translation]
 """
@@ -54,7 +55,7 @@ def _bytes(*paths: Path) -> int:
 def child(system: str, work: Path, layers: int) -> dict[str, Any]:
     from polydub.serving.nllb_ort import OrtNllb
     from polydub.serving.nllb_search import GenerationConfig
-    from polydub.serving.nllb_service import TOKENIZER_DIR
+    from polydub.serving.nllb_service import TOKENIZER_DIR, cpu_share
     from polydub.serving.nllb_translate import NllbCodec, TranslationItem, Translator
 
     version = repository_dir(work, layers) / "nllb" / "1"
@@ -81,9 +82,11 @@ def child(system: str, work: Path, layers: int) -> dict[str, Any]:
             encoder, decoder = version / "encoder.onnx", version / "decoder.onnx"
         else:
             encoder, decoder = _fp32_embedding_graphs(version, work / f"fp32-embeddings-{layers}")
-        graphs = OrtNllb(encoder, decoder)
+        searches, threads = cpu_share(0, 0)  # the served model's defaults
+        graphs = OrtNllb(encoder, decoder, threads=threads)
         loaded = _rss()
-        search = Translator(codec, graphs, GenerationConfig.load(version / TOKENIZER_DIR))
+        config = GenerationConfig.load(version / TOKENIZER_DIR)
+        search = Translator(codec, graphs, config, searches=searches)
         search.translate([TranslationItem(t, SRC, TGT, BEAMS, 1, LENGTH + 1) for t in texts])
         disk = _bytes(encoder, decoder)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -180,26 +180,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 watch.start()
             cpu0 = time.process_time()
             started = time.perf_counter()
-            for job_id in ids:
-                message = JobMessage(job_id)
-                await nc.jetstream().publish(
-                    settings.jobs_subject,
-                    message.to_bytes(),
-                    headers={"Nats-Msg-Id": message.msg_id},
-                )
-            while True:
-                done = await pool.fetchval(
-                    "SELECT count(*) FROM jobs WHERE id = ANY($1) AND status IN ('succeeded','failed','cancelled')",
-                    ids,
-                )
-                if done == n:
-                    break
-                if worker.done():  # a crashed worker would leave us waiting forever
-                    worker.result()
-                    raise RuntimeError("the worker stopped before the jobs finished")
-                await asyncio.sleep(0.2)
-            wall = time.perf_counter() - started
-            peaks = {name: watch.stop() for name, watch in memory.items()}
+            try:
+                for job_id in ids:
+                    message = JobMessage(job_id)
+                    await nc.jetstream().publish(
+                        settings.jobs_subject,
+                        message.to_bytes(),
+                        headers={"Nats-Msg-Id": message.msg_id},
+                    )
+                while True:
+                    done = await pool.fetchval(
+                        "SELECT count(*) FROM jobs WHERE id = ANY($1) AND status IN ('succeeded','failed','cancelled')",
+                        ids,
+                    )
+                    if done == n:
+                        break
+                    if worker.done():  # a crashed worker would leave us waiting forever
+                        worker.result()
+                        raise RuntimeError("the worker stopped before the jobs finished")
+                    await asyncio.sleep(0.2)
+                wall = time.perf_counter() - started
+            finally:
+                peaks = {name: watch.stop() for name, watch in memory.items()}
             busy, calls = meter.snapshot()
             tools, media_cpu = media.snapshot()
             cpu = time.process_time() - cpu0

@@ -42,6 +42,14 @@ def build(repo_id: str, hub: Path) -> Path:
     return out
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link (the NLLB graphs are GBs); a copy across filesystems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -60,7 +68,7 @@ def main() -> None:
         print(report.family, report.precision)
     if args.nllb_from:
         shutil.rmtree(repository / "nllb")
-        shutil.copytree(args.nllb_from, repository / "nllb", copy_function=os.link)
+        shutil.copytree(args.nllb_from, repository / "nllb", copy_function=_link_or_copy)
         print("nllb from", args.nllb_from)
     print("repository:", repository)
 

@@ -1,6 +1,7 @@
 """NLLB-200 translation as a Triton python model: Triton's tensors in and out, the work in
-``polydub.serving.nllb_service`` (tokenisation, one encoder run per batch, the batched beam search
-with one decoder run per step, both graphs in this instance's own onnxruntime sessions). Inputs,
+``polydub.serving.nllb_service`` (tokenisation, then the batch shared out among beam searches run
+at once, each with one encoder run and one decoder run per step for all its beams, both graphs
+in this instance's own onnxruntime sessions). Inputs,
 outputs and parameters are described there; the names are ``polydub.serving.names.NllbIn`` /
 ``NllbOut``. A request Triton reports cancelled (its client went away) stops being decoded at
 the next step and is answered CANCELLED.
@@ -33,7 +34,8 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(str(exc)) from exc
         pb_utils.Logger.log_info(
             f"nllb: onnxruntime providers {self.service.graphs.providers}, "
-            f"{self.service.graphs.threads} intra-op threads"
+            f"{len(self.service.translator.models)} searches at once, "
+            f"{self.service.graphs.threads} intra-op threads per session"
         )
 
     def execute(

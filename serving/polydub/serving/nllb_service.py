@@ -8,9 +8,9 @@ returns them, padded with <pad>).
 
 Every request of one dynamic batch is tokenised, encoded and decoded with the beams of the other
 requests (requests may differ in target language, beam count and length; finished ones leave
-the batch): ``nllb_translate.Translator``. On a GPU that is one encoder run and one decoder run
-per step for the whole batch; on CPUs the batch's sentences are shared out among ``searches``
-beam searches running at once, one per CPU by default. Both graphs run
+the batch): ``nllb_translate.Translator``. The batch's sentences are shared out among
+``searches`` beam searches running at once (default: one per CPU; the GPU profile sets 1: one
+encoder run and one decoder run per step for the whole batch). Both graphs run
 in onnxruntime sessions of this model instance (``nllb_ort.OrtNllb``), so the cross-attention
 K/V and the KV cache never leave the process. Between steps, a request whose client went away
 (Triton's cancellation, asked through ``cancelled``) leaves the batch.
@@ -40,8 +40,8 @@ from polydub.serving.nllb_translate import (
 # in the version folder, written by the export; *_providers: onnxruntime providers in order of
 # preference (cpu, cuda, tensorrt); searches: beam searches run at once over a batch's sentences
 # (threads sharing the sessions; 0: one per CPU this instance may use); intra_op_threads: per
-# session, 0: the CPUs shared out among the searches; trt_engine_cache_path: TensorRT engines
-# (GPU profile).
+# session, 0: as many as keep every CPU busy (see cpu_share); trt_engine_cache_path: TensorRT
+# engines (GPU profile).
 TOKENIZER_DIR = "tokenizer"  # in the version folder: tokenizer.json and generation.json
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
@@ -65,10 +65,12 @@ CANCELLED = "nllb: cancelled by the client"
 
 def cpu_share(searches: int, threads: int) -> tuple[int, int]:
     """(searches, intra-op threads per session) with 0s resolved: one search per CPU this
-    process may use, and the CPUs shared out among the searches."""
+    process may use, and the threads that keep every CPU busy. A session's intra-op pool is
+    shared by all its concurrent runs, and each run also works on its calling thread: S
+    searches over a pool of T threads keep S + T - 1 CPUs busy."""
     cpus = len(os.sched_getaffinity(0))
     searches = searches or cpus
-    return searches, threads or max(1, cpus // searches)
+    return searches, threads or max(1, cpus - searches + 1)
 
 
 def _names(value: str) -> list[str]:

@@ -197,12 +197,14 @@ class Translator:
             for item, src in zip(items, sources, strict=True)
         ]
         shares = _shares([r.num_beams * r.max_length for r in requests], len(self.models))
+        failed = threading.Event()  # one search failed: the batch fails, the others stop
         first, *others = [
             (
                 model,
                 [sources[i] for i in share],
                 [requests[i] for i in share],
-                self._share_cancelled(share, cancelled),
+                self._share_cancelled(share, cancelled, failed),
+                failed,
             )
             for model, share in zip(self.models, shares, strict=False)  # items < searches: fewer
         ]
@@ -225,14 +227,17 @@ class Translator:
         ]
 
     def _share_cancelled(
-        self, share: Sequence[int], cancelled: Cancelled | None
-    ) -> Cancelled | None:
+        self, share: Sequence[int], cancelled: Cancelled | None, failed: threading.Event
+    ) -> Cancelled:
         """``cancelled`` in a share's own numbering, asked by one search at a time (the
-        caller's answer may be stateful, and asks its clients through Triton)."""
-        if cancelled is None:
-            return None
+        caller's answer may be stateful, and asks its clients through Triton); every running
+        item once another search of the batch failed."""
 
         def asks(running: Sequence[int]) -> Set[int]:
+            if failed.is_set():
+                return set(running)
+            if cancelled is None:
+                return set()
             with self._asking:
                 gone = cancelled([share[i] for i in running])
             return {i for i in running if share[i] in gone}
@@ -244,9 +249,24 @@ class Translator:
         model: NllbModel,
         sources: Sequence[Sequence[int]],
         requests: Sequence[SearchRequest],
-        cancelled: Cancelled | None,
+        cancelled: Cancelled,
+        failed: threading.Event,
     ) -> list[list[Hypothesis]]:
-        """One encoder run and one beam search over some of a batch's sentences."""
+        """One encoder run and one beam search over some of a batch's sentences; ``failed`` is
+        set when it raises."""
+        try:
+            return self._search_share(model, sources, requests, cancelled)
+        except BaseException:
+            failed.set()
+            raise
+
+    def _search_share(
+        self,
+        model: NllbModel,
+        sources: Sequence[Sequence[int]],
+        requests: Sequence[SearchRequest],
+        cancelled: Cancelled,
+    ) -> list[list[Hypothesis]]:
         width = max(len(s) for s in sources)
         input_ids = np.full((len(sources), width), self.config.pad_token_id, dtype=np.int64)
         attention_mask = np.zeros((len(sources), width), dtype=np.int64)

@@ -96,30 +96,42 @@ def test_shares_balance_the_work_and_keep_item_order() -> None:
     assert nllb_translate._shares([3], 1) == [[0]]
 
 
-def test_a_failing_search_fails_the_batch_after_the_others_end(tiny_nllb: TinyNllb) -> None:
-    """One search raising fails the whole batch, and only once every search of the batch has
-    ended, so no search still uses its cache when the next batch starts."""
+@pytest.mark.parametrize("failing", [0, 1])  # the search in the calling thread, or the pool's
+def test_a_failing_search_stops_the_others_and_fails_the_batch(
+    tiny_nllb: TinyNllb, failing: int
+) -> None:
+    """One search raising fails the whole batch with its error: the other search stops at its
+    next step (it would decode 38 more), and the batch fails only once it has ended and given
+    its cache back, so no search still uses its cache when the next batch starts."""
     translator = _translator(tiny_nllb, tiny_nllb.encoder_int8, tiny_nllb.decoder_int8, searches=2)
+    broken_model, other = translator.models[failing], translator.models[1 - failing]
+    steps: list[int] = []
     ended: list[str] = []
-    first, second = translator.models
+    decode, release = other.decode, other.release
 
     def broken(*args: Any) -> Any:
         raise RuntimeError("decoder failed")
 
-    def slow_release() -> None:
-        time.sleep(0.5)
-        ended.append("other search")
-        type(second).release(second)
+    def slow_decode(*args: Any) -> Any:
+        steps.append(1)
+        time.sleep(0.02)  # 38 steps would take 0.8 s: the failure comes well before
+        return decode(*args)
 
-    first.decode = broken
-    second.release = slow_release
+    def slow_release() -> None:
+        time.sleep(0.2)
+        ended.append("other search")
+        release()
+
+    broken_model.decode = broken
+    other.decode, other.release = slow_decode, slow_release
     items = [
-        nllb_translate.TranslationItem(text, src, tgt, 2, 1, 12)
+        nllb_translate.TranslationItem(text, src, tgt, 2, 1, 40)
         for text, src, tgt in NLLB_SENTENCES[:2]
     ]
     with pytest.raises(RuntimeError, match="decoder failed"):
         translator.translate(items)
     assert ended == ["other search"]
+    assert 1 <= len(steps) < 10
 
 
 def test_search_rejects_bad_requests(tiny_nllb: TinyNllb) -> None:
