@@ -41,9 +41,10 @@ def _fp32_embedding_graphs(version: Path, out: Path) -> tuple[Path, Path]:
 
     paths = []
     for stem in ("encoder", "decoder"):
-        dst = out / stem / "model.onnx"
-        if not dst.exists():
-            quantize_int8(version / f"{stem}_fp32.onnx", dst)
+        source, dst = version / f"{stem}_fp32.onnx", out / stem / "model.onnx"
+        # made again when the export is newer (a graph change would make the old one unloadable)
+        if not dst.exists() or dst.stat().st_mtime < source.stat().st_mtime:
+            quantize_int8(source, dst)
         paths.append(dst)
     return paths[0], paths[1]
 
