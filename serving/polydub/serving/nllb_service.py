@@ -18,7 +18,6 @@ K/V and the KV cache never leave the process. Between steps, a request whose cli
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from polydub.serving.nllb_translate import (
     TranslationLimits,
     Translator,
 )
+from polydub.serving.ort import available_cpus
 
 # config.pbtxt parameters and their defaults. num_beams: the beams of a request asking fewer
 # n-best; the limits: nllb_translate.TranslationLimits; encoder_file / decoder_file: ONNX files
@@ -68,7 +68,7 @@ def cpu_share(searches: int, threads: int) -> tuple[int, int]:
     process may use, and the threads that keep every CPU busy. A session's intra-op pool is
     shared by all its concurrent runs, and each run also works on its calling thread: S
     searches over a pool of T threads keep S + T - 1 CPUs busy."""
-    cpus = len(os.sched_getaffinity(0))
+    cpus = available_cpus()
     searches = searches or cpus
     return searches, threads or max(1, cpus - searches + 1)
 

@@ -198,19 +198,24 @@ class Translator:
         ]
         shares = _shares([r.num_beams * r.max_length for r in requests], len(self.models))
         failed = threading.Event()  # one search failed: the batch fails, the others stop
-        first, *others = [
-            (
-                model,
-                [sources[i] for i in share],
-                [requests[i] for i in share],
-                self._share_cancelled(share, cancelled, failed),
-                failed,
-            )
-            for model, share in zip(self.models, shares, strict=False)  # items < searches: fewer
-        ]
-        pending = [self._pool.submit(self._search, *args) for args in others] if self._pool else []
+
+        def search(model: NllbModel, share: list[int]) -> list[list[Hypothesis]]:
+            try:
+                return self._search(
+                    model,
+                    [sources[i] for i in share],
+                    [requests[i] for i in share],
+                    self._share_cancelled(share, cancelled, failed),
+                )
+            except BaseException:
+                failed.set()
+                raise
+
+        # items < searches: fewer shares than models
+        (own_model, own_share), *others = zip(self.models, shares, strict=False)
+        pending = [self._pool.submit(search, *other) for other in others] if self._pool else []
         try:
-            mine = self._search(*first)
+            mine = search(own_model, own_share)
         finally:
             wait(pending)  # a failed batch ends with its searches: their caches are free again
         found = [mine, *(future.result() for future in pending)]
@@ -250,23 +255,8 @@ class Translator:
         sources: Sequence[Sequence[int]],
         requests: Sequence[SearchRequest],
         cancelled: Cancelled,
-        failed: threading.Event,
     ) -> list[list[Hypothesis]]:
-        """One encoder run and one beam search over some of a batch's sentences; ``failed`` is
-        set when it raises."""
-        try:
-            return self._search_share(model, sources, requests, cancelled)
-        except BaseException:
-            failed.set()
-            raise
-
-    def _search_share(
-        self,
-        model: NllbModel,
-        sources: Sequence[Sequence[int]],
-        requests: Sequence[SearchRequest],
-        cancelled: Cancelled,
-    ) -> list[list[Hypothesis]]:
+        """One encoder run and one beam search over some of a batch's sentences."""
         width = max(len(s) for s in sources)
         input_ids = np.full((len(sources), width), self.config.pad_token_id, dtype=np.int64)
         attention_mask = np.zeros((len(sources), width), dtype=np.int64)

@@ -15,6 +15,11 @@ PROVIDERS = {
 }
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which a container's cpuset limits)."""
+    return len(os.sched_getaffinity(0))
+
+
 def session_options(threads: int = 0, *, arena: bool = True) -> Any:
     """Quiet session options with ``threads`` intra-op threads (0: one per CPU this process may
     run on). Set explicitly: onnxruntime's default pins its threads to cores, and a pinned
@@ -24,7 +29,7 @@ def session_options(threads: int = 0, *, arena: bool = True) -> Any:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    options.intra_op_num_threads = threads or available_cpus()
     options.enable_cpu_mem_arena = arena
     return options
 

@@ -16,7 +16,6 @@ the export's, not a dependency of polydub-serving.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from polydub.serving.names import (
     WhisperEncoderIn,
     layer_tensors,
 )
-from polydub.serving.ort import providers, session_options
+from polydub.serving.ort import available_cpus, providers, session_options
 from polydub.serving.whisper_features import Array
 from polydub.serving.whisper_text import WhisperFacts
 
@@ -82,7 +81,7 @@ class OrtGraphs:
         self._ort = ort
         self.facts = facts
         self.encoder_batch = max(1, encoder_batch)
-        threads = threads or len(os.sched_getaffinity(0))
+        threads = threads or available_cpus()
         self.encoder = ort.InferenceSession(
             str(encoder),
             session_options(threads, arena=encoder_arena),
