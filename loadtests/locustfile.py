@@ -317,6 +317,10 @@ class Poller(PolydubUser):
         if self.key not in SEEDED:  # one job per key to poll, not one per user
             SEEDED.add(self.key)
             self.submit()
+        # Dashboards poll at independent moments. Users start at the spawn rate, and with a
+        # pace that is a multiple of its period (10 users/s, 0.2 s) they would keep polling in
+        # a few phase-locked waves of tens of requests at once.
+        gevent.sleep(random.uniform(0.0, POLL_PACE))
 
     @task
     def poll(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import datetime as dt
 import json
@@ -337,13 +338,30 @@ def _cmdline(pid: int) -> list[str]:
 
 
 def renice(pids: list[int], increment: int) -> None:
-    """Lower the priority of these processes and their children (Triton's model stubs)."""
+    """Lower the priority of these processes and their children (Triton's model stubs).
+
+    With the kernel's autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``, on in
+    most distributions' kernels) the CPU is first shared fairly between sessions, and a nice
+    value only ranks threads within their session: Triton and every worker run in a session of
+    their own (``start_new_session``), so the group's nice (``/proc/PID/autogroup``) is what
+    gives the API the CPU first. Without it, renicing the threads alone changed little.
+    """
     for pid in pids:
+        autogroup = Path(f"/proc/{pid}/autogroup")
+        with contextlib.suppress(OSError, ValueError):
+            # "/autogroup-N nice K": a group's nice is set by writing the value to any member.
+            current = int(autogroup.read_text().split()[-1])
+            autogroup.write_text(str(min(19, current + increment)))
         try:
             root = psutil.Process(pid)
             for proc in [root, *root.children(recursive=True)]:
-                proc.nice(min(19, proc.nice() + increment))
-        except psutil.Error:
+                value = min(19, proc.nice() + increment)
+                # setpriority on a pid sets only its main thread: the inference threads that
+                # already run (onnxruntime's pools, Triton's) keep their priority unless each
+                # is set; threads started later inherit it from the thread that starts them.
+                for thread in proc.threads():
+                    os.setpriority(os.PRIO_PROCESS, thread.id, value)
+        except (psutil.Error, ProcessLookupError):  # it ended meanwhile
             continue
 
 
