@@ -44,6 +44,16 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _reset_nothing(conn: asyncpg.Connection) -> None:
+    """What the pool runs on a released connection besides asyncpg's own rollback of an open
+    transaction and its listeners: nothing. asyncpg's default reset is a statement (RESET ALL,
+    UNLISTEN *, CLOSE ALL, pg_advisory_unlock_all()) sent on every release, a second round trip
+    for each one-query request: under load it took as long as the query (issue 17, item 5).
+    polydub's pooled connections keep no session state: no SET, no LISTEN (the key cache has a
+    connection of its own), cursors only inside transactions, and the session-level advisory
+    locks (reconcile, retention) are released in a ``finally`` by the code that took them."""
+
+
 async def create_pool(
     settings: Settings,
     *,
@@ -56,6 +66,7 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        reset=_reset_nothing,
         command_timeout=30,
         server_settings={
             "idle_in_transaction_session_timeout": str(int(idle_in_transaction_s * 1000))

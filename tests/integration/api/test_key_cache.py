@@ -81,9 +81,11 @@ async def test_leases_take_tokens_a_second_at_a_time_and_still_enforce_the_limit
     assert leases.lease_size(600) == 10
     for _ in range(25):
         await leases.take(db_pool, key)
-    # Three leases of 10 tokens, not 25 writes: the bucket lost 30 tokens (less the refill).
+    await _top_up_done(leases, key)
+    # Leases and top-ups of at most 10 tokens in hand, not 25 writes: the bucket lost the 25
+    # tokens spent and at most one lease more (less the refill).
     tokens = await db_pool.fetchval("SELECT tokens FROM api_rate_buckets WHERE key_id = $1", key.id)
-    assert 570 <= tokens < 575
+    assert 565 <= tokens < 575
 
     # An unspent lease expires: after lease_seconds a request takes a fresh one.
     now = [0.0]
@@ -104,6 +106,39 @@ async def test_leases_take_tokens_a_second_at_a_time_and_still_enforce_the_limit
     with pytest.raises(TooManyRequests) as limited:
         await small.take(db_pool, slow)
     assert limited.value.code == "rate_limited"
+
+
+async def test_requests_spend_the_lease_while_its_top_up_waits_on_the_database(
+    db_pool: asyncpg.Pool,
+) -> None:
+    key = await _api_key(db_pool, rate=600)
+    # A clock that stands still: no lease expires or gets old, only spending counts.
+    leases = TokenLeases(lease_seconds=1.0, clock=lambda: 0.0)
+    await leases.take(db_pool, key)  # a lease of 10, 9 in hand
+    async with db_pool.acquire() as blocker, blocker.transaction():
+        # The bucket's row is locked: a write to it waits until this transaction ends.
+        await blocker.execute(
+            "SELECT tokens FROM api_rate_buckets WHERE key_id = $1 FOR UPDATE", key.id
+        )
+        for _ in range(5):
+            await leases.take(db_pool, key)  # 4 in hand: under half, a top-up starts
+        await asyncio.sleep(0.2)
+        top_up = leases._leases[key.id].top_up
+        assert top_up is not None and not top_up.done()  # it waits on the row lock
+        for _ in range(4):  # the rest of the lease, without waiting for the write
+            await asyncio.wait_for(leases.take(db_pool, key), 1.0)
+        assert not top_up.done()
+    await asyncio.wait_for(top_up, 10.0)
+    # It took what the lease lacked when it started (6), and the lease starts afresh.
+    assert leases._leases[key.id].tokens == 6
+    tokens = await db_pool.fetchval("SELECT tokens FROM api_rate_buckets WHERE key_id = $1", key.id)
+    assert 584 <= tokens < 590  # 600 - 10 - 6, plus the refill meanwhile
+
+
+async def _top_up_done(leases: TokenLeases, key: ApiKey) -> None:
+    top_up = leases._leases[key.id].top_up
+    if top_up is not None:
+        await asyncio.wait_for(top_up, 10.0)
 
 
 async def _api_key(db_pool: asyncpg.Pool, rate: int) -> ApiKey:
