@@ -52,8 +52,8 @@ class TokenLeases:
 
     A lease half spent, or half way to its expiry, is topped up to a whole lease in the
     background while requests go on spending it. Renewing only once it ran out made every
-    request of the key wait for that write: under load, 1-5% of status polls waited 20-70 ms
-    (issue 17, item 5)."""
+    request of the key wait for that write: under load, the slowest 1-10% of status polls spent
+    17-72 ms there (issue 17, item 5)."""
 
     def __init__(
         self,
