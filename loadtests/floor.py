@@ -5,8 +5,9 @@
     python -m loadtests.floor --users 80 --duration 30
 
 Whatever this measures is not polydub's: it is the load generator, the HTTP server and the
-machine's scheduling (on a 2-core VM: p50 16 ms, p99 32 ms at 323 requests/s). Compare it with the status
-profile's figures to see how much of their latency the API adds (docs/reliability.md).
+machine's scheduling (on a 2-core VM: p50 16 ms, p99 32 ms at 323 requests/s). Compare it with
+the status profile's figures to see how much of their latency the API adds
+(docs/reliability.md).
 The app lives here, the Locust users in ``floor_users.py``: importing locust patches the
 standard library for gevent, which the app's uvicorn must not get.
 """
