@@ -360,8 +360,9 @@ def renice(pids: list[int], increment: int) -> None:
                 # already run (onnxruntime's pools, Triton's) keep their priority unless each
                 # is set; threads started later inherit it from the thread that starts them.
                 for thread in proc.threads():
-                    os.setpriority(os.PRIO_PROCESS, thread.id, value)
-        except (psutil.Error, ProcessLookupError):  # it ended meanwhile
+                    with contextlib.suppress(OSError):  # it ended meanwhile
+                        os.setpriority(os.PRIO_PROCESS, thread.id, value)
+        except psutil.Error:  # it ended meanwhile
             continue
 
 

@@ -6,8 +6,10 @@ under an advisory lock so that many API replicas starting at once apply each exa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import TypeAlias
@@ -51,7 +53,21 @@ async def _reset_nothing(conn: asyncpg.Connection) -> None:
     for each one-query request: under load it took as long as the query (issue 17, item 5).
     polydub's pooled connections keep no session state: no SET, no LISTEN (the key cache has a
     connection of its own), cursors only inside transactions, and the session-level advisory
-    locks (reconcile, retention) are released in a ``finally`` by the code that took them."""
+    locks (reconcile, retention) are released in a ``finally`` by the code that took them, and a
+    connection whose lock statement failed is closed, not pooled (``dropped_on_error``)."""
+
+
+@contextlib.contextmanager
+def dropped_on_error(conn: asyncpg.Connection) -> Iterator[None]:
+    """Around a statement that changes a pooled connection's session state (a session-level
+    advisory lock taken or released): when it fails or is cancelled, that state is unknown, and
+    the pool's release resets nothing (``_reset_nothing``), so the connection is closed instead
+    of going back to the pool, and its session's locks end with it."""
+    try:
+        yield
+    except BaseException:
+        conn.terminate()
+        raise
 
 
 async def create_pool(

@@ -45,10 +45,11 @@ class TokenLeases:
     """Each replica takes a key's tokens from the shared bucket a lease at a time: up to
     ``lease_seconds`` of the key's rate in one statement, then spends them from memory for at
     most ``lease_seconds``, so a steady poller costs one bucket write a second instead of one a
-    request. Every token still comes out of the shared bucket; a replica holds at most one
-    lease's worth of tokens, so over any stretch of time a key gets at most one lease per
+    request (two at most, with the top-ups below). Every token still comes out of the shared
+    bucket; a replica holds at most one lease's worth of tokens, so over any stretch of time a key gets at most one lease per
     replica beyond what the bucket alone would allow, and an unspent lease expires (holding
-    back at most that much). ``lease_seconds`` 0: a write each request.
+    back at most that much; a top-up gives the tokens left a new expiry). ``lease_seconds`` 0: a
+    write each request.
 
     A lease half spent, or half way to its expiry, is topped up to a whole lease in the
     background while requests go on spending it. Renewing only once it ran out made every
@@ -110,8 +111,8 @@ class TokenLeases:
                     lease.expires = self.clock() + self.lease_seconds
         except TooManyRequests:
             pass
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            log.warning("rate-limit lease top-up failed", extra={"error": str(exc)})
+        except Exception as exc:  # best effort: nobody awaits this task
+            log.warning("rate-limit lease top-up failed", extra={"error": repr(exc)})
         finally:
             lease.top_up = None
 

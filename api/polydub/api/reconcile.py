@@ -45,6 +45,7 @@ from nats.js.errors import NotFoundError
 from polydub.api.db import reconcile as reconcile_db
 from polydub.api.outbox import NatsGetter
 from polydub.errors import InvalidInput, PermanentError
+from polydub.infra.db import dropped_on_error
 from polydub.infra.queue import WORKER_CONSUMER, ConsumerPolicy
 from polydub.jobs import JobMessage, JobStatus, publish_event
 from polydub.settings import Settings
@@ -139,12 +140,14 @@ class Reconciler:
         if nc is None or not nc.is_connected:
             return None
         async with self.pool.acquire() as lock_conn:
-            if not await reconcile_db.try_lock(lock_conn):
-                return None
+            with dropped_on_error(lock_conn):
+                if not await reconcile_db.try_lock(lock_conn):
+                    return None
             try:
                 return await self._pass(nc.jetstream(), nc)
             finally:
-                await reconcile_db.release_lock(lock_conn)
+                with dropped_on_error(lock_conn):
+                    await reconcile_db.release_lock(lock_conn)
 
     async def _pass(self, js: JetStreamContext, nc: NATS) -> ReconcileReport:
         settings = self.settings

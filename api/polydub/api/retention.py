@@ -21,6 +21,7 @@ import asyncpg
 
 from polydub.api.db import retention as retention_db
 from polydub.api.db import uploads as uploads_db
+from polydub.infra.db import dropped_on_error
 from polydub.infra.storage import ObjectStore
 from polydub.jobs import JobKeys
 from polydub.settings import Settings
@@ -86,8 +87,9 @@ async def purge_expired(
     """One pass; None when another replica holds the purge lock."""
     report = PurgeReport()
     async with pool.acquire() as lock_conn:
-        if not await retention_db.try_purge_lock(lock_conn):
-            return None
+        with dropped_on_error(lock_conn):
+            if not await retention_db.try_purge_lock(lock_conn):
+                return None
         try:
             for job_id in await retention_db.expired_jobs(pool, batch):
                 report.objects += await purge_job(pool, store, job_id)
@@ -104,7 +106,8 @@ async def purge_expired(
             report.objects += report.orphans
             report.outbox_rows = await retention_db.delete_old_outbox_rows(pool)
         finally:
-            await retention_db.release_purge_lock(lock_conn)
+            with dropped_on_error(lock_conn):
+                await retention_db.release_purge_lock(lock_conn)
     return report
 
 

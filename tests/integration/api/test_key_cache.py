@@ -111,9 +111,10 @@ async def test_leases_take_tokens_a_second_at_a_time_and_still_enforce_the_limit
 async def test_requests_spend_the_lease_while_its_top_up_waits_on_the_database(
     db_pool: asyncpg.Pool,
 ) -> None:
-    key = await _api_key(db_pool, rate=600)
+    # 60 a minute with 10 s leases: leases of 10, and a bucket that refills 1 token a second.
+    key = await _api_key(db_pool, rate=60)
     # A clock that stands still: no lease expires or gets old, only spending counts.
-    leases = TokenLeases(lease_seconds=1.0, clock=lambda: 0.0)
+    leases = TokenLeases(lease_seconds=10.0, clock=lambda: 0.0)
     await leases.take(db_pool, key)  # a lease of 10, 9 in hand
     async with db_pool.acquire() as blocker, blocker.transaction():
         # The bucket's row is locked: a write to it waits until this transaction ends.
@@ -124,7 +125,9 @@ async def test_requests_spend_the_lease_while_its_top_up_waits_on_the_database(
             await leases.take(db_pool, key)  # 4 in hand: under half, a top-up starts
         await asyncio.sleep(0.2)
         top_up = leases._leases[key.id].top_up
-        assert top_up is not None and not top_up.done()  # it waits on the row lock
+        assert top_up is not None and not top_up.done()
+        waiting = await db_pool.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted")
+        assert waiting >= 1  # its write waits on the row lock
         for _ in range(4):  # the rest of the lease, without waiting for the write
             await asyncio.wait_for(leases.take(db_pool, key), 1.0)
         assert not top_up.done()
@@ -132,7 +135,7 @@ async def test_requests_spend_the_lease_while_its_top_up_waits_on_the_database(
     # It took what the lease lacked when it started (6), and the lease starts afresh.
     assert leases._leases[key.id].tokens == 6
     tokens = await db_pool.fetchval("SELECT tokens FROM api_rate_buckets WHERE key_id = $1", key.id)
-    assert 584 <= tokens < 590  # 600 - 10 - 6, plus the refill meanwhile
+    assert 44 <= tokens < 50  # 60 - 10 - 6, plus the refill meanwhile (1 token a second)
 
 
 async def _top_up_done(leases: TokenLeases, key: ApiKey) -> None:
