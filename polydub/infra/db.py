@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import TypeAlias
@@ -68,6 +68,28 @@ def dropped_on_error(conn: asyncpg.Connection) -> Iterator[None]:
     except BaseException:
         conn.terminate()
         raise
+
+
+@contextlib.asynccontextmanager
+async def session_lock(
+    pool: Pool,
+    try_lock: Callable[[asyncpg.Connection], Awaitable[bool]],
+    release: Callable[[asyncpg.Connection], Awaitable[None]],
+) -> AsyncIterator[bool]:
+    """A session-level advisory lock held on a pooled connection for the block; yields whether
+    it was taken (False: another session holds it). A connection whose lock or unlock failed is
+    closed, not pooled (``dropped_on_error``)."""
+    async with pool.acquire() as conn:
+        with dropped_on_error(conn):
+            taken = await try_lock(conn)
+        if not taken:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with dropped_on_error(conn):
+                await release(conn)
 
 
 async def create_pool(

@@ -45,7 +45,7 @@ from nats.js.errors import NotFoundError
 from polydub.api.db import reconcile as reconcile_db
 from polydub.api.outbox import NatsGetter
 from polydub.errors import InvalidInput, PermanentError
-from polydub.infra.db import dropped_on_error
+from polydub.infra.db import session_lock
 from polydub.infra.queue import WORKER_CONSUMER, ConsumerPolicy
 from polydub.jobs import JobMessage, JobStatus, publish_event
 from polydub.settings import Settings
@@ -139,15 +139,10 @@ class Reconciler:
         nc = await self.nats()
         if nc is None or not nc.is_connected:
             return None
-        async with self.pool.acquire() as lock_conn:
-            with dropped_on_error(lock_conn):
-                if not await reconcile_db.try_lock(lock_conn):
-                    return None
-            try:
-                return await self._pass(nc.jetstream(), nc)
-            finally:
-                with dropped_on_error(lock_conn):
-                    await reconcile_db.release_lock(lock_conn)
+        async with session_lock(
+            self.pool, reconcile_db.try_lock, reconcile_db.release_lock
+        ) as taken:
+            return await self._pass(nc.jetstream(), nc) if taken else None
 
     async def _pass(self, js: JetStreamContext, nc: NATS) -> ReconcileReport:
         settings = self.settings

@@ -21,7 +21,7 @@ import asyncpg
 
 from polydub.api.db import retention as retention_db
 from polydub.api.db import uploads as uploads_db
-from polydub.infra.db import dropped_on_error
+from polydub.infra.db import session_lock
 from polydub.infra.storage import ObjectStore
 from polydub.jobs import JobKeys
 from polydub.settings import Settings
@@ -86,28 +86,25 @@ async def purge_expired(
 ) -> PurgeReport | None:
     """One pass; None when another replica holds the purge lock."""
     report = PurgeReport()
-    async with pool.acquire() as lock_conn:
-        with dropped_on_error(lock_conn):
-            if not await retention_db.try_purge_lock(lock_conn):
-                return None
-        try:
-            for job_id in await retention_db.expired_jobs(pool, batch):
-                report.objects += await purge_job(pool, store, job_id)
-                report.jobs += 1
-            for row in await retention_db.expired_uploads(pool, batch):
-                keys = JobKeys(row["id"])
-                # An accept that died between copying and creating the job left an input.
-                prefixes = [keys.upload_prefix] + ([] if row["has_job"] else [keys.input_prefix])
-                for prefix in prefixes:
-                    report.objects += await _delete_all(store, prefix)
-                await uploads_db.delete_upload(pool, row["id"])
-                report.uploads += 1
-            report.orphans = await sweep_orphan_uploads(pool, store)
-            report.objects += report.orphans
-            report.outbox_rows = await retention_db.delete_old_outbox_rows(pool)
-        finally:
-            with dropped_on_error(lock_conn):
-                await retention_db.release_purge_lock(lock_conn)
+    async with session_lock(
+        pool, retention_db.try_purge_lock, retention_db.release_purge_lock
+    ) as taken:
+        if not taken:
+            return None
+        for job_id in await retention_db.expired_jobs(pool, batch):
+            report.objects += await purge_job(pool, store, job_id)
+            report.jobs += 1
+        for row in await retention_db.expired_uploads(pool, batch):
+            keys = JobKeys(row["id"])
+            # An accept that died between copying and creating the job left an input.
+            prefixes = [keys.upload_prefix] + ([] if row["has_job"] else [keys.input_prefix])
+            for prefix in prefixes:
+                report.objects += await _delete_all(store, prefix)
+            await uploads_db.delete_upload(pool, row["id"])
+            report.uploads += 1
+        report.orphans = await sweep_orphan_uploads(pool, store)
+        report.objects += report.orphans
+        report.outbox_rows = await retention_db.delete_old_outbox_rows(pool)
     return report
 
 
