@@ -273,7 +273,12 @@ async def test_concurrent_ragged_requests_are_batched(triton_server: TritonServe
         results = await asyncio.gather(
             *(client.infer(BATCHED, _inputs(x, ids)) for x, ids in zip(xs, idss, strict=True))
         )
-        after = (await client.get_inference_statistics(BATCHED)).model_stats[0]
+        # Triton counts a batch just after it answers: wait (briefly) for all 64 to be counted.
+        for _ in range(50):
+            after = (await client.get_inference_statistics(BATCHED)).model_stats[0]
+            if after.inference_count - before.inference_count >= 64:
+                break
+            await asyncio.sleep(0.1)
     finally:
         await client.close()
 

@@ -62,10 +62,10 @@ WORDS = [
     "tomorrow",
     "morning",
 ]
-# Sentences of 8-16 words, like a transcript's segments, each different.
+# Sentences of 8-16 words, like a transcript's segments, each different; enough for 5 batches.
 TEXTS = [
     " ".join(WORDS[(i * 5 + j) % len(WORDS)] for j in range(8 + i % 9)).capitalize() + f" {i}."
-    for i in range(2 * SEGMENTS)
+    for i in range(160)
 ]
 
 
@@ -214,7 +214,11 @@ async def test_an_expired_deadline_cancels_the_calls_and_retries_stay_in_budget(
 
 async def test_cancelling_the_stage_cancels_its_calls_in_triton(loaded: str) -> None:
     """A stage cancelled mid-burst (job cancelled, worker draining) leaves nothing behind."""
-    texts = TEXTS  # 96: when the first batch (at most 32) answers, 32 more may run, 32 wait
+    # 160, five batches of at most 32. Triton starts the second batch as soon as the first
+    # answers, before the client has seen that answer; how long the cancellations then take to
+    # reach Triton depends on this machine's load (in one CI run they came only after the second
+    # batch had finished). So up to three batches may run, and at least two never do.
+    texts = TEXTS
     async with InferenceClient(loaded, budget=RetryBudget()) as client:
         recorded = Recorded(client)
         translator = TranslationClient(
@@ -232,4 +236,4 @@ async def test_cancelling_the_stage_cancels_its_calls_in_triton(loaded: str) -> 
         done = await _settled(client) - before
     print(f"cancelled: Triton {done.executed} executed, {done.failed} cancelled of {len(texts)}")
     assert done.executed + done.failed == len(texts)  # each sent once, none retried
-    assert done.failed >= len(texts) - 2 * 32  # the queued ones were never run
+    assert done.failed >= len(texts) - 3 * 32  # the queued ones were never run
