@@ -105,6 +105,12 @@ def prepare(work: Path) -> Path:
     return repository
 
 
+def served_precision(repository: Path) -> str:
+    """What the export chose to serve (int8 vocoder or fp32: ``mms_tts_int8``'s judge)."""
+    manifest = json.loads((repository / "polydub_manifest" / "1" / "manifest.json").read_text())
+    return str(manifest["models"][f"mms_tts_{LANGUAGE}"]["precision"])
+
+
 def spec_of(repository: Path) -> Any:
     from polydub.serving.tts_tokenizer import TtsTokenizer
 
@@ -312,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         server_cpu = server.cpu_seconds if triton else lambda: 0.0
         runs = measure({**triton, **peers}, texts, levels, args.rounds, server_cpu)
     speed, efficiency = summarize(runs, "wall_s"), summarize(runs, "cpu_s")
+    print(f"served precision: {served_precision(repository)}")
     print(table(speed, levels, "audio s / wall s"))
     print(table(efficiency, levels, "audio s / CPU s"))
     tokens = [len(spec_of(repository).encode(t)) for t in texts]
@@ -320,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         {
             "language": LANGUAGE,
             "checkpoint": f"{REPO_ID} shape, random weights (durations calibrated)",
+            "precision": served_precision(repository),
             "threads": THREADS,
             "sentences": texts,
             "tokens": tokens,

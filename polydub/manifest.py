@@ -34,7 +34,7 @@ class ServedModel:
     checkpoint: str  # hub id, local directory, or a description ("random weights (tiny)")
     license: str
     random: bool  # random weights: the output is noise (the tiny preset)
-    precision: str = "fp32"  # what the CPU profile runs: int8 | fp32 (GPU: fp16 beside it)
+    precision: str = "fp32"  # what the CPU profile runs: int8 | int8 vocoder | fp32 (GPU: fp16)
     revision: str | None = None  # the Hub commit the checkpoint resolved to
     content_sha256: str | None = None  # a local checkpoint's files, hashed
     parity: Mapping[str, float] = field(default_factory=dict)  # graph -> max |Δ| vs PyTorch

@@ -23,10 +23,10 @@ would rewrite tracked files on every export into the source tree, and a second c
 configs/gpu.pbtxt could drift. The tokenizer model reads only its own folder, so it also works
 from a cloud model repository, and it lists the exported languages.
 
-Precision: on CPU the fp32 graph is served. int8 dynamic quantization is measured on every export
-and reported, never served: VITS is dominated by convolutions, which dynamic quantization leaves
-alone, so it is no faster, while quantizing the text encoder's MatMuls moves the predicted
-durations and so shifts the whole waveform (figures in ``MmsTtsExporter._measure_int8``). GPU: the same fp32 graph with
+Precision: on CPU the graph is served with its vocoder's residual convolutions in int8
+(``mms_tts_int8``: static QDQ, calibrated and judged on every export by log-mel distance against
+a second seed of the fp32 graph; fp32 is served when the judge refuses). Only the vocoder is
+quantized, so durations, lengths and timing are those of fp32. GPU: the fp32 graph with
 onnxruntime's TensorRT accelerator in FP16 (configs/gpu.pbtxt); no separate fp16 file, since the
 integer noise generator and the spline flows must stay in fp32/int64 and TensorRT's FP16 mode
 keeps the layers it cannot run in FP16 at full precision.
@@ -54,13 +54,13 @@ from numpy.typing import NDArray
 from polydub.export.hub import pretrained_args
 from polydub.export.mms_tts_configs import hub_id, write_configs
 from polydub.export.mms_tts_graph import INPUT_NAMES, OUTPUT_NAMES, graph_spec
+from polydub.export.mms_tts_int8 import place_int8
 from polydub.export.mms_tts_layout import conv1d_as_conv2d
 from polydub.export.mms_tts_reference import example_feeds, hf_reference, run_torch, vocab_text
 from polydub.export.onnx_tools import (
     check_parity,
     export_module,
     max_abs_diff,
-    quantize_int8,
     run_onnx,
 )
 from polydub.export.repository import version_dir
@@ -268,7 +268,7 @@ class MmsTtsExporter:
             language = name.removeprefix(model_name(""))
             get_language(language)
             started = time.perf_counter()
-            spec = self._export_language(language, checkpoint, repository, report)
+            spec = self._export_language(language, checkpoint, target, repository, report)
             spec_path(tokenizers, language).write_text(spec.to_json() + "\n", encoding="utf-8")
             report.notes.append(
                 f"{model_name(language)}: exported in {time.perf_counter() - started:.1f} s"
@@ -279,6 +279,7 @@ class MmsTtsExporter:
         self,
         language: str,
         checkpoint: Checkpoint,
+        target: Target,
         repository: Path,
         report: ExportReport,
     ) -> TtsTokenizer:
@@ -321,42 +322,15 @@ class MmsTtsExporter:
         check_parity(f"{name} (synthesizer vs VitsModel)", hf_diff, *graph.tolerance("fp32"))
         report.notes.append(f"{name}: synthesizer vs transformers VitsModel max |Δ| {hf_diff:.2g}")
 
-        self._measure_int8(name, onnx_path, feeds, actual, report)
-        report.precision[name] = "fp32"
+        if target is Target.CPU:
+            with _quiet():
+                verdict = place_int8(name, onnx_path, spec)
+            report.precision[name] = "int8 vocoder" if verdict.accepted else "fp32"
+            report.notes.append(verdict.note(name))
+        else:
+            report.precision[name] = "fp32"
         report.models.append(name)
         return spec
-
-    @staticmethod
-    def _measure_int8(
-        name: str,
-        fp32_path: Path,
-        feeds: dict[str, NDArray[Any]],
-        fp32_out: list[NDArray[Any]],
-        report: ExportReport,
-    ) -> None:
-        """Quantize, compare with fp32, record the figures; fp32 stays the served graph.
-
-        Dynamic int8 only reaches the text encoder's linear layers (the convolutions dominate
-        the cost), so it buys nothing, and it moves the predicted durations: a one-frame change
-        shifts everything after it. At MMS dimensions (36 M parameters) it ran 0.53 s vs 0.51 s
-        fp32 for 4.2 s of audio on 2 threads, moved durations by 0.7 % and the waveform by 0.27
-        of full scale."""
-        int8_path = fp32_path.with_name("model_int8.onnx")
-        with _quiet():
-            quantize_int8(fp32_path, int8_path)
-        out = run_onnx(int8_path, feeds, OUTPUT_NAMES)
-        int8_path.unlink()
-        durations = float(np.max(np.abs(out[2] - fp32_out[2])))
-        if np.array_equal(out[1], fp32_out[1]):
-            report.int8_max_abs_diff[name] = max_abs_diff(fp32_out, out)
-        else:
-            report.int8_max_abs_diff[name] = math.inf  # lengths differ: not comparable
-        waveform = report.int8_max_abs_diff[name]
-        moved = f"max |Δ| {waveform:.2g}" if math.isfinite(waveform) else "lengths changed"
-        report.notes.append(
-            f"{name}: serving fp32 on CPU; int8 waveform {moved}, "
-            f"durations max |Δ| {durations:.2g} frames"
-        )
 
 
 def _tensor(array: NDArray[Any]) -> Any:
