@@ -24,9 +24,9 @@ configs/gpu.pbtxt could drift. The tokenizer model reads only its own folder, so
 from a cloud model repository, and it lists the exported languages.
 
 Precision: on CPU the graph is served with its vocoder's residual convolutions in int8
-(``mms_tts_int8``: static QDQ, calibrated and judged on every export by log-mel distance against
-a second seed of the fp32 graph; fp32 is served when the judge refuses). Only the vocoder is
-quantized, so durations, lengths and timing are those of fp32. GPU: the fp32 graph with
+(``mms_tts_int8``: static QDQ, calibrated and judged on every export by log-spectral distance
+against a second seed of the fp32 graph; fp32 is served when the judge refuses). Only the vocoder
+is quantized, so durations, lengths and timing are those of fp32. GPU: the fp32 graph with
 onnxruntime's TensorRT accelerator in FP16 (configs/gpu.pbtxt); no separate fp16 file, since the
 integer noise generator and the spline flows must stay in fp32/int64 and TensorRT's FP16 mode
 keeps the layers it cannot run in FP16 at full precision.
