@@ -148,8 +148,9 @@ def _from_nats(exc: BaseException, message: str) -> PolydubError | None:
 def _from_asyncpg(exc: BaseException, message: str) -> PolydubError | None:
     import asyncpg
 
-    if isinstance(exc, asyncpg.exceptions.InterfaceError):
-        # Client-side: a closed pool or a released connection; reconnecting fixes it.
+    if isinstance(exc, asyncpg.exceptions.InterfaceError | asyncpg.InternalClientError):
+        # Client-side: a closed pool or a released connection, or a protocol state left behind
+        # when the server ended the session as a statement was sent; reconnecting fixes it.
         return ServiceUnavailable(message, code="postgres_unavailable")
     if not isinstance(exc, asyncpg.PostgresError):
         return None

@@ -59,6 +59,11 @@ def _s3(code: str, request_id: str | None = "req") -> S3Error:
             "postgres_unavailable",
         ),
         (
+            asyncpg.InternalClientError("cannot switch to state 15"),
+            ServiceUnavailable,
+            "postgres_unavailable",
+        ),
+        (
             asyncpg.exceptions.SerializationError("retry"),
             ServiceUnavailable,
             "postgres_unavailable",
