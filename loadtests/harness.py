@@ -270,7 +270,9 @@ def deployment(
 ) -> Iterator[Deployment]:
     """A fresh stack that is always taken down. Triton loads ``startup_models`` at start (so a
     restarted Triton serves them again); by default the tiny models, exported once into
-    ``model_repository``."""
+    ``model_repository``. A folder made here (data and logs) is removed afterwards unless the
+    body failed: then its path is printed and it stays for reading."""
+    made_here = root is None
     root = root or Path(tempfile.mkdtemp(prefix="polydub-load-"))
     repository = model_repository or root / "model_repository"
     names = startup_models
@@ -279,8 +281,14 @@ def deployment(
     overrides.setdefault("triton_startup_models", tuple(names))
     settings = local_settings(root, repository, **overrides)
     deploy = Deployment(settings, root / "logs")
+    finished = False
     try:
         deploy.up_servers(servers)
         yield deploy
+        finished = True
     finally:
         deploy.down()
+        if made_here and finished:
+            shutil.rmtree(root, ignore_errors=True)
+        elif made_here:
+            print(f"the deployment's data and logs are kept in {root}", file=sys.stderr)

@@ -3,12 +3,17 @@
 Every integration test talks to real servers. The session starts its own PostgreSQL, NATS and S3
 in a temporary folder on free ports (so it never collides with a developer's running stack or
 another test run), and stops them at the end. Set POLYDUB_TEST_STACK_DIR to keep the data.
+
+Every folder a test makes for servers or spools is made with ``scratch_dir``, under one folder of
+the session's own; it is removed after a session without failures (about 1 GB after a full run)
+and kept for reading after one with failures.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -34,11 +39,33 @@ def pytest_configure(config: pytest.Config) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
 
 
+_SESSION_DIR: Path | None = None
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new folder under the session's own in /tmp itself: PostgreSQL, run unprivileged under
+    root, must traverse the path."""
+    global _SESSION_DIR
+    if _SESSION_DIR is None:
+        _SESSION_DIR = Path(tempfile.mkdtemp(prefix="polydub-tests-"))
+        _SESSION_DIR.chmod(0o755)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_SESSION_DIR))
+
+
+@pytest.hookimpl(trylast=True)  # after the session's fixtures (the servers) are torn down
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _SESSION_DIR is not None and exitstatus in (
+        pytest.ExitCode.OK,
+        pytest.ExitCode.NO_TESTS_COLLECTED,
+    ):
+        shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
 def _stack_dir() -> Path:
     given = os.environ.get("POLYDUB_TEST_STACK_DIR")
     if given:
         return Path(given)
-    return Path(tempfile.mkdtemp(prefix="polydub-test-stack-"))
+    return scratch_dir("stack-")
 
 
 @pytest.fixture(scope="session")

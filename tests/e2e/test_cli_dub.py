@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from polydub.media.mux import stream_md5
 from polydub.media.probe import probe
 from polydub.orchestrator.subtitles import parse_srt, parse_vtt
 from polydub.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import free_port, scratch_dir
 from tests.e2e.harness import chromium_page
 
 pytestmark = pytest.mark.e2e
@@ -89,7 +88,7 @@ def _processes_under(path: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def app_stack(tiny_models: list[str], stack_settings: Settings) -> Iterator[AppStack]:
     # Under /tmp itself: PostgreSQL runs unprivileged under root and must traverse the path.
-    root = Path(tempfile.mkdtemp(prefix="polydub-app-"))
+    root = scratch_dir("polydub-app-")
     root.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("POLYDUB_")}
     env.update(

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 
 from polydub.manifest import read_manifest
 from tests.checkout import TEMPLATES, seed_templates
-from tests.conftest import free_port
+from tests.conftest import free_port, scratch_dir
 from tests.e2e.harness import run_polydub as polydub
 from tests.e2e.test_cli_dub import PORTS, _processes_under
 from tests.hub import fixtures
@@ -43,7 +42,7 @@ class HubStack:
 def hub_stack(fake_hub: FakeHub) -> Iterator[HubStack]:
     """``polydub stack up`` on a model repository without weights (a fresh clone's) with the Hub
     answering, no token."""
-    root = Path(tempfile.mkdtemp(prefix="polydub-hub-"))
+    root = scratch_dir("polydub-hub-")
     seed_templates(root / "model_repository")
     root.chmod(0o755)  # PostgreSQL runs unprivileged under root and must traverse the path
     env = {k: v for k, v in fake_hub.env(root, token=None).items() if not k.startswith("POLYDUB_")}
@@ -117,7 +116,7 @@ def _export(fake_hub: FakeHub, home: Path, token: str | None, *args: str) -> tup
 
 
 def test_a_refused_gated_model_leaves_the_defaults_working(fake_hub: FakeHub) -> None:
-    home = Path(tempfile.mkdtemp(prefix="polydub-gated-"))
+    home = scratch_dir("polydub-gated-")
     try:
         code, output = _export(fake_hub, home, "hf_terms_not_accepted", "--family", "diarization")
         assert code == 0, output
@@ -146,7 +145,7 @@ def test_a_refused_gated_model_leaves_the_defaults_working(fake_hub: FakeHub) ->
 def test_foreseeable_mistakes_are_one_line_and_write_nothing(
     fake_hub: FakeHub, choice: str, message: str
 ) -> None:
-    home = Path(tempfile.mkdtemp(prefix="polydub-choice-"))
+    home = scratch_dir("polydub-choice-")
     try:
         code, output = _export(fake_hub, home, None, "--model", choice)
         assert code == 2, output

@@ -3,12 +3,11 @@
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, scratch_dir
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +36,7 @@ SERVERS = ["--only", "postgres", "--only", "nats", "--only", "s3", "--only", "tr
 
 def test_stack_up_status_down_leaves_no_process() -> None:
     # Under /tmp itself: PostgreSQL runs unprivileged under root and must traverse the path.
-    tmp_path = Path(tempfile.mkdtemp(prefix="polydub-cli-"))
+    tmp_path = scratch_dir("polydub-cli-")
     tmp_path.chmod(0o755)
     env = {
         **os.environ,

@@ -3,10 +3,8 @@ own Triton (an empty-weights model repository: enough for the index and for read
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -21,6 +19,7 @@ from polydub.manifest import MANIFEST_MODEL, Manifest, ServedModel, manifest_pat
 from polydub.settings import Settings
 from polydub.stack import Stack
 from tests.checkout import place_templates
+from tests.conftest import scratch_dir
 from tests.integration.api.helpers import FakeWorker, Media, Served, free_port, make_media
 
 # Models whose folders make up the repository index; none is ever loaded.
@@ -38,7 +37,7 @@ INDEX_MANIFEST = Manifest(
 
 @pytest.fixture(scope="session")
 def api_triton(stack_settings: Settings) -> Iterator[Settings]:
-    root = Path(tempfile.mkdtemp(prefix="polydub-api-triton-"))
+    root = scratch_dir("polydub-api-triton-")
     root.chmod(0o755)
     repo = root / "model_repository"
     for name in INDEX_MODELS:
@@ -93,7 +92,7 @@ def api_settings(stack_settings: Settings, api_triton: Settings) -> Settings:
             "api_outbox_publish_timeout_seconds": 0.5,
             "retention_interval_seconds": 3600.0,
             "reconcile_interval_seconds": 0.0,  # test_reconcile runs its own passes
-            "api_tmp_dir": Path(tempfile.mkdtemp(prefix="polydub-api-spool-")),
+            "api_tmp_dir": scratch_dir("polydub-api-spool-"),
         }
     )
 

@@ -10,11 +10,9 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -28,6 +26,7 @@ from polydub.api.secrets_at_rest import SecretBox
 from polydub.errors import ConfigurationError
 from polydub.settings import Settings
 from polydub.stack.servers import settings_env
+from tests.conftest import scratch_dir
 from tests.integration.api.helpers import Media, Served, free_port, multipart_body
 
 pytestmark = pytest.mark.integration
@@ -43,7 +42,7 @@ def hard_settings(api_settings: Settings) -> Settings:
             "api_auth_failures_per_minute": FAILURES_PER_MINUTE,
             "api_stream_key_check_seconds": 0.2,
             "api_events_poll_seconds": 0.1,
-            "api_tmp_dir": Path(tempfile.mkdtemp(prefix="polydub-hard-spool-")),
+            "api_tmp_dir": scratch_dir("polydub-hard-spool-"),
         }
     )
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import tempfile
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -21,6 +19,7 @@ from polydub.api.app import create_app
 from polydub.api.auth import NewKey
 from polydub.api.slow_clients import with_header_timeout
 from polydub.settings import Settings
+from tests.conftest import scratch_dir
 from tests.integration.api.helpers import Media, Served, multipart_body
 
 pytestmark = pytest.mark.integration
@@ -39,7 +38,7 @@ def slow_settings(api_settings: Settings) -> Settings:
             "api_header_timeout_seconds": HEADER_TIMEOUT,
             "api_body_timeout_seconds": BODY_GRACE,
             "api_body_min_bytes_per_second": MIN_RATE,
-            "api_tmp_dir": Path(tempfile.mkdtemp(prefix="polydub-slow-spool-")),
+            "api_tmp_dir": scratch_dir("polydub-slow-spool-"),
         }
     )
 

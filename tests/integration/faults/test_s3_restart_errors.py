@@ -15,9 +15,7 @@ import asyncio
 import collections
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -26,6 +24,7 @@ from polydub.infra.storage import ObjectStore
 from polydub.settings import Settings
 from polydub.stack import Stack
 from polydub.stack.isolated import isolated_settings
+from tests.conftest import scratch_dir
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +33,7 @@ RESTARTS = 5
 
 @pytest.fixture
 def own_s3() -> Iterator[Settings]:
-    root = Path(tempfile.mkdtemp(prefix="polydub-s3-restarts-"))
+    root = scratch_dir("polydub-s3-restarts-")
     settings = isolated_settings(root)
     Stack(settings, only=["s3"]).up()
     try:

@@ -13,11 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -28,6 +26,7 @@ from loadtests.harness import Deployment, deployment
 from polydub.api.auth import create_key
 from polydub.jobs import TERMINAL
 from polydub.settings import Settings
+from tests.conftest import scratch_dir
 from tests.integration.api.helpers import Receiver, Served
 from tests.integration.faults.conftest import (
     ACK_WAIT,
@@ -74,7 +73,7 @@ async def submit(http: httpx.AsyncClient, clip: bytes, callback: str, dub: bool)
 
 @pytest.fixture
 async def own_stack(stack_settings: Settings, tiny_models: list[str]) -> AsyncIterator[Deployment]:
-    root = Path(tempfile.mkdtemp(prefix="polydub-faults-"))
+    root = scratch_dir("polydub-faults-")
     base = fault_settings(stack_settings)
     overrides = {
         name: getattr(base, name)

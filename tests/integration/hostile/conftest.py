@@ -3,10 +3,8 @@ with a stream of its own, a key, and recorders of every ffprobe/ffmpeg command l
 
 from __future__ import annotations
 
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -17,6 +15,7 @@ from polydub.api.app import create_app
 from polydub.api.auth import NewKey, create_key
 from polydub.settings import Settings
 from polydub.stack import Stack
+from tests.conftest import scratch_dir
 from tests.integration.api.helpers import Served
 from tests.integration.hostile.corpus import BaseMedia, Canary, Material, base_media
 
@@ -46,7 +45,7 @@ def hostile_settings(stack_settings: Settings) -> Settings:
         update={
             "jobs_stream": stream,
             "jobs_subject": f"{stream.lower()}.jobs",
-            "api_tmp_dir": Path(tempfile.mkdtemp(prefix="polydub-hostile-spool-")),
+            "api_tmp_dir": scratch_dir("polydub-hostile-spool-"),
             "api_outbox_poll_seconds": 0.1,
             "api_events_poll_seconds": 0.25,
             "retention_interval_seconds": 3600.0,

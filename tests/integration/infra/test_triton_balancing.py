@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -25,7 +23,7 @@ from polydub.manifest import (
 )
 from polydub.settings import Settings
 from tests.checkout import place_templates
-from tests.conftest import own_triton
+from tests.conftest import own_triton, scratch_dir
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +45,7 @@ def _serve_manifest(settings: Settings) -> None:
 
 @pytest.fixture(scope="module")
 def two_tritons(stack_settings: Settings) -> Iterator[list[Settings]]:
-    roots = [Path(tempfile.mkdtemp(prefix="polydub-balance-")) for _ in range(2)]
+    roots = [scratch_dir("polydub-balance-") for _ in range(2)]
     servers = [own_triton(stack_settings, root) for root in roots]
     # Started side by side: each waits mostly on its python backend stub.
     with contextlib.ExitStack() as stack, ThreadPoolExecutor(2) as pool:

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,7 +39,7 @@ from polydub.orchestrator.stages.dub import N_BEST
 from polydub.retry import RetryBudget
 from polydub.settings import Settings
 from tests.checkout import place_templates
-from tests.conftest import own_triton
+from tests.conftest import own_triton, scratch_dir
 
 pytestmark = pytest.mark.integration
 SEGMENTS = 48
@@ -72,7 +70,7 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def nllb_triton(stack_settings: Settings) -> Iterator[tuple[str, list[str]]]:
     """The gRPC address of a Triton of this module's own, and the tiny NLLB's models in it."""
-    root = Path(tempfile.mkdtemp(prefix="polydub-overload-"))  # Triton must traverse it
+    root = scratch_dir("polydub-overload-")  # Triton must traverse it
     try:
         with own_triton(stack_settings, root) as settings:
             repository = settings.model_repository

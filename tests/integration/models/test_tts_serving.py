@@ -4,7 +4,6 @@ slot fitting, batching of concurrent requests, idle unloading and the errors a c
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from polydub.infra.triton import InferenceClient
 from polydub.orchestrator.inference.tts import ModelPool, TtsClient, request_inputs
 from polydub.settings import Settings
 from tests.checkout import place_templates
-from tests.conftest import own_triton
+from tests.conftest import own_triton, scratch_dir
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +33,7 @@ def tts_triton_settings(
 ) -> Iterator[Settings]:
     # Its own Triton: these tests assert which models are loaded, and the session's Triton is
     # shared with tests that load every model.
-    root = Path(tempfile.mkdtemp(prefix="polydub-tts-"))
+    root = scratch_dir("polydub-tts-")
     with own_triton(stack_settings, root) as settings:
         yield settings
 

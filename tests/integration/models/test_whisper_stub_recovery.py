@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from polydub.orchestrator.inference.asr import AsrClient
 from polydub.retry import RetryBudget
 from polydub.settings import Settings
 from tests.checkout import place_templates
-from tests.conftest import own_triton
+from tests.conftest import own_triton, scratch_dir
 from tests.speech_audio import MALE, speak
 
 pytestmark = pytest.mark.integration
@@ -41,7 +40,7 @@ MAX_NEW_TOKENS = 8  # random weights: the text is noise, only success matters
 @pytest.fixture(scope="module")
 def stub_settings(stack_settings: Settings) -> Iterator[Settings]:
     # A Triton of its own: its stubs are killed, which must not disturb other tests' models.
-    root = Path(tempfile.mkdtemp(prefix="polydub-stub-"))
+    root = scratch_dir("polydub-stub-")
     with own_triton(stack_settings, root) as settings:
         exporter = WhisperExporter()
         report = exporter.export(
