@@ -13,7 +13,7 @@ Piper's graph draws its noise unseeded, so "another seed" is pairs of noisy runs
 graph, and int8 is compared with fp32 without noise (``noise_scale`` 0: deterministic).
 
 Measured (this test's figures, printed): 12 convolutions in int8; log-spectral distance int8 vs
-fp32 about 4.5 dB against about 6 dB between noisy fp32 runs (0.75x); Whisper base's WER on the
+fp32 4.5-4.7 dB against about 6 dB between noisy fp32 runs (0.75-0.79x); Whisper base's WER on the
 6 sentences (67 words) the same for both graphs. With the last stage in int8 too, silence rose
 from 93 to 62 dB below the peak and the distance was 2.4x the seeds'.
 """
@@ -107,7 +107,7 @@ def test_the_judge_accepts_int8_on_real_weights(voices: tuple[Voice, Voice, int]
     )
     print(verdict.note("en_US-joe-medium"))
     assert verdict.accepted, verdict.note("en_US-joe-medium")
-    assert verdict.ratio < 0.9  # measured 0.75-0.77: room for the noisy pairs' spread
+    assert verdict.ratio < 0.9  # measured 0.75-0.79: room for the noisy pairs' spread
 
 
 def test_whisper_hears_the_same_words(voices: tuple[Voice, Voice, int]) -> None:
