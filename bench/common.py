@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import signal
 import sys
 import tempfile
@@ -41,6 +42,7 @@ def private_stack(servers: list[str], model_repository: Path | None = None) -> I
         yield settings
     finally:
         stack.down()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def save(name: str, data: dict[str, Any]) -> Path:

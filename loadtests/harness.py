@@ -150,6 +150,11 @@ class Deployment:
         env.update(settings_env(self.settings))
         env["POLYDUB_LOG_JSON"] = "true"
         env["PYTHONUNBUFFERED"] = "1"
+        # Scratch of the API and the workers (spools, job folders) beside the logs: a worker
+        # killed -9 leaves its job folder behind, and this deployment's folder takes it away.
+        scratch = self.logs.parent / "tmp"
+        scratch.mkdir(parents=True, exist_ok=True)
+        env["TMPDIR"] = str(scratch)
         return env
 
     def up_servers(self, names: tuple[str, ...] = SERVERS) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
 import tempfile
 from collections.abc import Callable
@@ -92,6 +93,8 @@ async def _run(
     nc = await connect(settings, name="polydub-worker")
     # The worker's settings, not the environment's: one budget for all its model clients.
     triton = InferenceClient(settings.triton_url, budget=retry_budget(settings))
+    # A scratch folder made here is the process's own: removed when it stops (a job still in it
+    # was not acked, and is redelivered to a worker that starts from its stored inputs).
     scratch = workdir or Path(tempfile.mkdtemp(prefix="polydub-worker-"))
     try:
         js = nc.jetstream()
@@ -137,3 +140,5 @@ async def _run(
         await triton.close()
         await nc.drain()
         await pool.close()
+        if workdir is None:
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
