@@ -107,8 +107,9 @@ def prepare(work: Path) -> Path:
 
 def served_precision(repository: Path) -> str:
     """What the export chose to serve (int8 vocoder or fp32: ``mms_tts_int8``'s judge)."""
-    manifest = json.loads((repository / "polydub_manifest" / "1" / "manifest.json").read_text())
-    return str(manifest["models"][f"mms_tts_{LANGUAGE}"]["precision"])
+    from polydub.manifest import read_manifest
+
+    return read_manifest(repository).models[f"mms_tts_{LANGUAGE}"].precision
 
 
 def spec_of(repository: Path) -> Any:

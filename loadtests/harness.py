@@ -141,6 +141,9 @@ class Deployment:
     stack: Stack | None = None
     procs: list[Proc] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.scratch.mkdir(parents=True, exist_ok=True)
+
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.api_port}"
@@ -150,12 +153,14 @@ class Deployment:
         env.update(settings_env(self.settings))
         env["POLYDUB_LOG_JSON"] = "true"
         env["PYTHONUNBUFFERED"] = "1"
-        # Scratch of the API and the workers (spools, job folders) beside the logs: a worker
-        # killed -9 leaves its job folder behind, and this deployment's folder takes it away.
-        scratch = self.logs.parent / "tmp"
-        scratch.mkdir(parents=True, exist_ok=True)
-        env["TMPDIR"] = str(scratch)
+        env["TMPDIR"] = str(self.scratch)
         return env
+
+    @property
+    def scratch(self) -> Path:
+        """Scratch of the API and the workers (spools, job folders) beside the logs: a worker
+        killed -9 leaves its job folder behind, and this deployment's folder takes it away."""
+        return self.logs.parent / "tmp"
 
     def up_servers(self, names: tuple[str, ...] = SERVERS) -> None:
         self.stack = Stack(self.settings, only=list(names))
