@@ -14,6 +14,11 @@ and not run in CI: NLLB-200-distilled-600M alone takes minutes and ~11 GB to exp
 
 Each family needs free memory (``NEEDS_GIB``) before it starts, measured as MemAvailable (or the
 cgroup's room); with less it is refused with a message and the others go on.
+
+``--preset large --layers N`` builds Whisper large-v3 and NLLB-200-3.3B at their real width with N
+encoder and N decoder layers instead (``bench.large_shape``; ``bench.large_size`` runs it at
+several depths and extrapolates), and ``--requests R`` makes each family's inference R requests
+at once (the tree's peak RSS while they run is reported).
 """
 
 from __future__ import annotations
@@ -26,16 +31,19 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, TEMPLATES
+from bench.large_shape import LARGE_REPOS, build_large, scale_to_depth
 from polydub.export.hub import available_memory
 
 GIB = 2**30
 FAMILIES = ("whisper", "nllb", "mms_tts", "diarization")
 # Free memory a family's build or export needs before it starts (measured peaks plus headroom).
 NEEDS_GIB = {"whisper": 4.0, "nllb": 13.0, "mms_tts": 4.0, "diarization": 3.0}
+NEEDS_GIB_LARGE = {"whisper": 6.0, "nllb": 16.0}  # at 1-2 layers: the embeddings dominate
 # A child is stopped when the machine's free memory falls below this while it runs.
 FLOOR_BYTES = GIB
 POLL_S = 0.5
@@ -49,6 +57,23 @@ REPOS: dict[str, dict[str, str]] = {
         "pyannote_segmentation": "pyannote/segmentation-3.0",
     },
 }
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Which checkpoints: the ``small`` preset's at their real size, or the ``large`` preset's at
+    their real width with ``layers`` encoder and decoder layers."""
+
+    preset: str = "small"
+    layers: int = 0
+
+    def argv(self) -> list[str]:
+        return ["--preset", self.preset, "--layers", str(self.layers)]
+
+    def __str__(self) -> str:
+        return self.preset if self.preset == "small" else f"large, {self.layers} layers"
+
+
 # Served models a family writes that its report does not list (shared by every voice).
 COMPANIONS = {"mms_tts": ("mms_tts_tokenizer",)}
 # The machine the verdict is for, and what the rest of the stack takes on it (PostgreSQL, NATS,
@@ -60,29 +85,40 @@ REST_OF_STACK_GIB = 3.0
 # ----------------------------------------------------------------------------- children
 
 
-def child_build(family: str, work: Path) -> dict[str, Any]:
+def repos_of(family: str, shape: Shape) -> dict[str, str]:
+    """model key for ``--model`` -> repository id, at the shape's preset."""
+    if shape.preset == "large":
+        return {family: LARGE_REPOS[family]}
+    return REPOS[family]
+
+
+def child_build(family: str, work: Path, shape: Shape) -> dict[str, Any]:
     """Build the family's repositories at real scale (skipped when a finished build is there)."""
     from tests.hub.build import build_repo
 
     built = {}
-    for repo_id in REPOS[family].values():
+    for repo_id in repos_of(family, shape).values():
         out = work / "hub" / repo_id
         marker = out / ".real-size-built"
         if not marker.exists():
-            build_repo(repo_id, out, scale="real")
-            marker.write_text("real\n")
+            if shape.preset == "large":
+                build_large(family, out, shape.layers)
+            else:
+                build_repo(repo_id, out, scale="real")
+            marker.write_text(f"{shape}\n")
         built[repo_id] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {"checkpoint_bytes": built}
 
 
-def child_export(family: str, work: Path) -> dict[str, Any]:
+def child_export(family: str, work: Path, shape: Shape) -> dict[str, Any]:
     """polydub's export of the family from the local checkpoints (``--model KEY=DIR``)."""
     from polydub.export.plan import ModelChoice, make_plan
     from polydub.export.run import export_all
     from polydub.export.spec import Preset, Target
 
-    choices = [ModelChoice.parse(f"{k}={work / 'hub' / r}") for k, r in REPOS[family].items()]
-    plan = make_plan(Preset.SMALL, choices, families=[family])
+    repos = repos_of(family, shape).items()
+    choices = [ModelChoice.parse(f"{k}={work / 'hub' / r}") for k, r in repos]
+    plan = make_plan(Preset(shape.preset), choices, families=[family])
     started = time.perf_counter()
     result = export_all(plan, Target.CPU, work / "repository", TEMPLATES)
     seconds = time.perf_counter() - started
@@ -97,7 +133,7 @@ def child_export(family: str, work: Path) -> dict[str, Any]:
     }
 
 
-def run_child(phase: str, family: str, work: Path) -> dict[str, Any]:
+def run_child(phase: str, family: str, work: Path, shape: Shape) -> dict[str, Any]:
     """One phase of one family in a child process: its result, wall time, peak RSS, CPU time."""
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -107,7 +143,7 @@ def run_child(phase: str, family: str, work: Path) -> dict[str, Any]:
     started = time.perf_counter()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [*argv, "--work", str(work)],
+            [*argv, "--work", str(work), *shape.argv()],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own group: the guard below stops all of it
@@ -169,30 +205,31 @@ def disk_of(work: Path, models: list[str]) -> dict[str, dict[str, int]]:
     }
 
 
-def room_for(family: str) -> str | None:
+def room_for(family: str, shape: Shape) -> str | None:
     """None when the family may start; else why not (free memory below its need)."""
     free = available_memory() / GIB
-    if free < NEEDS_GIB[family]:
+    need = (NEEDS_GIB_LARGE if shape.preset == "large" else NEEDS_GIB)[family]
+    if free < need:
         return (
             f"{family}: refused, {free:.1f} GiB of memory is available and it needs "
-            f"{NEEDS_GIB[family]:.1f} GiB (other work on this machine?): run it later or alone"
+            f"{need:.1f} GiB (other work on this machine?): run it later or alone"
         )
     return None
 
 
-def export_families(families: list[str], work: Path) -> dict[str, dict[str, Any]]:
+def export_families(families: list[str], work: Path, shape: Shape) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     for family in families:
         entry: dict[str, Any] = {}
         results[family] = entry
         for phase in ("build", "export"):
-            refused = room_for(family)
+            refused = room_for(family, shape)
             if refused:
                 print(refused, flush=True)
                 entry["refused"] = refused
                 break
             print(f"{family}: {phase} ...", flush=True)
-            entry[phase] = run_child(phase, family, work)
+            entry[phase] = run_child(phase, family, work, shape)
             if "error" in entry[phase]:
                 why, log = entry[phase]["error"], entry[phase]["log"]
                 print(f"{family}: {phase} failed ({why}); log {log}:", flush=True)
@@ -311,12 +348,23 @@ def main(argv: list[str] | None = None) -> int:
         help="earlier results JSON: their exported families are measured in Triton again, not "
         "exported again (their model folders must be in WORK/repository)",
     )
+    parser.add_argument("--preset", choices=("small", "large"), default="small")
+    parser.add_argument(
+        "--layers", type=int, default=0, help="with --preset large: encoder and decoder layers"
+    )
+    parser.add_argument(
+        "--requests", type=int, default=1, help="requests at once in each family's inference"
+    )
     parser.add_argument("--child", choices=("build", "export"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
-    unknown = set(families) - set(FAMILIES)
+    known = FAMILIES if args.preset == "small" else tuple(LARGE_REPOS)
+    unknown = set(families) - set(known)
     if unknown:
-        parser.error(f"unknown families {sorted(unknown)}; known: {', '.join(FAMILIES)}")
+        parser.error(f"unknown families {sorted(unknown)}; known: {', '.join(known)}")
+    if (args.preset == "large") != (args.layers > 0):
+        parser.error("--layers N (>= 1) goes with --preset large, and only with it")
+    shape = Shape(args.preset, args.layers)
     work: Path = args.work.resolve()
     if args.child:
         import logging
@@ -325,13 +373,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
         logging.getLogger("polydub").setLevel(logging.INFO)
         run = child_build if args.child == "build" else child_export
-        data = run(families[0], work)
+        data = run(families[0], work, shape)
         (work / "logs" / f"{families[0]}-{args.child}.json").write_text(json.dumps(data))
         return 0
 
     started = time.perf_counter()
     reused = reuse_exports(args.reuse, families, work)
-    fresh = export_families([f for f in families if f not in reused], work)
+    fresh = export_families([f for f in families if f not in reused], work, shape)
     results = {f: reused.get(f) or fresh[f] for f in families}
     serving = None
     if not args.no_triton:
@@ -340,7 +388,10 @@ def main(argv: list[str] | None = None) -> int:
         exported = {
             f: e["export"]["models"] for f, e in results.items() if "models" in e.get("export", {})
         }
-        serving = measure_serving(work, exported)
+        if shape.preset == "large":
+            scaled = scale_to_depth(TEMPLATES, work / "repository", shape.layers)
+            print(f"whisper cross_cache_mib scaled to {shape.layers} layers: {scaled}")
+        serving = measure_serving(work, exported, args.requests)
     print(table(results, serving))
     lines = verdict(results, serving)
     print("\n".join(["", f"On a 2-core / {TARGET_GIB:.0f} GB machine:", *lines]))
@@ -348,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / f"real_size-{time.strftime('%Y%m%d-%H%M%S')}.json"
     data = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "shape": {"preset": shape.preset, "layers": shape.layers, "requests": args.requests},
         "families": results,
         "serving": serving,
         "verdict": lines,

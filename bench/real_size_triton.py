@@ -10,8 +10,10 @@ backend's /dev/shm regions are reported apart (tmpfs pages, counted by the block
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -34,6 +36,8 @@ INFER_TIMEOUT_S = 300.0
 # being optimised takes about as much again for a moment.
 LOAD_FACTOR = 2.5
 LOAD_SLACK = 512 * 2**20
+WORK_TOKENS = 32
+WORK_SENTENCE = "The committee will meet again next week to review the budget and the plans"
 TTS_TEXTS = {"spa": "hola a todos", "fra": "bonjour a tous", "deu": "hallo zusammen"}
 
 
@@ -79,22 +83,38 @@ def _audio(seconds: float) -> Any:
     return (0.2 * voiced + noise).astype(np.float32)
 
 
-def inference(family: str, client: Any, models: list[str]) -> Callable[[], Awaitable[str]]:
-    """One request per served model of the family, through the client the worker uses."""
+def inference(
+    family: str, client: Any, models: list[str], requests: int = 1
+) -> Callable[[], Awaitable[str]]:
+    """One request per served model of the family, through the client the worker uses. With
+    ``requests`` > 1, Whisper and NLLB get that many at once, as a working load: full 30 s
+    windows decoding 32 tokens each, or sentences of about 20 tokens translated to 60."""
 
     async def whisper() -> str:
         from polydub.orchestrator.inference.asr import AsrClient
 
-        result = await AsrClient(client, max_new_tokens=16).transcribe(_audio(8.0), language="eng")
-        return f"{len(result.segments)} segments"
+        if requests == 1:
+            asr = AsrClient(client, max_new_tokens=16)
+            result = await asr.transcribe(_audio(8.0), language="eng")
+            return f"{len(result.segments)} segments"
+        asr = AsrClient(client, max_new_tokens=WORK_TOKENS, min_new_tokens=WORK_TOKENS)
+        windows = await asyncio.gather(
+            *(asr.transcribe_window(_audio(30.0), "en") for _ in range(requests))
+        )
+        return f"{len(windows)} windows, {sum(len(w.tokens) for w in windows)} tokens"
 
     async def nllb() -> str:
         from polydub.orchestrator.inference.translation import TranslationClient
 
-        done = await TranslationClient(client).translate(
-            "Hello, how are you today?", "eng", "fra", max_length=16
+        if requests == 1:
+            done = await TranslationClient(client).translate(
+                "Hello, how are you today?", "eng", "fra", max_length=16
+            )
+            return f"{len(done.candidates[0].text)} characters"
+        many = await TranslationClient(client).translate_many(
+            [f"{WORK_SENTENCE} ({i})" for i in range(requests)], "eng", "fra", max_length=60
         )
-        return f"{len(done.candidates[0].text)} characters"
+        return f"{len(many)} sentences, {sum(len(t.candidates[0].text) for t in many)} characters"
 
     async def mms_tts() -> str:
         from polydub.orchestrator.inference.tts import TtsClient
@@ -120,12 +140,43 @@ def inference(family: str, client: Any, models: list[str]) -> Callable[[], Await
     return runs[family]
 
 
-async def _infer(url: str, family: str, models: list[str]) -> str:
+async def _infer(url: str, family: str, models: list[str], requests: int) -> str:
     from polydub.infra.triton import InferenceClient
 
     async with InferenceClient(url, timeout=INFER_TIMEOUT_S) as client:
-        run = inference(family, client, models)
+        run = inference(family, client, models, requests)
         return await asyncio.wait_for(run(), INFER_TIMEOUT_S)
+
+
+class PeakRss:
+    """The process tree's largest RSS sum while the block runs, and each process's largest
+    (an instance's own peak: the instances' peaks need not coincide), sampled every 0.1 s."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self.by_process: dict[int, int] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        root = psutil.Process(self.pid)
+        while not self._done.wait(0.1):
+            total = 0
+            for proc in (root, *root.children(recursive=True)):
+                with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                    rss = proc.memory_info().rss
+                    total += rss
+                    self.by_process[proc.pid] = max(rss, self.by_process.get(proc.pid, 0))
+            self.peak = max(self.peak, total)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def _load(http: httpx.Client, name: str) -> tuple[float, str | None]:
@@ -137,7 +188,9 @@ def _load(http: httpx.Client, name: str) -> tuple[float, str | None]:
     return seconds, answer.text[-500:]
 
 
-def measure_serving(work: Path, exported: dict[str, list[str]]) -> dict[str, Any]:
+def measure_serving(
+    work: Path, exported: dict[str, list[str]], requests: int = 1
+) -> dict[str, Any]:
     """Start Triton on the repository, load and use each family's models, measuring memory."""
     repository = work / "repository"
     settings = isolated_settings(work / "stack", model_repository=repository)
@@ -163,11 +216,17 @@ def measure_serving(work: Path, exported: dict[str, list[str]]) -> dict[str, Any
                 before = tree_memory(pid, prefix)
                 entry: dict[str, Any] = {}
                 started = time.perf_counter()
-                try:
-                    entry["answer"] = asyncio.run(_infer(settings.triton_url, family, order))
-                except Exception as exc:  # recorded: the other families still get measured
-                    entry["error"] = f"{type(exc).__name__}: {exc}"[:500]
+                with PeakRss(pid) as peak:
+                    try:
+                        entry["answer"] = asyncio.run(
+                            _infer(settings.triton_url, family, order, requests)
+                        )
+                    except Exception as exc:  # recorded: the other families still get measured
+                        entry["error"] = f"{type(exc).__name__}: {exc}"[:500]
                 entry["seconds"] = time.perf_counter() - started
+                entry["tree_rss_before_bytes"] = before["rss_bytes"]
+                entry["tree_peak_rss_bytes"] = peak.peak
+                entry["process_peak_rss_bytes"] = sorted(peak.by_process.values(), reverse=True)
                 entry.update(delta(before, tree_memory(pid, prefix)))
                 result["inference"][family] = entry
                 print(f"  triton {family} inference: {entry}", flush=True)

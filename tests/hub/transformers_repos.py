@@ -196,7 +196,7 @@ def build_whisper(out: Path, scale: Scale, repo_id: str = WHISPER) -> ModelCard:
     write_json(out / "preprocessor_config.json", preprocessor)
     _seed(repo_id)
     model = model_from_config(hf.WhisperForConditionalGeneration, hf.WhisperConfig, config)
-    _save_safetensors(model, out)
+    save_safetensors(model, out)
     return ModelCard(
         license="apache-2.0",
         tags=("audio", "automatic-speech-recognition", "hf-asr-leaderboard"),
@@ -210,7 +210,7 @@ def model_from_config(model_class: Any, config_class: Any, config: dict[str, Any
     return model_class(config_class(**arch)).eval()
 
 
-def _save_safetensors(model: Any, out: Path) -> None:
+def save_safetensors(model: Any, out: Path) -> None:
     """model.safetensors as transformers writes it (tied weights stored once)."""
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
