@@ -58,7 +58,9 @@ TOKENIZER_DIR = "tokenizer"
 # *_providers: onnxruntime providers in order of preference (cpu, cuda, tensorrt);
 # intra_op_threads: per session, 0: one per core; trt_engine_cache_path: per GPU below it;
 # encoder_cpu_arena / decoder_cpu_arena: onnxruntime's CPU arena per session, encoder_batch:
-# windows per encoder run (CPU; whisper_ort.OrtGraphs says why: memory).
+# windows per encoder run (CPU; whisper_ort.OrtGraphs says why: memory); cross_cache_mib: the
+# most memory a batch's cross-attention K/V may hold, so the windows decoded together (0: no bound;
+# see ``WhisperService.group_size``).
 PARAMETERS = {
     "max_new_tokens": "224",
     "encoder_file": "encoder.onnx",
@@ -70,7 +72,26 @@ PARAMETERS = {
     "encoder_cpu_arena": "false",
     "decoder_cpu_arena": "true",
     "encoder_batch": "4",
+    "cross_cache_mib": "0",
 }
+ENCODER_POSITIONS = 1500  # what the encoder's stride-2 convolution makes of 30 s (3000 frames)
+
+
+def group_size(facts: WhisperFacts, cross_cache_mib: int) -> int:
+    """Windows decoded together so that their cross-attention K/V (every decoder layer's, in
+    float32, held for the whole decode) stay within ``cross_cache_mib`` (0: unbounded).
+
+    It is what grows with a batch and with depth: 37 MB per window at whisper-base, 491 MB at
+    large-v3, where a batch of 16 alone held 7.9 GB per instance (``bench.large_size``). Above
+    the bound the batch is decoded in groups, one after the other: slower, but an instance's
+    peak no longer follows the batcher. At least one window, whatever the bound."""
+    if cross_cache_mib < 0:
+        raise ValueError("cross_cache_mib must be >= 0")
+    if cross_cache_mib == 0:
+        return 2**31
+    per_window = 2 * facts.decoder_layers * facts.decoder_heads * facts.head_dim
+    per_window *= ENCODER_POSITIONS * 4
+    return max(1, cross_cache_mib * 2**20 // per_window)
 
 
 class WhisperService:
@@ -105,9 +126,11 @@ class WhisperService:
             decoder_arena=_flag(params["decoder_cpu_arena"]),
             encoder_batch=int(params["encoder_batch"]),
         )
+        self.group_size = group_size(self.facts, int(params["cross_cache_mib"]))
 
     def run(self, requests: Sequence[Inputs]) -> list[Outcome]:
-        """Decode every row of every request as one batch; one outcome per request."""
+        """Decode every row of every request, ``group_size`` windows at a time (the whole batch
+        at once when it fits); one outcome per request."""
         outcomes: list[Outcome] = [Failure("not decoded")] * len(requests)
         audios: list[Array] = []
         options: list[DecodeOptions] = []
@@ -128,10 +151,18 @@ class WhisperService:
         if not audios:
             return outcomes
         try:
-            features = log_mel_spectrogram(audios, self.facts.n_mels)
-            results = greedy_decode(
-                self.backend, features, options, self.facts, limits, min_new_tokens=minimums
-            )
+            results: list[DecodeResult] = []
+            for start in range(0, len(audios), self.group_size):
+                group = slice(start, start + self.group_size)
+                features = log_mel_spectrogram(audios[group], self.facts.n_mels)
+                results += greedy_decode(
+                    self.backend,
+                    features,
+                    options[group],
+                    self.facts,
+                    limits[group],
+                    min_new_tokens=minimums[group],
+                )
         except Exception as exc:
             for i in set(owners):
                 outcomes[i] = Failure(f"whisper: {exc}")

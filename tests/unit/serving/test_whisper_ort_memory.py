@@ -1,20 +1,30 @@
 """The whisper sessions' memory settings: the encoder run in parts (``encoder_batch``) writes the
 same cross-attention K/V as one run over the whole batch, and the decoding on them gives the same
-tokens; the service reads its memory parameters from the model config."""
+tokens; the service reads its memory parameters from the model config, and a batch decoded in
+groups (``cross_cache_mib``) answers as the whole batch at once."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from polydub.export.spec import ExportReport
 from polydub.export.whisper_graphs import BLS_MODEL
+from polydub.serving.batch import strings
+from polydub.serving.names import WhisperIn, WhisperOut
 from polydub.serving.whisper_decode import DecodeOptions, greedy_decode
 from polydub.serving.whisper_features import log_mel_spectrogram
 from polydub.serving.whisper_ort import OrtGraphs
-from polydub.serving.whisper_service import PARAMETERS, TOKENIZER_DIR, WhisperService
+from polydub.serving.whisper_service import (
+    PARAMETERS,
+    TOKENIZER_DIR,
+    WhisperService,
+    group_size,
+)
 from polydub.serving.whisper_text import FACTS_FILE, WhisperFacts
 
 pytestmark = pytest.mark.unit
@@ -61,3 +71,60 @@ def test_the_service_reads_its_memory_parameters(
     assert service.backend.encoder_batch == 3
     with pytest.raises(ValueError, match="true or false"):
         WhisperService(version, {**PARAMETERS, "encoder_cpu_arena": "maybe"})
+
+
+def _facts(layers: int, heads: int, head_dim: int) -> WhisperFacts:
+    return WhisperFacts(
+        checkpoint="test",
+        n_mels=80,
+        decoder_layers=layers,
+        decoder_heads=heads,
+        head_dim=head_dim,
+        vocab_size=51865,
+        max_target_positions=448,
+        no_timestamps=50363,
+        timestamp_begin=50364,
+        languages={"en": 50259},
+        suppress_tokens=(),
+        begin_suppress_tokens=(),
+        eot=50257,
+        sot=50258,
+        translate=50358,
+        transcribe=50359,
+        no_speech=50362,
+    )
+
+
+def test_the_cross_cache_bound_sets_the_windows_decoded_together() -> None:
+    base, large = _facts(6, 8, 64), _facts(32, 20, 64)  # whisper-base, large-v3
+    assert group_size(base, 2048) == 58  # 37 MB a window: a batch of 16 is never split
+    assert group_size(large, 2048) == 4  # 491 MB a window
+    assert group_size(large, 100) == 1  # at least one window
+    assert group_size(large, 0) >= 2**31 - 1
+    with pytest.raises(ValueError, match=">= 0"):
+        group_size(large, -1)
+
+
+def test_a_batch_decoded_in_groups_answers_as_one(
+    whisper_export: tuple[Path, ExportReport],
+) -> None:
+    repository, _ = whisper_export
+    version = repository / BLS_MODEL / "1"
+    whole = WhisperService(version, PARAMETERS)
+    grouped = WhisperService(version, {**PARAMETERS, "cross_cache_mib": "1"})
+    assert grouped.group_size < 3 < whole.group_size  # a window of the tiny export: ~0.8 MB
+    rng = np.random.default_rng(1)
+    requests: list[dict[str, NDArray[Any]]] = [
+        {
+            WhisperIn.AUDIO: rng.normal(0, 0.1, (rows, 16000 * seconds)).astype(np.float32),
+            WhisperIn.LANGUAGE: np.array([[b"en"]], dtype=np.object_),
+            WhisperIn.TASK: np.array([[b"transcribe"]], dtype=np.object_),
+            WhisperIn.MAX_NEW_TOKENS: np.array([[limit]], dtype=np.int32),
+        }
+        for rows, seconds, limit in ((1, 2, 10), (2, 3, 6), (1, 1, 12), (3, 2, 8))
+    ]
+    expected, got = whole.run(requests), grouped.run(requests)
+    for a, b in zip(expected, got, strict=True):
+        assert isinstance(a, dict) and isinstance(b, dict)
+        np.testing.assert_array_equal(a[WhisperOut.TOKENS], b[WhisperOut.TOKENS])
+        assert strings(a[WhisperOut.TEXT]) == strings(b[WhisperOut.TEXT])
