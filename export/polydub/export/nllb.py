@@ -16,6 +16,7 @@ import ctypes
 import gc
 import logging
 import re
+import resource
 import shutil
 import tempfile
 import time
@@ -162,13 +163,16 @@ def load_checkpoint(checkpoint: Checkpoint) -> tuple[Any, Any]:
     return model.eval(), tokenizer
 
 
-def _release_memory() -> None:
+def _release_memory(phase: str) -> None:
     """Hand freed heap memory back to the system between the export's phases: each builds
     onnxruntime sessions and ONNX protos of the whole checkpoint (1 GB of embedding alone at
-    NLLB-600M), and glibc keeps freed chunks in its arenas, so the peaks added up."""
+    NLLB-600M), and glibc keeps freed chunks in its arenas, so the peaks added up. Logs the
+    phase with the process's memory: the export's peak decides the machine it needs."""
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to hand back
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    log.info("nllb export: %s; peak RSS so far %.1f GiB", phase, peak / 2**30)
 
 
 # ----------------------------------------------------------------------------- exporter
@@ -200,7 +204,9 @@ class NllbExporter:
         else:
             model, tokenizer = load_checkpoint(ckpt)
             notes = [f"{ckpt.describe()} is licensed {ckpt.license}: non-commercial use only"]
-        return self.export_model(model, tokenizer, target, repository, ckpt.describe(), notes)
+        return self.export_model(
+            model, tokenizer, target, repository, ckpt.describe(), notes, release_weights=True
+        )
 
     def export_model(
         self,
@@ -210,8 +216,12 @@ class NllbExporter:
         repository: Path,
         checkpoint: str,
         notes: list[str] | None = None,
+        *,
+        release_weights: bool = False,
     ) -> ExportReport:
-        """Export, check and place a loaded model and its tokenizer."""
+        """Export, check and place a loaded model and its tokenizer. ``release_weights``: the
+        model's weights are freed once the graphs are checked (the model is then unusable): at
+        NLLB-3.3B they are 13 GB that placing the graphs (int8 quantization) does not need."""
         started = time.monotonic()
         report = ExportReport(FAMILY, checkpoint, models=[BLS], notes=notes or [])
         report.retired.extend(STALE_MODELS)
@@ -219,14 +229,17 @@ class NllbExporter:
         with tempfile.TemporaryDirectory(prefix="nllb-export-") as tmp:
             work = Path(tmp)
             encoder_fp32, decoder_fp32 = self._export_graphs(model, work)
+            _release_memory("decoder written")
             saved = tie_graph(decoder_fp32)
             report.notes.append(
                 f"{DECODER}: lm_head reads the shared embedding, stored once: "
                 f"{saved / 1e6:.1f} MB less, fp32 decoder {graph_bytes(decoder_fp32) / 1e6:.1f} MB"
             )
-            _release_memory()
+            _release_memory("decoder tied")
             self._check(model, tokenizer, config, encoder_fp32, decoder_fp32, report)
-            _release_memory()
+            if release_weights:
+                model.to("meta")  # in place: every parameter's storage is let go
+            _release_memory("graphs checked")
             self._place(
                 target, repository, work, encoder_fp32, decoder_fp32, tokenizer, config, report
             )
@@ -256,6 +269,7 @@ class NllbExporter:
             encoder_path = export_module(
                 encoder, (ids, mask), encoder_spec(layers), work / "encoder" / "model.onnx"
             )
+            _release_memory("encoder written")
             decoder_path = export_module(
                 decoder,
                 (dec_ids, mask, *past, *cross),
@@ -361,7 +375,7 @@ class NllbExporter:
                 # <graph>.onnx is then the fp32 graph itself: no second copy of its bytes.
                 copy_graph(fp32, bls / f"{stem}.onnx")
             report.precision[spec.name] = served
-            _release_memory()
+            _release_memory(f"{spec.name} placed")
 
         tokenizer_dir = bls / TOKENIZER_DIR
         if tokenizer_dir.exists():

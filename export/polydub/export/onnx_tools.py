@@ -3,6 +3,7 @@ tied weights, and parity checks."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -128,16 +129,26 @@ def quantize_int8(
 
     if external_data is None:
         external_data = graph_bytes(src) > EXTERNAL_DATA_BYTES
-    model = onnx.load(str(src))
-    source: Any = model if untie_for_quantization(model) else str(src)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(
-        source,
-        str(dst),
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul", "Gemm"],
-        use_external_data_format=external_data,
-    )
+    model = onnx.load(str(src))
+    untied = dst.parent / f".{dst.stem}-untied" / "model.onnx"
+    try:
+        source = src
+        if untie_for_quantization(model):
+            # A ModelProto handed to quantize_dynamic is held three times at once (ours, its
+            # deepcopy, its shape-inferred reload): 20 GiB for a 4.3 GB graph at NLLB-3.3B's
+            # width. Written out and dropped, it is loaded once, from the file.
+            source = save_graph(model, untied, large=True)
+        del model
+        quantize_dynamic(
+            str(source),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            use_external_data_format=external_data,
+        )
+    finally:
+        shutil.rmtree(untied.parent, ignore_errors=True)
     if token_embeddings:
         from polydub.export.embedding_int8 import quantize_token_embeddings
 

@@ -7,6 +7,7 @@ search the BLS model runs on these graphs is tested in tests/unit/serving.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from polydub.export import nllb_reference
+from polydub.export import nllb, nllb_reference
 from polydub.export.nllb import NllbExporter
 from polydub.export.nllb_graphs import (
     BLS,
@@ -29,7 +30,7 @@ from polydub.export.nllb_graphs import (
 )
 from polydub.export.onnx_tools import max_abs_diff, run_onnx
 from polydub.export.registry import get_family
-from polydub.export.spec import Preset
+from polydub.export.spec import Preset, Target
 from polydub.languages import LANGUAGES
 from polydub.serving import nllb_search, nllb_translate
 from polydub.serving.names import layer_tensors
@@ -89,6 +90,34 @@ def test_export_report_and_files(tiny_nllb: TinyNllb) -> None:
     generation = nllb_search.GenerationConfig.load(version / TOKENIZER_DIR)
     assert generation == tiny_nllb.config
     assert (generation.decoder_layers, generation.decoder_heads, generation.head_dim) == (2, 4, 16)
+
+
+def test_the_checkpoint_export_lets_the_weights_go_before_placing_the_graphs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At NLLB-3.3B the PyTorch weights are 13 GB that quantizing the graphs does not need:
+    ``release_weights`` frees them once the graphs are checked, with the same files placed.
+    Each phase is logged with the export's peak memory."""
+    model, tokenizer = nllb.build_tiny()
+    with caplog.at_level(logging.INFO, logger="polydub.export.nllb"):
+        report = NllbExporter().export_model(
+            model, tokenizer, Target.CPU, tmp_path, "tiny", release_weights=True
+        )
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert report.token_match == {DECODER: True}
+    assert (tmp_path / BLS / "1" / "decoder.onnx").is_file()
+    phases = [r.getMessage() for r in caplog.records if "peak RSS so far" in r.getMessage()]
+    assert [p.split(";")[0] for p in phases] == [
+        f"nllb export: {phase}"
+        for phase in (
+            "encoder written",
+            "decoder written",
+            "decoder tied",
+            "graphs checked",
+            f"{ENCODER} placed",
+            f"{DECODER} placed",
+        )
+    ]
 
 
 def test_decoder_stores_the_shared_embedding_once(tiny_nllb: TinyNllb) -> None:
