@@ -390,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         if shape.preset == "large":
             scaled = scale_to_depth(TEMPLATES, work / "repository", shape.layers)
-            print(f"whisper cross_cache_mib scaled to {shape.layers} layers: {scaled}")
+            if scaled is not None:
+                print(f"whisper cross_cache_mib scaled to {shape.layers} layers: {scaled} MiB")
         serving = measure_serving(work, exported, args.requests)
     print(table(results, serving))
     lines = verdict(results, serving)
