@@ -126,9 +126,11 @@ def table(summaries: dict[str, dict[str, Any]]) -> str:
             )
             fitted = summary["fits"].get(figure)
             if fitted:
-                residual = fitted["max_residual_gib"] if len(depths) > 2 else float("nan")
+                # two depths always lie on their line: a residual says something from three
+                measured = sum(c is not None for c in cells)
+                residual = f"{fitted['max_residual_gib']:.2f}" if measured > 2 else "-"
                 row += f"{fitted['fixed_gib']:>8.2f}{fitted['per_layer_gib']:>8.3f}"
-                row += f"{residual:>10.2f}{fitted['at_real_depth_gib']:>9.2f}"
+                row += f"{residual:>10}{fitted['at_real_depth_gib']:>9.2f}"
             rows.append(row)
         rows.append(f"{'':<9}(real depth: {summary['real_layers']} + {summary['real_layers']})")
     return "\n".join(rows)
