@@ -9,6 +9,7 @@ search per core) and reports its resident set after loading, its peak, and its f
 disk.
 
     .venv/bin/python -m bench.nllb_memory [--layers 12] [--work /tmp/polydub-translation]
+        [--systems ort-int8,ct2-int8]
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--work", type=Path, default=Path("/tmp/polydub-translation"))
     parser.add_argument("--prepare", action="store_true", help="build, export and convert first")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="a comma-separated subset")
     parser.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -112,8 +114,11 @@ def main() -> None:
     if args.prepare:
         for phase in ("build", "export", "convert"):
             run_child(phase, args.work, args.layers)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if set(systems) - set(SYSTEMS):
+        parser.error(f"unknown systems {sorted(set(systems) - set(SYSTEMS))}; known: {SYSTEMS}")
     results: dict[str, Any] = {}
-    for system in SYSTEMS:
+    for system in systems:
         argv = [sys.executable, "-m", "bench.nllb_memory", "--child", system]
         argv += ["--work", str(args.work), "--layers", str(args.layers)]
         done = subprocess.run(argv, capture_output=True, text=True, check=True)

@@ -11,12 +11,7 @@ configs/gpu.pbtxt) beside the fp32 ``encoder.onnx`` / ``decoder.onnx``. The Trit
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
-import logging
 import re
-import resource
 import shutil
 import tempfile
 import time
@@ -28,6 +23,7 @@ import numpy as np
 
 from polydub.errors import ConfigurationError
 from polydub.export.hub import pretrained_args
+from polydub.export.memory import free_weights, release_memory
 from polydub.export.nllb_graphs import (
     BLS,
     DECODER,
@@ -71,8 +67,6 @@ from polydub.export.spec import (
 )
 from polydub.serving.nllb_search import GenerationConfig
 from polydub.serving.nllb_service import TOKENIZER_DIR  # under nllb/1/ (git-ignored)
-
-log = logging.getLogger(__name__)
 
 FAMILY = "nllb"
 LICENSE = "CC-BY-NC-4.0"  # the NLLB-200 weights: non-commercial use only
@@ -163,18 +157,6 @@ def load_checkpoint(checkpoint: Checkpoint) -> tuple[Any, Any]:
     return model.eval(), tokenizer
 
 
-def _release_memory(phase: str) -> None:
-    """Hand freed heap memory back to the system between the export's phases: each builds
-    onnxruntime sessions and ONNX protos of the whole checkpoint (1 GB of embedding alone at
-    NLLB-600M), and glibc keeps freed chunks in its arenas, so the peaks added up. Logs the
-    phase with the process's memory: the export's peak decides the machine it needs."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to hand back
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    log.info("nllb export: %s; peak RSS so far %.1f GiB", phase, peak / 2**30)
-
-
 # ----------------------------------------------------------------------------- exporter
 
 
@@ -229,17 +211,17 @@ class NllbExporter:
         with tempfile.TemporaryDirectory(prefix="nllb-export-") as tmp:
             work = Path(tmp)
             encoder_fp32, decoder_fp32 = self._export_graphs(model, work)
-            _release_memory("decoder written")
+            release_memory(FAMILY, "decoder written")
             saved = tie_graph(decoder_fp32)
             report.notes.append(
                 f"{DECODER}: lm_head reads the shared embedding, stored once: "
                 f"{saved / 1e6:.1f} MB less, fp32 decoder {graph_bytes(decoder_fp32) / 1e6:.1f} MB"
             )
-            _release_memory("decoder tied")
+            release_memory(FAMILY, "decoder tied")
             self._check(model, tokenizer, config, encoder_fp32, decoder_fp32, report)
             if release_weights:
-                model.to("meta")  # in place: every parameter's storage is let go
-            _release_memory("graphs checked")
+                free_weights(model)
+            release_memory(FAMILY, "graphs checked")
             self._place(
                 target, repository, work, encoder_fp32, decoder_fp32, tokenizer, config, report
             )
@@ -269,7 +251,7 @@ class NllbExporter:
             encoder_path = export_module(
                 encoder, (ids, mask), encoder_spec(layers), work / "encoder" / "model.onnx"
             )
-            _release_memory("encoder written")
+            release_memory(FAMILY, "encoder written")
             decoder_path = export_module(
                 decoder,
                 (dec_ids, mask, *past, *cross),
@@ -375,7 +357,7 @@ class NllbExporter:
                 # <graph>.onnx is then the fp32 graph itself: no second copy of its bytes.
                 copy_graph(fp32, bls / f"{stem}.onnx")
             report.precision[spec.name] = served
-            _release_memory(f"{spec.name} placed")
+            release_memory(FAMILY, f"{spec.name} placed")
 
         tokenizer_dir = bls / TOKENIZER_DIR
         if tokenizer_dir.exists():

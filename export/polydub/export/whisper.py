@@ -39,6 +39,7 @@ from typing import Any
 from polydub.errors import ConfigurationError
 from polydub.export import whisper_int8
 from polydub.export.hub import pretrained_args
+from polydub.export.memory import free_weights, release_memory
 from polydub.export.onnx_tools import (
     check_parity,
     convert_fp16,
@@ -197,15 +198,25 @@ class WhisperExporter:
     def export(self, checkpoints: Checkpoints, target: Target, repository: Path) -> ExportReport:
         checkpoint = checkpoints[BLS_MODEL]
         return self.export_loaded(
-            lambda tokenizer_dir: load_checkpoint(checkpoint, tokenizer_dir), target, repository
+            lambda tokenizer_dir: load_checkpoint(checkpoint, tokenizer_dir),
+            target,
+            repository,
+            release_weights=True,
         )
 
     def export_loaded(
-        self, load: Callable[[Path], tuple[Any, Any, Any, str]], target: Target, repository: Path
+        self,
+        load: Callable[[Path], tuple[Any, Any, Any, str]],
+        target: Target,
+        repository: Path,
+        *,
+        release_weights: bool = False,
     ) -> ExportReport:
         """Export what ``load(tokenizer_dir)`` returns: (model, tokenizer, generation config,
         checkpoint name), the tokenizer saved into ``tokenizer_dir``. ``export`` loads a preset's
-        checkpoint; benchmarks pass a random model of real dimensions (bench/asr.py)."""
+        checkpoint; benchmarks pass a random model of real dimensions (bench/asr.py).
+        ``release_weights``: the model's weights are freed once the graphs are checked (the
+        model is then unusable): placing the graphs (int8 or fp16) does not read them."""
         started = time.perf_counter()
         bls_dir = version_dir(repository, BLS_MODEL)
         tokenizer_dir = bls_dir / TOKENIZER_DIR
@@ -241,6 +252,7 @@ class WhisperExporter:
                     f"{saved / 1e6:.1f} MB less, fp32 graph {path.stat().st_size / 1e6:.1f} MB"
                 )
 
+        release_memory(self.name, "graphs written")
         audio, fallback = reference_audio()
         if fallback:
             report.notes.append(fallback)
@@ -270,11 +282,16 @@ class WhisperExporter:
         report.token_match[BLS_MODEL] = same
         if not same:
             raise AssertionError("whisper: the ONNX greedy loop and transformers' generate differ")
+        del fp32  # its sessions hold a copy of every fp32 weight
+        if release_weights:
+            free_weights(model)
+        release_memory(self.name, "graphs checked")
 
         if target is Target.CPU:
             self._place_int8(paths, specs, refs, facts, report)
         else:
             self._place_fp16(paths, refs, facts, report)
+        release_memory(self.name, "graphs placed")
         report.notes.append(f"export took {time.perf_counter() - started:.1f}s")
         return report
 
@@ -293,6 +310,7 @@ class WhisperExporter:
             quantize_weights_int8(
                 path, int8[name], whisper_int8.BLOCK_SIZE, whisper_int8.ACCURACY_LEVEL
             )
+        release_memory(self.name, "int8 graphs written")
         rms = check_graphs(refs, int8[ENCODER_MODEL], int8[DECODER_MODEL], rms_rel_diff)
         # what GraphSpec.int8_rms_rtol judges (the report's field name is older)
         report.int8_max_abs_diff = {ENCODER_MODEL: rms[0], DECODER_MODEL: rms[1]}

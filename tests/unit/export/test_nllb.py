@@ -99,7 +99,7 @@ def test_the_checkpoint_export_lets_the_weights_go_before_placing_the_graphs(
     ``release_weights`` frees them once the graphs are checked, with the same files placed.
     Each phase is logged with the export's peak memory."""
     model, tokenizer = nllb.build_tiny()
-    with caplog.at_level(logging.INFO, logger="polydub.export.nllb"):
+    with caplog.at_level(logging.INFO, logger="polydub.export.memory"):
         report = NllbExporter().export_model(
             model, tokenizer, Target.CPU, tmp_path, "tiny", release_weights=True
         )

@@ -5,6 +5,7 @@ orchestrator's ASR client in tests/unit/orchestrator."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,9 @@ from numpy.typing import NDArray
 
 from polydub.export import whisper_int8
 from polydub.export.onnx_tools import consolidate_external_data, max_abs_diff, run_onnx
-from polydub.export.spec import ExportReport
+from polydub.export.spec import RANDOM, Checkpoint, ExportReport, Target
 from polydub.export.wer import pooled_word_error_rate
-from polydub.export.whisper import FP16_RTOL, WhisperExporter
+from polydub.export.whisper import FP16_RTOL, WhisperExporter, load_checkpoint
 from polydub.export.whisper_graphs import (
     BLS_MODEL,
     DECODER_MODEL,
@@ -306,3 +307,28 @@ def test_external_data_pieces_become_one_file(
             feeds[f"past_{kind}.{i}"] = np.zeros((1, 4, 0, 16), np.float32)
             feeds[f"cross_{kind}.{i}"] = np.ones((1, 4, 1500, 16), np.float32)
     assert max_abs_diff(run_onnx(source, feeds), run_onnx(path, feeds)) == 0.0
+
+
+def test_the_export_lets_the_weights_go_before_placing_the_graphs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At large-v3 the PyTorch weights are 6 GB that placing the graphs does not read: with
+    ``release_weights`` they are freed once the graphs are checked, and each phase is logged
+    with the export's peak memory (what decides the machine an export needs)."""
+    loaded: list[Any] = []
+
+    def load(tokenizer_dir: Path) -> tuple[Any, Any, Any, str]:
+        loaded.append(load_checkpoint(Checkpoint(RANDOM, "MIT"), tokenizer_dir))
+        return loaded[-1]  # type: ignore[no-any-return]
+
+    with caplog.at_level(logging.INFO, logger="polydub.export.memory"):
+        report = WhisperExporter().export_loaded(load, Target.CPU, tmp_path, release_weights=True)
+    model = loaded[0][0]
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert report.token_match == {BLS_MODEL: True} and report.precision
+    assert (tmp_path / BLS_MODEL / "1" / "decoder.onnx").is_file()
+    phases = [r.getMessage().split(";")[0] for r in caplog.records]
+    assert phases == [
+        f"whisper export: {phase}"
+        for phase in ("graphs written", "graphs checked", "int8 graphs written", "graphs placed")
+    ]
