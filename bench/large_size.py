@@ -10,7 +10,9 @@ run at a few depths, one family and one depth at a time, and every figure is fit
 * serving, the tritonserver tree with the shipped config (Whisper: 2 instances; NLLB: 1): RSS
   after loading, and the peak while a working load runs (``--requests``: Whisper 32 windows of
   30 s decoding 32 tokens, two full batches of 16; NLLB 16 sentences translated to 60 tokens
-  with the served beams), as the tree's sum and as its largest process (one instance's stub).
+  with the served beams), as the tree's sum and as its largest process (one instance's stub);
+* NLLB's peer on the same weights (``bench.nllb_memory``'s children, each its own process):
+  CTranslate2 int8 beside polydub's graphs in-process, 16 sentences x 4 beams x 60 tokens.
 
 What is not linear in depth (a layer's attention scores, the runtime, the embeddings) sits in
 ``a``; what is (weights, each layer's cross-attention K/V and decoder cache) in ``b``. With
@@ -35,15 +37,20 @@ from typing import Any
 import numpy as np
 
 from bench.common import save
-from bench.large_shape import real_layers
+from bench.large_shape import LARGE_REPOS, real_layers
 
 GIB = 2**30
 REQUESTS = {"whisper": 32, "nllb": 16}
 # Whisper's layers are small: three depths check the line. NLLB's embeddings alone are 2.1 GB of
 # float32 and its export peaks at several times its weights: two depths fit this machine.
 DEPTHS = {"whisper": (1, 2, 4), "nllb": (1, 2)}
-# figure -> how it is read from one bench.real_size result of one family
+# the figures read from one bench.real_size result of one family (``figures``)
 FIGURES = ("export peak", "served on disk", "loaded", "working peak", "instance peak")
+# NLLB's peer, in its own process on the same weights (bench.nllb_memory's children): polydub's
+# served graphs in-process with the served defaults, and CTranslate2 int8, each translating 16
+# sentences x 4 beams x 60 tokens.
+PEERS = {"ort-int8": "polydub in-process", "ct2-int8": "CTranslate2 int8"}
+PEER_FIGURES = tuple(f"{name} {what}" for name in PEERS.values() for what in ("loaded", "peak"))
 
 
 def run_depth(family: str, layers: int, work: Path, requests: int) -> dict[str, Any]:
@@ -51,7 +58,16 @@ def run_depth(family: str, layers: int, work: Path, requests: int) -> dict[str, 
     folder = work / f"{family}-{layers}"
     done = folder / "result.json"
     if done.exists():
-        return dict(json.loads(done.read_text()))
+        result: dict[str, Any] = json.loads(done.read_text())
+    else:
+        result = measure_depth(family, layers, folder, requests)
+    if family == "nllb" and "peers" not in result:
+        result["peers"] = nllb_peers(folder, layers)
+    done.write_text(json.dumps(result))
+    return result
+
+
+def measure_depth(family: str, layers: int, folder: Path, requests: int) -> dict[str, Any]:
     out = folder / "results"
     argv = [sys.executable, "-m", "bench.real_size", "--preset", "large"]
     earlier = sorted(out.glob("real_size-*.json"))
@@ -62,9 +78,30 @@ def run_depth(family: str, layers: int, work: Path, requests: int) -> dict[str, 
     print(f"{family}, {layers} layers: {' '.join(argv[1:])}", flush=True)
     subprocess.run(argv, check=True)
     (latest,) = sorted(out.glob("real_size-*.json"))[-1:]
-    result: dict[str, Any] = json.loads(latest.read_text())
-    done.write_text(json.dumps(result))
-    return result
+    return dict(json.loads(latest.read_text()))
+
+
+def nllb_peers(folder: Path, layers: int) -> dict[str, Any]:
+    """CTranslate2's conversion of the same checkpoint, then each peer's memory in a child, in
+    the folder layout ``bench.translation`` and ``bench.nllb_memory`` read."""
+    peer = folder / "peer"
+    peer.mkdir(exist_ok=True)
+    links = {
+        f"hub-{layers}": folder / "hub" / LARGE_REPOS["nllb"],
+        f"repository-{layers}": folder / "repository",
+    }
+    for name, target in links.items():
+        (peer / name).unlink(missing_ok=True)
+        (peer / name).symlink_to(target)
+    depth = ["--work", str(peer), "--layers", str(layers)]
+    convert = [sys.executable, "-m", "bench.translation", "--child", "convert", *depth]
+    subprocess.run(convert, check=True)
+    found = {}
+    for system in PEERS:
+        argv = [sys.executable, "-m", "bench.nllb_memory", "--child", system, *depth]
+        done = subprocess.run(argv, capture_output=True, text=True, check=True)
+        found[system] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
 
 
 def figures(family: str, result: dict[str, Any], folder: Path) -> dict[str, float]:
@@ -83,6 +120,11 @@ def figures(family: str, result: dict[str, Any], folder: Path) -> dict[str, floa
     if "rss_delta_bytes" in load:
         found["loaded"] = (serving["baseline_rss_bytes"] + load["rss_delta_bytes"]) / GIB
     inference = serving.get("inference", {}).get(family, {})
+    for system, name in PEERS.items():
+        measured = result.get("peers", {}).get(system, {})
+        if measured:
+            found[f"{name} loaded"] = measured["loaded_gib"]
+            found[f"{name} peak"] = measured["peak_gib"]
     if inference.get("tree_peak_rss_bytes") and "error" not in inference:
         found["working peak"] = inference["tree_peak_rss_bytes"] / GIB
         if inference.get("process_peak_rss_bytes"):  # the largest: a python-backend stub
@@ -105,7 +147,7 @@ def fit(depths: list[int], values: list[float], target: int) -> dict[str, float]
 def summarize(family: str, per_depth: dict[int, dict[str, float]]) -> dict[str, Any]:
     target = real_layers(family)
     summary: dict[str, Any] = {"real_layers": target, "measured": per_depth, "fits": {}}
-    for figure in FIGURES:
+    for figure in (*FIGURES, *PEER_FIGURES):
         depths = [d for d in sorted(per_depth) if figure in per_depth[d]]
         if len(depths) >= 2:
             values = [per_depth[d][figure] for d in depths]
@@ -115,13 +157,13 @@ def summarize(family: str, per_depth: dict[int, dict[str, float]]) -> dict[str, 
 
 def table(summaries: dict[str, dict[str, Any]]) -> str:
     depths = sorted({d for s in summaries.values() for d in s["measured"]})
-    head = f"{'model':<9}{'figure (GiB)':<16}" + "".join(f"{f'{d} layers':>10}" for d in depths)
+    head = f"{'model':<9}{'figure (GiB)':<30}" + "".join(f"{f'{d} layers':>10}" for d in depths)
     head += f"{'fixed':>8}{'/layer':>8}{'residual':>10}{'at real':>9}"
     rows = [head, "-" * len(head)]
     for family, summary in summaries.items():
-        for figure in FIGURES:
+        for figure in (f for f in (*FIGURES, *PEER_FIGURES) if f in summary["fits"]):
             cells = [summary["measured"].get(d, {}).get(figure) for d in depths]
-            row = f"{family:<9}{figure:<16}" + "".join(
+            row = f"{family:<9}{figure:<30}" + "".join(
                 f"{c:>10.2f}" if c is not None else f"{'-':>10}" for c in cells
             )
             fitted = summary["fits"].get(figure)
