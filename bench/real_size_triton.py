@@ -41,11 +41,16 @@ WORK_SENTENCE = "The committee will meet again next week to review the budget an
 TTS_TEXTS = {"spa": "hola a todos", "fra": "bonjour a tous", "deu": "hallo zusammen"}
 
 
+def process_tree(pid: int) -> list[psutil.Process]:
+    """tritonserver and its descendants (the python-backend stubs)."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
 def tree_memory(pid: int, shm_prefix: str) -> dict[str, int]:
     """RSS and PSS summed over ``pid`` and its descendants, and the python backend's shm."""
-    root = psutil.Process(pid)
     rss = pss = processes = 0
-    for proc in (root, *root.children(recursive=True)):
+    for proc in process_tree(pid):
         try:
             info = proc.memory_full_info()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -160,10 +165,9 @@ class PeakRss:
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
-        root = psutil.Process(self.pid)
         while not self._done.wait(0.1):
             total = 0
-            for proc in (root, *root.children(recursive=True)):
+            for proc in process_tree(self.pid):
                 with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                     rss = proc.memory_info().rss
                     total += rss

@@ -48,7 +48,7 @@ from polydub.serving.whisper_decode import (
     greedy_decode,
     validate_options,
 )
-from polydub.serving.whisper_features import N_SAMPLES, Array, log_mel_spectrogram
+from polydub.serving.whisper_features import N_FRAMES, N_SAMPLES, Array, log_mel_spectrogram
 from polydub.serving.whisper_ort import OrtGraphs
 from polydub.serving.whisper_text import FACTS_FILE, Detokenizer, WhisperFacts, build_segments
 
@@ -74,7 +74,6 @@ PARAMETERS = {
     "encoder_batch": "4",
     "cross_cache_mib": "0",
 }
-ENCODER_POSITIONS = 1500  # what the encoder's stride-2 convolution makes of 30 s (3000 frames)
 
 
 def group_size(facts: WhisperFacts, cross_cache_mib: int) -> int:
@@ -90,7 +89,7 @@ def group_size(facts: WhisperFacts, cross_cache_mib: int) -> int:
     if cross_cache_mib == 0:
         return 2**31
     per_window = 2 * facts.decoder_layers * facts.decoder_heads * facts.head_dim
-    per_window *= ENCODER_POSITIONS * 4
+    per_window *= (N_FRAMES // 2) * 4  # the encoder's stride-2 convolution halves the frames
     return max(1, cross_cache_mib * 2**20 // per_window)
 
 

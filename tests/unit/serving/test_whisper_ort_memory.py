@@ -5,6 +5,7 @@ groups (``cross_cache_mib``) answers as the whole batch at once."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -73,30 +74,12 @@ def test_the_service_reads_its_memory_parameters(
         WhisperService(version, {**PARAMETERS, "encoder_cpu_arena": "maybe"})
 
 
-def _facts(layers: int, heads: int, head_dim: int) -> WhisperFacts:
-    return WhisperFacts(
-        checkpoint="test",
-        n_mels=80,
-        decoder_layers=layers,
-        decoder_heads=heads,
-        head_dim=head_dim,
-        vocab_size=51865,
-        max_target_positions=448,
-        no_timestamps=50363,
-        timestamp_begin=50364,
-        languages={"en": 50259},
-        suppress_tokens=(),
-        begin_suppress_tokens=(),
-        eot=50257,
-        sot=50258,
-        translate=50358,
-        transcribe=50359,
-        no_speech=50362,
-    )
-
-
-def test_the_cross_cache_bound_sets_the_windows_decoded_together() -> None:
-    base, large = _facts(6, 8, 64), _facts(32, 20, 64)  # whisper-base, large-v3
+def test_the_cross_cache_bound_sets_the_windows_decoded_together(
+    whisper_export: tuple[Path, ExportReport],
+) -> None:
+    tiny = _graphs(whisper_export[0]).facts
+    base = dataclasses.replace(tiny, decoder_layers=6, decoder_heads=8, head_dim=64)
+    large = dataclasses.replace(tiny, decoder_layers=32, decoder_heads=20, head_dim=64)
     assert group_size(base, 2048) == 58  # 37 MB a window: a batch of 16 is never split
     assert group_size(large, 2048) == 4  # 491 MB a window
     assert group_size(large, 100) == 1  # at least one window
