@@ -6,10 +6,18 @@
   [batch, src_len, d_model] and the decoder's cross-attention keys/values, computed once per
   source: ``cross_key.i`` / ``cross_value.i`` [batch, heads, src_len, head_dim] per layer.
 * ``nllb_decoder``: one decoding step over a self-attention KV cache. input_ids [batch, dec_len],
-  encoder_attention_mask [batch, src_len], ``past_*.i`` [batch, heads, past_len, head_dim]
-  (past_len may be 0) and ``cross_*.i`` per layer -> top_log_probs / top_ids [batch, top_k]
-  (log-softmax of the last position: all a beam search needs, instead of a 256k-wide row per
-  beam) and ``new_*.i`` [batch, heads, dec_len, head_dim]: this step's keys/values only.
+  ``past_*.i`` [batch, heads, past_len, head_dim] (past_len may be 0), encoder_attention_mask
+  [sources, src_len] and ``cross_*.i`` [sources, heads, src_len, head_dim] per layer ->
+  top_log_probs / top_ids [batch, top_k] (log-softmax of the last position: all a beam search
+  needs, instead of a 256k-wide row per beam) and ``new_*.i`` [batch, heads, dec_len,
+  head_dim]: this step's keys/values only.
+
+A source's beams share its cross-attention K/V: the rows are ``sources`` runs of equal length,
+one run per source (each request's beams, as the search lays them out), and a source's queries
+attend its keys as one matrix. Fed one K/V row per beam, every step read each source's K/V once
+per beam (4x at beam 4) in 1-row matmuls, ~6% of a step at NLLB-600M's shape, 32 rows
+(issue 17's profile); it held that many copies too. Rows that are not such runs (a batch mixing
+beam counts) are fed one source per row: sources = batch is the same graph.
 
 Self-attention reads the past and this step's keys/values as two parts (two score matmuls, one
 softmax over both, two weighted sums) and the graph gives back only the new part. A graph that
@@ -59,11 +67,14 @@ INT8_RTOL = 0.1
 FP16_RTOL = 0.02
 
 _F32, _I64 = "float32", "int64"
+# The decoder's cross K/V axis: one per source, shared by its beams (``OrtNllb`` reads the name
+# back to know whether a graph shares them: earlier exports had one per row, named "batch").
+SOURCES = names.NLLB_CROSS_SOURCES
 
 
-def _kv(kind: str, layers: int, length: str) -> tuple[TensorSpec, ...]:
+def _kv(kind: str, layers: int, length: str, batch: str = "batch") -> tuple[TensorSpec, ...]:
     return tuple(
-        TensorSpec(name, _F32, ("batch", "heads", length, "head_dim"))
+        TensorSpec(name, _F32, (batch, "heads", length, "head_dim"))
         for name in layer_tensors(kind, layers)
     )
 
@@ -90,9 +101,9 @@ def decoder_spec(layers: int) -> GraphSpec:
         name=DECODER,
         inputs=(
             TensorSpec(NllbDecoderIn.INPUT_IDS, _I64, ("batch", "dec_len")),
-            TensorSpec(NllbDecoderIn.ENCODER_ATTENTION_MASK, _I64, ("batch", "src_len")),
+            TensorSpec(NllbDecoderIn.ENCODER_ATTENTION_MASK, _I64, (SOURCES, "src_len")),
             *_kv("past", layers, "past_len"),
-            *_kv("cross", layers, "src_len"),
+            *_kv("cross", layers, "src_len", SOURCES),
         ),
         outputs=(
             TensorSpec(NllbDecoderOut.TOP_LOG_PROBS, _F32, ("batch", "top_k")),
@@ -127,6 +138,17 @@ def wrappers(model: Any, top_k: int = TOP_K) -> tuple[Any, Any]:
         scores = torch.matmul(split(attn.q_proj(x)), key.transpose(2, 3)) * attn.scaling
         weights = torch.softmax(scores.masked_fill(~visible, neg), dim=-1)
         return merge(attn, torch.matmul(weights, value))
+
+    def attend_sources(attn: Any, x: Any, key: Any, value: Any, visible: Any) -> Any:
+        # ``attend`` with a source's beams as one query matrix: x [sources * beams, T, D], its
+        # rows in runs of ``beams`` per source; key/value [sources, H, S, Dh].
+        sources, length = key.shape[0], x.shape[1]
+        query = split(attn.q_proj(x)).reshape(sources, -1, heads, length, head_dim)
+        query = query.transpose(1, 2).reshape(sources, heads, -1, head_dim)  # [S, H, k*T, Dh]
+        scores = torch.matmul(query, key.transpose(2, 3)) * attn.scaling
+        weights = torch.softmax(scores.masked_fill(~visible, neg), dim=-1)
+        out = torch.matmul(weights, value).reshape(sources, heads, -1, length, head_dim)
+        return merge(attn, out.transpose(1, 2).reshape(x.shape[0], heads, length, head_dim))
 
     def attend_cached(
         attn: Any, x: Any, past: tuple[Any, Any], new: tuple[Any, Any], causal: Any
@@ -171,7 +193,7 @@ def wrappers(model: Any, top_k: int = TOP_K) -> tuple[Any, Any]:
             hidden = embeds + self.decoder.embed_positions(input_ids, embeds, past_len)
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)
             causal = (positions[None, :] <= positions[:, None])[None, None]  # [1, 1, T, T]
-            cross_visible = encoder_attention_mask[:, None, None, :].bool()  # [B, 1, 1, S]
+            cross_visible = encoder_attention_mask[:, None, None, :].bool()  # [sources, 1, 1, S]
             news = []
             for i, layer in enumerate(self.decoder.layers):
                 x = layer.self_attn_layer_norm(hidden)
@@ -181,7 +203,7 @@ def wrappers(model: Any, top_k: int = TOP_K) -> tuple[Any, Any]:
                     layer.self_attn, x, (past_key[i], past_value[i]), (key, value), causal
                 )
                 x = layer.encoder_attn_layer_norm(hidden)
-                hidden = hidden + attend(
+                hidden = hidden + attend_sources(
                     layer.encoder_attn, x, cross_key[i], cross_value[i], cross_visible
                 )
                 x = layer.final_layer_norm(hidden)

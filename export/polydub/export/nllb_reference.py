@@ -19,7 +19,7 @@ from polydub.serving.nllb_search import (
     beam_search,
     extend_past,
 )
-from polydub.serving.nllb_translate import OnnxRuntimeModel
+from polydub.serving.nllb_translate import OnnxRuntimeModel, cross_index
 
 PARITY_TEXTS = (
     ("Hello, how are you today?", "eng_Latn", "fra_Latn"),
@@ -202,8 +202,8 @@ def onnx_search(
         if past is None:
             shape = (len(dec_ids), config.decoder_heads, 0, config.head_dim)
             past = tuple(np.zeros(shape, np.float32) for _ in cross)
-        row_cross = tuple(c[source_index] for c in cross)
-        return model.decode(dec_ids, mask[source_index], row_cross, past)
+        index = cross_index(source_index, model.shares_cross)
+        return model.decode(dec_ids, mask[index], tuple(c[index] for c in cross), past)
 
     requests = [SearchRequest(t, num_beams, max_length) for t in targets]
     return beam_search(requests, step, config, select=model.select)

@@ -19,6 +19,8 @@ WHISPER = "whisper"  # python: features, language detection, greedy decoding
 NLLB = "nllb"  # python: tokenisation and beam search over the two graphs below, in-process
 NLLB_ENCODER = "nllb_encoder"  # graph names (export reports); files nllb/1/encoder.onnx ...
 NLLB_DECODER = "nllb_decoder"  # ... and decoder.onnx, no longer Triton models of their own
+# The decoder's cross K/V and encoder mask axis when a source's beams share them (one per source)
+NLLB_CROSS_SOURCES = "sources"
 MMS_TTS_PREFIX = "mms_tts_"  # one graph per language: mms_tts_<ISO 639-3>
 MMS_TTS_TOKENIZER = "mms_tts_tokenizer"  # python: serves each voice's TtsTokenizer spec
 SILERO_VAD = "silero_vad"

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from polydub.serving.names import (
+    NLLB_CROSS_SOURCES,
     NllbDecoderIn,
     NllbDecoderOut,
     NllbEncoderIn,
@@ -96,9 +97,12 @@ class OrtNllb:
             str(decoder), options, providers=providers(decoder_providers, device_id, trt_cache_dir)
         )
         self.threads = options.intra_op_num_threads
-        inputs = {i.name for i in self.decoder.get_inputs()}
+        inputs = {i.name: i.shape for i in self.decoder.get_inputs()}
         self.layers = sum(1 for name in inputs if name.startswith("past_key."))
         self.cross_names = layer_tensors("cross", self.layers)
+        # Exports before issue 17's change took one cross K/V row per beam.
+        cross_axis = inputs.get(self.cross_names[0], [None])[0] if self.layers else None
+        self.shares_cross = cross_axis == NLLB_CROSS_SOURCES
         self.past_names = layer_tensors("past", self.layers)
         self.new_names = layer_tensors("new", self.layers)
         outputs = {o.name for o in self.decoder.get_outputs()}
@@ -138,7 +142,9 @@ class OrtNllb:
     ) -> tuple[FloatArray, IntArray, Past]:
         """One step -> top_log_probs, top_ids, this step's K/V per layer [batch, heads, dec_len,
         head_dim]. Those are views of this object's buffer, valid until the next ``decode``:
-        ``select`` them (or copy) before the next step."""
+        ``select`` them (or copy) before the next step. ``encoder_attention_mask`` and ``cross``:
+        one per source when ``shares_cross`` and the rows are equal runs, one per source, else
+        one per row (``nllb_translate.cross_index``)."""
         binding = self.decoder.io_binding()
         binding.bind_cpu_input(NllbDecoderIn.INPUT_IDS, np.ascontiguousarray(input_ids))
         binding.bind_cpu_input(

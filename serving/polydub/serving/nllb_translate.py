@@ -84,7 +84,10 @@ def _looks_like_flores(code: str) -> bool:
 
 
 class NllbModel(Protocol):
-    """The two exported graphs, however they are run (onnxruntime sessions, on any provider)."""
+    """The two exported graphs, however they are run (onnxruntime sessions, on any provider).
+    ``shares_cross``: the decoder takes a source's cross K/V once for all its beams."""
+
+    shares_cross: bool
 
     def encode(self, input_ids: IntArray, attention_mask: IntArray) -> Past:
         """-> cross K/V per layer [batch, heads, src_len, head_dim] (layer_tensors order)"""
@@ -264,26 +267,42 @@ class Translator:
             input_ids[row, : len(ids)] = ids
             attention_mask[row, : len(ids)] = 1
         cross = model.encode(input_ids, attention_mask)
-        per_row: dict[bytes, tuple[IntArray, Past]] = {}
+        fed: dict[bytes, tuple[IntArray, Past]] = {}
 
         def step(ids: IntArray, source_index: IntArray, past: Past | None) -> Any:
             key = source_index.tobytes()
-            if key not in per_row:  # rows change only when a request finishes
-                per_row.clear()
-                per_row[key] = (
-                    attention_mask[source_index],
-                    tuple(np.ascontiguousarray(c[source_index]) for c in cross),
+            if key not in fed:  # rows change only when a request finishes
+                fed.clear()
+                index = cross_index(source_index, model.shares_cross)
+                fed[key] = (
+                    attention_mask[index],
+                    tuple(np.ascontiguousarray(c[index]) for c in cross),
                 )
-            mask, row_cross = per_row[key]
+            mask, step_cross = fed[key]
             if past is None:
                 shape = (len(ids), self.config.decoder_heads, 0, self.config.head_dim)
-                past = tuple(np.zeros(shape, np.float32) for _ in row_cross)
-            return model.decode(ids, mask, row_cross, past)
+                past = tuple(np.zeros(shape, np.float32) for _ in step_cross)
+            return model.decode(ids, mask, step_cross, past)
 
         try:
             return beam_search(requests, step, self.config, cancelled, model.select)
         finally:
             model.release()
+
+
+def cross_index(source_index: IntArray, shares_cross: bool) -> IntArray:
+    """The sources whose encoder mask and cross K/V the decoder is fed, in order: one per source
+    when the graph shares them among a source's rows (``shares_cross``) and the rows are equal
+    runs, one run per source (each request's beams, as the search lays them out); else the
+    source of each row."""
+    if not shares_cross or not len(source_index):
+        return source_index
+    starts = np.flatnonzero(np.diff(source_index, prepend=source_index[0] - 1))
+    sources = source_index[starts]
+    runs = np.diff(starts, append=len(source_index))
+    if np.all(runs == runs[0]) and len(np.unique(sources)) == len(sources):
+        return sources
+    return source_index
 
 
 def _shares(costs: Sequence[int], count: int) -> list[list[int]]:

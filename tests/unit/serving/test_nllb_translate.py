@@ -198,3 +198,55 @@ def test_select_joins_each_parents_past_and_new_rows(tiny_nllb: TinyNllb) -> Non
         if past is not None:
             assert not np.may_share_memory(past[0], following[0])
         past = following
+
+
+def test_cross_index_feeds_one_source_per_run_of_beams() -> None:
+    index = nllb_translate.cross_index
+    rows = np.array([0, 0, 0, 2, 2, 2, 5, 5, 5])  # three requests of 3 beams each
+    np.testing.assert_array_equal(index(rows, True), [0, 2, 5])
+    np.testing.assert_array_equal(index(rows, False), rows)  # an export with a row per beam
+    np.testing.assert_array_equal(index(np.array([1, 3, 4]), True), [1, 3, 4])  # first step
+    for mixed in ([0, 0, 0, 1], [0, 1, 1, 0]):  # beam counts differ; a source in two runs
+        np.testing.assert_array_equal(index(np.array(mixed), True), mixed)
+    assert len(index(np.array([], dtype=np.int64), True)) == 0
+
+
+def test_a_sources_beams_share_its_cross_attention(tiny_nllb: TinyNllb, tmp_path: Path) -> None:
+    """A step fed one cross K/V per source gives what the same step gives fed one per beam (the
+    graph's rows in runs of beams), and an export whose cross K/V axis is per row is fed so."""
+    import onnx
+
+    from polydub.serving.nllb_ort import OrtNllb
+
+    model = OrtNllb(tiny_nllb.encoder_fp32, tiny_nllb.decoder_fp32)
+    assert model.shares_cross
+    codec = nllb_translate.NllbCodec(tiny_nllb.repository / BLS / "1" / TOKENIZER_DIR)
+    sources = [codec.encode(text, src, 64) for text, src, _ in NLLB_SENTENCES]
+    width = max(map(len, sources))
+    ids = np.ones((len(sources), width), np.int64)
+    mask = np.zeros_like(ids)
+    for row, source in enumerate(sources):
+        ids[row, : len(source)], mask[row, : len(source)] = source, 1
+    cross = model.encode(ids, mask)
+    rows = np.repeat(np.arange(len(sources)), 3)  # 3 beams each, each with a past of its own
+    rng = np.random.default_rng(0)
+    config = tiny_nllb.config
+    shape = (len(rows), config.decoder_heads, 5, config.head_dim)
+    past = tuple(rng.standard_normal(shape, dtype=np.float32) for _ in cross)
+    tokens = rng.integers(4, 100, (len(rows), 1))
+
+    def outputs(mask: Any, cross: Any) -> list[Any]:  # copied: the next decode reuses them
+        top_log_probs, top_ids, new = model.decode(tokens, mask, cross, past)
+        return [np.copy(top_log_probs), np.copy(top_ids), *(np.copy(a) for a in new)]
+
+    shared = outputs(mask, cross)
+    for got, want in zip(outputs(mask[rows], tuple(c[rows] for c in cross)), shared, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+    graph = onnx.load(str(tiny_nllb.decoder_fp32))
+    for tensor in graph.graph.input:
+        if tensor.name.startswith("cross_") or tensor.name == "encoder_attention_mask":
+            tensor.type.tensor_type.shape.dim[0].dim_param = "batch"
+    older = tmp_path / "decoder.onnx"
+    onnx.save(graph, older)
+    assert not OrtNllb(tiny_nllb.encoder_fp32, older).shares_cross
