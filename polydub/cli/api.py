@@ -40,7 +40,7 @@ def serve(
     }
     if not settings.api_metrics_port:
         uvicorn.run(
-            "polydub.api.app:create_app",
+            "polydub.api.app:create_served_app",
             factory=True,
             host=host,
             port=port,
