@@ -15,9 +15,10 @@
 A source's beams share its cross-attention K/V: the rows are ``sources`` runs of equal length,
 one run per source (each request's beams, as the search lays them out), and a source's queries
 attend its keys as one matrix. Fed one K/V row per beam, every step read each source's K/V once
-per beam (4x at beam 4) in 1-row matmuls, ~6% of a step at NLLB-600M's shape, 32 rows
-(issue 17's profile); it held that many copies too. Rows that are not such runs (a batch mixing
-beam counts) are fed one source per row: sources = batch is the same graph.
+per beam (4x at beam 4) in 1-row matmuls, and the search held that many copies: at NLLB-600M's
+shape, 8 sentences x 4 beams on one thread, the cross q.k matmuls took 5.9 ms of a ~130 ms step,
+1.9 ms shared, and the whole search ran 1.15x faster (issue 17). Rows that are not such runs (a
+batch mixing beam counts) are fed one source per row: sources = batch is the same graph.
 
 Self-attention reads the past and this step's keys/values as two parts (two score matmuls, one
 softmax over both, two weighted sums) and the graph gives back only the new part. A graph that

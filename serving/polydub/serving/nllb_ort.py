@@ -142,9 +142,9 @@ class OrtNllb:
     ) -> tuple[FloatArray, IntArray, Past]:
         """One step -> top_log_probs, top_ids, this step's K/V per layer [batch, heads, dec_len,
         head_dim]. Those are views of this object's buffer, valid until the next ``decode``:
-        ``select`` them (or copy) before the next step. ``encoder_attention_mask`` and ``cross``:
-        one per source when ``shares_cross`` and the rows are equal runs, one per source, else
-        one per row (``nllb_translate.cross_index``)."""
+        ``select`` them (or copy) before the next step. ``encoder_attention_mask`` and ``cross``
+        are fed as ``nllb_translate.cross_index`` picks them: one per source (this graph
+        ``shares_cross`` and the rows are a run of beams per source) or one per row."""
         binding = self.decoder.io_binding()
         binding.bind_cpu_input(NllbDecoderIn.INPUT_IDS, np.ascontiguousarray(input_ids))
         binding.bind_cpu_input(

@@ -19,17 +19,17 @@ pytestmark = pytest.mark.integration
 async def test_the_served_api_freezes_its_startup_heap(api_settings: Settings, api: Served) -> None:
     # ``api`` brings the servers up and the schema migrated.
     settings = api_settings.model_copy(update={"api_run_workers": False})
-    assert gc.get_freeze_count() == 0
+    before = gc.get_freeze_count()
     shared = Served(create_app(settings))  # tests share their process: nothing frozen there
     await shared.start()
     await shared.stop()
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() <= before
 
     served = Served(create_served_app(settings))
     await served.start()
     try:
         frozen = gc.get_freeze_count()
-        assert frozen > 10_000  # the modules and the app, not a handful of objects
+        assert frozen > before + 10_000  # the modules and the app, not a handful of objects
         async with httpx.AsyncClient(base_url=served.url, timeout=10) as client:
             for _ in range(20):
                 assert (await client.get("/health/live")).status_code == 200
