@@ -30,6 +30,7 @@ from polydub.serving import nllb_search, nllb_translate
 from polydub.serving.nllb_service import TOKENIZER_DIR, cpu_share
 from polydub.settings import Settings
 from tests.checkout import place_templates
+from tests.integration.models.statistics import counts, settled
 
 pytestmark = pytest.mark.integration
 MODELS = (BLS,)
@@ -101,33 +102,11 @@ def _sequences(token_ids: NDArray[Any], pad: int = 1) -> list[list[int]]:
     return out
 
 
-async def _counts(triton: InferenceClient, model: str) -> tuple[int, int]:
-    stats = await triton.statistics(model)
-    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
-
-
-async def _settled(triton: InferenceClient, model: str) -> tuple[int, int]:
-    """The counts once two reads 0.2 s apart agree (no statistics update still on its way)."""
-    last = await _counts(triton, model)
-    for _ in range(25):
-        await asyncio.sleep(0.2)
-        now = await _counts(triton, model)
-        if now == last:
-            break
-        last = now
-    return last
-
-
 async def _counts_after(
     triton: InferenceClient, model: str, before: tuple[int, int], inferences: int
 ) -> tuple[int, int]:
-    """(inferences, executions) since ``before``; Triton updates its statistics just after it
-    answers, so wait (briefly) until the expected inferences are counted."""
-    for _ in range(50):
-        now = await _counts(triton, model)
-        if now[0] - before[0] >= inferences:
-            break
-        await asyncio.sleep(0.1)
+    """(inferences, executions) since ``before``, once ``inferences`` more are counted."""
+    now = await counts(triton, model, at_least=before[0] + inferences)
     return now[0] - before[0], now[1] - before[1]
 
 
@@ -159,7 +138,7 @@ async def test_one_batch_with_mixed_target_languages(
     """Rows of one request are one BLS execution: its composition is known, results exact."""
     targets = ["fra_Latn", "rus_Cyrl", "kor_Hang", "spa_Latn"]
     sources = ["eng_Latn", "eng_Latn", "deu_Latn", "eng_Latn"]
-    before = await _counts(triton, BLS)
+    before = await counts(triton, BLS)
     result = await triton.infer(
         BLS, _request(TEXTS, sources, targets, 2, 30), ["translations", "scores", "token_ids"]
     )
@@ -202,7 +181,7 @@ async def test_concurrent_translations_share_batches(triton: InferenceClient, se
     client = TranslationClient(triton)
     texts = [f"{TEXTS[i % len(TEXTS)]} Segment {i}." for i in range(20)]
     targets = ["fra", "spa", "rus", "kor"]
-    bls_before = await _counts(triton, BLS)
+    bls_before = await counts(triton, BLS)
     results = await asyncio.gather(
         *(
             client.translate(text, "eng", targets[i % 4], n_best=2, max_length=24)
@@ -252,9 +231,9 @@ async def test_empty_and_same_language_need_no_triton_call(
     triton: InferenceClient, served: Path
 ) -> None:
     client = TranslationClient(triton)
-    before = await _settled(triton, BLS)
+    before = await settled(triton, BLS)
     empty = await client.translate("   ", "eng", "fra", n_best=3)
     same = await client.translate("Bonjour.", "fra", "fra")
     assert empty.candidates[0].text == "" and len(empty.candidates) == 1
     assert same.text == "Bonjour." and same.best.score == 0.0
-    assert await _settled(triton, BLS) == before
+    assert await settled(triton, BLS) == before

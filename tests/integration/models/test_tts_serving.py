@@ -20,6 +20,7 @@ from polydub.orchestrator.inference.tts import ModelPool, TtsClient, request_inp
 from polydub.settings import Settings
 from tests.checkout import place_templates
 from tests.conftest import own_triton, scratch_dir
+from tests.integration.models.statistics import counts
 
 pytestmark = pytest.mark.integration
 
@@ -60,18 +61,6 @@ def tts(triton: InferenceClient, repository: Path) -> TtsClient:
     return TtsClient(triton, pool=ModelPool(triton, idle_seconds=600))
 
 
-async def _counts(triton: InferenceClient, model: str, at_least: int = 0) -> tuple[int, int]:
-    """(inference_count, execution_count); Triton updates them just after the responses go out,
-    so wait (bounded) until ``at_least`` inferences are counted."""
-    for _ in range(50):
-        stats = await triton.statistics(model)
-        counts = int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
-        if counts[0] >= at_least:
-            break
-        await asyncio.sleep(0.1)
-    return counts
-
-
 async def test_loads_on_demand_and_matches_onnxruntime(
     triton: InferenceClient, repository: Path, tts: TtsClient
 ) -> None:
@@ -103,9 +92,9 @@ async def test_synthesize_to_fit_lands_within_ten_percent(tts: TtsClient) -> Non
 async def test_concurrent_requests_batch(triton: InferenceClient, tts: TtsClient) -> None:
     texts = [f"Sentence number {i} of sixteen." for i in range(16)]
     await tts.synthesize(texts[0], "spa", seed=0)  # load outside the measurement
-    before = await _counts(triton, SPA, at_least=1)
+    before = await counts(triton, SPA, at_least=1)
     results = await asyncio.gather(*(tts.synthesize(t, "spa", seed=i) for i, t in enumerate(texts)))
-    after = await _counts(triton, SPA, at_least=before[0] + 16)
+    after = await counts(triton, SPA, at_least=before[0] + 16)
     inferences, executions = after[0] - before[0], after[1] - before[1]
     assert inferences == 16
     assert executions < inferences, (inferences, executions)
@@ -144,6 +133,6 @@ async def test_errors_for_unknown_language_missing_voice_and_empty_text(
         await tts.synthesize("ciao", "ita")
     assert missing.value.code == "tts_voice_missing"
     assert not await triton.is_model_ready(model_name("ita"))
-    before = await _counts(triton, ENG)
+    before = await counts(triton, ENG)
     empty = await tts.synthesize("", "eng")
-    assert empty.samples.size == 0 and await _counts(triton, ENG) == before
+    assert empty.samples.size == 0 and await counts(triton, ENG) == before
