@@ -134,15 +134,10 @@ def wrappers(model: Any, top_k: int = TOP_K) -> tuple[Any, Any]:
         out = out.transpose(1, 2)
         return attn.out_proj(out.reshape(out.shape[0], out.shape[1], -1))
 
-    def attend(attn: Any, x: Any, key: Any, value: Any, visible: Any) -> Any:
-        # As transformers' eager attention: (q k^T) * scaling, masked, softmax, @ v.
-        scores = torch.matmul(split(attn.q_proj(x)), key.transpose(2, 3)) * attn.scaling
-        weights = torch.softmax(scores.masked_fill(~visible, neg), dim=-1)
-        return merge(attn, torch.matmul(weights, value))
-
     def attend_sources(attn: Any, x: Any, key: Any, value: Any, visible: Any) -> Any:
-        # ``attend`` with a source's beams as one query matrix: x [sources * beams, T, D], its
-        # rows in runs of ``beams`` per source; key/value [sources, H, S, Dh].
+        # As transformers' eager attention ((q k^T) * scaling, masked, softmax, @ v), with a
+        # source's beams as one query matrix: x [sources * beams, T, D], its rows in runs of
+        # ``beams`` per source; key/value [sources, H, S, Dh].
         sources, length = key.shape[0], x.shape[1]
         query = split(attn.q_proj(x)).reshape(sources, -1, heads, length, head_dim)
         query = query.transpose(1, 2).reshape(sources, heads, -1, head_dim)  # [S, H, k*T, Dh]

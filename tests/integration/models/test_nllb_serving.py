@@ -138,7 +138,7 @@ async def test_one_batch_with_mixed_target_languages(
     """Rows of one request are one BLS execution: its composition is known, results exact."""
     targets = ["fra_Latn", "rus_Cyrl", "kor_Hang", "spa_Latn"]
     sources = ["eng_Latn", "eng_Latn", "deu_Latn", "eng_Latn"]
-    before = await counts(triton, BLS)
+    before = await settled(triton, BLS)
     result = await triton.infer(
         BLS, _request(TEXTS, sources, targets, 2, 30), ["translations", "scores", "token_ids"]
     )
@@ -181,7 +181,7 @@ async def test_concurrent_translations_share_batches(triton: InferenceClient, se
     client = TranslationClient(triton)
     texts = [f"{TEXTS[i % len(TEXTS)]} Segment {i}." for i in range(20)]
     targets = ["fra", "spa", "rus", "kor"]
-    bls_before = await counts(triton, BLS)
+    bls_before = await settled(triton, BLS)
     results = await asyncio.gather(
         *(
             client.translate(text, "eng", targets[i % 4], n_best=2, max_length=24)

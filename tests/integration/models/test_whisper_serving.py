@@ -28,7 +28,7 @@ from polydub.orchestrator.inference.asr import AsrClient, AudioRegion, Transcrip
 from polydub.serving import whisper_decode, whisper_features, whisper_text
 from polydub.settings import Settings
 from tests.checkout import place_templates
-from tests.integration.models.statistics import counts
+from tests.integration.models.statistics import counts, settled
 from tests.speech_audio import FEMALE, MALE, speak
 
 pytestmark = pytest.mark.integration
@@ -143,7 +143,7 @@ async def test_concurrent_calls_share_batches(
         + 0.001 * rng.standard_normal(1).astype(np.float32)
         for k in range(16)
     ]
-    before = await counts(triton, BLS_MODEL)
+    before = await settled(triton, BLS_MODEL)
     results = await asyncio.gather(
         *(client.transcribe(c, language="eng" if k % 2 else None) for k, c in enumerate(clips))
     )
