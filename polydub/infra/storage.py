@@ -79,10 +79,13 @@ class ObjectReader:
     """An S3 GET in progress: ``chunks()`` yields its body without holding more than one chunk
     in memory, and releases the connection when done, failed or abandoned (client gone)."""
 
-    def __init__(self, response: BaseHTTPResponse) -> None:
+    def __init__(self, response: BaseHTTPResponse, key: str) -> None:
         self._response = response
+        self._key = key
+        self._length = _body_length(response, key)
 
     async def chunks(self, size: int = READ_CHUNK_SIZE) -> AsyncIterator[bytes]:
+        read = 0
         try:
             while True:
                 try:
@@ -90,7 +93,9 @@ class ObjectReader:
                 except Exception as exc:
                     raise classify(exc) from exc
                 if not block:
+                    _check_length(read, self._length, self._key)
                     return
+                read += len(block)
                 yield block
         finally:
             await self.close()
@@ -190,7 +195,10 @@ class ObjectStore:
         def read() -> bytes:
             response = self._client.get_object(self.bucket, key)
             try:
-                return response.read()
+                length = _body_length(response, key)
+                data = response.read()
+                _check_length(len(data), length, key)
+                return data
             finally:
                 response.close()
                 response.release_conn()
@@ -204,7 +212,12 @@ class ObjectStore:
         response = await self._run(
             self._client.get_object, self.bucket, key, offset=offset, length=length
         )
-        return ObjectReader(response)
+        try:
+            return ObjectReader(response, key)
+        except PolydubError:
+            response.close()
+            response.release_conn()
+            raise
 
     async def download(self, key: str, path: Path, *, etag: str | None = None) -> Path:
         """With ``etag``, only that version of the object: the server checks (If-Match) and
@@ -218,9 +231,11 @@ class ObjectStore:
             response = self._client.get_object(self.bucket, key, request_headers=headers)
             partial = path.with_name(path.name + ".download")
             try:
+                length = _body_length(response, key)
                 with partial.open("wb") as out:
                     for block in response.stream(READ_CHUNK_SIZE):
                         out.write(block)
+                    _check_length(out.tell(), length, key)
                 partial.replace(path)
             finally:
                 partial.unlink(missing_ok=True)
@@ -346,6 +361,25 @@ def _changed(exc: PolydubError, key: str, etag: str | None) -> Conflict | None:
             detail={"key": key, "etag": etag},
         )
     return None
+
+
+def _body_length(response: BaseHTTPResponse, key: str) -> int:
+    """The length a GET's body must have. Every S3 server sends an object's ETag and length
+    with its body; a JuiceFS gateway going down was seen to answer a GET of a 100 kB object
+    with an empty body and no error: that is a wrong answer, so it reads as unavailable."""
+    etag, length = response.headers.get("ETag"), response.headers.get("Content-Length")
+    if not etag or length is None or not length.isdigit():
+        raise ServiceUnavailable(
+            f"S3 answered GET {key!r} without an ETag or a length", code="s3_unavailable"
+        )
+    return int(length)
+
+
+def _check_length(read: int, length: int, key: str) -> None:
+    if read != length:
+        raise ServiceUnavailable(
+            f"S3 sent {read} of the {length} bytes of {key!r}", code="s3_unavailable"
+        )
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
