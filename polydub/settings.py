@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     # path): POLYDUB_FFMPEG, POLYDUB_FFPROBE.
     ffmpeg: str = "ffmpeg"
     ffprobe: str = "ffprobe"
+    # How much nicer than the process that starts them ffmpeg and ffprobe run (POLYDUB_MEDIA_NICE;
+    # 0: the same priority). The API probes every upload: a burst of ten made status reads wait
+    # up to 0.8 s for the CPU their probes took (issue 17, item 5); in the worker, media work
+    # yields to the event loop that keeps NATS heartbeats and Triton calls moving.
+    media_nice: int = Field(default=10, ge=0, le=19)
 
     # API tier (api/): limits on what a client may send, and its background workers.
     api_host: str = "127.0.0.1"

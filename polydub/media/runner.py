@@ -7,7 +7,8 @@ protocol) with ``-protocol_whitelist file``, or a pipe we feed ourselves with
 accept (``sniff.FORMAT_WHITELIST``: no playlist or concat demuxer can be chosen by probing);
 every run has a timeout. Every ffmpeg/ffprobe that polydub starts goes through here, with the
 binaries of the process's settings (``get_settings()``: ``POLYDUB_FFMPEG`` / ``POLYDUB_FFPROBE``),
-read at each run.
+read at each run, and ``media_nice`` steps nicer than the thread that starts it, so that the
+process's own work (the API's requests, the worker's event loop) comes first on a busy CPU.
 
 Who is to blame decides retry versus fail (``blame``):
 
@@ -36,6 +37,7 @@ These functions block: call them from async code (the API, the worker) through
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -131,14 +133,7 @@ def _run(
 ) -> Completed:
     started = time.monotonic()
     try:
-        proc = subprocess.run(
-            command,
-            input=stdin,
-            stdin=None if stdin is not None else subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
+        proc = _communicate(command, stdin=stdin, timeout=timeout, nice=get_settings().media_nice)
     except subprocess.TimeoutExpired as exc:
         tail = _tail(exc.stderr, command)
         error: PolydubError
@@ -182,6 +177,35 @@ def _run(
         raise InternalError(f"{what}: ffmpeg failed: {_last_line(stderr)}",
                             code="ffmpeg_failed", detail=detail)  # fmt: skip
     return Completed(stdout=proc.stdout, stderr=stderr, seconds=seconds)
+
+
+def _communicate(
+    command: list[str], *, stdin: bytes | None, timeout: float, nice: int
+) -> subprocess.CompletedProcess[bytes]:
+    """``subprocess.run(command, input=stdin, capture_output=True, timeout=timeout)``, with the
+    child ``nice`` steps nicer than this thread as soon as it has started. subprocess has no
+    option for that, and a ``preexec_fn`` is unsafe in the threads these runs are called from;
+    ffmpeg starts its own threads later, and they inherit the priority."""
+    with subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        if nice:
+            target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice)
+            with contextlib.suppress(OSError):  # it has already ended
+                os.setpriority(os.PRIO_PROCESS, proc.pid, target)
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            raise subprocess.TimeoutExpired(command, timeout, output=out, stderr=err) from None
+        except BaseException:
+            proc.kill()  # leaving the block waits for it
+            raise
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 def _tail(data: bytes | str | None, command: Sequence[str]) -> str:

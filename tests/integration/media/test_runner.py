@@ -1,5 +1,6 @@
 """The ffmpeg runner: how each failure maps into polydub.errors."""
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,3 +81,17 @@ def test_missing_binary(monkeypatch: pytest.MonkeyPatch, fresh_settings: None) -
 
 def test_filters_are_detected() -> None:
     assert has_filter("atempo") and has_filter("ebur128") and not has_filter("no_such_filter")
+
+
+@pytest.mark.parametrize("nice", [0, 7])
+def test_media_runs_at_the_configured_niceness(
+    monkeypatch: pytest.MonkeyPatch, fresh_settings: None, tmp_path: Path, nice: int
+) -> None:
+    """An "ffmpeg" that reports its own niceness, once the runner has had time to set it."""
+    reporter = tmp_path / "ffmpeg"
+    reporter.write_text("#!/bin/sh\nsleep 0.3\nnice\n")
+    reporter.chmod(0o755)
+    monkeypatch.setenv("POLYDUB_FFMPEG", str(reporter))
+    monkeypatch.setenv("POLYDUB_MEDIA_NICE", str(nice))
+    ran = run_ffmpeg([], timeout=30, blame="internal", what="x")
+    assert int(ran.stdout) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice)
