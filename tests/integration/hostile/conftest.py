@@ -14,7 +14,6 @@ import pytest
 from polydub.api.app import create_app
 from polydub.api.auth import NewKey, create_key
 from polydub.settings import Settings
-from polydub.stack import Stack
 from tests.conftest import scratch_dir
 from tests.integration.api.helpers import Served
 from tests.integration.hostile.corpus import BaseMedia, Canary, Material, base_media
@@ -55,8 +54,11 @@ def hostile_settings(stack_settings: Settings) -> Settings:
 
 @pytest.fixture(scope="session")
 async def hostile_api(
-    hostile_settings: Settings, db_pool: asyncpg.Pool, triton_server: Stack
+    hostile_settings: Settings, db_pool: asyncpg.Pool, tiny_models: list[str]
 ) -> AsyncIterator[Served]:
+    # The models served, not only a server: the API refuses a target no served model covers
+    # (language_not_served) before it probes the upload. In a whole run earlier tests had
+    # loaded them; run alone, every case was refused for that.
     served = Served(create_app(hostile_settings))
     await served.start()
     yield served
@@ -110,5 +112,5 @@ def commands(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     from polydub.media import runner
 
     calls: list[list[str]] = []
-    monkeypatch.setattr(runner, "subprocess", _Proxy(subprocess, "run", calls))
+    monkeypatch.setattr(runner, "subprocess", _Proxy(subprocess, "Popen", calls))
     return calls
