@@ -38,6 +38,7 @@ class Server:
     healthy: Callable[[], bool]
     prepare: Callable[[], None] = lambda: None
     after_healthy: Callable[[], None] = lambda: None
+    after_stop: Callable[[], None] = lambda: None  # once its whole process group is gone
     startup_timeout: float = 60.0
     extra: dict[str, str] = field(default_factory=dict)
     needs_models: bool = False  # the stack exports and loads the models before starting it
@@ -306,7 +307,7 @@ def s3(settings: Settings, root: Path) -> Server:
 
 
 def triton(settings: Settings, root: Path) -> Server:
-    from polydub.stack.triton import prepare_backend_dir, triton_command
+    from polydub.stack.triton import cleanup_shm, prepare_backend_dir, triton_command
 
     backend_dir = root / "triton" / "backends"
     repository = settings.model_repository.resolve()
@@ -323,6 +324,12 @@ def triton(settings: Settings, root: Path) -> Server:
     def prepare() -> None:
         repository.mkdir(parents=True, exist_ok=True)
         prepare_backend_dir(root)
+        remove_regions()  # of an earlier server on this port, killed before it removed them
+
+    def remove_regions() -> None:
+        # The python backend's /dev/shm regions (16 MB or more per model instance): a server or
+        # stub killed with SIGKILL never removes its own, and /dev/shm is memory.
+        cleanup_shm(settings.triton_http_port)
 
     return Server(
         name="triton",
@@ -330,6 +337,7 @@ def triton(settings: Settings, root: Path) -> Server:
         endpoints={"grpc": settings.triton_url, "http": http},
         healthy=lambda: _http_ok(f"{http}/v2/health/ready"),
         prepare=prepare,
+        after_stop=remove_regions,
         startup_timeout=120.0,
     )
 

@@ -104,6 +104,7 @@ class Stack:
         # Reverse order: clients (Triton) before the stores they might write to.
         for server in reversed(self.servers):
             self.process(server).stop()
+            server.after_stop()
 
     def status(self) -> list[ServerStatus]:
         result = []
