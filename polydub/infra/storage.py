@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO, ParamSpec, TypeVar
+from typing import Any, BinaryIO, ParamSpec, TypeVar
 from urllib.parse import quote, unquote
 
 from minio import Minio
@@ -79,10 +79,10 @@ class ObjectReader:
     """An S3 GET in progress: ``chunks()`` yields its body without holding more than one chunk
     in memory, and releases the connection when done, failed or abandoned (client gone)."""
 
-    def __init__(self, response: BaseHTTPResponse, key: str) -> None:
+    def __init__(self, response: BaseHTTPResponse, key: str, length: int) -> None:
         self._response = response
         self._key = key
-        self._length = _body_length(response, key)
+        self._length = length  # what the body must add up to (``_check_length``)
 
     async def chunks(self, size: int = READ_CHUNK_SIZE) -> AsyncIterator[bytes]:
         read = 0
@@ -101,11 +101,7 @@ class ObjectReader:
             await self.close()
 
     async def close(self) -> None:
-        def release() -> None:
-            self._response.close()
-            self._response.release_conn()
-
-        await asyncio.to_thread(release)
+        await asyncio.to_thread(_release, self._response)
 
 
 class ObjectStore:
@@ -193,15 +189,13 @@ class ObjectStore:
 
     async def get_bytes(self, key: str) -> bytes:
         def read() -> bytes:
-            response = self._client.get_object(self.bucket, key)
+            response, length = self._get(key)
             try:
-                length = _body_length(response, key)
                 data = response.read()
                 _check_length(len(data), length, key)
                 return data
             finally:
-                response.close()
-                response.release_conn()
+                _release(response)
 
         data: bytes = await self._run(read)
         return data
@@ -209,15 +203,8 @@ class ObjectStore:
     async def open_read(self, key: str, offset: int = 0, length: int = 0) -> ObjectReader:
         """An open GET of ``length`` bytes from ``offset`` (0: to the end), to read in chunks.
         Opening first means a missing object raises here, before any response is started."""
-        response = await self._run(
-            self._client.get_object, self.bucket, key, offset=offset, length=length
-        )
-        try:
-            return ObjectReader(response, key)
-        except PolydubError:
-            response.close()
-            response.release_conn()
-            raise
+        response, size = await self._run(self._get, key, offset=offset, length=length)
+        return ObjectReader(response, key, size)
 
     async def download(self, key: str, path: Path, *, etag: str | None = None) -> Path:
         """With ``etag``, only that version of the object: the server checks (If-Match) and
@@ -228,10 +215,9 @@ class ObjectStore:
 
         def fetch() -> None:
             # Not fget_object: its HEAD first would answer a failed If-Match without a code.
-            response = self._client.get_object(self.bucket, key, request_headers=headers)
+            response, length = self._get(key, request_headers=headers)
             partial = path.with_name(path.name + ".download")
             try:
-                length = _body_length(response, key)
                 with partial.open("wb") as out:
                     for block in response.stream(READ_CHUNK_SIZE):
                         out.write(block)
@@ -239,8 +225,7 @@ class ObjectStore:
                 partial.replace(path)
             finally:
                 partial.unlink(missing_ok=True)
-                response.close()
-                response.release_conn()
+                _release(response)
 
         try:
             await self._run(fetch)
@@ -250,6 +235,16 @@ class ObjectStore:
                 raise
             raise changed from exc
         return path
+
+    def _get(self, key: str, **kwargs: Any) -> tuple[BaseHTTPResponse, int]:
+        """An open GET (blocking; ``get_object``'s keywords) and the length its body must have.
+        An answer without an ETag or a length is refused here, for every reader alike."""
+        response = self._client.get_object(self.bucket, key, **kwargs)
+        try:
+            return response, _body_length(response, key)
+        except PolydubError:
+            _release(response)
+            raise
 
     async def copy(self, source: str, key: str, *, etag: str | None = None) -> str:
         """A server-side copy of ``source`` (only the version ``etag`` when given) to ``key``;
@@ -361,6 +356,11 @@ def _changed(exc: PolydubError, key: str, etag: str | None) -> Conflict | None:
             detail={"key": key, "etag": etag},
         )
     return None
+
+
+def _release(response: BaseHTTPResponse) -> None:
+    response.close()
+    response.release_conn()
 
 
 def _body_length(response: BaseHTTPResponse, key: str) -> int:
